@@ -1,0 +1,204 @@
+"""The feature-dataset file: per split, per-modality arrays, presence masks, labels, ids, raw text.
+
+On disk it is one ``.npz`` (loaded with ``allow_pickle=False``: nothing in it can run code):
+``{split}/feat/{modality}`` float32 (N, D) or (N, T, D), ``{split}/present/{modality}`` bool (N,),
+``{split}/labels`` float32 (N,), ``{split}/ids`` str (N,), optionally ``{split}/text`` str (N,),
+and ``meta`` (a JSON string). Splits are ``train``, ``valid``, ``test``.
+
+The processed CMU-MOSI/MOSEI pickles of the MulT and MMSA releases (per split: 'text', 'audio',
+'vision', 'labels' or 'regression_labels', 'id', optional 'raw_text') load directly with
+:func:`load_dataset` or :meth:`FeatureDataset.from_mosi_pickle`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass
+class Split:
+    feats: dict[str, np.ndarray]  # modality -> (N, D) or (N, T, D) float32
+    present: dict[str, np.ndarray]  # modality -> (N,) bool
+    labels: np.ndarray  # (N,) float32 on the -3..+3 scale
+    ids: np.ndarray  # (N,) str
+    text: np.ndarray | None = None  # (N,) str, raw transcript when known
+
+    def __post_init__(self) -> None:
+        n = len(self.labels)
+        self.labels = np.asarray(self.labels, dtype=np.float32).reshape(n)
+        self.ids = np.asarray(self.ids).astype(str)
+        if self.text is not None:
+            self.text = np.asarray(self.text).astype(str)
+        for m, x in self.feats.items():
+            x = np.asarray(x, dtype=np.float32)
+            if x.ndim not in (2, 3) or len(x) != n:
+                raise ValueError(f"modality {m!r}: expected ({n}, D) or ({n}, T, D), got {x.shape}")
+            self.feats[m] = x
+            p = self.present.get(m)
+            self.present[m] = np.ones(n, bool) if p is None else np.asarray(p, dtype=bool).reshape(n)
+        extra = set(self.present) - set(self.feats)
+        if extra:
+            raise ValueError(f"presence given for unknown modalities {sorted(extra)}")
+        for name, arr in (("ids", self.ids), ("text", self.text)):
+            if arr is not None and len(arr) != n:
+                raise ValueError(f"{name} has {len(arr)} entries for {n} labels")
+        if not np.all(np.isfinite(self.labels)):
+            raise ValueError("labels contain NaN or inf")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index) -> Split:
+        return Split(
+            feats={m: x[index] for m, x in self.feats.items()},
+            present={m: p[index] for m, p in self.present.items()},
+            labels=self.labels[index],
+            ids=self.ids[index],
+            text=None if self.text is None else self.text[index],
+        )
+
+
+@dataclass
+class FeatureDataset:
+    splits: dict[str, Split]
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        missing = [s for s in SPLITS if s not in self.splits]
+        if missing:
+            raise ValueError(f"dataset needs splits {SPLITS}; missing {missing}")
+        ref = self.splits["train"]
+        for name, sp in self.splits.items():
+            if set(sp.feats) != set(ref.feats):
+                raise ValueError(f"split {name!r} has modalities {sorted(sp.feats)}, train has {sorted(ref.feats)}")
+            for m, x in sp.feats.items():
+                if x.shape[-1] != ref.feats[m].shape[-1]:
+                    raise ValueError(f"{m}: feature size {x.shape[-1]} in {name!r} but {ref.feats[m].shape[-1]} in train")
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(self.splits["train"].feats)
+
+    @property
+    def dims(self) -> dict[str, int]:
+        return {m: int(x.shape[-1]) for m, x in self.splits["train"].feats.items()}
+
+    def describe(self) -> str:
+        sizes = "/".join(str(len(self.splits[s])) for s in SPLITS)
+        shapes = ", ".join(f"{m} {tuple(x.shape[1:])}" for m, x in self.splits["train"].feats.items())
+        return f"{sizes} samples (train/valid/test); {shapes}"
+
+    # -- files ------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays: dict[str, np.ndarray] = {"meta": np.array(json.dumps(self.meta))}
+        for s, sp in self.splits.items():
+            for m, x in sp.feats.items():
+                arrays[f"{s}/feat/{m}"] = x
+                arrays[f"{s}/present/{m}"] = sp.present[m]
+            arrays[f"{s}/labels"] = sp.labels
+            arrays[f"{s}/ids"] = sp.ids
+            if sp.text is not None:
+                arrays[f"{s}/text"] = sp.text
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez_compressed(tmp, **arrays)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> FeatureDataset:
+        path = Path(path)
+        try:
+            z = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{path}: not a readable feature-dataset .npz ({err})") from err
+        with z:
+            keys = set(z.files)
+            if "meta" not in keys:
+                raise ValueError(f"{path}: not a feature-dataset file (no 'meta' entry)")
+            splits = {}
+            for s in SPLITS:
+                mods = sorted(k.split("/")[2] for k in keys if k.startswith(f"{s}/feat/"))
+                if f"{s}/labels" not in keys:
+                    raise ValueError(f"{path}: split {s!r} is missing")
+                splits[s] = Split(
+                    feats={m: z[f"{s}/feat/{m}"] for m in mods},
+                    present={m: z[f"{s}/present/{m}"] for m in mods if f"{s}/present/{m}" in keys},
+                    labels=z[f"{s}/labels"],
+                    ids=z[f"{s}/ids"],
+                    text=z[f"{s}/text"] if f"{s}/text" in keys else None,
+                )
+            return cls(splits, json.loads(str(z["meta"])))
+
+    @classmethod
+    def from_mosi_pickle(cls, path: str | Path) -> FeatureDataset:
+        """The processed CMU-MOSI/MOSEI pickle of the MulT / MMSA releases.
+
+        Pickle can run code when loaded: only open files from a source you trust."""
+        path = Path(path)
+        with open(path, "rb") as fh:
+            raw = pickle.load(fh)  # noqa: S301 - the released format is a pickle
+        if not isinstance(raw, dict) or not all(s in raw for s in SPLITS):
+            raise ValueError(f"{path}: expected a dict with splits {SPLITS}")
+        splits = {}
+        for s in SPLITS:
+            d = raw[s]
+            label_key = "regression_labels" if "regression_labels" in d else "labels"
+            if label_key not in d:
+                raise ValueError(f"{path}: split {s!r} has no 'labels' or 'regression_labels'")
+            labels = np.asarray(d[label_key], dtype=np.float32).reshape(len(d[label_key]), -1)[:, 0]
+            feats = {}
+            for m in ("text", "audio", "vision"):
+                if m not in d:
+                    continue
+                x = np.asarray(d[m], dtype=np.float32)
+                bad = ~np.isfinite(x)
+                if bad.any():  # MulT's MOSI audio holds -inf; the release code sets it to 0
+                    log.warning("%s/%s: %d non-finite values set to 0", s, m, int(bad.sum()))
+                    x = np.where(bad, 0.0, x).astype(np.float32)
+                feats[m] = x
+            ids = d.get("id")
+            ids = [str(i) for i in range(len(labels))] if ids is None else [_id_str(i) for i in ids]
+            text = d.get("raw_text")
+            splits[s] = Split(feats=feats, present={}, labels=labels, ids=ids, text=None if text is None else list(text))
+        return cls(splits, {"source": str(path.name), "format": "mosi-pickle"})
+
+
+def _id_str(i) -> str:
+    if isinstance(i, bytes):
+        return i.decode("utf-8", "replace")
+    if isinstance(i, (list, tuple, np.ndarray)):
+        return "_".join(_id_str(v) for v in np.asarray(i).reshape(-1))
+    return str(i)
+
+
+def load_dataset(path: str | Path) -> FeatureDataset:
+    """A feature-dataset ``.npz`` or a MulT/MMSA ``.pkl``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such dataset file: {path}")
+    if path.suffix in (".pkl", ".pickle"):
+        return FeatureDataset.from_mosi_pickle(path)
+    return FeatureDataset.load(path)
+
+
+def split_by_group(groups, *, valid: float = 0.1, test: float = 0.2, salt: str = "mmdemo") -> np.ndarray:
+    """Deterministic group-independent split (e.g. by speaker): a hash of the group id decides,
+    so one speaker never spans two splits and adding clips never moves existing ones."""
+    out = []
+    for g in groups:
+        u = int(hashlib.md5(f"{salt}:{g}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        out.append("test" if u < test else "valid" if u < test + valid else "train")
+    return np.asarray(out)

@@ -1,0 +1,251 @@
+"""The one contract every fusion method implements, the registry, and the blocks they share.
+
+A fusion method receives features keyed by modality name, each a vector ``(B, D)`` or a sequence
+``(B, T, D)``, and a presence mask per modality ``(B,)``. It returns the sentiment prediction on the
+CMU-MOSI scale (-3..+3) and, where the method has them, its own per-modality weights ``(B, M)``.
+Rows of ``weights`` sum to 1 over the present modalities; absent modalities get 0, and a row with
+no modality present is all zeros. Modalities are always named, never positional: ``model.modalities``
+fixes the column order of ``weights``.
+
+Adding a method: one file with a ``@register("name")`` subclass of :class:`Fusion` and one import
+line in ``mmdemo/fusion/__init__.py``. The CLI, the UI dropdown and the tests read the registry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Features = dict[str, Tensor]
+Presence = dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """Hyper-parameters shared by the fusion methods (each method reads the fields it needs)."""
+
+    hidden: int = 32  # width of each modality's embedding and of the heads
+    dropout: float = 0.1
+    heads: int = 2  # attention heads (cross_attention)
+    layers: int = 1  # cross-modal blocks (cross_attention)
+    rank: int = 4  # factor rank (low_rank)
+    tensor_dim: int = 12  # per-modality width before the outer product (tensor): (d+1)^M features
+    recon_weight: float = 0.5  # weight of the reconstruction loss (autoencoder)
+    unimodal_weight: float = 0.5  # weight of each sub-network's own loss (late, weighted)
+    out_range: float = 3.0  # predictions are squashed smoothly into (-out_range, out_range)
+
+
+@dataclass
+class FusionOutput:
+    prediction: Tensor  # (B,) sentiment on the -3..+3 scale
+    weights: Tensor | None  # (B, M) the method's own modality weights, or None if it has none
+    extras: dict[str, Tensor] = field(default_factory=dict)  # what the method's loss needs
+
+
+FUSIONS: dict[str, type[Fusion]] = {}
+
+
+def register(name: str):
+    """Class decorator: put a :class:`Fusion` subclass in the registry under ``name``."""
+
+    def wrap(cls: type[Fusion]) -> type[Fusion]:
+        if name in FUSIONS:
+            raise ValueError(f"fusion {name!r} is registered twice")
+        cls.name = name
+        FUSIONS[name] = cls
+        return cls
+
+    return wrap
+
+
+def list_fusions() -> list[str]:
+    return list(FUSIONS)
+
+
+def create_fusion(name: str, *, dims: dict[str, int], cfg: FusionConfig | None = None) -> Fusion:
+    """Build a registered method. Unknown names raise a ``KeyError`` that lists the choices."""
+    if name not in FUSIONS:
+        raise KeyError(f"unknown fusion {name!r}; choose one of: {', '.join(FUSIONS)}")
+    return FUSIONS[name](dims=dims, cfg=cfg or FusionConfig())
+
+
+# ----------------------------------------------------------------------------- small helpers
+
+
+def masked_softmax(logits: Tensor, mask: Tensor, dim: int = -1) -> Tensor:
+    """Softmax over ``mask``-ed entries; rows with nothing unmasked give all zeros (never NaN,
+    not even in the gradient)."""
+    any_on = mask.any(dim=dim, keepdim=True)
+    safe = torch.where(mask, logits, torch.full_like(logits, -1e9))
+    safe = torch.where(any_on, safe, torch.zeros_like(logits))
+    return torch.softmax(safe, dim=dim) * mask * any_on
+
+
+def mlp(d_in: int, d_hidden: int, d_out: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, d_hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_hidden, d_out))
+
+
+def pooled(x: Tensor) -> Tensor:
+    """A sequence (B, T, D) averaged over time; a vector (B, D) unchanged."""
+    return x.mean(dim=1) if x.dim() == 3 else x
+
+
+class UnimodalEncoder(nn.Module):
+    """Per-modality sub-network: per-step projection, then attention pooling over time for sequences.
+
+    ``(B, D) -> (B, H)`` or ``(B, T, D) -> (B, H)``; ``sequence()`` keeps the time axis.
+    """
+
+    def __init__(self, *, d_in: int, hidden: int, dropout: float):
+        super().__init__()
+        self.proj = nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, hidden))
+        self.score = nn.Linear(hidden, 1, bias=False)  # attention pooling over time (a bias would cancel in the softmax)
+        self.norm = nn.LayerNorm(hidden)
+
+    def sequence(self, x: Tensor) -> Tensor:
+        h = self.proj(x if x.dim() == 3 else x.unsqueeze(1))  # (B, T, H)
+        return self.norm(h)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.proj(x)
+        if h.dim() == 3:  # (B, T, H) -> (B, H)
+            a = torch.softmax(self.score(h), dim=1)  # (B, T, 1)
+            h = (a * h).sum(dim=1)
+        return self.norm(h)
+
+
+class FeatureNorm(nn.Module):
+    """Per-modality standardisation stored as buffers, so a checkpoint carries it and live raw
+    features can be fed as they come from the encoders."""
+
+    def __init__(self, dims: dict[str, int]):
+        super().__init__()
+        for m, d in dims.items():
+            self.register_buffer(f"mean_{m}", torch.zeros(d))
+            self.register_buffer(f"std_{m}", torch.ones(d))
+
+    def set(self, m: str, mean: Tensor, std: Tensor) -> None:
+        getattr(self, f"mean_{m}").copy_(mean)
+        getattr(self, f"std_{m}").copy_(std.clamp_min(1e-6))
+
+    def forward(self, m: str, x: Tensor) -> Tensor:
+        return (x - getattr(self, f"mean_{m}")) / getattr(self, f"std_{m}")
+
+    def inverse(self, m: str, x: Tensor) -> Tensor:
+        return x * getattr(self, f"std_{m}") + getattr(self, f"mean_{m}")
+
+
+# ----------------------------------------------------------------------------- the base class
+
+
+class Fusion(nn.Module):
+    """Base class: checks and normalises the inputs, then calls the method's :meth:`fuse`.
+
+    Subclasses implement ``fuse(x, mask)`` where ``x`` holds standardised features with absent
+    entries zeroed and ``mask`` is ``(B, M)`` bool in ``self.modalities`` order; they may override
+    :meth:`loss` to add their own terms (reconstruction, per-sub-network losses).
+    """
+
+    name: ClassVar[str] = ""
+    has_weights: ClassVar[bool] = False  # does the method produce its own modality weights?
+
+    def __init__(self, *, dims: dict[str, int], cfg: FusionConfig):
+        super().__init__()
+        if not dims:
+            raise ValueError("a fusion needs at least one modality")
+        for m, d in dims.items():
+            if not m.isidentifier():
+                raise ValueError(f"modality names must be identifiers, got {m!r}")
+            if int(d) < 1:
+                raise ValueError(f"modality {m!r} needs a positive feature size, got {d}")
+        self.modalities: tuple[str, ...] = tuple(dims)
+        self.dims = {m: int(d) for m, d in dims.items()}
+        self.cfg = cfg
+        self.norm = FeatureNorm(self.dims)
+
+    # -- public API -------------------------------------------------------------------------
+    def forward(self, feats: Features, present: Presence | None = None) -> FusionOutput:
+        x, mask = self.prepare(feats, present)
+        return self.fuse(x, mask)
+
+    def fuse(self, x: Features, mask: Tensor) -> FusionOutput:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def loss(self, out: FusionOutput, target: Tensor, *, feats: Features, available: Tensor) -> Tensor:
+        """Training loss of ``out = self(feats, present)``. ``available`` (B, M) marks the
+        modalities the data really has (before modality dropout); methods use it and the full
+        ``feats`` to train sub-networks or reconstructions."""
+        return F.l1_loss(out.prediction, target)
+
+    def param_groups(self, *, lr: float, weight_decay: float) -> list[dict]:
+        """Optimizer groups, chosen by parameter name (never by position). Default: one group."""
+        return [{"params": list(self.parameters()), "lr": lr, "weight_decay": weight_decay}]
+
+    def set_normalization(self, stats: dict[str, tuple[Tensor, Tensor]]) -> None:
+        for m, (mean, std) in stats.items():
+            self.norm.set(m, mean, std)
+
+    # -- helpers for subclasses -------------------------------------------------------------
+    def bound(self, raw: Tensor) -> Tensor:
+        r = self.cfg.out_range
+        return r * torch.tanh(raw / r)
+
+    def complete_inputs(self, feats: Features, present: Presence | None) -> tuple[Features, Tensor]:
+        """Validate shapes and fill modalities missing from ``feats`` with zeros (marked absent).
+        Returns the raw features and the (B, M) bool presence mask in ``self.modalities`` order."""
+        unknown = set(feats) - set(self.modalities)
+        if unknown:
+            raise KeyError(f"unknown modalities {sorted(unknown)}; this model has {list(self.modalities)}")
+        ref = next((t for t in feats.values() if t is not None), None)
+        if ref is None:
+            raise ValueError("no features given: pass at least one modality tensor")
+        batch, device = ref.shape[0], ref.device
+        present = present or {}
+        x: Features = {}
+        cols = []
+        for m in self.modalities:
+            t = feats.get(m)
+            if t is None:
+                t = torch.zeros(batch, self.dims[m], device=device)
+                p = torch.zeros(batch, dtype=torch.bool, device=device)
+            else:
+                if t.dim() not in (2, 3) or t.shape[-1] != self.dims[m] or t.shape[0] != batch:
+                    raise ValueError(
+                        f"{m}: expected (B, {self.dims[m]}) or (B, T, {self.dims[m]}) with B={batch}, "
+                        f"got {tuple(t.shape)}"
+                    )
+                p = present.get(m)
+                p = torch.ones(batch, dtype=torch.bool, device=device) if p is None else p.to(device).bool()
+                if p.shape != (batch,):
+                    raise ValueError(f"{m}: presence must have shape ({batch},), got {tuple(p.shape)}")
+            x[m] = t
+            cols.append(p)
+        return x, torch.stack(cols, dim=1)
+
+    def prepare(self, feats: Features, present: Presence | None) -> tuple[Features, Tensor]:
+        """:meth:`complete_inputs`, then standardise, zero absent rows and replace non-finite
+        values (a NaN in an absent row must not leak)."""
+        raw, mask = self.complete_inputs(feats, present)
+        x: Features = {}
+        for i, m in enumerate(self.modalities):
+            t = self.norm(m, raw[m].float())
+            keep = mask[:, i].view(-1, *([1] * (t.dim() - 1)))
+            x[m] = torch.where(keep & torch.isfinite(t), t, torch.zeros_like(t))
+        return x, mask
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, dims={self.dims}"
+
+
+def stack_modalities(h: dict[str, Tensor], order: tuple[str, ...]) -> Tensor:
+    """{m: (B, H)} -> (B, M, H) in ``order``."""
+    return torch.stack([h[m] for m in order], dim=1)
+
+
+def num_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+

@@ -1,0 +1,79 @@
+"""Late fusion and the learned weighted combination of modality sub-networks.
+
+``late``: one sub-network (encoder + head) per modality, each a complete unimodal predictor trained
+on the label; the fused prediction is the plain average of the present modalities' predictions
+(decision-level fusion; Baltrusaitis et al. 2019). Its weights are uniform over present modalities.
+
+``weighted``: the same sub-networks, combined with one learned logit theta_m per sub-network:
+w = softmax(theta) over the present modalities, prediction = sum_m w_m * y_m. Because every
+sub-network is also trained on its own to predict the label (so the y_m share one scale), theta is
+at once the fusion weight and the modality's global, learned contribution: the interpretability
+claim of weighted sub-network fusion (SEEDS-style "learned weight per modality sub-network").
+``global_weights()`` returns softmax(theta) over all modalities.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import Features, Fusion, FusionConfig, FusionOutput, UnimodalEncoder, masked_softmax, mlp, register
+
+
+class SubnetworkFusion(Fusion):
+    """Shared body: one predictor per modality, mixed by ``logits()`` over present modalities."""
+
+    has_weights = True
+
+    def __init__(self, *, dims: dict[str, int], cfg: FusionConfig):
+        super().__init__(dims=dims, cfg=cfg)
+        h = cfg.hidden
+        self.encoders = nn.ModuleDict({m: UnimodalEncoder(d_in=d, hidden=h, dropout=cfg.dropout) for m, d in dims.items()})
+        self.heads = nn.ModuleDict({m: mlp(h, h, 1, cfg.dropout) for m in dims})
+        self.empty = nn.Parameter(torch.zeros(()))  # prediction when no modality is present
+
+    def logits(self) -> Tensor:  # (M,)
+        raise NotImplementedError
+
+    def fuse(self, x: Features, mask: Tensor) -> FusionOutput:
+        ys = torch.stack([self.heads[m](self.encoders[m](x[m])).squeeze(-1) for m in self.modalities], dim=1)  # (B, M)
+        w = masked_softmax(self.logits().expand_as(ys), mask)  # (B, M)
+        none = ~mask.any(dim=1)
+        raw = (w * ys).sum(dim=1) + none * self.empty  # (B,)
+        return FusionOutput(self.bound(raw), w, {"unimodal": self.bound(ys)})
+
+    def loss(self, out: FusionOutput, target: Tensor, *, feats: Features, available: Tensor) -> Tensor:
+        fused = F.l1_loss(out.prediction, target)
+        err = (out.extras["unimodal"] - target[:, None]).abs() * available  # (B, M)
+        uni = err.sum() / available.sum().clamp_min(1)
+        return fused + self.cfg.unimodal_weight * uni
+
+
+@register("late")
+class LateFusion(SubnetworkFusion):
+    def logits(self) -> Tensor:
+        return self.empty.new_zeros(len(self.modalities))
+
+
+@register("weighted")
+class WeightedFusion(SubnetworkFusion):
+    def __init__(self, *, dims: dict[str, int], cfg: FusionConfig):
+        super().__init__(dims=dims, cfg=cfg)
+        self.theta = nn.Parameter(torch.zeros(len(dims)))  # one learned logit per sub-network
+
+    def logits(self) -> Tensor:
+        return self.theta
+
+    def param_groups(self, *, lr: float, weight_decay: float) -> list[dict]:
+        # theta is read as the modalities' contributions: no weight decay pulling it to uniform,
+        # and a larger step so it settles within the epochs the sub-networks need.
+        rest = [p for n, p in self.named_parameters() if n != "theta"]
+        return [
+            {"params": rest, "lr": lr, "weight_decay": weight_decay},
+            {"params": [self.theta], "lr": lr * 10, "weight_decay": 0.0},
+        ]
+
+    def global_weights(self) -> dict[str, float]:
+        w = torch.softmax(self.theta.detach(), dim=0)
+        return {m: float(w[i]) for i, m in enumerate(self.modalities)}

@@ -1,0 +1,142 @@
+"""Contract tests, parametrized over the registry: a new method is covered with no new test code."""
+
+import pytest
+import torch
+
+from mmdemo.checkpoint import load_fusion, save_fusion
+from mmdemo.fusion import FUSIONS, Fusion, create_fusion, list_fusions
+
+from tests.helpers import DIMS, make_batch, presence_patterns
+
+METHODS = list_fusions()
+
+
+def test_registry_lists_every_method_of_the_brief():
+    assert set(METHODS) >= {"concat", "late", "weighted", "attention", "cross_attention", "tensor", "low_rank", "autoencoder"}
+    for name, cls in FUSIONS.items():
+        assert issubclass(cls, Fusion) and cls.name == name
+        assert cls.__module__ and (cls.__doc__ or __import__(cls.__module__).__doc__)
+
+
+def test_unknown_method_lists_choices():
+    with pytest.raises(KeyError, match="concat"):
+        create_fusion("nope", dims=DIMS)
+
+
+@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("kinds", [{}, {"text": "vec", "audio": "vec", "vision": "vec"}, {"audio": "vec"}], ids=["seq", "vec", "mixed"])
+def test_shapes_and_range(build, name, kinds):
+    model = build(name).eval()
+    feats = make_batch(kinds=kinds, batch=9)
+    out = model(feats, presence_patterns(model.modalities, 9))
+    assert out.prediction.shape == (9,)
+    assert torch.isfinite(out.prediction).all()
+    assert out.prediction.abs().max() < model.cfg.out_range
+    if model.has_weights:
+        assert out.weights is not None and out.weights.shape == (9, len(model.modalities))
+    else:
+        assert out.weights is None
+
+
+@pytest.mark.parametrize("name", [n for n in METHODS if FUSIONS[n].has_weights])
+def test_weights_sum_to_one_over_present(build, name):
+    model = build(name).eval()
+    pres = presence_patterns(model.modalities, 16)
+    out = model(make_batch(batch=16), pres)
+    mask = torch.stack([pres[m] for m in model.modalities], dim=1)
+    any_on = mask.any(dim=1)
+    assert torch.allclose(out.weights[any_on].sum(dim=1), torch.ones(int(any_on.sum())), atol=1e-6)
+    assert (out.weights[~mask] == 0).all()
+    assert (out.weights >= 0).all()
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_every_parameter_gets_a_gradient(build, name):
+    model = build(name).train()
+    feats = make_batch(batch=16, seq=5)
+    pres = presence_patterns(model.modalities, 16)
+    avail = torch.ones(16, len(model.modalities), dtype=torch.bool)
+    out = model(feats, pres)
+    model.loss(out, torch.randn(16), feats=feats, available=avail).backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, f"{pname} gets no gradient"
+        assert torch.isfinite(p.grad).all(), f"{pname} has a non-finite gradient"
+        assert p.grad.abs().sum() > 0, f"{pname} gets a zero gradient"
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_state_dict_round_trip_is_exact(build, name, tmp_path):
+    a = build(name, seed=0).eval()
+    feats = make_batch(batch=5)
+    pres = presence_patterns(a.modalities, 5)
+    save_fusion(a, tmp_path / name)
+    b = load_fusion(tmp_path / name)
+    c = build(name, seed=123).eval()
+    c.load_state_dict(a.state_dict(), strict=True)
+    ref = a(feats, pres).prediction
+    assert torch.equal(b(feats, pres).prediction, ref)
+    assert torch.equal(c(feats, pres).prediction, ref)
+    # every parameter is in the state dict (a factor kept in a Python list would not be)
+    names = set(b.state_dict())
+    assert all(n in names for n, _ in a.named_parameters())
+    assert sum(p.numel() for p in a.parameters()) > 0
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_absent_modalities_are_ignored(build, name):
+    """Whatever sits in an absent modality's slot (noise, NaN, nothing at all) gives the same output."""
+    model = build(name).eval()
+    feats = make_batch(batch=4)
+    off = torch.zeros(4, dtype=torch.bool)
+    on = torch.ones(4, dtype=torch.bool)
+    pres = {"text": on, "audio": off, "vision": on}
+    ref = model(feats, pres).prediction
+    noisy = dict(feats, audio=torch.randn_like(feats["audio"]) * 100)
+    nan = dict(feats, audio=torch.full_like(feats["audio"], float("nan")))
+    dropped = {m: x for m, x in feats.items() if m != "audio"}
+    for variant in (noisy, nan):
+        assert torch.allclose(model(variant, pres).prediction, ref, atol=1e-6)
+    assert torch.allclose(model(dropped, {"text": on, "vision": on}).prediction, ref, atol=1e-6)
+    none = model(feats, {"text": off, "audio": off, "vision": off}).prediction
+    assert torch.isfinite(none).all()
+
+
+@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("dims", [{"a": 3, "b": 64}, {"w": 11, "x": 1, "y": 6, "z": 2}], ids=["two", "four"])
+def test_any_modalities_with_different_dims(build, name, dims):
+    model = build(name, dims=dims).eval()
+    feats = make_batch(dims=dims, batch=6, kinds={list(dims)[0]: "vec"})
+    out = model(feats, presence_patterns(model.modalities, 6))
+    assert out.prediction.shape == (6,) and torch.isfinite(out.prediction).all()
+    with pytest.raises(ValueError, match="expected"):
+        model(dict(feats, **{list(dims)[1]: torch.randn(6, dims[list(dims)[1]] + 1)}))
+    with pytest.raises(KeyError, match="unknown modalities"):
+        model(dict(feats, extra=torch.randn(6, 2)))
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_rows_do_not_depend_on_the_rest_of_the_batch(build, name):
+    model = build(name).eval()
+    feats = make_batch(batch=7)
+    pres = presence_patterns(model.modalities, 7)
+    full = model(feats, pres).prediction
+    for i in (0, 3, 6):
+        one = model({m: x[i : i + 1] for m, x in feats.items()}, {m: p[i : i + 1] for m, p in pres.items()}).prediction
+        assert torch.allclose(one, full[i : i + 1], atol=1e-5)
+
+
+def test_weighted_exposes_its_global_weights(build):
+    model = build("weighted")
+    with torch.no_grad():
+        model.theta.copy_(torch.tensor([2.0, 0.0, -1.0]))
+    g = model.global_weights()
+    assert list(g) == list(model.modalities)
+    assert abs(sum(g.values()) - 1) < 1e-6 and g["text"] > g["audio"] > g["vision"]
+
+
+def test_autoencoder_imputes_in_raw_units(build):
+    model = build("autoencoder").eval()
+    feats = make_batch(batch=3, kinds={"text": "vec", "audio": "vec", "vision": "vec"})
+    imp = model.impute(feats, {"text": torch.ones(3, dtype=torch.bool), "audio": torch.zeros(3, dtype=torch.bool)})
+    assert set(imp) == set(model.modalities)
+    assert imp["audio"].shape == (3, DIMS["audio"])
