@@ -214,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         data = load_dataset(args.data)
     except (OSError, ValueError) as err:
         ap.error(str(err))
+    empty = [s for s in ("train", "valid", "test") if len(data.splits[s]) == 0]
+    if empty:
+        ap.error(f"{args.data}: the {', '.join(empty)} split is empty (training needs train and valid, scoring needs test)")
     print(f"data: {args.data}: {data.describe()}")
     fcfg = FusionConfig(hidden=args.hidden, dropout=args.dropout)
     tcfg = TrainConfig(

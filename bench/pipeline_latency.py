@@ -1,0 +1,141 @@
+"""Latency of the streaming pipeline per update, per stage, over long sessions.
+
+Simulated live input, fed as fast as the pipeline takes it: webcam frames at 10 fps (the
+astronaut photo on a 640x480 canvas: a real face every frame) and microphone audio in 0.5 s hops
+(48 kHz int16 espeak-ng speech with pauses, so utterances open, close and get transcribed in the
+background). Sessions of 1, 10 and 30 minutes of input; for each, p50/p95 of every stage and of the
+whole update, the p50 of the first and the last minute (flat cost = equal), and the process memory
+before and after. CPU, and CUDA when present (--device).
+
+    python bench/pipeline_latency.py                 # 1, 10, 30 minutes
+    python bench/pipeline_latency.py --minutes 1,3   # quicker
+Writes bench/results/pipeline_latency.json (or --out). Needs espeak-ng.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from mmdemo.audio import resample  # noqa: E402
+from mmdemo.checkpoint import save_fusion  # noqa: E402
+from mmdemo.encoders import DIMS  # noqa: E402
+from mmdemo.fusion import create_fusion, list_fusions  # noqa: E402
+from mmdemo.pipeline import DEFAULT_CHECKPOINTS, Engine  # noqa: E402
+
+STAGES = ("face", "vad", "voice", "words", "fusion", "total")
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def media(tmp: Path) -> tuple[np.ndarray, np.ndarray]:
+    from skimage import data
+
+    canvas = np.full((480, 640, 3), 60, np.uint8)
+    canvas[:, 64:576] = data.astronaut()[16:496]
+    wav = tmp / "s.wav"
+    subprocess.run(["espeak-ng", "-w", str(wav), "I think this is a really good idea and I am quite happy with how it went today."], check=True)
+    x, sr = sf.read(str(wav), dtype="float32")
+    x16 = np.concatenate([resample(x, sr), np.zeros(16000 * 2, np.float32)])  # speech, then 2 s pause
+    return canvas, (resample(x16, 16000, 48000) * 32767).astype(np.int16)
+
+
+def run_session(engine: Engine, fusion: str, minutes: float, frame: np.ndarray, loop: np.ndarray, fps: float, hop: float) -> dict:
+    s = engine.session(fusion)
+    n_hop = int(48000 * hop)
+    audio = np.tile(loop, int(np.ceil(minutes * 60 * 48000 / len(loop))) + 1)
+    rows = []  # (t, stage dict)
+    rss0 = rss_mb()
+    t, next_audio, pos = 0.0, 0.0, 0
+    end = minutes * 60
+    while t < end:
+        if t >= next_audio:
+            t0 = time.perf_counter()
+            up = s.push_audio(audio[pos : pos + n_hop], 48000, t=t)
+            rows.append((t, up.timings_ms | {"total": 1000 * (time.perf_counter() - t0)}))
+            pos += n_hop
+            next_audio += hop
+        t0 = time.perf_counter()
+        up = s.push_frame(frame, t=t)
+        rows.append((t, up.timings_ms | {"total": 1000 * (time.perf_counter() - t0)}))
+        t += 1 / fps
+    s.wait_for_transcripts()
+    out = {"minutes": minutes, "updates": len(rows), "rss_mb_start": rss0, "rss_mb_end": rss_mb(), "history": len(s.history),
+           "transcript_chars": len(s.update(t).transcript)}
+    for stage in STAGES:
+        v = np.array([r[stage] for _, r in rows if stage in r])
+        out[stage] = {"n": int(v.size), "p50": float(np.percentile(v, 50)) if v.size else None, "p95": float(np.percentile(v, 95)) if v.size else None}
+    first = np.array([r["total"] for tt, r in rows if tt < 60])
+    last = np.array([r["total"] for tt, r in rows if tt >= end - 60])
+    out["total_p50_first_min"], out["total_p50_last_min"] = float(np.median(first)), float(np.median(last))
+    out["total_p95_first_min"], out["total_p95_last_min"] = float(np.percentile(first, 95)), float(np.percentile(last, 95))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--minutes", default="1,10,30")
+    ap.add_argument("--fps", type=float, default=10.0)
+    ap.add_argument("--hop", type=float, default=0.5)
+    ap.add_argument("--fusion", default="weighted")
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: both when CUDA is present)")
+    ap.add_argument("--checkpoints", type=Path, default=DEFAULT_CHECKPOINTS)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "pipeline_latency.json"))
+    args = ap.parse_args()
+    devices = [args.device] if args.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    tmp = Path(tempfile.mkdtemp())
+    ckpt = args.checkpoints
+    trained = (ckpt / "fusion" / args.fusion / "config.json").exists()
+    if not trained:  # the cost does not depend on the weights; say so
+        ckpt = tmp / "ckpt"
+        for n in list_fusions():
+            save_fusion(create_fusion(n, dims=DIMS), ckpt / "fusion" / n)
+        print(f"no trained checkpoints in {args.checkpoints}: timing untrained models of the same size")
+    frame, loop = media(tmp)
+    results = []
+    for device in devices:
+        engine = Engine(ckpt, device=device)
+        t0 = time.perf_counter()
+        engine.warmup(args.fusion)
+        load_s = time.perf_counter() - t0
+        for minutes in [float(m) for m in args.minutes.split(",")]:
+            r = run_session(engine, args.fusion, minutes, frame, loop, args.fps, args.hop) | {"device": device, "load_s": load_s}
+            results.append(r)
+            print(f"{device} {minutes:g} min: {r['updates']} updates, total p50 {r['total']['p50']:.1f} ms p95 {r['total']['p95']:.1f} ms; "
+                  f"first/last minute p50 {r['total_p50_first_min']:.1f}/{r['total_p50_last_min']:.1f} ms; RSS {r['rss_mb_start']:.0f}->{r['rss_mb_end']:.0f} MB", flush=True)
+    head = "| device | session | updates | " + " | ".join(f"{s} p50/p95 ms" for s in STAGES) + " | total p50 first/last min | RSS MB start/end |"
+    print("\n" + head + "\n|" + "---|" * (len(STAGES) + 5))
+    for r in results:
+        cells = [r["device"], f"{r['minutes']:g} min", str(r["updates"])]
+        cells += [f"{r[s]['p50']:.1f} / {r[s]['p95']:.1f}" if r[s]["p50"] is not None else "-" for s in STAGES]
+        cells += [f"{r['total_p50_first_min']:.1f} / {r['total_p50_last_min']:.1f}", f"{r['rss_mb_start']:.0f} / {r['rss_mb_end']:.0f}"]
+        print("| " + " | ".join(cells) + " |")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "python": platform.python_version(),
+           "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "trained_checkpoints": trained,
+           "fps": args.fps, "hop_s": args.hop, "fusion": args.fusion, "date": time.strftime("%Y-%m-%d")}
+    out.write_text(json.dumps({"env": env, "results": results}, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

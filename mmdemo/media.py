@@ -1,0 +1,112 @@
+"""Reading media files: images and video frames with OpenCV, audio with soundfile (ffmpeg when the
+container needs it, e.g. the audio track of a video or an mp3). Errors are :class:`MediaError`
+with a message fit for the user."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # broken files are reported by us, not by libav on stderr
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import soundfile as sf  # noqa: E402
+
+from .audio import SAMPLE_RATE, resample, to_mono_float
+
+VIDEO_EXT = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".y4m", ".ogv"}
+AUDIO_EXT = {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus", ".aiff", ".aif", ".wma"}
+IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+class MediaError(ValueError):
+    pass
+
+
+def kind_of(path: str | Path) -> str:
+    ext = Path(path).suffix.lower()
+    if ext in VIDEO_EXT:
+        return "video"
+    if ext in AUDIO_EXT:
+        return "audio"
+    if ext in IMAGE_EXT:
+        return "image"
+    return "unknown"
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """RGB uint8."""
+    data = np.fromfile(str(path), dtype=np.uint8) if Path(path).exists() else None
+    if data is None:
+        raise MediaError(f"{path}: no such file")
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    if img is None:
+        raise MediaError(f"{path}: not a readable image")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def _ffmpeg_audio(path: str | Path, max_seconds: float | None = None) -> np.ndarray | None:
+    """Mono float32 at 16 kHz through ffmpeg; None when the file has no audio stream."""
+    if shutil.which("ffmpeg") is None:
+        raise MediaError(f"{path}: decoding this file needs ffmpeg (apt-get install ffmpeg)")
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-vn", "-ac", "1", "-ar", str(SAMPLE_RATE)]
+    if max_seconds:
+        cmd += ["-t", str(max_seconds)]
+    cmd += ["-f", "f32le", "-"]
+    proc = subprocess.run(cmd, capture_output=True, timeout=600)
+    err = proc.stderr.decode("utf-8", "replace").strip()
+    if proc.returncode != 0:
+        if "does not contain any stream" in err or "Output file #0 does not contain" in err or "matches no streams" in err:
+            return None
+        raise MediaError(f"{path}: ffmpeg could not decode the audio ({err.splitlines()[-1] if err else proc.returncode})")
+    audio = np.frombuffer(proc.stdout, dtype=np.float32)
+    if audio.size == 0:
+        return None
+    return to_mono_float(audio.copy())
+
+
+def read_audio(path: str | Path, max_seconds: float | None = None) -> np.ndarray | None:
+    """Mono float32 at 16 kHz from an audio file or a video's audio track; None when there is no
+    audio stream."""
+    path = Path(path)
+    if not path.exists():
+        raise MediaError(f"{path}: no such file")
+    if kind_of(path) != "video":
+        try:
+            info = sf.info(str(path))
+            frames = int(max_seconds * info.samplerate) if max_seconds else -1
+            data, sr = sf.read(str(path), frames=frames, dtype="float32", always_2d=True)
+            return resample(to_mono_float(data), sr)
+        except (sf.LibsndfileError, RuntimeError, TypeError):
+            pass  # a container soundfile does not read (mp3 on old libsndfile, m4a, ...): try ffmpeg
+    return _ffmpeg_audio(path, max_seconds)
+
+
+def iter_frames(path: str | Path, *, fps: float = 5.0, max_frames: int | None = None) -> Iterator[tuple[float, np.ndarray]]:
+    """(time in s, RGB frame) sampled at about ``fps``. Raises MediaError if nothing decodes."""
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise MediaError(f"{path}: not a readable video")
+    try:
+        src_fps = cap.get(cv2.CAP_PROP_FPS)
+        src_fps = src_fps if src_fps and src_fps > 0 and np.isfinite(src_fps) else 25.0
+        step = max(1, int(round(src_fps / fps))) if fps else 1
+        index = emitted = 0
+        while max_frames is None or emitted < max_frames:
+            ok = cap.grab()
+            if not ok:
+                break
+            if index % step == 0:
+                ok, bgr = cap.retrieve()
+                if ok and bgr is not None:
+                    emitted += 1
+                    yield index / src_fps, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            index += 1
+        if emitted == 0:
+            raise MediaError(f"{path}: no video frames could be decoded")
+    finally:
+        cap.release()

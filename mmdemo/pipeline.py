@@ -1,0 +1,395 @@
+"""The streaming pipeline: webcam frames, microphone chunks and typed text -> fused sentiment updates.
+
+``Engine`` holds what every session shares, read-only: the encoders (loaded once, lazily), the
+fusion models (one per method, from ``checkpoints/fusion/NAME``), and one background worker for
+speech recognition. ``Session`` is one person's state: feed it frames (RGB uint8, any size), audio
+chunks (any rate, int or float, mono or stereo) and text; each call returns an :class:`Update` with
+the modalities' presence (and why one is absent), the fused prediction of the selected method,
+its contributions (exact Shapley values + the method's own weights), the face box, the
+transcript, and the time every stage took.
+
+Constant cost per update, however long the session: audio lives in fixed ring buffers, the VAD
+runs frame by frame with carried state, utterances are capped in length, transcription runs in the
+background (a closed utterance is transcribed while updates go on), text embeddings are cached, and
+the history is a bounded deque. Switching the fusion method keeps the history and the features.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import DISPLAY_NAMES, MODALITIES
+from .audio import SAMPLE_RATE, AudioError, AudioRing, StreamResampler, check_rate, level_dbfs, to_mono_float
+from .checkpoint import load_fusion
+from .contributions import explain
+from .device import resolve_device
+from .encoders import FaceEncoder, StreamingVAD, Transcriber, VoiceEncoder, WordsEncoder
+from .encoders.voice import FRAME
+from .fusion import Fusion, list_fusions
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    voice_window_s: float = 2.4  # eGeMAPS window: the length of the clips the voice model learned from
+    voice_hop_s: float = 0.5  # recompute the voice features at most this often
+    voice_ttl_s: float = 1.0  # voice features count this long after they were computed
+    face_ttl_s: float = 0.5  # a face not seen for this long is absent
+    camera_timeout_s: float = 2.0  # no frame for this long: the camera is off
+    speech_threshold: float = 0.5  # VAD probability that starts an utterance
+    silence_threshold: float = 0.35  # ... and under which a frame counts as silence
+    utterance_silence_s: float = 0.6  # silence that closes an utterance
+    utterance_max_s: float = 15.0  # a longer utterance is cut and transcribed
+    utterance_min_s: float = 0.3  # shorter ones are not worth transcribing
+    words_ttl_s: float = 30.0  # spoken words count this long
+    spoken_keep: int = 3  # at most this many recent utterances feed the words modality
+    transcript_chars: int = 4000  # transcript kept for display
+    history: int = 6000  # updates kept (10 minutes at 10 updates/s)
+    max_text_chars: int = 10000  # longer typed text is cut (and the update says so)
+
+
+@dataclass
+class Update:
+    t: float
+    fusion: str
+    present: dict[str, bool]
+    reasons: dict[str, str]  # why a modality is absent ("" when present)
+    prediction: float  # fused sentiment, -3..+3 (the model's baseline when nothing is present)
+    baseline: float  # what the model says with no modality
+    shapley: dict[str, float]  # signed contributions, sum to prediction - baseline
+    weights: dict[str, float] | None  # the method's own weights, if it has them
+    face_box: tuple[int, int, int, int] | None = None
+    face_expression: str | None = None
+    transcript: str = ""
+    typed_text: str = ""
+    words_text: str = ""  # what the words modality read
+    audio_level_dbfs: float = -100.0
+    notes: list[str] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def any_present(self) -> bool:
+        return any(self.present.values())
+
+    def row(self) -> dict:
+        """A flat record for timelines, CSV and JSON."""
+        r = {"t": round(self.t, 3), "fusion": self.fusion, "prediction": self.prediction, "baseline": self.baseline}
+        for m in self.present:
+            r[f"present_{m}"] = self.present[m]
+            r[f"shapley_{m}"] = self.shapley.get(m, 0.0)
+            r[f"weight_{m}"] = None if self.weights is None else self.weights.get(m)
+        return r
+
+
+class Engine:
+    """Models shared by all sessions. Thread-safe; everything loads lazily on first use."""
+
+    def __init__(
+        self,
+        checkpoints: str | Path | None = None,
+        *,
+        device: str | None = None,
+        fusions: dict[str, Fusion] | None = None,
+        config: PipelineConfig = PipelineConfig(),
+    ):
+        self.checkpoints = Path(checkpoints) if checkpoints else DEFAULT_CHECKPOINTS
+        self.device = resolve_device(device)
+        self.config = config
+        overlay = self.checkpoints / "words" / "encoder.safetensors"
+        self.face = FaceEncoder()
+        self.voice = VoiceEncoder(threshold=config.speech_threshold)
+        self.words = WordsEncoder(device=str(self.device), overlay=overlay if overlay.exists() else None)
+        self.transcriber = Transcriber(device=str(self.device))
+        self.asr_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmdemo-asr")
+        self._fusions: dict[str, Fusion] = {n: m.to(self.device).eval() for n, m in (fusions or {}).items()}
+        self._lock = threading.Lock()
+
+    def available_fusions(self) -> list[str]:
+        """Registered methods that have a model here (registry order)."""
+        return [n for n in list_fusions() if n in self._fusions or (self.checkpoints / "fusion" / n / "config.json").exists()]
+
+    def fusion(self, name: str) -> Fusion:
+        with self._lock:
+            if name not in self._fusions:
+                folder = self.checkpoints / "fusion" / name
+                if not (folder / "config.json").exists():
+                    raise KeyError(f"no trained model for fusion {name!r} in {self.checkpoints / 'fusion'}; "
+                                   f"available: {', '.join(self.available_fusions()) or 'none'}")
+                self._fusions[name] = load_fusion(folder, device=self.device)
+            return self._fusions[name]
+
+    def warmup(self, fusion: str | None = None) -> None:
+        for enc in (self.face, self.voice, self.words, self.transcriber):
+            enc.warmup()
+        if fusion:
+            self.fusion(fusion)
+
+    def session(self, fusion: str | None = None) -> Session:
+        names = self.available_fusions()
+        if not names:
+            raise RuntimeError(f"no fusion models found in {self.checkpoints / 'fusion'}")
+        return Session(self, fusion or ("weighted" if "weighted" in names else names[0]))
+
+
+class Session:
+    """One person's live state. Methods are safe to call from several threads (webcam and
+    microphone streams arrive on different workers)."""
+
+    def __init__(self, engine: Engine, fusion: str):
+        self.engine = engine
+        self.cfg = engine.config
+        self._lock = threading.RLock()
+        self.fusion_name = ""
+        self.set_fusion(fusion, recompute=False)
+        self.t0 = time.monotonic()
+        self.history: deque[Update] = deque(maxlen=self.cfg.history)
+        # per-modality latest feature and when it was computed
+        self.features: dict[str, tuple[np.ndarray, float] | None] = {m: None for m in MODALITIES}
+        self.reasons: dict[str, str] = {"vision": "camera not started", "audio": "microphone not started", "text": "no text (type or speak)"}
+        self.face_box: tuple | None = None
+        self.face_expression: str | None = None
+        self.last_frame_t: float | None = None
+        self.notes: dict[str, list[str]] = {m: [] for m in MODALITIES}
+        # audio
+        self.resampler: StreamResampler | None = None
+        self.vad = StreamingVAD()
+        self.ring = AudioRing(self.cfg.voice_window_s)
+        self.probs = deque(maxlen=int(np.ceil(self.cfg.voice_window_s * SAMPLE_RATE / FRAME)))
+        self.last_voice_t = -1e9
+        self.level = -100.0
+        self.in_speech = False
+        self.utterance: list[np.ndarray] = []
+        self.utt_frames = 0
+        self.silent_frames = 0
+        self.pending_asr: deque[tuple[float, Future]] = deque()
+        # words
+        self.typed = ""
+        self.spoken: deque[tuple[float, str]] = deque(maxlen=self.cfg.spoken_keep)
+        self.transcript = ""
+        self._words_key: str | None = None
+        self.words_text = ""
+
+    # ---------------------------------------------------------------- inputs
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    def set_fusion(self, name: str, *, recompute: bool = True) -> Update | None:
+        model = self.engine.fusion(name)  # raises KeyError listing the choices
+        with self._lock:
+            self.fusion_name, self.model = name, model
+            return self.update(stage_ms={}) if recompute else None
+
+    def push_frame(self, frame, t: float | None = None) -> Update:
+        t0 = time.perf_counter()
+        res = self.engine.face.encode(frame)
+        ms = 1000 * (time.perf_counter() - t0)
+        with self._lock:
+            t = self.now() if t is None else t
+            self.last_frame_t = t
+            if res.present:
+                self.features["vision"] = (res.feature, t)
+                self.face_box, self.face_expression = res.info["box"], res.info["expression"]
+            else:
+                self.face_box = self.face_expression = None
+            self.reasons["vision"] = res.reason
+            self.notes["vision"] = res.info.get("notes", [])
+            return self.update(t, stage_ms={"face": ms})
+
+    def push_audio(self, chunk, sample_rate: int, t: float | None = None) -> Update:
+        t0 = time.perf_counter()
+        with self._lock:
+            t = self.now() if t is None else t
+            try:
+                sr = check_rate(sample_rate)
+                x = to_mono_float(chunk)
+            except AudioError as err:
+                self.notes["audio"] = [str(err)]
+                return self.update(t, stage_ms={})
+            if self.resampler is None or self.resampler.sr_in != sr:
+                self.resampler = StreamResampler(sr)
+            x16 = self.resampler(x)
+            frames, probs = self.vad.push(x16)
+            vad_ms = 1000 * (time.perf_counter() - t0)
+            self.ring.push(frames)
+            self.probs.extend(probs.tolist())
+            if len(x16):
+                self.level = level_dbfs(x16)
+            self._track_utterances(frames, probs, t)
+            stage = {"vad": vad_ms}
+            if t - self.last_voice_t >= self.cfg.voice_hop_s and self.ring.filled:
+                t1 = time.perf_counter()
+                window = self.ring.last()
+                win_probs = np.asarray(self.probs, dtype=np.float32)[-(len(window) // FRAME) :]
+                res = self.engine.voice.encode(window, probs=win_probs)
+                self.last_voice_t = t
+                if res.present:
+                    self.features["audio"] = (res.feature, t)
+                self.reasons["audio"] = res.reason
+                self.notes["audio"] = res.info.get("notes", [])
+                stage["voice"] = 1000 * (time.perf_counter() - t1)
+            return self.update(t, stage_ms=stage)
+
+    def set_text(self, text: str | None, t: float | None = None) -> Update:
+        with self._lock:
+            t = self.now() if t is None else t
+            text = text or ""
+            self.notes["text"] = []
+            if len(text) > self.cfg.max_text_chars:
+                self.notes["text"] = [f"text cut to its first {self.cfg.max_text_chars:,} characters"]
+                text = text[: self.cfg.max_text_chars]
+            self.typed = text
+            self._words_key = None
+            return self.update(t, stage_ms={})
+
+    def stop_audio(self, t: float | None = None) -> Update:
+        """The microphone stopped: transcribe what is pending, forget the audio state."""
+        with self._lock:
+            t = self.now() if t is None else t
+            self._close_utterance(t)
+            self.resampler, self.vad = None, StreamingVAD()
+            self.ring = AudioRing(self.cfg.voice_window_s)
+            self.probs.clear()
+            self.in_speech = False
+            self.features["audio"] = None
+            self.reasons["audio"] = "microphone stopped"
+            return self.update(t, stage_ms={})
+
+    def stop_camera(self, t: float | None = None) -> Update:
+        with self._lock:
+            t = self.now() if t is None else t
+            self.features["vision"] = None
+            self.face_box = self.face_expression = None
+            self.last_frame_t = None
+            self.reasons["vision"] = "camera stopped"
+            return self.update(t, stage_ms={})
+
+    def wait_for_transcripts(self, timeout: float = 30.0) -> None:
+        """Block until the background transcriptions submitted so far are done (files, tests)."""
+        for _, fut in list(self.pending_asr):
+            try:
+                fut.result(timeout=timeout)
+            except Exception:  # noqa: BLE001 - reported when collected
+                pass
+
+    # ---------------------------------------------------------------- speech -> words
+    def _track_utterances(self, frames: np.ndarray, probs: np.ndarray, t: float) -> None:
+        cfg = self.cfg
+        per_s = SAMPLE_RATE / FRAME
+        for i, p in enumerate(probs):
+            frame = frames[i * FRAME : (i + 1) * FRAME]
+            if not self.in_speech:
+                if p >= cfg.speech_threshold:
+                    self.in_speech = True
+                    pre = self.ring.last(0.3)  # a little pre-roll: the VAD triggers late
+                    self.utterance = [pre[: max(0, len(pre) - (len(probs) - i) * FRAME)], frame]
+                    self.utt_frames, self.silent_frames = 1, 0
+                continue
+            self.utterance.append(frame)
+            self.utt_frames += 1
+            self.silent_frames = self.silent_frames + 1 if p < cfg.silence_threshold else 0
+            if self.silent_frames >= cfg.utterance_silence_s * per_s or self.utt_frames >= cfg.utterance_max_s * per_s:
+                self._close_utterance(t)
+
+    def _close_utterance(self, t: float) -> None:
+        if not self.in_speech:
+            return
+        self.in_speech = False
+        speech_frames = self.utt_frames - self.silent_frames
+        audio = np.concatenate(self.utterance) if self.utterance else np.zeros(0, np.float32)
+        self.utterance, self.utt_frames, self.silent_frames = [], 0, 0
+        if speech_frames * FRAME / SAMPLE_RATE < self.cfg.utterance_min_s:
+            return
+        self.pending_asr.append((t, self.engine.asr_pool.submit(self.engine.transcriber.transcribe, audio)))
+
+    def _collect_transcripts(self) -> None:
+        while self.pending_asr and self.pending_asr[0][1].done():
+            t, fut = self.pending_asr.popleft()
+            try:
+                text = fut.result()
+            except Exception as err:  # noqa: BLE001 - one failed utterance must not end the session
+                log.warning("transcription failed: %s", err)
+                self.notes["text"] = ["speech recognition failed for one utterance"]
+                continue
+            if text:
+                self.spoken.append((t, text))
+                self.transcript = (self.transcript + " " + text).strip()[-self.cfg.transcript_chars :]
+                self._words_key = None
+
+    def _words(self, t: float) -> float:
+        """Refresh the words feature from typed text + recent speech; returns ms spent."""
+        spoken = " ".join(s for ts, s in self.spoken if t - ts <= self.cfg.words_ttl_s)
+        text = " ".join(p for p in (self.typed.strip(), spoken) if p)
+        if text == self._words_key:
+            return 0.0
+        t0 = time.perf_counter()
+        res = self.engine.words.encode(text)
+        self._words_key = text
+        self.words_text = text
+        self.features["text"] = (res.feature, t) if res.present else None
+        self.reasons["text"] = res.reason if text else "no text (type or speak)"
+        self.notes["text"] = self.notes["text"] + res.info.get("notes", [])
+        return 1000 * (time.perf_counter() - t0)
+
+    # ---------------------------------------------------------------- fusion
+    def _present(self, t: float) -> dict[str, bool]:
+        cfg = self.cfg
+        ttl = {"vision": cfg.face_ttl_s, "audio": cfg.voice_ttl_s, "text": float("inf")}
+        present = {}
+        for m in MODALITIES:
+            f = self.features[m]
+            present[m] = f is not None and t - f[1] <= ttl[m]
+            if not present[m] and not self.reasons[m]:
+                self.reasons[m] = {"vision": "no face seen for a moment", "audio": "no speech for a moment", "text": "no text"}[m]
+        if self.last_frame_t is not None and t - self.last_frame_t > cfg.camera_timeout_s:
+            present["vision"] = False
+            self.reasons["vision"] = "no camera frames arriving"
+        return present
+
+    def update(self, t: float | None = None, *, stage_ms: dict[str, float] | None = None) -> Update:
+        with self._lock:
+            t_start = time.perf_counter()
+            t = self.now() if t is None else t
+            timings = dict(stage_ms or {})
+            self._collect_transcripts()
+            words_ms = self._words(t)
+            if words_ms:
+                timings["words"] = words_ms
+            present = self._present(t)
+            t1 = time.perf_counter()
+            model = self.model
+            device = next(model.parameters()).device
+            feats = {m: torch.as_tensor(self.features[m][0], device=device).unsqueeze(0) for m in MODALITIES if present[m] and m in model.dims}
+            mask = {m: torch.ones(1, dtype=torch.bool, device=device) for m in feats}
+            if not feats:  # nothing to show the model: ask it with every modality absent
+                m0 = model.modalities[0]
+                feats = {m0: torch.zeros(1, model.dims[m0], device=device)}
+                mask = {m0: torch.zeros(1, dtype=torch.bool, device=device)}
+            e = explain(model, feats, mask).row(0)
+            timings["fusion"] = 1000 * (time.perf_counter() - t1)
+            timings["total"] = sum(v for k, v in timings.items() if k != "total") + 1000 * (t1 - t_start)
+            notes = [f"{DISPLAY_NAMES[m]}: {n}" for m in MODALITIES for n in self.notes[m]]
+            up = Update(
+                t=t, fusion=self.fusion_name, present=present,
+                reasons={m: "" if present[m] else self.reasons[m] for m in MODALITIES},
+                prediction=e["prediction"], baseline=e["baseline"],
+                shapley={m: e["shapley"].get(m, 0.0) for m in MODALITIES},
+                weights=None if e["weights"] is None else {m: e["weights"].get(m, 0.0) for m in MODALITIES},
+                face_box=self.face_box if present["vision"] else None,
+                face_expression=self.face_expression if present["vision"] else None,
+                transcript=self.transcript, typed_text=self.typed, words_text=self.words_text,
+                audio_level_dbfs=self.level, notes=notes, timings_ms=timings,
+            )
+            self.history.append(up)
+            return up

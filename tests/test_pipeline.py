@@ -1,0 +1,161 @@
+"""The streaming pipeline with the real encoders (slow)."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from mmdemo.audio import resample
+from mmdemo.checkpoint import save_fusion
+from mmdemo.encoders import DIMS
+from mmdemo.fusion import create_fusion, list_fusions
+from mmdemo.pipeline import Engine, PipelineConfig
+
+from tests.media import SENTENCE, astronaut, speech_16k, wer
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    for n in list_fusions():
+        torch.manual_seed(0)
+        save_fusion(create_fusion(n, dims=DIMS), root / "fusion" / n)
+    return root
+
+
+@pytest.fixture(scope="module")
+def engine(checkpoints):
+    return Engine(checkpoints, device="cpu", config=PipelineConfig(history=500))
+
+
+@pytest.fixture(scope="module")
+def speech48(tmp_path_factory):
+    x = speech_16k(tmp_path_factory.mktemp("sp"))
+    pad = np.zeros(16000, np.float32)
+    return (resample(np.concatenate([pad, x, pad, pad]), 16000, 48000) * 32767).astype(np.int16)
+
+
+def feed(session, audio48, frame, *, hop=0.1, t0=0.0):
+    """Interleave 100 ms audio chunks and frames like the browser does; returns the last update."""
+    n, t, up = int(48000 * hop), t0, None
+    for i in range(0, len(audio48), n):
+        session.push_audio(audio48[i : i + n], 48000, t=t)
+        up = session.push_frame(frame, t=t)
+        t += hop
+    return up, t
+
+
+def test_live_session_end_to_end(engine, speech48):
+    s = engine.session("weighted")
+    up, t = feed(s, speech48, astronaut())
+    assert up.present["vision"] and up.face_box is not None and up.face_expression == "happy"
+    assert set(up.timings_ms) >= {"face", "fusion", "total"}
+    s.wait_for_transcripts()
+    up = s.update(t)
+    assert wer(SENTENCE, up.transcript) < 0.25, up.transcript
+    assert up.present["text"] and up.words_text == up.transcript
+    # the contributions are exact Shapley values of this update
+    assert sum(up.shapley.values()) == pytest.approx(up.prediction - up.baseline, abs=1e-5)
+    assert abs(sum(up.weights.values()) - 1) < 1e-5
+    assert -3 < up.prediction < 3
+
+
+def test_reasons_for_absent_modalities(engine):
+    s = engine.session("concat")
+    up = s.update(0.0)
+    assert not up.any_present
+    assert up.reasons == {"text": "no text (type or speak)", "audio": "microphone not started", "vision": "camera not started"}
+    up = s.push_frame(np.zeros((480, 640, 3), np.uint8), t=0.1)
+    assert up.reasons["vision"] == "the camera delivers black frames"
+    up = s.push_audio(np.zeros(48000, np.int16), 48000, t=1.2)
+    assert up.reasons["audio"].startswith("silence")
+    up = s.set_text("🙂🙂🙂", t=1.3)
+    assert "emoji" in up.reasons["text"]
+    up = s.set_text("x" * 20000, t=1.4)
+    assert up.present["text"] and any("cut" in n for n in up.notes)
+    s.push_frame(astronaut(), t=2.0)
+    assert s.update(2.2).present["vision"]
+    assert not s.update(5.0).present["vision"]  # the camera stopped sending frames
+    assert s.update(5.0).reasons["vision"] == "no camera frames arriving"
+
+
+def test_bad_audio_does_not_break_the_session(engine, speech48):
+    s = engine.session()
+    for chunk, rate in (
+        (speech48[:4800], 0),  # wrong sample rate
+        (np.zeros((0,), np.int16), 48000),  # empty
+        (np.full(4800, np.nan, np.float32), 48000),  # NaN
+        (np.stack([speech48[:4410], speech48[:4410]], axis=1), 44100),  # stereo at another rate
+        (speech48[:800].astype(np.float64) / 32768, 8000),
+    ):
+        up = s.push_audio(chunk, rate, t=0.5)
+        assert np.isfinite(up.prediction)
+    assert any("sample rate" in n for n in s.push_audio(speech48[:10], 1, t=0.6).notes)
+
+
+def test_switching_method_keeps_history_and_features(engine, speech48):
+    s = engine.session("weighted")
+    feed(s, speech48[: 48000 * 2], astronaut())
+    n = len(s.history)
+    up = s.set_fusion("tensor")
+    assert up.fusion == "tensor" and up.weights is None
+    assert len(s.history) == n + 1 and s.history[0].fusion == "weighted"
+    assert up.present["vision"]
+    with pytest.raises(KeyError, match="available"):
+        s.set_fusion("nope")
+
+
+def test_cost_and_memory_stay_flat_over_a_long_session(engine, speech48):
+    """A minute of input at 10 frames/s + 10 audio chunks/s: buffers and history keep their size."""
+    s = engine.session("concat")
+    frame = np.full((120, 160, 3), 128, np.uint8)  # no face: cheap, this test is about the buffers
+    loop = np.concatenate([speech48, speech48])
+    t = 0.0
+    sizes = []
+    for _ in range(4):  # 4 x ~16 s of speech and frames: 1,300 updates, more than the history holds
+        _, t = feed(s, loop, frame, t0=t)
+        sizes.append((len(s.history), s.ring.size, len(s.probs), len(s.utterance), len(s.spoken), len(s.transcript)))
+    assert len(s.history) == engine.config.history
+    assert len({x[1] for x in sizes}) == 1 and max(x[2] for x in sizes) == s.probs.maxlen
+    assert max(x[3] for x in sizes) <= engine.config.utterance_max_s * 16000 / 512 + 20
+    assert len(s.spoken) <= engine.config.spoken_keep
+    s.wait_for_transcripts()
+    assert len(s.update(t).transcript) <= engine.config.transcript_chars
+
+
+def test_long_utterances_are_cut_and_transcribed(engine, speech48):
+    s = engine.session()
+    steady = np.concatenate([speech48[48000 : 48000 * 4]] * 8)  # ~24 s without a pause
+    feed(s, steady, astronaut())
+    assert len(s.pending_asr) + len(s.spoken) >= 1  # cut at utterance_max_s, not kept growing
+
+
+def test_sessions_do_not_see_each_other(engine, speech48):
+    a, b = engine.session("weighted"), engine.session("weighted")
+    errors = []
+
+    def run(session, frame, text):
+        try:
+            session.set_text(text, t=0.0)
+            feed(session, speech48[: 48000 * 2], frame)
+        except Exception as err:  # noqa: BLE001
+            errors.append(err)
+
+    ta = threading.Thread(target=run, args=(a, astronaut(), "I love it"))
+    tb = threading.Thread(target=run, args=(b, np.zeros((240, 320, 3), np.uint8), ""))
+    ta.start(), tb.start(), ta.join(), tb.join()
+    assert not errors
+    ua, ub = a.update(2.0), b.update(2.0)
+    assert ua.present["vision"] and not ub.present["vision"]
+    assert ua.typed_text == "I love it" and ub.typed_text == ""
+    assert ub.face_box is None
+
+
+def test_engine_without_checkpoints_says_so(tmp_path):
+    eng = Engine(tmp_path, device="cpu")
+    assert eng.available_fusions() == []
+    with pytest.raises(RuntimeError, match="no fusion models"):
+        eng.session()
