@@ -41,7 +41,7 @@ from .media import AUDIO_EXT, IMAGE_EXT, VIDEO_EXT, MediaError, iter_frames, kin
 
 log = logging.getLogger(__name__)
 
-EXTRACTOR_VERSION = "1"
+EXTRACTOR_VERSION = "2"  # bump whenever an encoder computes something different
 MEDIA_EXT = VIDEO_EXT | AUDIO_EXT | IMAGE_EXT
 
 
@@ -233,8 +233,11 @@ class PartCache:
             self.done[b.id] = b
 
 
-def cache_key(src: Path, labels: Path, modalities, fps: float, max_frames: int, label_col: str, text_col: str | None) -> str:
-    parts = [str(src.resolve()), str(labels.resolve()), ",".join(modalities), str(fps), str(max_frames), label_col, str(text_col), EXTRACTOR_VERSION]
+def cache_key(src: Path, labels: Path, modalities, fps: float, max_frames: int, label_col: str, text_col: str | None,
+              words_overlay: Path | None = None) -> str:
+    """Changes whenever the features would: inputs, settings, and the text encoder's weights."""
+    overlay = hashlib.sha1(Path(words_overlay).read_bytes()).hexdigest() if words_overlay else ""
+    parts = [str(src.resolve()), str(labels.resolve()), ",".join(modalities), str(fps), str(max_frames), label_col, str(text_col), overlay, EXTRACTOR_VERSION]
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
 
 
@@ -313,6 +316,38 @@ def summarize(items: list[Item], feats: dict[str, ItemFeatures], modalities, err
     return out
 
 
+def run_extraction(src: Path, labels: Path, *, modalities=MODALITIES, id_col: str = "clip_id", label_col: str = "label",
+                   text_col: str | None = "text", path_col: str | None = "path", split_col: str | None = "split",
+                   group_col: str | None = "speaker", valid: float = 0.1, test: float = 0.2, fps: float = 5.0,
+                   max_frames: int = 300, transcribe: bool = True, limit_per_split: int | None = None,
+                   cache: Path | None = None, resume: bool = True, device: str | None = None,
+                   words_overlay: Path | None = None, progress: bool = True) -> tuple[FeatureDataset, dict, list[dict]]:
+    """Extract a corpus: returns (dataset, summary of what each encoder found, broken files)."""
+    modalities = tuple(modalities)
+    items, skipped = read_items(src, labels, id_col=id_col, label_col=label_col, text_col=text_col, path_col=path_col,
+                                split_col=split_col, group_col=group_col, limit_per_split=limit_per_split)
+    if not items:
+        raise SystemExit(f"{labels}: no usable rows ({dict(skipped)})")
+    key = cache_key(src, labels, modalities, fps, max_frames, label_col, text_col, words_overlay)
+    folder = cache or Path(os.environ.get("MMDEMO_CACHE", Path.home() / ".cache" / "mmdemo")) / "extract" / key
+    if not resume and folder.exists():
+        for p in folder.glob("part-*.npz"):
+            p.unlink()
+    parts = PartCache(folder, modalities)
+    resumed = sum(it.id in parts.done for it in items)
+    if resumed and progress:
+        print(f"resuming: {resumed} clips already extracted in {folder}")
+    extractor = Extractor(modalities, fps=fps, max_frames=max_frames, transcribe=transcribe, device=device, words_overlay=words_overlay)
+    t0 = time.perf_counter()
+    chunk = 512 if modalities == ("text",) else 64  # text alone: big batches, sorted by length inside
+    feats, errors = extract(items, extractor, parts, chunk=chunk, progress=progress)
+    seconds = time.perf_counter() - t0
+    summary = summarize(items, feats, modalities, errors) | {"skipped_rows": dict(skipped), "seconds": seconds, "resumed": resumed}
+    meta = {"source": str(src), "labels": str(labels), "label_column": label_col, "modalities": list(modalities),
+            "fps": fps, "extractor": EXTRACTOR_VERSION, "words_overlay": str(words_overlay) if words_overlay else None, "summary": summary}
+    return build_dataset(items, feats, modalities, meta, valid=valid, test=test), summary, errors
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mmdemo.extract", description=__doc__.split("\n\n")[0],
                                  epilog="See the module docstring (python -c 'import mmdemo.extract; help(mmdemo.extract)').")
@@ -347,41 +382,26 @@ def main(argv: list[str] | None = None) -> int:
     if not args.src.is_dir():
         ap.error(f"{args.src} is not a folder")
     labels = args.labels or args.src / "labels.csv"
-    text_col = args.text_column or None
-    items, skipped = read_items(args.src, labels, id_col=args.id_column, label_col=args.label_column, text_col=text_col,
-                                path_col=args.path_column, split_col=args.split_column, group_col=args.group_column,
-                                limit_per_split=args.limit_per_split)
-    if not items:
-        ap.error(f"{labels}: no usable rows ({dict(skipped)})")
-    key = cache_key(args.src, labels, modalities, args.fps, args.max_frames, args.label_column, text_col)
-    folder = args.cache or Path(os.environ.get("MMDEMO_CACHE", Path.home() / ".cache" / "mmdemo")) / "extract" / key
-    if args.no_resume and folder.exists():
-        for p in folder.glob("part-*.npz"):
-            p.unlink()
-    cache = PartCache(folder, modalities)
-    if cache.done:
-        print(f"resuming: {len(cache.done)} clips already extracted in {folder}")
-    extractor = Extractor(modalities, fps=args.fps, max_frames=args.max_frames, transcribe=not args.no_transcribe,
-                          device=args.device, words_overlay=args.words_overlay)
-    t0 = time.perf_counter()
-    feats, errors = extract(items, extractor, cache, progress=not args.quiet)
-    seconds = time.perf_counter() - t0
-    summary = summarize(items, feats, modalities, errors) | {"skipped_rows": dict(skipped), "seconds": seconds}
-    meta = {"source": str(args.src), "labels": str(labels), "label_column": args.label_column, "modalities": list(modalities),
-            "fps": args.fps, "extractor": EXTRACTOR_VERSION, "summary": summary}
-    ds = build_dataset(items, feats, modalities, meta, valid=args.valid, test=args.test)
+    ds, summary, errors = run_extraction(
+        args.src, labels, modalities=modalities, id_col=args.id_column, label_col=args.label_column,
+        text_col=args.text_column or None, path_col=args.path_column, split_col=args.split_column,
+        group_col=args.group_column, valid=args.valid, test=args.test, fps=args.fps, max_frames=args.max_frames,
+        transcribe=not args.no_transcribe, limit_per_split=args.limit_per_split, cache=args.cache,
+        resume=not args.no_resume, device=args.device, words_overlay=args.words_overlay, progress=not args.quiet)
+    if summary["resumed"] and args.quiet:
+        print(f"resuming: {summary['resumed']} clips already extracted")
     ds.save(args.out)
     errors_path = args.out.with_name(args.out.stem + ".errors.json")
     if errors:
         errors_path.write_text(json.dumps(errors, indent=2) + "\n")
     elif errors_path.exists():
         errors_path.unlink()
-    print(f"\nwrote {args.out}: {ds.describe()} in {seconds:.1f} s")
+    print(f"\nwrote {args.out}: {ds.describe()} in {summary['seconds']:.1f} s")
     for m, s in summary["modalities"].items():
         why = "; ".join(f"{r or 'unknown'}: {n}" for r, n in s["absent_because"].items())
         print(f"  {m:6s} present in {s['present']}/{summary['extracted']} ({100 * s['share']:.1f}%)" + (f"  absent: {why}" if why else ""))
-    if skipped:
-        print(f"  skipped rows: {dict(skipped)}")
+    if summary["skipped_rows"]:
+        print(f"  skipped rows: {summary['skipped_rows']}")
     if errors:
         print(f"  {len(errors)} broken files skipped, listed in {errors_path}; first: {errors[0]['error']}", file=sys.stderr)
     return 0

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from . import DISPLAY_NAMES, MODALITIES
-from .audio import SAMPLE_RATE, AudioError, AudioRing, StreamResampler, check_rate, level_dbfs, to_mono_float
+from .audio import SAMPLE_RATE, AudioError, AudioRing, StreamResampler, check_rate, clipped_share, level_dbfs, to_mono_float
 from .checkpoint import load_fusion
 from .contributions import explain
 from .device import resolve_device
@@ -56,7 +56,8 @@ class PipelineConfig:
     words_ttl_s: float = 30.0  # spoken words count this long
     spoken_keep: int = 3  # at most this many recent utterances feed the words modality
     transcript_chars: int = 4000  # transcript kept for display
-    history: int = 6000  # updates kept (10 minutes at 10 updates/s)
+    history: int = 600  # updates kept (a minute at 10 updates/s; the browser keeps the plots)
+    max_pending_asr: int = 2  # utterances waiting for speech recognition (per session); older ones are dropped
     max_text_chars: int = 10000  # longer typed text is cut (and the update says so)
 
 
@@ -70,6 +71,7 @@ class Update:
     baseline: float  # what the model says with no modality
     shapley: dict[str, float]  # signed contributions, sum to prediction - baseline
     weights: dict[str, float] | None  # the method's own weights, if it has them
+    unimodal: dict[str, float | None] = field(default_factory=dict)  # each present modality's own model alone
     face_box: tuple[int, int, int, int] | None = None
     face_expression: str | None = None
     transcript: str = ""
@@ -90,6 +92,7 @@ class Update:
             r[f"present_{m}"] = self.present[m]
             r[f"shapley_{m}"] = self.shapley.get(m, 0.0)
             r[f"weight_{m}"] = None if self.weights is None else self.weights.get(m)
+            r[f"alone_{m}"] = self.unimodal.get(m)
         return r
 
 
@@ -115,6 +118,15 @@ class Engine:
         self.asr_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmdemo-asr")
         self._fusions: dict[str, Fusion] = {n: m.to(self.device).eval() for n, m in (fusions or {}).items()}
         self._lock = threading.Lock()
+        self._unimodal: dict[str, Fusion] | None = None
+
+    def unimodal(self) -> dict[str, Fusion]:
+        """Each modality's own model (checkpoints/unimodal/<modality>), where shipped."""
+        with self._lock:
+            if self._unimodal is None:
+                root = self.checkpoints / "unimodal"
+                self._unimodal = {m: load_fusion(root / m, device=self.device) for m in MODALITIES if (root / m / "config.json").exists()}
+            return self._unimodal
 
     def available_fusions(self) -> list[str]:
         """Registered methods that have a model here (registry order)."""
@@ -136,19 +148,25 @@ class Engine:
         if fusion:
             self.fusion(fusion)
 
-    def session(self, fusion: str | None = None) -> Session:
+    def default_fusion(self) -> str:
         names = self.available_fusions()
         if not names:
             raise RuntimeError(f"no fusion models found in {self.checkpoints / 'fusion'}")
-        return Session(self, fusion or ("weighted" if "weighted" in names else names[0]))
+        return "weighted" if "weighted" in names else names[0]
+
+    def session(self, fusion: str | None = None, *, blocking_asr: bool = False) -> Session:
+        """A new session. ``blocking_asr``: transcribe an utterance as soon as it closes (files,
+        where the next update should already see the words) instead of in the background."""
+        return Session(self, fusion or self.default_fusion(), blocking_asr=blocking_asr)
 
 
 class Session:
     """One person's live state. Methods are safe to call from several threads (webcam and
     microphone streams arrive on different workers)."""
 
-    def __init__(self, engine: Engine, fusion: str):
+    def __init__(self, engine: Engine, fusion: str, *, blocking_asr: bool = False):
         self.engine = engine
+        self.blocking_asr = blocking_asr
         self.cfg = engine.config
         self._lock = threading.RLock()
         self.fusion_name = ""
@@ -169,11 +187,13 @@ class Session:
         self.probs = deque(maxlen=int(np.ceil(self.cfg.voice_window_s * SAMPLE_RATE / FRAME)))
         self.last_voice_t = -1e9
         self.level = -100.0
+        self.clip_note: list[str] = []
         self.in_speech = False
         self.utterance: list[np.ndarray] = []
         self.utt_frames = 0
         self.silent_frames = 0
-        self.pending_asr: deque[tuple[float, Future]] = deque()
+        self.asr_running: tuple[float, Future] | None = None
+        self.asr_waiting: deque[tuple[float, np.ndarray]] = deque(maxlen=self.cfg.max_pending_asr)
         # words
         self.typed = ""
         self.spoken: deque[tuple[float, str]] = deque(maxlen=self.cfg.spoken_keep)
@@ -220,6 +240,8 @@ class Session:
             if self.resampler is None or self.resampler.sr_in != sr:
                 self.resampler = StreamResampler(sr)
             x16 = self.resampler(x)
+            clip = clipped_share(x16)
+            self.clip_note = [f"the microphone is clipping ({100 * clip:.1f}% of samples at full scale)"] if clip > 0.005 else []
             frames, probs = self.vad.push(x16)
             vad_ms = 1000 * (time.perf_counter() - t0)
             self.ring.push(frames)
@@ -237,7 +259,7 @@ class Session:
                 if res.present:
                     self.features["audio"] = (res.feature, t)
                 self.reasons["audio"] = res.reason
-                self.notes["audio"] = res.info.get("notes", [])
+                self.notes["audio"] = [n for n in res.info.get("notes", []) if "clipping" not in n]
                 stage["voice"] = 1000 * (time.perf_counter() - t1)
             return self.update(t, stage_ms=stage)
 
@@ -251,6 +273,13 @@ class Session:
                 text = text[: self.cfg.max_text_chars]
             self.typed = text
             self._words_key = None
+            return self.update(t, stage_ms={})
+
+    def flush(self, t: float | None = None) -> Update:
+        """Close the utterance in progress (it gets transcribed) and update."""
+        with self._lock:
+            t = self.now() if t is None else t
+            self._close_utterance(t)
             return self.update(t, stage_ms={})
 
     def stop_audio(self, t: float | None = None) -> Update:
@@ -275,13 +304,17 @@ class Session:
             self.reasons["vision"] = "camera stopped"
             return self.update(t, stage_ms={})
 
-    def wait_for_transcripts(self, timeout: float = 30.0) -> None:
-        """Block until the background transcriptions submitted so far are done (files, tests)."""
-        for _, fut in list(self.pending_asr):
-            try:
-                fut.result(timeout=timeout)
-            except Exception:  # noqa: BLE001 - reported when collected
-                pass
+    def wait_for_transcripts(self, timeout: float = 60.0) -> None:
+        """Block until every closed utterance is transcribed (files, tests)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while (self.asr_running is not None or self.asr_waiting) and time.monotonic() < deadline:
+                if self.asr_running is not None:
+                    try:
+                        self.asr_running[1].result(timeout=max(0.0, deadline - time.monotonic()))
+                    except Exception:  # noqa: BLE001 - reported when collected
+                        pass
+                self._pump_asr()
 
     # ---------------------------------------------------------------- speech -> words
     def _track_utterances(self, frames: np.ndarray, probs: np.ndarray, t: float) -> None:
@@ -311,21 +344,35 @@ class Session:
         self.utterance, self.utt_frames, self.silent_frames = [], 0, 0
         if speech_frames * FRAME / SAMPLE_RATE < self.cfg.utterance_min_s:
             return
-        self.pending_asr.append((t, self.engine.asr_pool.submit(self.engine.transcriber.transcribe, audio)))
+        if len(self.asr_waiting) == self.asr_waiting.maxlen:
+            # speech recognition is behind (a slow machine, many sessions): the oldest waiting
+            # utterance is dropped rather than audio queued without bound
+            self.notes["text"] = ["speech recognition is behind: an utterance was skipped"]
+        self.asr_waiting.append((t, audio))
+        self._pump_asr()
 
-    def _collect_transcripts(self) -> None:
-        while self.pending_asr and self.pending_asr[0][1].done():
-            t, fut = self.pending_asr.popleft()
+    def _pump_asr(self) -> None:
+        """Collect a finished transcription and start the next waiting one: at most one job of
+        this session is in the shared speech-recognition worker at a time."""
+        if self.asr_running is not None and self.asr_running[1].done():
+            t, fut = self.asr_running
+            self.asr_running = None
             try:
                 text = fut.result()
             except Exception as err:  # noqa: BLE001 - one failed utterance must not end the session
                 log.warning("transcription failed: %s", err)
                 self.notes["text"] = ["speech recognition failed for one utterance"]
-                continue
+                text = ""
             if text:
                 self.spoken.append((t, text))
                 self.transcript = (self.transcript + " " + text).strip()[-self.cfg.transcript_chars :]
                 self._words_key = None
+        if self.asr_running is None and self.asr_waiting:
+            t, audio = self.asr_waiting.popleft()
+            self.asr_running = (t, self.engine.asr_pool.submit(self.engine.transcriber.transcribe, audio))
+            if self.blocking_asr:
+                self.asr_running[1].result()
+                self._pump_asr()
 
     def _words(self, t: float) -> float:
         """Refresh the words feature from typed text + recent speech; returns ms spent."""
@@ -362,7 +409,7 @@ class Session:
             t_start = time.perf_counter()
             t = self.now() if t is None else t
             timings = dict(stage_ms or {})
-            self._collect_transcripts()
+            self._pump_asr()
             words_ms = self._words(t)
             if words_ms:
                 timings["words"] = words_ms
@@ -377,15 +424,20 @@ class Session:
                 feats = {m0: torch.zeros(1, model.dims[m0], device=device)}
                 mask = {m0: torch.zeros(1, dtype=torch.bool, device=device)}
             e = explain(model, feats, mask).row(0)
+            alone = {}
+            with torch.inference_mode():
+                for m, uni in self.engine.unimodal().items():
+                    alone[m] = float(uni({m: feats[m]}).prediction) if present[m] and m in feats else None
             timings["fusion"] = 1000 * (time.perf_counter() - t1)
             timings["total"] = sum(v for k, v in timings.items() if k != "total") + 1000 * (t1 - t_start)
-            notes = [f"{DISPLAY_NAMES[m]}: {n}" for m in MODALITIES for n in self.notes[m]]
+            notes = [f"{DISPLAY_NAMES[m]}: {n}" for m in MODALITIES for n in self.notes[m] + (self.clip_note if m == "audio" else [])]
             up = Update(
                 t=t, fusion=self.fusion_name, present=present,
                 reasons={m: "" if present[m] else self.reasons[m] for m in MODALITIES},
                 prediction=e["prediction"], baseline=e["baseline"],
                 shapley={m: e["shapley"].get(m, 0.0) for m in MODALITIES},
                 weights=None if e["weights"] is None else {m: e["weights"].get(m, 0.0) for m in MODALITIES},
+                unimodal=alone,
                 face_box=self.face_box if present["vision"] else None,
                 face_expression=self.face_expression if present["vision"] else None,
                 transcript=self.transcript, typed_text=self.typed, words_text=self.words_text,

@@ -22,3 +22,11 @@ def presence_patterns(modalities, batch):
     rows = [[(s >> j) & 1 for j in range(n)] for s in range(2**n)]
     mask = torch.tensor([rows[i % len(rows)] for i in range(batch)], dtype=torch.bool)
     return {m: mask[:, j] for j, m in enumerate(modalities)}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -46,8 +46,10 @@ def test_any_frame_size_and_layout(face):
     for frame in (cv2.resize(img, (1280, 1280)), img[:, :, 0], np.dstack([img, np.full(img.shape[:2], 255, np.uint8)]), img.astype(np.float32) / 255):
         r = face.encode(frame)
         assert r.present, r.reason
-    small = face.encode(img[:20, :20])
+    small = face.encode(img[:12, :12])
     assert not small.present and "too small" in small.reason
+    thumb = face.encode(cv2.resize(img[20:260, 110:350], (60, 60)))  # a thumbnail is enlarged, not refused
+    assert thumb.present, thumb.reason
 
 
 def test_blank_black_and_faceless_frames_are_absent(face):
@@ -99,6 +101,8 @@ def test_silence_and_noise_are_absent():
     enc = VoiceEncoder()
     silent = enc.encode(np.zeros(16000 * 2, np.float32))
     assert not silent.present and silent.reason.startswith("silence")
+    hum = enc.encode((0.0005 * np.sin(np.arange(32000) / 5)).astype(np.float32))  # a quiet hum
+    assert not hum.present and hum.reason.startswith("silence (level")
     noise = enc.encode(np.random.default_rng(0).normal(0, 0.05, 16000 * 2).astype(np.float32))
     assert not noise.present and "no speech" in noise.reason
     assert not enc.encode(np.zeros(100, np.float32)).present

@@ -18,7 +18,7 @@ import time
 import cv2
 import numpy as np
 
-from .base import Encoder, EncoderResult, Lazy, package_file
+from .base import Encoder, EncoderResult, Lazy, MissingModelError, package_file
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,8 @@ BLENDSHAPES = (
 )
 N_BLENDSHAPES = len(BLENDSHAPES)
 _SMILE = (BLENDSHAPES.index("mouthSmileLeft"), BLENDSHAPES.index("mouthSmileRight"))
-MIN_SIDE = 32  # smaller frames cannot hold a detectable face
+MIN_SIDE = 16  # smaller frames cannot hold a detectable face
+UPSCALE_BELOW = 96  # small stills (thumbnails, crops) are enlarged before detection
 DARK = 8.0  # mean grey level under which a frame counts as black
 
 
@@ -137,8 +138,13 @@ class FaceEncoder(Encoder):
         if float(grey_full.mean()) < DARK:
             return EncoderResult.absent(self.modality, "the camera delivers black frames", brightness=float(grey_full.mean()))
         scale = min(1.0, self.max_side / max(h0, w0))
-        small = cv2.resize(rgb, (round(w0 * scale), round(h0 * scale)), interpolation=cv2.INTER_AREA) if scale < 1 else rgb
-        result = self._detect(small)
+        if min(h0, w0) < UPSCALE_BELOW:
+            scale = 2 * UPSCALE_BELOW / min(h0, w0)
+        small = rgb if scale == 1 else cv2.resize(rgb, (round(w0 * scale), round(h0 * scale)), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+        try:
+            result = self._detect(small)
+        except MissingModelError as err:
+            return EncoderResult.absent(self.modality, f"face model not installed ({err})")
         offset, sh, sw = 0, small.shape[0], small.shape[1]
         if not result.face_landmarks and self.pad_retry:
             offset = round(0.3 * max(sh, sw))

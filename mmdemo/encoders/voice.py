@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 FRAME = 512  # Silero VAD frame at 16 kHz (32 ms)
 CONTEXT = 64  # samples of the previous frame the model sees
-SILENT_DBFS = -55.0  # below this RMS level a window is called silent without asking the VAD
+DIGITAL_SILENCE_DBFS = -90.0  # below this nothing is worth asking the VAD about
+QUIET_DBFS = -55.0  # with no speech found, a window this quiet is reported as silence
 
 
 def _load_vad():
@@ -115,12 +116,14 @@ class VoiceEncoder(Encoder):
         clip = clipped_share(audio)
         if clip > 0.005:
             info["notes"].append(f"the microphone is clipping ({100 * clip:.1f}% of samples at full scale)")
-        if level < SILENT_DBFS:
-            return EncoderResult.absent(self.modality, f"silence (level {level:.0f} dBFS)", **info)
+        if level < DIGITAL_SILENCE_DBFS:
+            return EncoderResult.absent(self.modality, "silence (the microphone sends zeros)", **info)
         probs = speech_probs(audio) if probs is None else probs
         speech_s = float((probs >= self.threshold).sum()) * FRAME / SAMPLE_RATE
         info["speech_s"] = speech_s
         if speech_s < self.min_speech_s:
+            if level < QUIET_DBFS:
+                return EncoderResult.absent(self.modality, f"silence (level {level:.0f} dBFS)", **info)
             return EncoderResult.absent(self.modality, "no speech detected (sound, but not a voice)", **info)
         a, b = speech_span(probs, self.threshold)
         segment = audio[a:b]

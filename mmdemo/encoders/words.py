@@ -63,16 +63,18 @@ class MiniLM:
 
     def embed(self, texts: list[str], *, batch_size: int = 64) -> np.ndarray:
         torch = self.torch
-        out = []
+        out = np.zeros((len(texts), 384), np.float32)
+        order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths together: less padding
         for i in range(0, len(texts), batch_size):
-            enc = self.tokenizer(texts[i : i + batch_size], padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
+            idx = order[i : i + batch_size]
+            enc = self.tokenizer([texts[j] for j in idx], padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
             enc = {k: v.to(self.device) for k, v in enc.items()}
             with self.lock, torch.inference_mode():
                 hidden = self.model(**enc).last_hidden_state.float()  # (B, L, 384)
             mask = enc["attention_mask"].unsqueeze(-1).float()
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
-            out.append(torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy())
-        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 384), np.float32)
+            out[idx] = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
+        return out
 
     def truncated(self, text: str) -> bool:
         """Is ``text`` longer than the model reads?"""

@@ -1,0 +1,204 @@
+"""The app without a browser: its handlers on bad input, its API through gradio_client (slow:
+real models and the shipped checkpoints)."""
+
+import logging
+import os
+import tracemalloc
+
+import cv2
+import numpy as np
+import pytest
+import soundfile as sf
+
+import app as studio_app
+from mmdemo.fusion import list_fusions
+from mmdemo.pipeline import DEFAULT_CHECKPOINTS
+
+from tests.helpers import free_port
+from tests.media import astronaut, espeak, speech_16k, video
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def studio():
+    s = studio_app.Studio(DEFAULT_CHECKPOINTS, "cpu")
+    s.warm_up()
+    assert s.error is None and s.fusions
+    return s
+
+
+@pytest.fixture(scope="module")
+def handlers(studio):
+    return studio_app.Handlers(studio)
+
+
+@pytest.fixture
+def quiet_log(caplog):
+    """Handlers must not log errors (unhandled exceptions) for bad input."""
+    caplog.set_level(logging.WARNING)
+    yield caplog
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+
+
+def test_every_registered_method_ships_a_checkpoint(studio):
+    assert studio.fusions == list_fusions()
+    for name in studio.fusions:
+        assert studio.metrics[name].get("test"), f"{name}: no test metrics in its checkpoint"
+
+
+def test_no_camera_or_microphone_yet(handlers, quiet_log):
+    state, *_ = handlers.on_load()
+    out = handlers.on_frame(None, state)
+    assert "no camera frame" in out[0] and "camera not started" in out[3]
+    out = handlers.on_audio(None, state)
+    assert "microphone not started" in out[2]
+
+
+def test_black_frames_and_several_faces(handlers, quiet_log):
+    state, *_ = handlers.on_load()
+    out = handlers.on_frame(np.zeros((480, 640, 3), np.uint8), state)
+    assert "black frames" in out[3]
+    head = astronaut()[20:260, 110:350]
+    canvas = np.full((480, 900, 3), 90, np.uint8)
+    canvas[20:420, 480:880] = cv2.resize(head, (400, 400))
+    canvas[40:340, 20:320] = cv2.resize(head, (300, 300))
+    out = handlers.on_frame(canvas, state)
+    assert "2 faces in view" in out[3] and "face: present" in out[3]
+    assert out[0].startswith("<img") and "base64" in out[0]
+
+
+def test_odd_frames_do_not_break_the_stream(handlers, quiet_log):
+    state, *_ = handlers.on_load()
+    for frame in (np.zeros((2, 2, 3), np.uint8), np.zeros((10, 10)), np.full((480, 640, 4), 255, np.uint8), "not an image"):
+        out = handlers.on_frame(frame, state)
+        assert isinstance(out[3], str)
+    assert handlers.on_frame(astronaut(), state)[4] is state
+
+
+def _chunk_file(tmp_path, data, sr, name="chunk.wav"):
+    path = tmp_path / name
+    sf.write(str(path), data, sr, subtype="PCM_16")
+    return str(path)
+
+
+def test_silent_and_clipping_microphone(handlers, tmp_path, quiet_log):
+    state, *_ = handlers.on_load()
+    out = handlers.on_audio((48000, np.zeros(24000, np.int16)), state)
+    assert "silence" in out[2]
+    speech = speech_16k(tmp_path)
+    loud = np.clip(speech * 40, -1, 1)
+    for i in range(0, len(loud) - 8000, 8000):
+        out = handlers.on_audio((16000, (loud[i : i + 8000] * 32767).astype(np.int16)), state)
+    assert "clipping" in out[2]
+
+
+def test_wrong_sample_rate_and_broken_chunks(handlers, tmp_path, quiet_log):
+    state, *_ = handlers.on_load()
+    assert "sample rate" in handlers.on_audio((0, np.zeros(100, np.int16)), state)[2]
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF not really")
+    out = handlers.on_audio(str(bad), state)
+    assert "audio skipped" in out[2]
+
+
+def test_huge_and_emoji_text(handlers, quiet_log):
+    state, *_ = handlers.on_load()
+    out = handlers.on_text("😀🎉👍", state)
+    assert "only symbols or emoji" in out[2]
+    out = handlers.on_text("great " * 2000, state)
+    assert "words: present" in out[2] and ("cut" in out[2] or "first 256 tokens" in out[2])
+    out = handlers.on_text("", state)
+    assert "no text" in out[2]
+
+
+def test_switching_method_mid_session(handlers, quiet_log):
+    state, *_ = handlers.on_load()
+    handlers.on_text("I love this so much", state)
+    for name in list_fusions():
+        feed, readout, status, info, state = handlers.on_fusion(name, state)
+        assert f'"fusion": "{name}"' in feed and name in info
+    assert len(state.history) >= len(list_fusions())
+
+
+def test_tab_that_stops_sending_frames(handlers, quiet_log):
+    state, *_ = handlers.on_load()
+    handlers.on_frame(astronaut(), state)
+    state.t0 -= 10  # ten seconds later, no frame came
+    out = handlers.on_text("hello there", state)
+    assert "no camera frames arriving" in out[2]
+
+
+def test_chunk_files_are_removed_and_memory_stays_flat(handlers, tmp_path, monkeypatch, quiet_log):
+    """A long simulated session through the handlers: no file per chunk is left in Gradio's temp
+    folder, and memory does not grow with the number of updates."""
+    cache = tmp_path / "gradio"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(cache))
+    state, *_ = handlers.on_load()
+    speech = (speech_16k(tmp_path) * 32767).astype(np.int16)
+    frame = np.full((240, 320, 3), 100, np.uint8)
+
+    def run(n):
+        for i in range(n):
+            sub = cache / f"h{i}"
+            sub.mkdir(parents=True, exist_ok=True)
+            j = (i * 8000) % (len(speech) - 8000)
+            handlers.on_audio(_chunk_file(sub, speech[j : j + 8000], 16000), state)
+            handlers.on_frame(frame, state)
+
+    tracemalloc.start()
+    run(350)  # warm up: history, buffers and caches fill to their bounds (700 updates > history)
+    before = tracemalloc.get_traced_memory()[0]
+    run(300)
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert not list(cache.rglob("*.wav")), "chunk files were left behind"
+    assert len(state.history) == state.history.maxlen and len(state.asr_waiting) <= 2
+    assert grown < 3_000_000, f"memory grew by {grown} bytes over 600 more updates"
+
+
+def test_analyse_uploads(handlers, tmp_path, quiet_log):
+    wav = espeak(tmp_path / "s.wav")
+    clip = video(tmp_path / "talk.mp4", audio=wav, seconds=4.0)
+    summary, fig, csv_path, json_path = handlers.on_analyse(str(clip), "weighted", 5)
+    assert "updates with **weighted**" in summary and "transcript" in summary
+    assert fig is not None and os.path.getsize(csv_path) > 0
+    lines = open(csv_path).read().splitlines()
+    assert lines[0].startswith("t,fusion,prediction") and len(lines) > 20
+    mute = video(tmp_path / "mute.mp4", seconds=2.0)
+    summary, *_ = handlers.on_analyse(str(mute), "concat", 5)
+    assert "no audio track" in summary
+    junk = tmp_path / "junk.mp4"
+    junk.write_text("not a video")
+    summary, fig, *_ = handlers.on_analyse(str(junk), "weighted", 5)
+    assert summary.startswith("⚠️") and fig is None
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    assert handlers.on_analyse(str(text), "weighted", 5)[0].startswith("⚠️")
+    assert handlers.on_analyse(None, "weighted", 5)[0].startswith("Upload")
+
+
+@pytest.fixture(scope="module")
+def served(studio):
+    demo = studio_app.build(studio)
+    port = free_port()
+    demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **studio_app.LAUNCH)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+def test_api_through_gradio_client(served, tmp_path):
+    from gradio_client import Client, handle_file
+
+    client = Client(served, verbose=False)
+    fusions = client.predict(api_name="/fusions")
+    assert set(fusions) == set(list_fusions()) and all("mae" in v for v in fusions.values())
+    good = client.predict("I absolutely loved it, what a wonderful and moving film", "weighted", api_name="/predict")
+    bad = client.predict("This was awful, boring and a complete waste of my time", "weighted", api_name="/predict")
+    assert good["present"]["text"] and good["prediction"] > bad["prediction"]
+    assert good["prediction"] > 0.5 and bad["prediction"] < -0.5  # the trained words model, through the fusion
+    assert abs(sum(good["shapley"].values()) - (good["prediction"] - good["baseline"])) < 1e-4
+    wav = espeak(tmp_path / "s.wav", "I am so happy today")
+    clip = video(tmp_path / "c.mp4", audio=wav, seconds=2.5)
+    summary, _fig, csv_file, json_file = client.predict(handle_file(str(clip)), "tensor", 5, api_name="/analyse")
+    assert "tensor" in summary and os.path.exists(csv_file) and os.path.exists(json_file)

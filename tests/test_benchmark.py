@@ -1,0 +1,62 @@
+"""The real-data benchmark end to end on a small subset of ../shared/data (slow)."""
+
+import json
+
+import pytest
+
+from mmdemo import benchmark
+from mmdemo.checkpoint import load_fusion
+from mmdemo.data import FeatureDataset, Split
+from mmdemo.fusion import list_fusions
+from mmdemo.pairing import PairingConfig, build_paired, polarity_class
+from mmdemo.pipeline import Engine
+from mmdemo.synthetic import SyntheticSpec, make_synthetic
+
+from tests.media import SHARED
+
+needs_data = pytest.mark.skipif(not (SHARED / "cmu-mosi" / "labels.csv").exists(), reason="../shared/data not present")
+
+
+def test_pairing_keeps_splits_apart_and_follows_its_probabilities():
+    spec = SyntheticSpec(sizes=(3000, 300, 300), seq_len=0, dims={"text": 4, "audio": 3, "vision": 2}, signal={"text": 1.0}, seed=2)
+    base = make_synthetic(spec)
+    one = lambda m: FeatureDataset(  # noqa: E731
+        {s: Split(feats={m: sp.feats[m]}, present={m: sp.present[m]}, labels=sp.labels,
+                            ids=[f"{m}-{s}-{i}" for i in sp.ids]) for s, sp in base.splits.items()}, {"source": m})
+    cfg = PairingConfig(absent={"text": 0.1, "audio": 0.2, "vision": 0.3}, disagree={"text": 0.0, "audio": 0.2, "vision": 0.0}, seed=1)
+    paired = build_paired({"text": one("text"), "audio": one("audio"), "vision": one("vision")}, cfg)
+    for s, sp in paired.splits.items():
+        for ids in sp.ids:  # every part comes from the same split
+            assert all(f"-{s}-" in part for part in ids.split("|") if part)
+    tr = paired.splits["train"]
+    for m, p in (("text", 0.1), ("audio", 0.2), ("vision", 0.3)):
+        assert abs((~tr.present[m]).mean() - p) < 0.03
+    # vision never disagrees: every vision sample has the target's polarity class
+    counts = paired.meta["counts"]["train"]
+    assert counts["vision"]["disagree"] == 0 and counts["audio"]["disagree"] > 0
+    assert set(polarity_class(tr.labels, 0.5)) <= {-1, 0, 1}
+
+
+@needs_data
+def test_quick_benchmark_writes_tables_checkpoints_and_a_model_card(tmp_path):
+    out = tmp_path / "results"
+    assert benchmark.main(["--data", str(SHARED), "--out", str(out), "--quick", "--quiet", "--device", "cpu"]) == 0
+    md = (out / "benchmark.md").read_text()
+    for section in ("Words: CMU-MOSI", "Words: CMU-MOSEI", "Voice: RAVDESS", "Face:", "Fusion on paired examples", "What the encoders returned"):
+        assert section in md
+    assert "published" in md and "M-BERT" in md
+    res = json.loads((out / "benchmark.json").read_text())
+    assert res["words"]["chosen"] in ("frozen", "fine-tuned")
+    assert set(res["fusion"]["methods"]) == set(list_fusions())
+    ckpt = out / "checkpoints"
+    card = (ckpt / "README.md").read_text()
+    assert "No corpus pairs the three modalities" in card and "CC BY-NC-SA" in card
+    for m in ("text", "audio", "vision"):
+        assert load_fusion(ckpt / "unimodal" / m).modalities == (m,)
+    for name in list_fusions():
+        assert json.loads((ckpt / "fusion" / name / "metrics.json").read_text())["test"]["mae"] > 0
+    # the live pipeline runs on what the benchmark wrote
+    engine = Engine(ckpt, device="cpu")
+    assert engine.available_fusions() == list_fusions()
+    up = engine.session("weighted").set_text("what a lovely day", t=0.0)
+    assert up.present["text"] and abs(sum(up.shapley.values()) - (up.prediction - up.baseline)) < 1e-4

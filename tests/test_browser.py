@@ -1,0 +1,140 @@
+"""End to end in headless Chromium with a fake webcam (a clip of a real face) and a fake
+microphone (espeak-ng speech), as ../shared/docs/E2E.md describes. Marked slow + browser."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import free_port
+from tests.media import need, video
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = Path(os.environ.get("MMDEMO_ARTIFACTS", ROOT / "test-artifacts"))
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    need("ffmpeg"), need("espeak-ng"), need("sox")
+    if not Path(CHROMIUM).exists():
+        pytest.skip("chromium is not installed (see the README's apt-get line)")
+    d = tmp_path_factory.mktemp("fake-devices")
+    raw = d / "raw.wav"
+    subprocess.run(["espeak-ng", "-w", str(raw), "I really love this movie. The acting was wonderful and I am very happy."], check=True)
+    body = d / "body.wav"
+    subprocess.run(["sox", str(raw), "-r", "48000", "-c", "1", "-b", "16", str(body)], check=True)
+    silence = d / "silence.wav"
+    subprocess.run(["sox", "-n", "-r", "48000", "-c", "1", "-b", "16", str(silence), "trim", "0", "1.5"], check=True)
+    speech = d / "speech.wav"
+    subprocess.run(["sox", str(body), str(silence), str(speech)], check=True)
+    mp4 = video(d / "face.mp4", seconds=4.0, size=480)
+    y4m = d / "face.y4m"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(mp4), "-vf", "scale=640:480,format=yuv420p", "-r", "15", str(y4m)], check=True)
+    return {"video": y4m, "audio": speech}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    port = free_port()
+    temp = tmp_path_factory.mktemp("gradio-temp")
+    env = dict(os.environ, GRADIO_TEMP_DIR=str(temp), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
+    log = open(tmp_path_factory.mktemp("log") / "app.log", "w")
+    t0 = time.time()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port), "--device", "cpu"], cwd=ROOT, env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    while time.time() - t0 < 120:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert proc.poll() is None, open(log.name).read()
+            time.sleep(0.3)
+    started = time.time() - t0
+    yield {"url": url, "temp": temp, "log": log.name, "startup_s": started, "proc": proc}
+    proc.terminate()
+    proc.wait(timeout=30)
+    text = open(log.name).read()
+    assert "Traceback" not in text, text[-3000:]
+
+
+def _browser(p, profile, media):
+    return p.chromium.launch_persistent_context(
+        str(profile), executable_path=CHROMIUM, headless=True, viewport={"width": 1280, "height": 1000},
+        args=ARGS + [f"--use-file-for-fake-video-capture={media['video']}", f"--use-file-for-fake-audio-capture={media['audio']}"])
+
+
+def _start_streams(page):
+    page.wait_for_selector("#cam")
+    page.wait_for_function("window.mmLive !== undefined && typeof Plotly !== 'undefined'", timeout=30000)
+    page.locator("#cam").get_by_text("Click to Access Webcam").click()
+    page.wait_for_function("document.querySelector('#cam video') && document.querySelector('#cam video').videoWidth > 0", timeout=30000)
+    page.locator("#cam button.capture-button").click()
+    page.locator("#mic button.record-button").click()
+
+
+def test_live_session_in_a_real_browser(server, media, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    assert server["startup_s"] < 60, "the app should answer within seconds (models load lazily)"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        ctx = _browser(p, tmp_path / "profile-a", media)
+        page = ctx.new_page()
+        page.goto(server["url"], wait_until="load")
+        _start_streams(page)
+        page.locator("#text textarea").press_sequentially("What a wonderful day", delay=30)
+        # the plots update live
+        page.wait_for_function("window.mmLive.points > 40", timeout=90000)
+        page.wait_for_function("document.querySelector('#status').innerText.includes('face: present')", timeout=30000)
+        # switch the method mid-stream: the plots continue with it
+        page.locator("#fusion input").click()
+        page.locator("[role=option]", has_text="cross_attention").first.click()
+        page.wait_for_function("window.mmLive.fusion === 'cross_attention'", timeout=30000)
+        n = page.evaluate("window.mmLive.points")
+        page.wait_for_function(f"window.mmLive.points > {n + 20}", timeout=60000)
+        traces = page.evaluate("document.querySelector('#live .js-plotly-plot').data.map(t => t.x.length)")
+        assert min(traces[:5]) > 20  # prediction, smoothed line, three contributions
+        # what was said appears as a transcript and feeds the words modality
+        page.wait_for_function("document.querySelector('#transcript textarea').value.toLowerCase().includes('movie')", timeout=90000)
+        assert "words: present" in page.locator("#status").inner_text()
+        assert "cross_attention" in page.locator("#method-info").inner_text()
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(ARTIFACTS / "live.png"), full_page=True)
+        ctx.close()
+    # no file per audio chunk is left in Gradio's temp folder
+    assert len(list(Path(server["temp"]).rglob("*.wav"))) < 5
+
+
+def test_two_sessions_do_not_see_each_other(server, media, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        a = _browser(p, tmp_path / "a", media)
+        b = _browser(p, tmp_path / "b", media)
+        pa, pb = a.new_page(), b.new_page()
+        pa.goto(server["url"], wait_until="load")
+        pb.goto(server["url"], wait_until="load")
+        for page in (pa, pb):
+            page.wait_for_function("window.mmLive !== undefined", timeout=30000)
+        pa.locator("#text textarea").press_sequentially("I hate this, it is terrible", delay=20)
+        pa.wait_for_function("document.querySelector('#status').innerText.includes('words: present')", timeout=30000)
+        pb.locator("#fusion input").click()
+        pb.locator("[role=option]", has_text="tensor").first.click()
+        pb.wait_for_function("window.mmLive.fusion === 'tensor'", timeout=30000)
+        pa.wait_for_timeout(1000)
+        assert "no text" in pb.locator("#status").inner_text()  # b never typed
+        assert pa.evaluate("window.mmLive.fusion") != "tensor"  # a never switched
+        assert pa.locator("#text textarea").input_value() and not pb.locator("#text textarea").input_value()
+        a.close()
+        b.close()
