@@ -24,6 +24,7 @@ import logging  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
+import weakref  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import cv2  # noqa: E402
@@ -44,6 +45,8 @@ COLORS = {"text": "#4C78A8", "audio": "#F58518", "vision": "#54A24B"}
 LABEL = {m: DISPLAY_NAMES[m] for m in MODALITIES}  # words / voice / face
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 FRAME_WIDTH = 320  # the annotated frame sent back to the browser
+WEBCAM = {"video": {"width": {"ideal": 320}, "height": {"ideal": 240}}}  # a face at arm's length is ~100 px: enough; cheaper to send and decode
+MIN_FRAME_GAP_S = 0.07  # frames arriving sooner after the last processed one are skipped: at most ~14 processed/s
 
 
 # ============================================================================ state and models
@@ -91,14 +94,14 @@ def _read_json(path: Path) -> dict:
 # ============================================================================ rendering
 
 
-def feed_payload(up: Update, *, src: str = "", reset: bool = False) -> str:
+def feed_payload(up: Update, *, src: str = "", reset: bool = False, recv: float | None = None) -> str:
     """The light update the live plots extend themselves with (one point). ``src`` says which
     input caused it (frame, audio, text, fusion), for the latency benchmark."""
     return json.dumps({"src": src,
         "t": round(up.t, 3), "pred": round(up.prediction, 4), "base": round(up.baseline, 4), "fusion": up.fusion,
         "any": up.any_present, "shap": {m: round(v, 4) for m, v in up.shapley.items()},
         "w": None if up.weights is None else {m: round(v, 4) for m, v in up.weights.items()},
-        "sent": time.time() * 1000, "reset": reset,
+        "recv": None if recv is None else recv * 1000, "sent": time.time() * 1000, "reset": reset,
     })
 
 
@@ -211,7 +214,7 @@ const C = {text: '%(text)s', audio: '%(audio)s', vision: '%(vision)s'};
 const L = {text: 'words', audio: 'voice', vision: 'face'};
 const M = ['text', 'audio', 'vision'];
 const N = 600;
-window.mmLive = {points: 0, latencies: [], framePlots: [], fusion: null, ema: null, lastT: -1};
+window.mmLive = {points: 0, latencies: [], framePlots: [], draws: [], fusion: null, ema: null, lastT: -1};
 function init() {
   const traces = [
     {x: [], y: [], mode: 'markers', name: 'prediction', marker: {size: 4, color: '#555'}, xaxis: 'x', yaxis: 'y'},
@@ -233,6 +236,18 @@ function init() {
   };
   Plotly.newPlot(el, traces, layout, {displayModeBar: false, responsive: true});
 }
+const pending = {x: [[], [], [], [], [], [], [], []], y: [[], [], [], [], [], [], [], []]};
+let scheduled = false, lastDraw = 0;
+const MIN_DRAW_MS = 120;  // redraw at most ~8 times a second: points arriving meanwhile go in one call
+function draw() {
+  scheduled = false;
+  lastDraw = performance.now();
+  if (!pending.x[0].length) return;
+  Plotly.extendTraces(el, {x: pending.x, y: pending.y}, [0, 1, 2, 3, 4, 5, 6, 7], N);
+  for (let i = 0; i < 8; i++) { pending.x[i] = []; pending.y[i] = []; }
+  window.mmLive.draws.push(Date.now());
+  if (window.mmLive.draws.length > 5000) window.mmLive.draws.shift();
+}
 function push() {
   if (!props.value) return;
   let d; try { d = JSON.parse(props.value); } catch (e) { return; }
@@ -241,11 +256,12 @@ function push() {
   window.mmLive.lastT = d.t;
   const a = 0.3;
   window.mmLive.ema = window.mmLive.ema === null ? d.pred : a * d.pred + (1 - a) * window.mmLive.ema;
-  const xs = [], ys = [];
-  xs.push([d.t]); ys.push([d.pred]); xs.push([d.t]); ys.push([window.mmLive.ema]);
-  for (const m of M) { xs.push([d.t]); ys.push([d.shap[m]]); }
-  for (const m of M) { xs.push([d.t]); ys.push([d.w ? d.w[m] : null]); }
-  Plotly.extendTraces(el, {x: xs, y: ys}, [0, 1, 2, 3, 4, 5, 6, 7], N);
+  const ys = [d.pred, window.mmLive.ema].concat(M.map(m => d.shap[m]), M.map(m => d.w ? d.w[m] : null));
+  for (let i = 0; i < 8; i++) { pending.x[i].push(d.t); pending.y[i].push(ys[i]); }
+  if (!scheduled) {
+    scheduled = true;
+    setTimeout(() => requestAnimationFrame(draw), Math.max(0, MIN_DRAW_MS - (performance.now() - lastDraw)));
+  }
   if (window.mmLive.fusion !== null && window.mmLive.fusion !== d.fusion) {
     const anns = (el.layout.annotations || []).concat([{x: d.t, y: 3, xref: 'x', yref: 'y', text: d.fusion, showarrow: true, arrowhead: 0, ay: -18, font: {size: 10}}]);
     Plotly.relayout(el, {annotations: anns.slice(-8)});
@@ -254,6 +270,7 @@ function push() {
   window.mmLive.points += 1;
   window.mmLive.latencies.push(Date.now() - d.sent);
   if (window.mmLive.latencies.length > 2000) window.mmLive.latencies.shift();
+  if (d.recv) { window.mmLive.recv = window.mmLive.recv || []; window.mmLive.recv.push([d.recv, d.sent, Date.now()]); if (window.mmLive.recv.length > 2000) window.mmLive.recv.shift(); }
   if (d.src === 'frame') { window.mmLive.framePlots.push(Date.now()); if (window.mmLive.framePlots.length > 5000) window.mmLive.framePlots.shift(); }
 }
 if (typeof Plotly === 'undefined') {
@@ -289,8 +306,10 @@ class Handlers:
     """Every UI event as a plain method (testable without a browser). None of them raises: a
     problem becomes a plain message in the UI and a log line, and the session goes on."""
 
-    def __init__(self, studio: Studio):
+    def __init__(self, studio: Studio, min_frame_gap_s: float = MIN_FRAME_GAP_S):
         self.studio = studio
+        self.min_frame_gap_s = min_frame_gap_s
+        self._last_frame: weakref.WeakKeyDictionary[Session, float] = weakref.WeakKeyDictionary()
 
     def session_of(self, state: Session | None, fusion: str | None = None) -> Session:
         return state if state is not None else self.studio.engine.session(fusion or None)
@@ -305,14 +324,21 @@ class Handlers:
             return None, gr.update(), readout_html(None), warn_html(str(err)), gr.update()
 
     def on_frame(self, frame, state):
+        recv = time.time()
         try:
             s = self.session_of(state)
             if frame is None:
                 up = s.update()
                 return frame_html(None, up), feed_payload(up), readout_html(up), status_html(up), s
+            now = time.monotonic()
+            if now - self._last_frame.get(s, -1e9) < self.min_frame_gap_s:
+                # Gradio already keeps only the newest frame of a stream; this also caps the rate so
+                # a fast camera does not take the CPU from the microphone and the other users
+                return gr.skip(), gr.skip(), gr.skip(), gr.skip(), s
+            self._last_frame[s] = now
             frame = np.asarray(frame)
             up = s.push_frame(frame)
-            return frame_html(frame, up), feed_payload(up, src="frame"), readout_html(up), status_html(up), s
+            return frame_html(frame, up), feed_payload(up, src="frame", recv=recv), readout_html(up), status_html(up), s
         except Exception as err:  # noqa: BLE001 - a bad frame must not end the stream
             log.warning("frame skipped: %s", err)
             return gr.update(), gr.update(), gr.update(), warn_html(f"frame skipped: {err}"), state
@@ -404,7 +430,8 @@ def build(studio: Studio) -> gr.Blocks:
         with gr.Tab("Live"):
             with gr.Row():
                 with gr.Column(scale=2, min_width=320):
-                    cam = gr.Image(sources=["webcam"], streaming=True, type="numpy", label="webcam", elem_id="cam", height=240)
+                    cam = gr.Image(sources=["webcam"], streaming=True, type="numpy", label="webcam", elem_id="cam", height=240,
+                                   webcam_options=gr.WebcamOptions(mirror=True, constraints=WEBCAM))
                     annotated = gr.HTML(frame_html(None, None), elem_id="frame", js_on_load=None)
                     mic = gr.Audio(sources=["microphone"], streaming=True, type="filepath", label="microphone", elem_id="mic")
                     text = gr.Textbox(label="type (words count with what you say)", lines=2, max_length=20000, elem_id="text",

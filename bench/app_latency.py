@@ -1,10 +1,13 @@
 """Updates per second delivered to the live plots, and latency from a webcam frame leaving the
 browser to its point on the plot, with 1 and with 4 concurrent sessions, in headless Chromium.
 
-Each session is a real browser page with a fake webcam (a clip of a real face) and a fake
-microphone (espeak-ng speech), both streaming, as in tests/test_browser.py. The page records the
-time of every frame POST (a wrapped fetch) and of every point the plot draws for a frame; the k-th
-frame plotted is matched with the k-th frame sent. Browser and server share one clock (loopback).
+Each session is a real browser page streaming a webcam and a microphone to the app. The webcam is
+a canvas stream (getUserMedia is replaced in the page) that draws a real face photo at 15 fps with
+the capture time written in a bar of black and white blocks at the bottom of every frame; the
+microphone is Chromium's fake device playing espeak-ng speech. When the app's annotated frame for
+a processed frame appears, the page decodes the bar from it and records now - capture time: the
+latency from the frame leaving the camera to its update on the page (the plot point arrives in
+the same message). Frames the app drops when it is behind are not counted as updates.
 
     python bench/app_latency.py [--sessions 1,4] [--seconds 30] [--device cpu]
 Writes bench/results/app_latency.json. Needs chromium, ffmpeg, espeak-ng, sox (README).
@@ -13,6 +16,7 @@ Writes bench/results/app_latency.json. Needs chromium, ffmpeg, espeak-ng, sox (R
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import socket
@@ -22,24 +26,78 @@ import tempfile
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.helpers import free_port  # noqa: E402
-from tests.media import video  # noqa: E402
+from tests.media import astronaut  # noqa: E402
 
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
-WRAP_FETCH = """
-window.mmPosts = [];
-const _fetch = window.fetch;
-window.fetch = function(input, init) {
-  const url = typeof input === 'string' ? input : input.url;
-  if (init && init.method === 'POST' && url.includes('/stream/')) window.mmPosts.push({t: Date.now(), size: (init.body && init.body.length) || 0});
-  return _fetch.apply(this, arguments);
-};
+BITS = 32
+PROBE = """
+(() => {
+  const BITS = %(bits)d, BAR_SHARE = 0.05;
+  let W = 640, H = 480;
+  window.mmProbe = {lat: [], parts: [], frames: 0};
+  const face = new Image();
+  face.src = '%(face)s';
+  const canvas = document.createElement('canvas');
+  const ctx = canvas.getContext('2d');
+  setInterval(() => {
+    if (canvas.width !== W) { canvas.width = W; canvas.height = H; }
+    const BAR = Math.round(H * BAR_SHARE);
+    ctx.fillStyle = '#777'; ctx.fillRect(0, 0, W, H);
+    if (face.complete) ctx.drawImage(face, W / 10, 0, W * 0.8, H - BAR);
+    const t = Date.now() %% 4294967296;
+    for (let i = 0; i < BITS; i++) {
+      ctx.fillStyle = (Math.floor(t / Math.pow(2, i)) %% 2) ? '#fff' : '#000';
+      ctx.fillRect(i * W / BITS, H - BAR, W / BITS, BAR);
+    }
+    window.mmProbe.frames++;
+  }, 1000 / 15);
+  const stream = canvas.captureStream(15);
+  const original = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+  // the page's requested size (the app asks for one), like a real camera honouring constraints
+  const ideal = (v, d) => (v && typeof v === 'object') ? (v.ideal || v.exact || d) : (v || d);
+  navigator.mediaDevices.getUserMedia = (c) => {
+    if (!(c && c.video)) return original(c);
+    W = ideal(c.video.width, 640); H = ideal(c.video.height, 480);
+    return Promise.resolve(stream);
+  };
+  const read = document.createElement('canvas');
+  function decode(img) {
+    read.width = img.naturalWidth; read.height = img.naturalHeight;
+    const g = read.getContext('2d', {willReadFrequently: true}); g.drawImage(img, 0, 0);
+    const y = Math.floor(img.naturalHeight * (1 - BAR_SHARE / 2)), w = img.naturalWidth / BITS;
+    let t = 0;
+    for (let i = 0; i < BITS; i++) {  // the webcam image is mirrored: bit i is i blocks from the right
+      const p = g.getImageData(Math.floor((BITS - i - 0.5) * w), y, 1, 1).data;
+      if (p[0] + p[1] + p[2] > 384) t += Math.pow(2, i);
+    }
+    return t;
+  }
+  const observer = new MutationObserver(() => {
+    const img = document.querySelector('#frame img');
+    if (!img || img.dataset.seen === img.src.length + ':' + img.src.slice(-32)) return;
+    img.dataset.seen = img.src.length + ':' + img.src.slice(-32);
+    const arrived = Date.now();
+    const probe = new Image();
+    probe.onload = () => {
+      const captured = decode(probe);
+      const lat = (arrived %% 4294967296) - captured;
+      if (lat >= 0 && lat < 60000) window.mmProbe.lat.push([arrived, arrived - lat]);
+      const r = (window.mmLive && window.mmLive.recv) ? window.mmLive.recv[window.mmLive.recv.length - 1] : null;
+      if (r && lat >= 0 && lat < 60000) window.mmProbe.parts.push([(r[0] %% 4294967296) - captured, r[1] - r[0], arrived - r[1]]);
+    };
+    probe.src = img.src;
+  });
+  const start = () => observer.observe(document.body, {subtree: true, childList: true, attributes: true, attributeFilter: ['src']});
+  if (document.body) start(); else document.addEventListener('DOMContentLoaded', start);
+})();
 """
 
 
@@ -47,23 +105,23 @@ def media(d: Path) -> dict:
     raw = d / "raw.wav"
     subprocess.run(["espeak-ng", "-w", str(raw), "I think this went really well and I am happy about it."], check=True)
     subprocess.run(["sox", str(raw), "-r", "48000", "-c", "1", "-b", "16", str(d / "speech.wav"), "pad", "0", "1.5"], check=True)
-    mp4 = video(d / "face.mp4", seconds=4.0, size=480)
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(mp4), "-vf", "scale=640:480,format=yuv420p", "-r", "15", str(d / "face.y4m")], check=True)
-    return {"video": d / "face.y4m", "audio": d / "speech.wav"}
+    ok, png = cv2.imencode(".png", cv2.cvtColor(astronaut(), cv2.COLOR_RGB2BGR))
+    return {"audio": d / "speech.wav", "face": "data:image/png;base64," + base64.b64encode(png.tobytes()).decode()}
 
 
-def run(url: str, n: int, seconds: float, m: dict, tmp: Path) -> list[dict]:
+def run(url: str, n: int, seconds: float, m: dict) -> list[dict]:
     from playwright.sync_api import sync_playwright
 
     out = []
+    probe = PROBE % {"bits": BITS, "face": m["face"]}
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=ARGS + [
-            f"--use-file-for-fake-video-capture={m['video']}", f"--use-file-for-fake-audio-capture={m['audio']}"])
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
+                                    args=ARGS + [f"--use-file-for-fake-audio-capture={m['audio']}"])
         pages = []
-        for i in range(n):
+        for _ in range(n):
             ctx = browser.new_context(permissions=["camera", "microphone"], viewport={"width": 1280, "height": 1000})
             page = ctx.new_page()
-            page.add_init_script(WRAP_FETCH)
+            page.add_init_script(probe)
             page.goto(url, wait_until="load")
             page.wait_for_function("window.mmLive !== undefined && typeof Plotly !== 'undefined'", timeout=60000)
             page.locator("#cam").get_by_text("Click to Access Webcam").click()
@@ -73,17 +131,29 @@ def run(url: str, n: int, seconds: float, m: dict, tmp: Path) -> list[dict]:
             page.locator("#cam button.capture-button").click()
             page.locator("#mic button.record-button").click()
         time.sleep(5)  # warm-up: first frames, model caches
-        marks = [page.evaluate("[window.mmLive.points, window.mmLive.framePlots.length, window.mmPosts.length]") for page in pages]
+        marks = [page.evaluate("[window.mmLive.points, window.mmLive.framePlots.length, window.mmProbe.lat.length]") for page in pages]
         time.sleep(seconds)
-        for page, (p0, f0, s0) in zip(pages, marks):
-            pts, plots, posts = page.evaluate("[window.mmLive.points, window.mmLive.framePlots, window.mmPosts.map(x => x.t)]")
-            frames = len(plots) - f0
-            k = min(len(plots), len(posts))
-            lat = np.array(plots[f0:k]) - np.array(posts[f0:k]) if k > f0 else np.zeros(0)
-            out.append({"sessions": n, "updates_per_s": (pts - p0) / seconds, "frame_updates_per_s": frames / seconds,
-                        "frames_sent": len(posts) - s0, "frames_plotted": frames,
+        for page, (p0, f0, l0) in zip(pages, marks):
+            pts, plots, probes, parts, draws = page.evaluate(
+                "[window.mmLive.points, window.mmLive.framePlots.length, window.mmProbe.lat, window.mmProbe.parts, window.mmLive.draws]")
+            # a frame's point is on the plot at the first redraw after its update reached the page
+            draws = np.array(draws, dtype=float)
+            lat = []
+            for arrived, captured in probes[l0:]:
+                k = np.searchsorted(draws, arrived)
+                if k < len(draws):
+                    lat.append(draws[k] - captured)
+            lat = np.array(lat, dtype=float)
+            parts = np.array(parts[-len(lat):] if len(lat) else [], dtype=float).reshape(-1, 3)
+            out.append({"sessions": n, "updates_per_s": (pts - p0) / seconds, "frame_updates_per_s": (plots - f0) / seconds,
+                        "latency_n": int(lat.size),
                         "latency_p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
-                        "latency_p95_ms": float(np.percentile(lat, 95)) if lat.size else None})
+                        "latency_p95_ms": float(np.percentile(lat, 95)) if lat.size else None,
+                        # where the time goes (medians): capture -> handler start (browser encode,
+                        # upload, queue, decode), handler, handler end -> page
+                        "to_handler_p50_ms": float(np.median(parts[:, 0])) if len(parts) else None,
+                        "handler_p50_ms": float(np.median(parts[:, 1])) if len(parts) else None,
+                        "to_page_p50_ms": float(np.median(parts[:, 2])) if len(parts) else None})
         browser.close()
     return out
 
@@ -111,11 +181,12 @@ def main() -> None:
         time.sleep(10)  # let the models finish loading
         results = []
         for n in [int(x) for x in args.sessions.split(",")]:
-            rows = run(f"http://127.0.0.1:{port}/", n, args.seconds, m, tmp)
+            rows = run(f"http://127.0.0.1:{port}/", n, args.seconds, m)
             results += rows
             for r in rows:
-                print(f"{n} session(s): {r['updates_per_s']:.1f} updates/s ({r['frame_updates_per_s']:.1f} from frames; "
-                      f"{r['frames_sent']} frames sent, {r['frames_plotted']} plotted), frame->plot p50 {r['latency_p50_ms']} ms p95 {r['latency_p95_ms']} ms", flush=True)
+                print(f"{n} session(s): {r['updates_per_s']:.1f} updates/s ({r['frame_updates_per_s']:.1f} from frames), "
+                      f"frame -> page p50 {r['latency_p50_ms']} ms p95 {r['latency_p95_ms']} ms ({r['latency_n']} frames); "
+                      f"p50 parts: to handler {r['to_handler_p50_ms']}, handler {r['handler_p50_ms']}, to page {r['to_page_p50_ms']} ms", flush=True)
     finally:
         proc.terminate()
         proc.wait(timeout=30)

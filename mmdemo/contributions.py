@@ -63,7 +63,8 @@ def _shapley_plan(n: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 def explain(model: Fusion, feats: Features, present: Presence | None = None) -> Explanation:
     """Exact Shapley values over the model's modalities for a batch (one forward pass)."""
     was_training = model.training
-    model.eval()
+    if was_training:  # toggling walks every submodule: only when needed (live models are in eval)
+        model.eval()
     try:
         with torch.inference_mode():
             x, mask = model.complete_inputs(feats, present)
@@ -93,4 +94,5 @@ def explain(model: Fusion, feats: Features, present: Presence | None = None) -> 
                 present=mask,
             )
     finally:
-        model.train(was_training)
+        if was_training:
+            model.train()

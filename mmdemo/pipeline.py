@@ -17,6 +17,7 @@ the history is a bounded deque. Switching the fusion method keeps the history an
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -114,7 +115,8 @@ class Engine:
         self.face = FaceEncoder()
         self.voice = VoiceEncoder(threshold=config.speech_threshold)
         self.words = WordsEncoder(device=str(self.device), overlay=overlay if overlay.exists() else None)
-        self.transcriber = Transcriber(device=str(self.device))
+        # on the CPU, speech recognition gets half the cores: the live updates keep the rest
+        self.transcriber = Transcriber(device=str(self.device), cpu_threads=max(1, (os.cpu_count() or 2) // 2))
         self.asr_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmdemo-asr")
         self._fusions: dict[str, Fusion] = {n: m.to(self.device).eval() for n, m in (fusions or {}).items()}
         self._lock = threading.Lock()

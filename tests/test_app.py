@@ -1,11 +1,13 @@
 """The app without a browser: its handlers on bad input, its API through gradio_client (slow:
 real models and the shipped checkpoints)."""
 
+import json
 import logging
 import os
 import tracemalloc
 
 import cv2
+import gradio as gr
 import numpy as np
 import pytest
 import soundfile as sf
@@ -30,7 +32,18 @@ def studio():
 
 @pytest.fixture(scope="module")
 def handlers(studio):
-    return studio_app.Handlers(studio)
+    return studio_app.Handlers(studio, min_frame_gap_s=0.0)
+
+
+def test_frames_faster_than_the_gap_are_skipped(studio):
+    gated = studio_app.Handlers(studio, min_frame_gap_s=60.0)
+    state, *_ = gated.on_load()
+    first = gated.on_frame(astronaut(), state)
+    second = gated.on_frame(astronaut(), state)
+    assert json.loads(first[1])["src"] == "frame" and first[4] is state
+    assert all(isinstance(o, type(gr.skip())) for o in second[:4]) and second[4] is state
+    other, *_ = gated.on_load()  # the gap is per session
+    assert json.loads(gated.on_frame(astronaut(), other)[1])["src"] == "frame"
 
 
 @pytest.fixture
