@@ -81,7 +81,7 @@ class Studio:
             return f"⚠️ Models failed to load: {html.escape(self.error)}"
         if not self.ready.is_set():
             return "⏳ Loading models (face, voice, words, speech recognition)… the first updates may be slow."
-        return f"✅ Models ready ({self.engine.device.type}). Allow camera and microphone access, then press Record."
+        return f"✓ Models ready ({self.engine.device.type}). Allow camera and microphone access, then press Record."
 
 
 def _read_json(path: Path) -> dict:
@@ -237,14 +237,21 @@ function init() {
   Plotly.newPlot(el, traces, layout, {displayModeBar: false, responsive: true});
 }
 const pending = {x: [[], [], [], [], [], [], [], []], y: [[], [], [], [], [], [], [], []]};
-let scheduled = false, lastDraw = 0;
-const MIN_DRAW_MS = 120;  // redraw at most ~8 times a second: points arriving meanwhile go in one call
+// raw points (one SVG node each, the costly part of a redraw) for the last 15 s; lines for 60 s
+const KEEP = {x: [150, N, N, N, N, N, N, N], y: [150, N, N, N, N, N, N, N]};
+let scheduled = false, lastDraw = 0, drawMs = 20;
+// Redraw as soon as a point arrives unless redraws would take more than two thirds of the page's
+// time: then points arriving meanwhile are drawn together in one call (slow machines, many points).
+const gap = () => Math.max(30, 1.5 * drawMs);
 function draw() {
   scheduled = false;
-  lastDraw = performance.now();
   if (!pending.x[0].length) return;
-  Plotly.extendTraces(el, {x: pending.x, y: pending.y}, [0, 1, 2, 3, 4, 5, 6, 7], N);
+  const t0 = performance.now();
+  Plotly.extendTraces(el, {x: pending.x, y: pending.y}, [0, 1, 2, 3, 4, 5, 6, 7], KEEP);
   for (let i = 0; i < 8; i++) { pending.x[i] = []; pending.y[i] = []; }
+  lastDraw = performance.now();
+  drawMs = 0.8 * drawMs + 0.2 * (lastDraw - t0);
+  window.mmLive.drawMs = drawMs;
   window.mmLive.draws.push(Date.now());
   if (window.mmLive.draws.length > 5000) window.mmLive.draws.shift();
 }
@@ -260,7 +267,8 @@ function push() {
   for (let i = 0; i < 8; i++) { pending.x[i].push(d.t); pending.y[i].push(ys[i]); }
   if (!scheduled) {
     scheduled = true;
-    setTimeout(() => requestAnimationFrame(draw), Math.max(0, MIN_DRAW_MS - (performance.now() - lastDraw)));
+    const wait = gap() - (performance.now() - lastDraw);
+    if (wait <= 0) requestAnimationFrame(draw); else setTimeout(() => requestAnimationFrame(draw), wait);
   }
   if (window.mmLive.fusion !== null && window.mmLive.fusion !== d.fusion) {
     const anns = (el.layout.annotations || []).concat([{x: d.t, y: 3, xref: 'x', yref: 'y', text: d.fusion, showarrow: true, arrowhead: 0, ay: -18, font: {size: 10}}]);

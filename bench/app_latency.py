@@ -101,10 +101,11 @@ PROBE = """
 """
 
 
-def media(d: Path) -> dict:
+def media(d: Path, silent: bool = False) -> dict:
     raw = d / "raw.wav"
     subprocess.run(["espeak-ng", "-w", str(raw), "I think this went really well and I am happy about it."], check=True)
-    subprocess.run(["sox", str(raw), "-r", "48000", "-c", "1", "-b", "16", str(d / "speech.wav"), "pad", "0", "1.5"], check=True)
+    effect = ["vol", "0"] if silent else []  # silence: no speech, so no Whisper work
+    subprocess.run(["sox", str(raw), "-r", "48000", "-c", "1", "-b", "16", str(d / "speech.wav"), "pad", "0", "1.5", *effect], check=True)
     ok, png = cv2.imencode(".png", cv2.cvtColor(astronaut(), cv2.COLOR_RGB2BGR))
     return {"audio": d / "speech.wav", "face": "data:image/png;base64," + base64.b64encode(png.tobytes()).decode()}
 
@@ -132,10 +133,11 @@ def run(url: str, n: int, seconds: float, m: dict) -> list[dict]:
             page.locator("#mic button.record-button").click()
         time.sleep(5)  # warm-up: first frames, model caches
         marks = [page.evaluate("[window.mmLive.points, window.mmLive.framePlots.length, window.mmProbe.lat.length]") for page in pages]
+        marks_t = time.time() * 1000
         time.sleep(seconds)
         for page, (p0, f0, l0) in zip(pages, marks):
-            pts, plots, probes, parts, draws = page.evaluate(
-                "[window.mmLive.points, window.mmLive.framePlots.length, window.mmProbe.lat, window.mmProbe.parts, window.mmLive.draws]")
+            pts, plots, probes, parts, draws, draw_ms = page.evaluate(
+                "[window.mmLive.points, window.mmLive.framePlots.length, window.mmProbe.lat, window.mmProbe.parts, window.mmLive.draws, window.mmLive.drawMs]")
             # a frame's point is on the plot at the first redraw after its update reached the page
             draws = np.array(draws, dtype=float)
             lat = []
@@ -153,7 +155,8 @@ def run(url: str, n: int, seconds: float, m: dict) -> list[dict]:
                         # upload, queue, decode), handler, handler end -> page
                         "to_handler_p50_ms": float(np.median(parts[:, 0])) if len(parts) else None,
                         "handler_p50_ms": float(np.median(parts[:, 1])) if len(parts) else None,
-                        "to_page_p50_ms": float(np.median(parts[:, 2])) if len(parts) else None})
+                        "to_page_p50_ms": float(np.median(parts[:, 2])) if len(parts) else None,
+                        "plot_redraw_ms": draw_ms, "redraws_per_s": float(np.sum(draws > marks_t)) / seconds})
         browser.close()
     return out
 
@@ -163,10 +166,11 @@ def main() -> None:
     ap.add_argument("--sessions", default="1,4")
     ap.add_argument("--seconds", type=float, default=30)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--silent-mic", action="store_true", help="the microphone plays silence (no speech to transcribe)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "app_latency.json"))
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
-    m = media(tmp)
+    m = media(tmp, silent=args.silent_mic)
     port = free_port()
     env = dict(os.environ, GRADIO_TEMP_DIR=str(tmp / "gradio"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
     log = open(tmp / "app.log", "w")
@@ -185,8 +189,9 @@ def main() -> None:
             results += rows
             for r in rows:
                 print(f"{n} session(s): {r['updates_per_s']:.1f} updates/s ({r['frame_updates_per_s']:.1f} from frames), "
-                      f"frame -> page p50 {r['latency_p50_ms']} ms p95 {r['latency_p95_ms']} ms ({r['latency_n']} frames); "
-                      f"p50 parts: to handler {r['to_handler_p50_ms']}, handler {r['handler_p50_ms']}, to page {r['to_page_p50_ms']} ms", flush=True)
+                      f"frame -> plot p50 {r['latency_p50_ms']} ms p95 {r['latency_p95_ms']} ms ({r['latency_n']} frames); "
+                      f"p50 parts: to handler {r['to_handler_p50_ms']}, handler {r['handler_p50_ms']}, to page {r['to_page_p50_ms']} ms; "
+                      f"plot redraw {r['plot_redraw_ms']} ms, {r['redraws_per_s']:.1f}/s", flush=True)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -197,7 +202,7 @@ def main() -> None:
         print(f"| {n} | {mean('updates_per_s'):.1f} | {mean('frame_updates_per_s'):.1f} | {mean('latency_p50_ms'):.0f} | {mean('latency_p95_ms'):.0f} |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "device": args.device, "cpus": os.cpu_count(), "seconds": args.seconds, "results": results}, indent=2) + "\n")
+    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "device": args.device, "cpus": os.cpu_count(), "seconds": args.seconds, "microphone": "silence" if args.silent_mic else "speech", "results": results}, indent=2) + "\n")
     print(f"wrote {out}")
 
 

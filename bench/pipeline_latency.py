@@ -9,6 +9,13 @@ before and after. CPU, and CUDA when present (--device).
 
     python bench/pipeline_latency.py                 # 1, 10, 30 minutes
     python bench/pipeline_latency.py --minutes 1,3   # quicker
+    python bench/pipeline_latency.py --concurrent 1,4 --seconds 60
+
+--concurrent N runs N sessions at once in real time, one thread each, as N users of one server
+would: frames come every 1/fps s; a session that is still busy when its next frame is due skips
+to the newest frame (as the app does). It reports the updates per second each session got and
+the latency from a frame being due to its update being ready (waiting included): the server's
+capacity, without the browsers and the network (bench/app_latency.py measures those).
 Writes bench/results/pipeline_latency.json (or --out). Needs espeak-ng.
 """
 
@@ -90,12 +97,67 @@ def run_session(engine: Engine, fusion: str, minutes: float, frame: np.ndarray, 
     return out
 
 
+def run_concurrent(engine: Engine, fusion: str, n: int, seconds: float, frame: np.ndarray, loop: np.ndarray, fps: float, hop: float) -> dict:
+    import threading
+
+    n_hop = int(48000 * hop)
+    audio = np.tile(loop, int(np.ceil(seconds * 48000 / len(loop))) + 2)
+    lat: list[list[float]] = [[] for _ in range(n)]
+    counts = [0] * n
+    start = time.monotonic() + 0.5
+
+    def user(i: int) -> None:
+        s = engine.session(fusion)
+        next_frame, next_audio, pos = start + i / (fps * n), start, 0
+        while True:
+            now = time.monotonic()
+            if now >= start + seconds:
+                break
+            if now >= next_audio:  # audio chunks are never dropped: the browser queues them
+                s.push_audio(audio[pos : pos + n_hop], 48000, t=next_audio - start)
+                pos += n_hop
+                next_audio += hop
+                counts[i] += 1
+            elif now >= next_frame:
+                due = next_frame + int((now - next_frame) * fps) / fps  # the newest frame due
+                s.push_frame(frame, t=due - start)
+                lat[i].append(1000 * (time.monotonic() - due))
+                counts[i] += 1
+                next_frame = due + 1 / fps
+            else:
+                time.sleep(min(next_frame, next_audio) - now)
+
+    threads = [threading.Thread(target=user, args=(i,)) for i in range(n)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    allv = np.concatenate([np.array(v) for v in lat])
+    return {"sessions": n, "seconds": seconds, "updates_per_s": [c / seconds for c in counts],
+            "frame_updates_per_s": [len(v) / seconds for v in lat],
+            "frame_latency_p50_ms": float(np.percentile(allv, 50)), "frame_latency_p95_ms": float(np.percentile(allv, 95))}
+
+
+def print_table(results: list[dict]) -> None:
+    head = "| device | session | updates | " + " | ".join(f"{s} p50/p95 ms" for s in STAGES) + " | total p50 first/last min | RSS MB start/end |"
+    print("\n" + head + "\n|" + "---|" * (len(STAGES) + 5))
+    for r in results:
+        if "sessions" in r:
+            continue
+        cells = [r["device"], f"{r['minutes']:g} min", str(r["updates"])]
+        cells += [f"{r[s]['p50']:.1f} / {r[s]['p95']:.1f}" if r[s]["p50"] is not None else "-" for s in STAGES]
+        cells += [f"{r['total_p50_first_min']:.1f} / {r['total_p50_last_min']:.1f}", f"{r['rss_mb_start']:.0f} / {r['rss_mb_end']:.0f}"]
+        print("| " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", default="1,10,30")
     ap.add_argument("--fps", type=float, default=10.0)
     ap.add_argument("--hop", type=float, default=0.5)
     ap.add_argument("--fusion", default="weighted")
+    ap.add_argument("--concurrent", default=None, help="e.g. 1,4: that many sessions at once, in real time")
+    ap.add_argument("--seconds", type=float, default=60.0, help="length of a --concurrent run")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: both when CUDA is present)")
     ap.add_argument("--checkpoints", type=Path, default=DEFAULT_CHECKPOINTS)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "pipeline_latency.json"))
@@ -116,18 +178,21 @@ def main() -> None:
         t0 = time.perf_counter()
         engine.warmup(args.fusion)
         load_s = time.perf_counter() - t0
+        if args.concurrent:
+            for n in [int(x) for x in args.concurrent.split(",")]:
+                r = run_concurrent(engine, args.fusion, n, args.seconds, frame, loop, args.fps, args.hop) | {"device": device}
+                results.append(r)
+                print(f"{device} {n} session(s) at once: updates/s per session {min(r['updates_per_s']):.1f}-{max(r['updates_per_s']):.1f} "
+                      f"(frames {min(r['frame_updates_per_s']):.1f}-{max(r['frame_updates_per_s']):.1f}); frame due -> update p50 "
+                      f"{r['frame_latency_p50_ms']:.1f} ms p95 {r['frame_latency_p95_ms']:.1f} ms", flush=True)
+            continue
         for minutes in [float(m) for m in args.minutes.split(",")]:
             r = run_session(engine, args.fusion, minutes, frame, loop, args.fps, args.hop) | {"device": device, "load_s": load_s}
             results.append(r)
             print(f"{device} {minutes:g} min: {r['updates']} updates, total p50 {r['total']['p50']:.1f} ms p95 {r['total']['p95']:.1f} ms; "
                   f"first/last minute p50 {r['total_p50_first_min']:.1f}/{r['total_p50_last_min']:.1f} ms; RSS {r['rss_mb_start']:.0f}->{r['rss_mb_end']:.0f} MB", flush=True)
-    head = "| device | session | updates | " + " | ".join(f"{s} p50/p95 ms" for s in STAGES) + " | total p50 first/last min | RSS MB start/end |"
-    print("\n" + head + "\n|" + "---|" * (len(STAGES) + 5))
-    for r in results:
-        cells = [r["device"], f"{r['minutes']:g} min", str(r["updates"])]
-        cells += [f"{r[s]['p50']:.1f} / {r[s]['p95']:.1f}" if r[s]["p50"] is not None else "-" for s in STAGES]
-        cells += [f"{r['total_p50_first_min']:.1f} / {r['total_p50_last_min']:.1f}", f"{r['rss_mb_start']:.0f} / {r['rss_mb_end']:.0f}"]
-        print("| " + " | ".join(cells) + " |")
+    if any("sessions" not in r for r in results):
+        print_table(results)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "python": platform.python_version(),
