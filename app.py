@@ -258,7 +258,11 @@ function draw() {
 function push() {
   if (!props.value) return;
   let d; try { d = JSON.parse(props.value); } catch (e) { return; }
-  if (d.reset) { window.mmLive.ema = null; window.mmLive.lastT = -1; init(); return; }
+  if (d.reset) {
+    window.mmLive.ema = null; window.mmLive.lastT = -1;
+    for (let i = 0; i < 8; i++) { pending.x[i] = []; pending.y[i] = []; }  // nothing of the old session is drawn
+    init(); return;
+  }
   if (d.t < window.mmLive.lastT) return;  // two streams: keep time order
   window.mmLive.lastT = d.t;
   const a = 0.3;
