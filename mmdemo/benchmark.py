@@ -22,6 +22,7 @@ unless ``--checkpoints`` says so.
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import logging
@@ -191,8 +192,9 @@ def vader_scores(texts) -> np.ndarray:
 
 
 def update_latency(model, dims: dict[str, int], repeats: int = 300) -> dict:
-    """One live update on CPU: a single-sample forward, and the full explanation (2^M rows)."""
-    model = model.cpu().eval()
+    """One live update on CPU: a single-sample forward, and the full explanation (2^M rows). Timed
+    on a CPU copy: the trained model stays on its device."""
+    model = copy.deepcopy(model).cpu().eval()
     feats = {m: torch.randn(1, d) for m, d in dims.items()}
     with torch.inference_mode():
         for _ in range(20):
@@ -318,7 +320,7 @@ def run(args) -> dict:
         log.info("%s: head on the encoder features", key)
         model, fcfg, valid, _ = fit_unimodal(present, grid, tcfg_uni)
         test = present.splits["test"]
-        pred = predict(model, Batches(test, model.modalities, next(model.parameters()).device))
+        pred = predict(model, Batches(test, model.modalities, model.device))
         rep = {"model": polarity_report(pred, test.labels), "majority": majority_report(present.splits["train"].labels, test.labels),
                "regression": regression_metrics(pred, test.labels), "head": asdict(fcfg), "n_test": len(test),
                "absent_test": int((~ds.splits["test"].present[name]).sum())}
@@ -354,7 +356,7 @@ def run(args) -> dict:
         for label, keep in subsets.items():
             sub = test if keep is None else Split(feats=test.feats, present={m: p & (m in keep) for m, p in test.present.items()},
                                                    labels=test.labels, ids=test.ids)
-            per_subset[label] = evaluate(model, sub, next(model.parameters()).device)
+            per_subset[label] = evaluate(model, sub)
         e = explain(model, {m: torch.as_tensor(x) for m, x in test.feats.items()}, {m: torch.as_tensor(p) for m, p in test.present.items()})
         share = e.shapley.abs().mean(dim=0)
         fusion_rows[name] = {"test": metrics, "subsets": per_subset, "params": num_params(model), "epochs": res.epochs_run,

@@ -19,7 +19,7 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
-from .fusion.base import Features, Fusion, Presence
+from .fusion.base import Features, Fusion, Presence, Steps
 
 
 @dataclass
@@ -60,23 +60,25 @@ def _shapley_plan(n: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return masks, torch.tensor(without), torch.tensor(with_), torch.tensor(weight, dtype=torch.float64)
 
 
-def explain(model: Fusion, feats: Features, present: Presence | None = None) -> Explanation:
-    """Exact Shapley values over the model's modalities for a batch (one forward pass)."""
+def explain(model: Fusion, feats: Features, present: Presence | None = None, steps: Steps | None = None) -> Explanation:
+    """Exact Shapley values over the model's modalities for a batch (one forward pass), on the
+    model's device whatever device the inputs are on."""
     was_training = model.training
     if was_training:  # toggling walks every submodule: only when needed (live models are in eval)
         model.eval()
     try:
         with torch.inference_mode():
-            x, mask = model.complete_inputs(feats, present)
+            x, mask, st = model.complete_inputs(feats, present, steps)
             batch, n = mask.shape
             masks, without, with_, weight = _shapley_plan(n)
             masks = masks.to(mask.device)
             k = masks.shape[0]
             # (K*B, ...) rows: coalition-major, so row s*B + b is coalition s of sample b
             rep = {m: t.repeat(k, *([1] * (t.dim() - 1))) for m, t in x.items()}
+            rep_steps = {m: s.repeat(k, 1) for m, s in st.items() if s is not None}
             pres = mask.unsqueeze(0) & masks.unsqueeze(1)  # (K, B, M)
             pres_flat = pres.reshape(k * batch, n)
-            out = model(rep, {m: pres_flat[:, j] for j, m in enumerate(model.modalities)})
+            out = model(rep, {m: pres_flat[:, j] for j, m in enumerate(model.modalities)}, rep_steps)
             f = out.prediction.view(k, batch).double()  # (K, B)
             dev = f.device
             delta = f[with_.to(dev)] - f[without.to(dev)]  # (M, K/2, B)

@@ -2,12 +2,15 @@
 
 On disk it is one ``.npz`` (loaded with ``allow_pickle=False``: nothing in it can run code):
 ``{split}/feat/{modality}`` float32 (N, D) or (N, T, D), ``{split}/present/{modality}`` bool (N,),
-``{split}/labels`` float32 (N,), ``{split}/ids`` str (N,), optionally ``{split}/text`` str (N,),
-and ``meta`` (a JSON string). Splits are ``train``, ``valid``, ``test``.
+``{split}/labels`` float32 (N,), ``{split}/ids`` str (N,), optionally ``{split}/text`` str (N,) and,
+for a sequence modality with padding, ``{split}/steps/{modality}`` bool (N, T) (True = a real time
+step), and ``meta`` (a JSON string). Splits are ``train``, ``valid``, ``test``.
 
 The processed CMU-MOSI/MOSEI pickles of the MulT and MMSA releases (per split: 'text', 'audio',
-'vision', 'labels' or 'regression_labels', 'id', optional 'raw_text') load directly with
-:func:`load_dataset` or :meth:`FeatureDataset.from_mosi_pickle`.
+'vision', 'labels' or 'regression_labels', 'id', optional 'raw_text', 'audio_lengths',
+'vision_lengths', 'text_bert') load directly with :func:`load_dataset` or
+:meth:`FeatureDataset.from_mosi_pickle`; their padding becomes step masks, so it is never read as
+data (see :func:`step_masks_from_pickle`).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class Split:
     labels: np.ndarray  # (N,) float32 on the -3..+3 scale
     ids: np.ndarray  # (N,) str
     text: np.ndarray | None = None  # (N,) str, raw transcript when known
+    steps: dict[str, np.ndarray] = field(default_factory=dict)  # sequence modality -> (N, T) bool, True = real step
 
     def __post_init__(self) -> None:
         n = len(self.labels)
@@ -50,6 +54,14 @@ class Split:
         extra = set(self.present) - set(self.feats)
         if extra:
             raise ValueError(f"presence given for unknown modalities {sorted(extra)}")
+        self.steps = dict(self.steps or {})
+        for m, s in self.steps.items():
+            if m not in self.feats or self.feats[m].ndim != 3:
+                raise ValueError(f"step mask given for {m!r}, which is not a sequence modality")
+            s = np.asarray(s, dtype=bool)
+            if s.shape != self.feats[m].shape[:2]:
+                raise ValueError(f"{m}: step mask of shape {s.shape}, expected {self.feats[m].shape[:2]}")
+            self.steps[m] = s
         for name, arr in (("ids", self.ids), ("text", self.text)):
             if arr is not None and len(arr) != n:
                 raise ValueError(f"{name} has {len(arr)} entries for {n} labels")
@@ -66,6 +78,7 @@ class Split:
             labels=self.labels[index],
             ids=self.ids[index],
             text=None if self.text is None else self.text[index],
+            steps={m: s[index] for m, s in self.steps.items()},
         )
 
 
@@ -108,6 +121,8 @@ class FeatureDataset:
             for m, x in sp.feats.items():
                 arrays[f"{s}/feat/{m}"] = x
                 arrays[f"{s}/present/{m}"] = sp.present[m]
+            for m, st in sp.steps.items():
+                arrays[f"{s}/steps/{m}"] = st
             arrays[f"{s}/labels"] = sp.labels
             arrays[f"{s}/ids"] = sp.ids
             if sp.text is not None:
@@ -139,6 +154,7 @@ class FeatureDataset:
                     labels=z[f"{s}/labels"],
                     ids=z[f"{s}/ids"],
                     text=z[f"{s}/text"] if f"{s}/text" in keys else None,
+                    steps={m: z[f"{s}/steps/{m}"] for m in mods if f"{s}/steps/{m}" in keys},
                 )
             return cls(splits, json.loads(str(z["meta"])))
 
@@ -172,8 +188,43 @@ class FeatureDataset:
             ids = d.get("id")
             ids = [str(i) for i in range(len(labels))] if ids is None else [_id_str(i) for i in ids]
             text = d.get("raw_text")
-            splits[s] = Split(feats=feats, present={}, labels=labels, ids=ids, text=None if text is None else list(text))
+            steps, how = step_masks_from_pickle(d, feats)
+            for m, h in how.items():
+                log.info("%s/%s: padding from %s (%d of %d steps are real)", s, m, h, int(steps[m].sum()), steps[m].size)
+            splits[s] = Split(feats=feats, present={}, labels=labels, ids=ids, text=None if text is None else list(text), steps=steps)
         return cls(splits, {"source": str(path.name), "format": "mosi-pickle"})
+
+
+def step_masks_from_pickle(d: dict, feats: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Per-step masks (N, T) of the sequence modalities of one split of a MulT/MMSA pickle, and
+    where each came from.
+
+    - ``audio_lengths`` / ``vision_lengths`` (MMSA's unaligned releases): the first L steps are real,
+      the rest is zero padding (MMSA packs the sequences with these lengths).
+    - text with ``text_bert`` (N, 3, T) of the same length: its attention mask (row 1).
+    - otherwise (MulT's releases, aligned data): a step whose features are all zero is padding
+      (those releases pad with zeros, at the front).
+    """
+    steps, how = {}, {}
+    for m, x in feats.items():
+        if x.ndim != 3:
+            continue
+        n, t = x.shape[:2]
+        lengths = d.get(f"{m}_lengths")
+        bert = d.get("text_bert") if m == "text" else None
+        if lengths is not None:
+            lengths = np.asarray(lengths).reshape(-1).astype(np.int64)
+            if len(lengths) != n:
+                raise ValueError(f"{m}_lengths has {len(lengths)} entries for {n} samples")
+            steps[m] = np.arange(t)[None, :] < np.clip(lengths, 0, t)[:, None]
+            how[m] = f"{m}_lengths"
+        elif bert is not None and np.asarray(bert).shape == (n, 3, t):
+            steps[m] = np.asarray(bert)[:, 1, :] > 0
+            how[m] = "text_bert's attention mask"
+        else:
+            steps[m] = np.any(x != 0, axis=2)
+            how[m] = "all-zero steps"
+    return steps, how
 
 
 def _id_str(i) -> str:

@@ -44,7 +44,7 @@ DEFAULT_CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    voice_window_s: float = 2.4  # eGeMAPS window: the length of the clips the voice model learned from
+    voice_window_s: float = 2.4  # eGeMAPS window: the length of the clips the voice model learned from (none shorter is read)
     voice_hop_s: float = 0.5  # recompute the voice features at most this often
     voice_ttl_s: float = 1.0  # voice features count this long after they were computed
     face_ttl_s: float = 0.5  # a face not seen for this long is absent
@@ -54,6 +54,8 @@ class PipelineConfig:
     utterance_silence_s: float = 0.6  # silence that closes an utterance
     utterance_max_s: float = 15.0  # a longer utterance is cut and transcribed
     utterance_min_s: float = 0.3  # shorter ones are not worth transcribing
+    preroll_s: float = 0.3  # audio kept before the VAD's onset (it triggers late; Whisper must hear the first phoneme)
+    asr_note_s: float = 10.0  # a note about speech recognition (behind, failed) is shown this long
     words_ttl_s: float = 30.0  # spoken words count this long
     spoken_keep: int = 3  # at most this many recent utterances feed the words modality
     transcript_chars: int = 4000  # transcript kept for display
@@ -181,7 +183,10 @@ class Session:
         self.face_box: tuple | None = None
         self.face_expression: str | None = None
         self.last_frame_t: float | None = None
-        self.notes: dict[str, list[str]] = {m: [] for m in MODALITIES}
+        self.notes: dict[str, list[str]] = {m: [] for m in MODALITIES}  # face and voice: from the latest encoding
+        self.typed_notes: list[str] = []  # about the typed text (cut, ...): until the text changes
+        self.words_notes: list[str] = []  # from embedding the current words (long text, ...): replaced on each recompute
+        self.asr_note: tuple[float, str] | None = None  # (when, what) about speech recognition
         # audio
         self.resampler: StreamResampler | None = None
         self.vad = StreamingVAD()
@@ -246,13 +251,19 @@ class Session:
             self.clip_note = [f"the microphone is clipping ({100 * clip:.1f}% of samples at full scale)"] if clip > 0.005 else []
             frames, probs = self.vad.push(x16)
             vad_ms = 1000 * (time.perf_counter() - t0)
+            self._track_utterances(frames, probs, t)  # before the ring takes the chunk: it holds the pre-roll
             self.ring.push(frames)
             self.probs.extend(probs.tolist())
             if len(x16):
                 self.level = level_dbfs(x16)
-            self._track_utterances(frames, probs, t)
             stage = {"vad": vad_ms}
-            if t - self.last_voice_t >= self.cfg.voice_hop_s and self.ring.filled:
+            if self.ring.filled < self.ring.size:
+                # the voice model learned from 2.4 s windows: a shorter one is not what it knows
+                window = self.ring.last()
+                reason, _, _ = self.engine.voice.check(window, np.asarray(self.probs, dtype=np.float32)[-(len(window) // FRAME) :])
+                self.reasons["audio"] = reason or (f"voice warming up ({self.ring.filled / SAMPLE_RATE:.1f} of "
+                                                   f"{self.cfg.voice_window_s:.1f} s of audio heard)")
+            elif t - self.last_voice_t >= self.cfg.voice_hop_s:
                 t1 = time.perf_counter()
                 window = self.ring.last()
                 win_probs = np.asarray(self.probs, dtype=np.float32)[-(len(window) // FRAME) :]
@@ -269,10 +280,11 @@ class Session:
         with self._lock:
             t = self.now() if t is None else t
             text = text or ""
-            self.notes["text"] = []
+            notes = []
             if len(text) > self.cfg.max_text_chars:
-                self.notes["text"] = [f"text cut to its first {self.cfg.max_text_chars:,} characters"]
+                notes = [f"text cut to its first {self.cfg.max_text_chars:,} characters"]
                 text = text[: self.cfg.max_text_chars]
+            self.typed_notes = notes
             self.typed = text
             self._words_key = None
             return self.update(t, stage_ms={})
@@ -293,6 +305,7 @@ class Session:
             self.ring = AudioRing(self.cfg.voice_window_s)
             self.probs.clear()
             self.in_speech = False
+            self.last_voice_t = -1e9
             self.features["audio"] = None
             self.reasons["audio"] = "microphone stopped"
             return self.update(t, stage_ms={})
@@ -327,8 +340,12 @@ class Session:
             if not self.in_speech:
                 if p >= cfg.speech_threshold:
                     self.in_speech = True
-                    pre = self.ring.last(0.3)  # a little pre-roll: the VAD triggers late
-                    self.utterance = [pre[: max(0, len(pre) - (len(probs) - i) * FRAME)], frame]
+                    # pre-roll: the audio just before the onset frame (the ring holds what came
+                    # before this chunk, frames[:i * FRAME] what came before in it)
+                    n = int(round(cfg.preroll_s * SAMPLE_RATE))
+                    before = frames[max(0, i * FRAME - n) : i * FRAME]
+                    pre = np.concatenate([self.ring.last(max(0, n - len(before)) / SAMPLE_RATE), before])
+                    self.utterance = [pre, frame]
                     self.utt_frames, self.silent_frames = 1, 0
                 continue
             self.utterance.append(frame)
@@ -349,7 +366,7 @@ class Session:
         if len(self.asr_waiting) == self.asr_waiting.maxlen:
             # speech recognition is behind (a slow machine, many sessions): the oldest waiting
             # utterance is dropped rather than audio queued without bound
-            self.notes["text"] = ["speech recognition is behind: an utterance was skipped"]
+            self.asr_note = (t, "speech recognition is behind: an utterance was skipped")
         self.asr_waiting.append((t, audio))
         self._pump_asr()
 
@@ -363,7 +380,7 @@ class Session:
                 text = fut.result()
             except Exception as err:  # noqa: BLE001 - one failed utterance must not end the session
                 log.warning("transcription failed: %s", err)
-                self.notes["text"] = ["speech recognition failed for one utterance"]
+                self.asr_note = (t, "speech recognition failed for one utterance")
                 text = ""
             if text:
                 self.spoken.append((t, text))
@@ -388,7 +405,7 @@ class Session:
         self.words_text = text
         self.features["text"] = (res.feature, t) if res.present else None
         self.reasons["text"] = res.reason if text else "no text (type or speak)"
-        self.notes["text"] = self.notes["text"] + res.info.get("notes", [])
+        self.words_notes = list(res.info.get("notes", []))  # about these words only: replaced, never appended
         return 1000 * (time.perf_counter() - t0)
 
     # ---------------------------------------------------------------- fusion
@@ -432,6 +449,9 @@ class Session:
                     alone[m] = float(uni({m: feats[m]}).prediction) if present[m] and m in feats else None
             timings["fusion"] = 1000 * (time.perf_counter() - t1)
             timings["total"] = sum(v for k, v in timings.items() if k != "total") + 1000 * (t1 - t_start)
+            self.notes["text"] = self.typed_notes + self.words_notes
+            if self.asr_note is not None and t - self.asr_note[0] <= self.cfg.asr_note_s:
+                self.notes["text"] = self.notes["text"] + [self.asr_note[1]]
             notes = [f"{DISPLAY_NAMES[m]}: {n}" for m in MODALITIES for n in self.notes[m] + (self.clip_note if m == "audio" else [])]
             up = Update(
                 t=t, fusion=self.fusion_name, present=present,

@@ -36,7 +36,7 @@ class FinetuneConfig:
     lr: float = 3e-5  # transformer layers
     head_lr: float = 1e-3
     weight_decay: float = 0.01
-    max_tokens: int = 96  # MOSI/MOSEI segments are short; the live encoder reads up to 256
+    max_tokens: int = MAX_TOKENS  # what the live encoder reads: the head learns on the features it will be served
     patience: int = 1
     seed: int = 0
     device: str = "auto"

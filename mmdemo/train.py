@@ -59,10 +59,13 @@ class FitResult:
 
 
 class Batches:
-    """A split as tensors on one device."""
+    """A split as tensors on one device (features, availability, labels and the step masks of
+    padded sequences)."""
 
-    def __init__(self, split: Split, modalities: tuple[str, ...], device: torch.device):
+    def __init__(self, split: Split, modalities: tuple[str, ...], device: torch.device | str):
+        device = torch.device(device)
         self.feats = {m: torch.as_tensor(split.feats[m], device=device) for m in modalities}
+        self.steps = {m: torch.as_tensor(split.steps[m], device=device) for m in modalities if m in split.steps}
         self.avail = torch.stack([torch.as_tensor(split.present[m], device=device) for m in modalities], dim=1)  # (N, M)
         self.labels = torch.as_tensor(split.labels, device=device)
         self.modalities = modalities
@@ -70,16 +73,20 @@ class Batches:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def take(self, idx: torch.Tensor) -> tuple[dict, torch.Tensor, torch.Tensor]:
-        return {m: x[idx] for m, x in self.feats.items()}, self.avail[idx], self.labels[idx]
+    def take(self, idx: torch.Tensor) -> tuple[dict, torch.Tensor, torch.Tensor, dict]:
+        return ({m: x[idx] for m, x in self.feats.items()}, self.avail[idx], self.labels[idx],
+                {m: s[idx] for m, s in self.steps.items()})
 
 
 def normalization_stats(split: Split) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Per-modality mean/std over present training rows (and time steps)."""
+    """Per-modality mean/std over present training rows (and their real time steps: padding is
+    not data)."""
     stats = {}
     for m, x in split.feats.items():
-        rows = x[split.present[m]]
-        flat = rows.reshape(-1, x.shape[-1]).astype(np.float64)
+        if m in split.steps:
+            flat = x[split.present[m][:, None] & split.steps[m]].astype(np.float64)  # (real steps, D)
+        else:
+            flat = x[split.present[m]].reshape(-1, x.shape[-1]).astype(np.float64)
         flat = flat[np.isfinite(flat).all(axis=1)]
         if len(flat) < 2:
             mean, std = np.zeros(x.shape[-1]), np.ones(x.shape[-1])
@@ -95,9 +102,9 @@ def predict(model: Fusion, batches: Batches, batch_size: int = 1024) -> np.ndarr
     out = []
     for start in range(0, len(batches), batch_size):
         idx = torch.arange(start, min(start + batch_size, len(batches)), device=batches.labels.device)
-        feats, avail, _ = batches.take(idx)
+        feats, avail, _, steps = batches.take(idx)
         present = {m: avail[:, j] for j, m in enumerate(batches.modalities)}
-        out.append(model(feats, present).prediction.float().cpu())
+        out.append(model(feats, present, steps).prediction.float().cpu())
     return torch.cat(out).numpy()
 
 
@@ -123,11 +130,11 @@ def fit(model: Fusion, data: FeatureDataset, cfg: TrainConfig = TrainConfig(), *
         total, count = 0.0, 0
         for s in range(0, len(train), cfg.batch_size):
             idx = order[s : s + cfg.batch_size]
-            feats, avail, y = train.take(idx)
+            feats, avail, y, steps = train.take(idx)
             drop = (torch.rand(avail.shape, generator=gen) < cfg.modality_dropout).to(device)
             shown = avail & ~drop
-            out = model(feats, {m: shown[:, j] for j, m in enumerate(model.modalities)})
-            loss = model.loss(out, y, feats=feats, available=avail)
+            out = model(feats, {m: shown[:, j] for j, m in enumerate(model.modalities)}, steps)
+            loss = model.loss(out, y, feats=feats, available=avail, steps=steps)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
@@ -151,8 +158,9 @@ def fit(model: Fusion, data: FeatureDataset, cfg: TrainConfig = TrainConfig(), *
     return FitResult(best_epoch=best_epoch, epochs_run=epoch, seconds=time.perf_counter() - start, history=history)
 
 
-def evaluate(model: Fusion, split: Split, device: torch.device | str = "cpu") -> dict[str, float]:
-    return regression_metrics(predict(model, Batches(split, model.modalities, torch.device(device))), split.labels)
+def evaluate(model: Fusion, split: Split, device: torch.device | str | None = None) -> dict[str, float]:
+    """Test metrics of ``model`` on ``split``, computed on the model's own device unless told."""
+    return regression_metrics(predict(model, Batches(split, model.modalities, device or model.device)), split.labels)
 
 
 def train_method(
@@ -162,8 +170,7 @@ def train_method(
     torch.manual_seed(train_cfg.seed)
     model = create_fusion(name, dims=data.dims, cfg=fusion_cfg)
     result = fit(model, data, train_cfg, progress=progress)
-    device = next(model.parameters()).device
-    return model, result, evaluate(model, data.splits["test"], device)
+    return model, result, evaluate(model, data.splits["test"])
 
 
 def mean_baseline(data: FeatureDataset) -> dict[str, float]:
@@ -227,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [{"method": "mean (baseline)", "test": mean_baseline(data)}]
     for n in tqdm(names, desc="methods", disable=args.quiet or len(names) == 1):
         model, res, test = train_method(n, data, fcfg, tcfg, progress=not args.quiet)
-        valid = evaluate(model, data.splits["valid"], next(model.parameters()).device)
+        valid = evaluate(model, data.splits["valid"])
         metrics = {"test": test, "valid": valid, "best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "seconds": res.seconds}
         provenance = {"data": str(args.data), "data_meta": data.meta, "train_config": asdict(tcfg)}
         save_fusion(model, out / n, extra={"metrics.json": jsonable(metrics), "provenance.json": jsonable(provenance)})

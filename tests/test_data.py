@@ -90,3 +90,76 @@ def test_split_by_group_keeps_groups_together():
         assert len({s for s, gg in zip(split, groups) if gg == g}) == 1
     assert set(split) == {"train", "valid", "test"}
     assert list(split_by_group(groups)) == list(split)  # deterministic
+
+
+def test_mmsa_lengths_and_text_mask_become_step_masks(tmp_path):
+    """MMSA's unaligned releases pad audio/vision at the end and give their lengths; the text mask
+    is row 1 of text_bert. The loader must keep them (zero padding is not data)."""
+    rng = np.random.default_rng(1)
+    n, t = 6, 8
+    d = {"text": rng.normal(size=(n, t, 5)).astype(np.float32), "audio": rng.normal(size=(n, t, 3)).astype(np.float32),
+         "vision": rng.normal(size=(n, t, 2)).astype(np.float32), "regression_labels": rng.uniform(-3, 3, n).astype(np.float32),
+         "audio_lengths": np.array([8, 5, 1, 3, 8, 2]), "vision_lengths": [4, 4, 0, 8, 1, 2]}
+    for i, length in enumerate(d["audio_lengths"]):
+        d["audio"][i, length:] = 0
+    for i, length in enumerate(d["vision_lengths"]):
+        d["vision"][i, length:] = 0
+    tl = [3, 8, 5, 1, 2, 7]
+    bert = np.zeros((n, 3, t), np.float32)
+    for i, length in enumerate(tl):
+        bert[i, 1, :length] = 1
+        d["text"][i, length:] = 0
+    d["text_bert"] = bert
+    path = tmp_path / "unaligned_50.pkl"
+    path.write_bytes(pickle.dumps({s: d for s in ("train", "valid", "test")}))
+    sp = load_dataset(path).splits["train"]
+    assert sp.steps["audio"].sum(axis=1).tolist() == [8, 5, 1, 3, 8, 2]
+    assert sp.steps["vision"].sum(axis=1).tolist() == [4, 4, 0, 8, 1, 2]
+    assert sp.steps["text"].sum(axis=1).tolist() == tl
+    assert not sp.steps["audio"][1, 5:].any() and sp.steps["audio"][1, :5].all()  # the first L steps are real
+    # a sample with no real vision step is absent for training and scoring
+    from mmdemo.train import Batches
+
+    from mmdemo.fusion import create_fusion
+
+    model = create_fusion("concat", dims={"text": 5, "audio": 3, "vision": 2})
+    b = Batches(sp, model.modalities, "cpu")
+    feats, avail, _, steps = b.take(np.arange(n))
+    _, mask, _ = model.complete_inputs(feats, {m: avail[:, j] for j, m in enumerate(model.modalities)}, steps)
+    assert mask[:, 2].tolist() == [True, True, False, True, True, True]
+
+
+def test_mult_zero_padding_is_inferred_and_saved(tmp_path):
+    """MulT's pickles give no lengths: their zero padding (at the front) is recognised, and the
+    masks survive a round trip through the .npz format."""
+    rng = np.random.default_rng(2)
+    raw = {s: _mosi_like(4, rng, mmsa=False) for s in ("train", "valid", "test")}
+    for s in raw:
+        raw[s]["vision"][:, :10] = 0  # 10 padding steps in front
+        raw[s]["text"][0, :49] = 0
+    path = tmp_path / "mosi_data.pkl"
+    path.write_bytes(pickle.dumps(raw))
+    ds = load_dataset(path)
+    tr = ds.splits["train"]
+    assert tr.steps["vision"].sum(axis=1).tolist() == [40] * 4 and not tr.steps["vision"][:, :10].any()
+    assert tr.steps["text"][0].sum() == 1
+    back = load_dataset(ds.save(tmp_path / "d.npz"))
+    for s in ("train", "valid", "test"):
+        for m in ("text", "audio", "vision"):
+            assert np.array_equal(back.splits[s].steps[m], ds.splits[s].steps[m])
+    sub = tr.subset(np.array([True, False, True, False]))
+    assert sub.steps["vision"].shape == (2, 50)
+
+
+def test_normalisation_statistics_skip_padding():
+    from mmdemo.train import normalization_stats
+
+    x = np.zeros((3, 5, 2), np.float32)
+    x[:, :2] = [[1.0, 10.0], [3.0, 30.0]]  # two real steps per sample, then zero padding
+    steps = np.zeros((3, 5), bool)
+    steps[:, :2] = True
+    sp = Split(feats={"a": x}, present={"a": np.array([True, True, False])}, labels=np.zeros(3), ids=["1", "2", "3"], steps={"a": steps})
+    mean, std = normalization_stats(sp)["a"]
+    assert np.allclose(mean.numpy(), [2.0, 20.0]) and np.allclose(std.numpy(), [1.0, 10.0])
+    with pytest.raises(ValueError, match="step mask"):
+        Split(feats={"a": x}, present={}, labels=np.zeros(3), ids=["1", "2", "3"], steps={"a": steps[:, :4]})

@@ -1,6 +1,7 @@
 """Real encoders on real media (slow: loads MediaPipe, fer, openSMILE, Silero, MiniLM, Whisper)."""
 
 import csv
+import threading
 
 import cv2
 import numpy as np
@@ -146,6 +147,48 @@ def test_bad_text_is_absent_or_noted():
     huge = enc.encode("great " * 5000)
     assert huge.present and any("first 256 tokens" in n for n in huge.info["notes"])
     assert enc.encode("Très bien, 很好").present  # any script counts as words
+
+
+def test_one_text_model_serves_many_threads():
+    """The MiniLM instance is shared by every session. Its tokenizer keeps truncation/padding
+    settings as state: concurrent sessions must not corrupt each other's calls ("Already
+    borrowed", or a batch tokenized with another call's settings)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from mmdemo.encoders.words import MiniLM
+
+    m = MiniLM(device="cpu")
+    texts = ["great movie " * n for n in range(1, 300, 13)]
+    expected = m.embed(texts[:6])
+    real = m.model
+
+    class Instant(torch.nn.Module):  # the tokenizer is the shared state under test: skip the slow forward
+        def forward(self, input_ids, attention_mask, **kw):
+            return SimpleNamespace(last_hidden_state=torch.ones(*input_ids.shape, 384))
+
+    errors = []
+
+    def work(k):
+        try:
+            for i in range(150):
+                t = texts[(i * 7 + k) % len(texts)]
+                m.truncated(t) if k % 2 else m.embed([t, "short"])
+        except Exception as err:  # noqa: BLE001
+            errors.append(repr(err))
+
+    m.model = Instant()
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+    [t.start() for t in threads], [t.join() for t in threads]
+    m.model = real
+    assert not errors, errors[:3]
+    # the real model from several threads gives what one thread gives
+    out = {}
+    threads = [threading.Thread(target=lambda k=k: out.__setitem__(k, m.embed(texts[:6]))) for k in range(4)]
+    [t.start() for t in threads], [t.join() for t in threads]
+    assert all(np.allclose(v, expected, atol=1e-5) for v in out.values())
+    assert m.dtype == "float32"
 
 
 def test_whisper_transcribes_espeak_speech(speech):

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from mmdemo.checkpoint import load_fusion, save_fusion
+from mmdemo.contributions import explain
 from mmdemo.fusion import FUSIONS, Fusion, create_fusion, list_fusions
 
 from tests.helpers import DIMS, make_batch, presence_patterns
@@ -140,3 +141,67 @@ def test_autoencoder_imputes_in_raw_units(build):
     imp = model.impute(feats, {"text": torch.ones(3, dtype=torch.bool), "audio": torch.zeros(3, dtype=torch.bool)})
     assert set(imp) == set(model.modalities)
     assert imp["audio"].shape == (3, DIMS["audio"])
+
+
+def _with_stats(model, seed=1):
+    """Non-trivial standardisation (as after training): zero padding would not stay zero."""
+    g = torch.Generator().manual_seed(seed)
+    model.set_normalization({m: (torch.randn(d, generator=g) + 2.0, torch.rand(d, generator=g) + 0.5) for m, d in model.dims.items()})
+    return model
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_padding_is_never_read_as_data(build, name):
+    """A padded sequence with its step mask gives exactly what the unpadded sequence gives, wherever
+    the padding sits and whatever it holds (MMSA pads at the end with zeros, MulT at the front)."""
+    model = _with_stats(build(name)).eval()
+    feats = make_batch(batch=5, seq=4)
+    pres = presence_patterns(model.modalities, 5)
+    ref = model(feats, pres).prediction
+    g = torch.Generator().manual_seed(5)
+    padded, steps = {}, {}
+    for i, m in enumerate(model.modalities):
+        x = feats[m]
+        pad = torch.zeros(x.shape[0], 3 + i, x.shape[2]) if i % 2 == 0 else torch.randn(x.shape[0], 3 + i, x.shape[2], generator=g) * 50
+        front = m == "audio"
+        padded[m] = torch.cat([pad, x] if front else [x, pad], dim=1)
+        real = torch.ones(x.shape[:2], dtype=torch.bool)
+        none = torch.zeros(x.shape[0], 3 + i, dtype=torch.bool)
+        steps[m] = torch.cat([none, real] if front else [real, none], dim=1)
+    out = model(padded, pres, steps).prediction
+    assert torch.allclose(out, ref, atol=1e-5), (out, ref)
+    e, e_ref = explain(model, padded, pres, steps), explain(model, feats, pres)
+    assert torch.allclose(e.shapley, e_ref.shapley, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_a_sequence_of_padding_only_is_absent(build, name):
+    model = _with_stats(build(name)).eval()
+    feats = make_batch(batch=3, seq=4)
+    on = torch.ones(3, dtype=torch.bool)
+    steps = {"audio": torch.zeros(3, 4, dtype=torch.bool)}
+    a = model(feats, {m: on for m in model.modalities}, steps).prediction
+    b = model(feats, {"text": on, "audio": ~on, "vision": on}).prediction
+    assert torch.allclose(a, b, atol=1e-6)
+    with pytest.raises(ValueError, match="step mask"):
+        model(feats, None, {"audio": torch.ones(3, 5, dtype=torch.bool)})
+
+
+@pytest.mark.parametrize("name", ["late", "weighted"])
+def test_subnetworks_learn_from_their_real_input_when_dropout_hides_it(build, name):
+    """Modality dropout hides audio from the fused prediction, but the data has it: the audio
+    sub-network's own loss term must still read the real audio (not a blanked input)."""
+    model = build(name).train()
+    feats = {m: x.clone().requires_grad_(True) for m, x in make_batch(batch=8, seq=3).items()}
+    on = torch.ones(8, dtype=torch.bool)
+    shown = {"text": on, "audio": ~on, "vision": on}
+    out = model(feats, shown)
+    model.loss(out, torch.randn(8), feats=feats, available=torch.ones(8, 3, dtype=torch.bool)).backward()
+    assert feats["audio"].grad is not None and feats["audio"].grad.abs().sum() > 0
+    # ... and a modality the data does not have teaches nothing
+    feats = {m: x.detach().clone().requires_grad_(True) for m, x in feats.items()}
+    avail = torch.ones(8, 3, dtype=torch.bool)
+    avail[:, 1] = False
+    model.loss(model(feats, shown), torch.randn(8), feats=feats, available=avail).backward()
+    assert feats["audio"].grad is None or feats["audio"].grad.abs().sum() == 0
+

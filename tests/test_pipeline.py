@@ -164,3 +164,54 @@ def test_engine_without_checkpoints_says_so(tmp_path):
     assert eng.available_fusions() == []
     with pytest.raises(RuntimeError, match="no fusion models"):
         eng.session()
+
+
+def test_notes_do_not_pile_up_over_a_session(engine):
+    """The "long text" note is about the current words: said once, however often they are re-read."""
+    s = engine.session("concat")
+    s.set_text("great " * 400, t=0.0)
+    for k in range(8):  # eight utterances transcribed one after another: the words are re-embedded each time
+        s.spoken.append((0.5 * k, f"and then number {k}"))
+        up = s.update(0.5 * k + 0.1)
+    assert sum("long text" in n for n in up.notes) == 1, up.notes
+    up = s.set_text("short", t=5.0)
+    assert not any("long text" in n for n in up.notes)
+    s.asr_note = (5.0, "speech recognition failed for one utterance")
+    assert any("failed" in n for n in s.update(6.0).notes)
+    assert not any("failed" in n for n in s.update(5.0 + engine.config.asr_note_s + 1).notes)  # shown for a while, not forever
+
+
+def test_utterances_keep_their_preroll(engine, speech48, monkeypatch):
+    """Whisper must hear the audio just before the VAD's onset (it triggers late): the utterance
+    starts preroll_s before the first speech frame, with 0.5 s chunks as the browser sends."""
+    from mmdemo.encoders.voice import FRAME, speech_probs
+
+    heard = []
+    monkeypatch.setattr(engine.transcriber, "transcribe", lambda audio: heard.append(np.array(audio)) or "")
+    x16 = resample(speech48.astype(np.float32) / 32768, 48000, 16000)
+    x16 = np.concatenate([np.zeros(13000, np.float32), x16])  # onset in the middle of a chunk
+    s = engine.session("concat", blocking_asr=True)
+    for i in range(0, len(x16), 8000):
+        s.push_audio(x16[i : i + 8000], 16000, t=i / 16000)
+    s.flush(t=len(x16) / 16000)
+    assert heard, "no utterance was transcribed"
+    onset = int(np.flatnonzero(speech_probs(x16) >= engine.config.speech_threshold)[0]) * FRAME
+    pre = int(round(engine.config.preroll_s * 16000))
+    assert onset > pre
+    assert np.array_equal(heard[0][: pre + FRAME], x16[onset - pre : onset + FRAME])
+
+
+def test_voice_waits_for_the_window_it_learned_from(engine, speech48):
+    """At session start the voice model is not shown a 0.5 s window: it learned from 2.4 s."""
+    s = engine.session("concat")
+    x = speech48[48000:]  # speech from the first sample
+    up = None
+    for k in range(4):  # 2 s of speech in 0.5 s chunks
+        up = s.push_audio(x[k * 24000 : (k + 1) * 24000], 48000, t=0.5 * k)
+        assert not up.present["audio"] and "warming up" in up.reasons["audio"], up.reasons
+    for k in range(4, 6):
+        up = s.push_audio(x[k * 24000 : (k + 1) * 24000], 48000, t=0.5 * k)
+    assert up.present["audio"], up.reasons
+    s.stop_audio(t=3.0)
+    up = s.push_audio(x[:24000], 48000, t=3.5)
+    assert "warming up" in up.reasons["audio"]  # a new microphone stream starts over

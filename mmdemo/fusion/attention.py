@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import Features, Fusion, FusionConfig, FusionOutput, UnimodalEncoder, masked_softmax, mlp, register, stack_modalities
+from .base import Features, Fusion, FusionConfig, FusionOutput, Steps, UnimodalEncoder, masked_softmax, mlp, register, stack_modalities
 
 
 @register("attention")
@@ -25,8 +25,8 @@ class AttentionFusion(Fusion):
         self.score = nn.Sequential(nn.Linear(h, h), nn.Tanh(), nn.Linear(h, 1, bias=False))
         self.head = mlp(h, h, 1, cfg.dropout)
 
-    def fuse(self, x: Features, mask: Tensor) -> FusionOutput:
-        hs = stack_modalities({m: self.encoders[m](x[m]) for m in self.modalities}, self.modalities)  # (B, M, H)
+    def fuse(self, x: Features, mask: Tensor, steps: Steps) -> FusionOutput:
+        hs = stack_modalities({m: self.encoders[m](x[m], steps[m]) for m in self.modalities}, self.modalities)  # (B, M, H)
         a = masked_softmax(self.score(hs).squeeze(-1), mask)  # (B, M)
         fused = (a.unsqueeze(-1) * hs).sum(dim=1)  # (B, H)
         return FusionOutput(self.bound(self.head(fused).squeeze(-1)), a)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Features, Fusion, FusionConfig, FusionOutput, Presence, UnimodalEncoder, mlp, pooled, register
+from .base import Features, Fusion, FusionConfig, FusionOutput, Presence, Steps, UnimodalEncoder, mlp, pooled, register
 
 
 @register("autoencoder")
@@ -26,29 +26,29 @@ class AutoencoderFusion(Fusion):
         self.decoders = nn.ModuleDict({m: mlp(h, 2 * h, d, cfg.dropout) for m, d in dims.items()})
         self.head = mlp(h, h, 1, cfg.dropout)
 
-    def latent(self, x: Features, mask: Tensor) -> Tensor:
-        hs = torch.stack([self.encoders[m](x[m]) for m in self.modalities], dim=1)  # (B, M, H)
+    def latent(self, x: Features, mask: Tensor, steps: Steps) -> Tensor:
+        hs = torch.stack([self.encoders[m](x[m], steps[m]) for m in self.modalities], dim=1)  # (B, M, H)
         w = mask.float().unsqueeze(-1)
         return (hs * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)  # (B, H); zeros when nothing present
 
-    def fuse(self, x: Features, mask: Tensor) -> FusionOutput:
-        z = self.latent(x, mask)
+    def fuse(self, x: Features, mask: Tensor, steps: Steps) -> FusionOutput:
+        z = self.latent(x, mask, steps)
         extras = {m: self.decoders[m](z) for m in self.modalities}  # (B, D_m) reconstructions
         return FusionOutput(self.bound(self.head(z).squeeze(-1)), None, extras)
 
-    def loss(self, out: FusionOutput, target: Tensor, *, feats: Features, available: Tensor) -> Tensor:
+    def loss(self, out: FusionOutput, target: Tensor, *, feats: Features, available: Tensor, steps: Steps | None = None) -> Tensor:
         # Targets come from the full features, so modalities hidden by modality dropout are
-        # reconstructed too: that is what teaches the latent to impute.
-        full, _ = self.prepare(feats, {m: available[:, i] for i, m in enumerate(self.modalities)})
+        # reconstructed too: that is what teaches the latent to impute. Padding steps are not data.
+        full, avail, st = self.prepare(feats, {m: available[:, i] for i, m in enumerate(self.modalities)}, steps)
         recon = out.prediction.new_zeros(())
         for i, m in enumerate(self.modalities):
-            err = F.mse_loss(out.extras[m], pooled(full[m]), reduction="none").mean(dim=-1)  # (B,)
-            recon = recon + (err * available[:, i]).sum() / available[:, i].sum().clamp_min(1)
+            err = F.mse_loss(out.extras[m], pooled(full[m], st[m]), reduction="none").mean(dim=-1)  # (B,)
+            recon = recon + (err * avail[:, i]).sum() / avail[:, i].sum().clamp_min(1)
         return F.l1_loss(out.prediction, target) + self.cfg.recon_weight * recon / len(self.modalities)
 
     @torch.no_grad()
-    def impute(self, feats: Features, present: Presence | None = None) -> dict[str, Tensor]:
+    def impute(self, feats: Features, present: Presence | None = None, steps: Steps | None = None) -> dict[str, Tensor]:
         """Decoded (time-pooled) features of every modality, in raw encoder units, from the present ones."""
-        x, mask = self.prepare(feats, present)
-        z = self.latent(x, mask)
+        x, mask, st = self.prepare(feats, present, steps)
+        z = self.latent(x, mask, st)
         return {m: self.norm.inverse(m, self.decoders[m](z)) for m in self.modalities}

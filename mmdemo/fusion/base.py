@@ -1,7 +1,11 @@
 """The one contract every fusion method implements, the registry, and the blocks they share.
 
 A fusion method receives features keyed by modality name, each a vector ``(B, D)`` or a sequence
-``(B, T, D)``, and a presence mask per modality ``(B,)``. It returns the sentiment prediction on the
+``(B, T, D)``, a presence mask per modality ``(B,)`` and, for sequences, optionally a step mask
+``(B, T)`` (True = a real time step, False = padding: what the ``audio_lengths`` / ``vision_lengths``
+of the MMSA releases describe). Padding never counts as data: it is left out of the normalisation
+statistics, of every pooling over time and of the attention keys, and a sequence with no real step
+is absent. Inputs may live on any device: they are moved to the model's. It returns the sentiment prediction on the
 CMU-MOSI scale (-3..+3) and, where the method has them, its own per-modality weights ``(B, M)``.
 Rows of ``weights`` sum to 1 over the present modalities; absent modalities get 0, and a row with
 no modality present is all zeros. Modalities are always named, never positional: ``model.modalities``
@@ -22,6 +26,7 @@ from torch import Tensor, nn
 
 Features = dict[str, Tensor]
 Presence = dict[str, Tensor]
+Steps = dict[str, Tensor | None]  # modality -> (B, T) bool step mask for sequences, None for vectors
 
 
 @dataclass(frozen=True)
@@ -89,9 +94,15 @@ def mlp(d_in: int, d_hidden: int, d_out: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d_in, d_hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_hidden, d_out))
 
 
-def pooled(x: Tensor) -> Tensor:
-    """A sequence (B, T, D) averaged over time; a vector (B, D) unchanged."""
-    return x.mean(dim=1) if x.dim() == 3 else x
+def pooled(x: Tensor, steps: Tensor | None = None) -> Tensor:
+    """A sequence (B, T, D) averaged over its real steps (``steps`` (B, T) bool, all when None); a
+    vector (B, D) unchanged. A row without any real step gives zeros."""
+    if x.dim() != 3:
+        return x
+    if steps is None:
+        return x.mean(dim=1)
+    w = steps.unsqueeze(-1).to(x.dtype)  # (B, T, 1)
+    return (x * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
 
 
 class UnimodalEncoder(nn.Module):
@@ -110,11 +121,12 @@ class UnimodalEncoder(nn.Module):
         h = self.proj(x if x.dim() == 3 else x.unsqueeze(1))  # (B, T, H)
         return self.norm(h)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, steps: Tensor | None = None) -> Tensor:
         h = self.proj(x)
-        if h.dim() == 3:  # (B, T, H) -> (B, H)
-            a = torch.softmax(self.score(h), dim=1)  # (B, T, 1)
-            h = (a * h).sum(dim=1)
+        if h.dim() == 3:  # (B, T, H) -> (B, H), padding steps get no weight
+            logits = self.score(h).squeeze(-1)  # (B, T)
+            a = torch.softmax(logits, dim=1) if steps is None else masked_softmax(logits, steps, dim=1)
+            h = (a.unsqueeze(-1) * h).sum(dim=1)
         return self.norm(h)
 
 
@@ -168,18 +180,24 @@ class Fusion(nn.Module):
         self.norm = FeatureNorm(self.dims)
 
     # -- public API -------------------------------------------------------------------------
-    def forward(self, feats: Features, present: Presence | None = None) -> FusionOutput:
-        x, mask = self.prepare(feats, present)
-        return self.fuse(x, mask)
+    def forward(self, feats: Features, present: Presence | None = None, steps: Steps | None = None) -> FusionOutput:
+        x, mask, st = self.prepare(feats, present, steps)
+        return self.fuse(x, mask, st)
 
-    def fuse(self, x: Features, mask: Tensor) -> FusionOutput:  # pragma: no cover - abstract
+    def fuse(self, x: Features, mask: Tensor, steps: Steps) -> FusionOutput:  # pragma: no cover - abstract
+        """``x``: standardised features, absent rows and padding steps zeroed; ``mask`` (B, M) bool;
+        ``steps``: per modality the (B, T) step mask of a sequence, None for a vector."""
         raise NotImplementedError
 
-    def loss(self, out: FusionOutput, target: Tensor, *, feats: Features, available: Tensor) -> Tensor:
-        """Training loss of ``out = self(feats, present)``. ``available`` (B, M) marks the
+    def loss(self, out: FusionOutput, target: Tensor, *, feats: Features, available: Tensor, steps: Steps | None = None) -> Tensor:
+        """Training loss of ``out = self(feats, present, steps)``. ``available`` (B, M) marks the
         modalities the data really has (before modality dropout); methods use it and the full
-        ``feats`` to train sub-networks or reconstructions."""
+        ``feats`` to train sub-networks or reconstructions on their real inputs."""
         return F.l1_loss(out.prediction, target)
+
+    @property
+    def device(self) -> torch.device:
+        return getattr(self.norm, f"mean_{self.modalities[0]}").device
 
     def param_groups(self, *, lr: float, weight_decay: float) -> list[dict]:
         """Optimizer groups, chosen by parameter name (never by position). Default: one group."""
@@ -194,21 +212,26 @@ class Fusion(nn.Module):
         r = self.cfg.out_range
         return r * torch.tanh(raw / r)
 
-    def complete_inputs(self, feats: Features, present: Presence | None) -> tuple[Features, Tensor]:
-        """Validate shapes and fill modalities missing from ``feats`` with zeros (marked absent).
-        Returns the raw features and the (B, M) bool presence mask in ``self.modalities`` order."""
+    def complete_inputs(self, feats: Features, present: Presence | None, steps: Steps | None = None) -> tuple[Features, Tensor, Steps]:
+        """Validate shapes, move everything to the model's device and fill modalities missing from
+        ``feats`` with zeros (marked absent). Returns the raw features, the (B, M) bool presence mask
+        in ``self.modalities`` order (a sequence with no real step counts as absent) and the step
+        masks (all True for a sequence given without one, None for a vector)."""
         unknown = set(feats) - set(self.modalities)
         if unknown:
             raise KeyError(f"unknown modalities {sorted(unknown)}; this model has {list(self.modalities)}")
         ref = next((t for t in feats.values() if t is not None), None)
         if ref is None:
             raise ValueError("no features given: pass at least one modality tensor")
-        batch, device = ref.shape[0], ref.device
+        batch, device = ref.shape[0], self.device
         present = present or {}
+        steps = steps or {}
         x: Features = {}
+        st: Steps = {}
         cols = []
         for m in self.modalities:
             t = feats.get(m)
+            s = None
             if t is None:
                 t = torch.zeros(batch, self.dims[m], device=device)
                 p = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -218,24 +241,39 @@ class Fusion(nn.Module):
                         f"{m}: expected (B, {self.dims[m]}) or (B, T, {self.dims[m]}) with B={batch}, "
                         f"got {tuple(t.shape)}"
                     )
+                t = t.to(device)
                 p = present.get(m)
                 p = torch.ones(batch, dtype=torch.bool, device=device) if p is None else p.to(device).bool()
                 if p.shape != (batch,):
                     raise ValueError(f"{m}: presence must have shape ({batch},), got {tuple(p.shape)}")
+                if t.dim() == 3:
+                    s = steps.get(m)
+                    if s is None:
+                        s = torch.ones(t.shape[:2], dtype=torch.bool, device=device)
+                    else:
+                        s = s.to(device).bool()
+                        if s.shape != t.shape[:2]:
+                            raise ValueError(f"{m}: the step mask must have shape {tuple(t.shape[:2])}, got {tuple(s.shape)}")
+                        p = p & s.any(dim=1)  # nothing but padding: absent
+                elif steps.get(m) is not None:
+                    raise ValueError(f"{m}: a step mask was given for a vector input")
             x[m] = t
+            st[m] = s
             cols.append(p)
-        return x, torch.stack(cols, dim=1)
+        return x, torch.stack(cols, dim=1), st
 
-    def prepare(self, feats: Features, present: Presence | None) -> tuple[Features, Tensor]:
-        """:meth:`complete_inputs`, then standardise, zero absent rows and replace non-finite
-        values (a NaN in an absent row must not leak)."""
-        raw, mask = self.complete_inputs(feats, present)
+    def prepare(self, feats: Features, present: Presence | None, steps: Steps | None = None) -> tuple[Features, Tensor, Steps]:
+        """:meth:`complete_inputs`, then standardise, zero absent rows and padding steps, and
+        replace non-finite values (a NaN in an absent row or a padding step must not leak)."""
+        raw, mask, st = self.complete_inputs(feats, present, steps)
         x: Features = {}
         for i, m in enumerate(self.modalities):
             t = self.norm(m, raw[m].float())
             keep = mask[:, i].view(-1, *([1] * (t.dim() - 1)))
+            if st[m] is not None:
+                keep = keep & st[m].unsqueeze(-1)
             x[m] = torch.where(keep & torch.isfinite(t), t, torch.zeros_like(t))
-        return x, mask
+        return x, mask, st
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, dims={self.dims}"

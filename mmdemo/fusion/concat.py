@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import Features, Fusion, FusionConfig, FusionOutput, UnimodalEncoder, mlp, register
+from .base import Features, Fusion, FusionConfig, FusionOutput, Steps, UnimodalEncoder, mlp, register
 
 
 @register("concat")
@@ -23,9 +23,9 @@ class ConcatFusion(Fusion):
         self.missing = nn.ParameterDict({m: nn.Parameter(torch.zeros(h)) for m in dims})
         self.head = mlp(h * len(dims), h, 1, cfg.dropout)
 
-    def fuse(self, x: Features, mask: Tensor) -> FusionOutput:
+    def fuse(self, x: Features, mask: Tensor, steps: Steps) -> FusionOutput:
         parts = [
-            torch.where(mask[:, i, None], self.encoders[m](x[m]), self.missing[m])  # (B, H)
+            torch.where(mask[:, i, None], self.encoders[m](x[m], steps[m]), self.missing[m])  # (B, H)
             for i, m in enumerate(self.modalities)
         ]
         raw = self.head(torch.cat(parts, dim=-1)).squeeze(-1)  # (B,)

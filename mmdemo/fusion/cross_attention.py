@@ -4,7 +4,7 @@ Tsai et al., "Multimodal Transformer for Unaligned Multimodal Language Sequences
 each target modality, queries come from its own (projected) sequence and keys/values from the
 concatenated sequences of the other present modalities, plus one learned "null" token that is
 always present (so a target with no partner attends to it instead of producing NaN). Absent
-modalities are masked out of the keys. Each target's output is pooled over time, and the targets
+modalities and padding steps are masked out of the keys, and padding is left out of the pooling. Each target's output is pooled over time, and the targets
 are combined by a learned, input-dependent gate: those gate weights are this method's own
 per-modality weights. Vectors work as sequences of length 1.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import Features, Fusion, FusionConfig, FusionOutput, masked_softmax, mlp, register, stack_modalities
+from .base import Features, Fusion, FusionConfig, FusionOutput, Steps, masked_softmax, mlp, pooled, register, stack_modalities
 
 
 class CrossBlock(nn.Module):
@@ -54,27 +54,29 @@ class CrossAttentionFusion(Fusion):
         self.gate = nn.Linear(d, 1, bias=False)  # a bias would cancel in the softmax
         self.head = mlp(d, d, 1, cfg.dropout)
 
-    def fuse(self, x: Features, mask: Tensor) -> FusionOutput:
-        seqs = {}
-        for m in self.modalities:
+    def fuse(self, x: Features, mask: Tensor, steps: Steps) -> FusionOutput:
+        seqs, valid = {}, {}
+        for i, m in enumerate(self.modalities):
             t = x[m] if x[m].dim() == 3 else x[m].unsqueeze(1)
             seqs[m] = self.proj[m](t) + self.kind[m]  # (B, T_m, d)
+            s = steps[m] if steps[m] is not None else torch.ones(t.shape[:2], dtype=torch.bool, device=t.device)
+            valid[m] = s & mask[:, i, None]  # (B, T_m): real steps of a present modality
         batch = mask.shape[0]
         null = self.null.expand(batch, -1, -1)  # (B, 1, d)
-        pooled = {}
+        out = {}
         for i, m in enumerate(self.modalities):
             others = [j for j, n in enumerate(self.modalities) if n != m]
             ctx = torch.cat([null] + [seqs[self.modalities[j]] for j in others], dim=1)  # (B, 1 + sum T, d)
             pad = torch.cat(
                 [mask.new_zeros(batch, 1)]
-                + [(~mask[:, j, None]).expand(-1, seqs[self.modalities[j]].shape[1]) for j in others],
+                + [~valid[self.modalities[j]] for j in others],
                 dim=1,
             )  # (B, 1 + sum T)
             h = seqs[m]
             for block in self.blocks[m]:
                 h = block(h, ctx, pad)
-            pooled[m] = self.out_norm(h.mean(dim=1))  # (B, d)
-        hs = stack_modalities(pooled, self.modalities)  # (B, M, d)
+            out[m] = self.out_norm(pooled(h, steps[m]))  # (B, d), real steps only
+        hs = stack_modalities(out, self.modalities)  # (B, M, d)
         w = masked_softmax(self.gate(hs).squeeze(-1), mask)  # (B, M)
         fused = (w.unsqueeze(-1) * hs).sum(dim=1)
         return FusionOutput(self.bound(self.head(fused).squeeze(-1)), w)

@@ -9,6 +9,10 @@ w = softmax(theta) over the present modalities, prediction = sum_m w_m * y_m. Be
 sub-network is also trained on its own to predict the label (so the y_m share one scale), theta is
 at once the fusion weight and the modality's global, learned contribution: the interpretability
 claim of weighted sub-network fusion (SEEDS-style "learned weight per modality sub-network").
+
+Each sub-network's own loss is computed on its modality's real input, also when modality dropout
+hid that modality from the fused prediction of the same step (a head must never learn to predict
+the label from a blanked input).
 ``global_weights()`` returns softmax(theta) over all modalities.
 """
 
@@ -18,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Features, Fusion, FusionConfig, FusionOutput, UnimodalEncoder, masked_softmax, mlp, register
+from .base import Features, Fusion, FusionConfig, FusionOutput, Steps, UnimodalEncoder, masked_softmax, mlp, register
 
 
 class SubnetworkFusion(Fusion):
@@ -36,17 +40,24 @@ class SubnetworkFusion(Fusion):
     def logits(self) -> Tensor:  # (M,)
         raise NotImplementedError
 
-    def fuse(self, x: Features, mask: Tensor) -> FusionOutput:
-        ys = torch.stack([self.heads[m](self.encoders[m](x[m])).squeeze(-1) for m in self.modalities], dim=1)  # (B, M)
+    def unimodal(self, x: Features, steps: Steps) -> Tensor:
+        """Every sub-network's own (unbounded) prediction, (B, M)."""
+        return torch.stack([self.heads[m](self.encoders[m](x[m], steps[m])).squeeze(-1) for m in self.modalities], dim=1)
+
+    def fuse(self, x: Features, mask: Tensor, steps: Steps) -> FusionOutput:
+        ys = self.unimodal(x, steps)  # (B, M)
         w = masked_softmax(self.logits().expand_as(ys), mask)  # (B, M)
         none = ~mask.any(dim=1)
         raw = (w * ys).sum(dim=1) + none * self.empty  # (B,)
         return FusionOutput(self.bound(raw), w, {"unimodal": self.bound(ys)})
 
-    def loss(self, out: FusionOutput, target: Tensor, *, feats: Features, available: Tensor) -> Tensor:
+    def loss(self, out: FusionOutput, target: Tensor, *, feats: Features, available: Tensor, steps: Steps | None = None) -> Tensor:
         fused = F.l1_loss(out.prediction, target)
-        err = (out.extras["unimodal"] - target[:, None]).abs() * available  # (B, M)
-        uni = err.sum() / available.sum().clamp_min(1)
+        # the sub-networks learn from the real input of every modality the data has, including the
+        # ones modality dropout hid from this step's fused prediction
+        full, avail, st = self.prepare(feats, {m: available[:, i] for i, m in enumerate(self.modalities)}, steps)
+        err = (self.bound(self.unimodal(full, st)) - target[:, None]).abs() * avail  # (B, M)
+        uni = err.sum() / avail.sum().clamp_min(1)
         return fused + self.cfg.unimodal_weight * uni
 
 

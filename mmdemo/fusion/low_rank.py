@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import Features, Fusion, FusionConfig, FusionOutput, UnimodalEncoder, mlp, register
+from .base import Features, Fusion, FusionConfig, FusionOutput, Steps, UnimodalEncoder, mlp, register
 
 
 @register("low_rank")
@@ -26,10 +26,10 @@ class LowRankFusion(Fusion):
         self.bias = nn.Parameter(torch.zeros(h))
         self.head = mlp(h, h, 1, cfg.dropout)
 
-    def fuse(self, x: Features, mask: Tensor) -> FusionOutput:
+    def fuse(self, x: Features, mask: Tensor, steps: Steps) -> FusionOutput:
         prod = None
         for i, m in enumerate(self.modalities):
-            hm = self.encoders[m](x[m]) * mask[:, i, None]  # (B, H)
+            hm = self.encoders[m](x[m], steps[m]) * mask[:, i, None]  # (B, H)
             zm = torch.cat([hm, hm.new_ones(hm.shape[0], 1)], dim=-1)  # (B, H+1)
             fm = torch.einsum("bk,rkh->rbh", zm, self.factors[m])  # (R, B, H)
             prod = fm if prod is None else prod * fm

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .base import Features, Fusion, FusionConfig, FusionOutput, UnimodalEncoder, mlp, register
+from .base import Features, Fusion, FusionConfig, FusionOutput, Steps, UnimodalEncoder, mlp, register
 
 
 @register("tensor")
@@ -25,10 +25,10 @@ class TensorFusion(Fusion):
         self.encoders = nn.ModuleDict({m: UnimodalEncoder(d_in=d, hidden=k, dropout=cfg.dropout) for m, d in dims.items()})
         self.head = mlp(math.prod([k + 1] * len(dims)), cfg.hidden, 1, cfg.dropout)
 
-    def fuse(self, x: Features, mask: Tensor) -> FusionOutput:
+    def fuse(self, x: Features, mask: Tensor, steps: Steps) -> FusionOutput:
         z = None
         for i, m in enumerate(self.modalities):
-            h = self.encoders[m](x[m]) * mask[:, i, None]  # (B, k), zero when absent
+            h = self.encoders[m](x[m], steps[m]) * mask[:, i, None]  # (B, k), zero when absent
             zm = torch.cat([h, h.new_ones(h.shape[0], 1)], dim=-1)  # (B, k+1)
             z = zm if z is None else (z.unsqueeze(-1) * zm.unsqueeze(1)).flatten(1)  # (B, prod (k+1))
         return FusionOutput(self.bound(self.head(z).squeeze(-1)), None)
