@@ -10,7 +10,9 @@ learn from examples assembled across corpora. For each example:
    the words, say); otherwise take a sample of class c (for words: the drawn sample itself).
 
 The target stays y. Agreeing modalities carry the polarity, disagreeing ones teach the fusion how
-far to trust each modality, absent ones make it robust to missing input. Train, valid and test
+far to trust each modality, absent ones make it robust to missing input. A row's ``text`` is the
+transcript its words feature was computed from ("" when words are absent): the anchor's own, or
+the swapped-in sample's when the words disagree. Train, valid and test
 examples are built only from the corpora's own train, valid and test splits.
 
 What this cannot teach: real cross-modal interactions (sarcasm, a smile that qualifies words).
@@ -65,6 +67,7 @@ def build_paired(corpora: dict[str, FeatureDataset], cfg: PairingConfig = Pairin
         feats = {m: np.zeros((n, dims[m]), np.float32) for m in modalities}
         present = {m: np.zeros(n, bool) for m in modalities}
         ids = [[] for _ in range(n)]
+        shown_text = np.full(n, "", dtype=object)  # the transcript the words feature of each row comes from
         stats[s] = {}
         for m in modalities:
             src = corpora[m].splits[s]
@@ -86,11 +89,13 @@ def build_paired(corpora: dict[str, FeatureDataset], cfg: PairingConfig = Pairin
                     j = rng.choice(pools[want[rng.integers(len(want))]])
                 feats[m][i] = src.feats[m][j].reshape(-1)[: dims[m]]
                 present[m][i] = True
+                if m == "text" and src.text is not None:
+                    shown_text[i] = src.text[j]
                 ids[i].append(f"{m}:{src.ids[j]}")
                 counts["disagree" if disagree[i] else "agree"] += 1
             stats[s][m] = counts
         splits[s] = Split(feats=feats, present=present, labels=y, ids=["|".join(p) for p in ids],
-                          text=None if text.text is None else text.text[anchors])
+                          text=None if text.text is None else shown_text.astype(str))
     meta = {"source": "paired from unpaired corpora", "pairing": asdict(cfg), "counts": stats,
             "corpora": {m: corpora[m].meta.get("source", "") for m in modalities}}
     return FeatureDataset(splits, meta)

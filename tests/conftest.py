@@ -3,6 +3,7 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # onnxruntime's native telemetry (see tests/test_offline.py)
 
 import socket  # noqa: E402
 

@@ -37,6 +37,27 @@ def test_pairing_keeps_splits_apart_and_follows_its_probabilities():
     assert set(polarity_class(tr.labels, 0.5)) <= {-1, 0, 1}
 
 
+def test_paired_rows_keep_the_transcript_of_the_words_they_hold():
+    """A row whose words were swapped for a disagreeing sample stores that sample's transcript."""
+    spec = SyntheticSpec(sizes=(400, 60, 60), seq_len=0, dims={"text": 4, "audio": 3, "vision": 2}, signal={"text": 1.0}, seed=4)
+    base = make_synthetic(spec)
+    words = FeatureDataset({s: Split(feats={"text": sp.feats["text"]}, present={"text": sp.present["text"]}, labels=sp.labels,
+                                     ids=[f"w{s}{i}" for i in range(len(sp))], text=[f"transcript of w{s}{i}" for i in range(len(sp))])
+                            for s, sp in base.splits.items()}, {"source": "words"})
+    other = FeatureDataset({s: Split(feats={"audio": sp.feats["audio"]}, present={}, labels=sp.labels, ids=[f"a{s}{i}" for i in range(len(sp))])
+                            for s, sp in base.splits.items()}, {"source": "voice"})
+    cfg = PairingConfig(absent={"text": 0.1, "audio": 0.0}, disagree={"text": 0.4, "audio": 0.0}, seed=3)
+    paired = build_paired({"text": words, "audio": other}, cfg)
+    swapped = 0
+    for sp in paired.splits.values():
+        for ids, text, has in zip(sp.ids, sp.text, sp.present["text"]):
+            word_id = next((p.split(":", 1)[1] for p in ids.split("|") if p.startswith("text:")), None)
+            assert (word_id is None) == (not has)
+            assert text == (f"transcript of {word_id}" if has else "")
+        swapped += paired.meta["counts"]["train"]["text"]["disagree"]
+    assert swapped > 50
+
+
 @needs_data
 def test_quick_benchmark_writes_tables_checkpoints_and_a_model_card(tmp_path):
     out = tmp_path / "results"
