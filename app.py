@@ -22,10 +22,12 @@ import base64  # noqa: E402
 import html  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
 import weakref  # noqa: E402
+from collections import OrderedDict  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import cv2  # noqa: E402
@@ -35,7 +37,7 @@ import plotly  # noqa: E402
 import plotly.graph_objects as go  # noqa: E402
 import soundfile as sf  # noqa: E402
 
-from mmdemo import DISPLAY_NAMES, MODALITIES  # noqa: E402
+from mmdemo import DISPLAY_NAMES, MODALITIES, assets  # noqa: E402
 from mmdemo.clip import analyse_clip  # noqa: E402
 from mmdemo.media import MediaError  # noqa: E402
 from mmdemo.pipeline import DEFAULT_CHECKPOINTS, Engine, Session, Update  # noqa: E402
@@ -48,6 +50,8 @@ PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 FRAME_WIDTH = 320  # the annotated frame sent back to the browser
 WEBCAM = {"video": {"width": {"ideal": 320}, "height": {"ideal": 240}}}  # a face at arm's length is ~100 px: enough; cheaper to send and decode
 MIN_FRAME_GAP_S = 0.07  # frames arriving sooner after the last processed one are skipped: at most ~14 processed/s
+CHUNK_MAX_AGE_S = 30.0  # microphone chunk files in Gradio's cache are removed once unused this long
+CLIP_MAX_AGE_S = 600.0  # clip-analysis outputs are kept this long (as Gradio's own cache)
 
 
 # ============================================================================ state and models
@@ -207,109 +211,10 @@ def timeline_figure(rows: list[dict], title: str) -> go.Figure:
 
 LIVE_TEMPLATE = "<div class='mm-live'><div class='mm-live-plot'></div></div>"
 
-# Runs once in the browser: builds the figure, then extends it with each one-point payload
-# (Plotly.extendTraces) instead of receiving whole figures; keeps the last 600 points.
-LIVE_JS = """
-const el = element.querySelector('.mm-live-plot');
-const C = {text: '%(text)s', audio: '%(audio)s', vision: '%(vision)s'};
-const L = {text: 'words', audio: 'voice', vision: 'face'};
-const M = ['text', 'audio', 'vision'];
-const N = 600;
-window.mmLive = {points: 0, latencies: [], framePlots: [], draws: [], fusion: null, ema: null, lastT: -1};
-function init() {
-  const traces = [
-    {x: [], y: [], mode: 'markers', name: 'prediction', marker: {size: 4, color: '#555'}, xaxis: 'x', yaxis: 'y'},
-    {x: [], y: [], mode: 'lines', name: 'smoothed', line: {color: '#111', width: 2}, xaxis: 'x', yaxis: 'y'},
-  ];
-  for (const m of M) traces.push({x: [], y: [], mode: 'lines', name: L[m] + ' contribution', fill: 'tozeroy',
-                                  line: {color: C[m], width: 1.5}, xaxis: 'x', yaxis: 'y2'});
-  for (const m of M) traces.push({x: [], y: [], mode: 'lines', name: L[m] + ' weight', stackgroup: 'w',
-                                  line: {color: C[m], width: 0.5}, xaxis: 'x', yaxis: 'y3', showlegend: false});
-  const band = (y0, y1, c) => ({type: 'rect', xref: 'paper', yref: 'y', x0: 0, x1: 1, y0: y0, y1: y1, fillcolor: c, line: {width: 0}, layer: 'below'});
-  const layout = {
-    height: 580, margin: {l: 45, r: 10, t: 20, b: 55}, showlegend: true, legend: {orientation: 'h', y: -0.14},
-    xaxis: {title: {text: 'time (s)'}, anchor: 'y3'},
-    yaxis: {domain: [0.58, 1], range: [-3.1, 3.1], title: {text: 'sentiment'}},
-    yaxis2: {domain: [0.24, 0.54], title: {text: 'Shapley'}, zeroline: true},
-    yaxis3: {domain: [0, 0.18], range: [0, 1], title: {text: 'weights'}},
-    shapes: [band(-3.1, -0.5, 'rgba(198,40,40,0.09)'), band(-0.5, 0.5, 'rgba(97,97,97,0.07)'), band(0.5, 3.1, 'rgba(46,125,50,0.09)')],
-    annotations: [],
-  };
-  Plotly.newPlot(el, traces, layout, {displayModeBar: false, responsive: true});
-}
-const pending = {x: [[], [], [], [], [], [], [], []], y: [[], [], [], [], [], [], [], []]};
-// raw points (one SVG node each, the costly part of a redraw) for the last 15 s; lines for 60 s
-const KEEP = {x: [150, N, N, N, N, N, N, N], y: [150, N, N, N, N, N, N, N]};
-let scheduled = false, lastDraw = 0, drawMs = 20;
-// Redraw as soon as a point arrives unless redraws would take more than two thirds of the page's
-// time: then points arriving meanwhile are drawn together in one call (slow machines, many points).
-const gap = () => Math.max(30, 1.5 * drawMs);
-function draw() {
-  scheduled = false;
-  if (!pending.x[0].length) return;
-  const t0 = performance.now();
-  Plotly.extendTraces(el, {x: pending.x, y: pending.y}, [0, 1, 2, 3, 4, 5, 6, 7], KEEP);
-  for (let i = 0; i < 8; i++) { pending.x[i] = []; pending.y[i] = []; }
-  lastDraw = performance.now();
-  drawMs = 0.8 * drawMs + 0.2 * (lastDraw - t0);
-  window.mmLive.drawMs = drawMs;
-  window.mmLive.draws.push(Date.now());
-  if (window.mmLive.draws.length > 5000) window.mmLive.draws.shift();
-}
-function push() {
-  if (!props.value) return;
-  let d; try { d = JSON.parse(props.value); } catch (e) { return; }
-  if (d.reset) {
-    window.mmLive.ema = null; window.mmLive.lastT = -1;
-    for (let i = 0; i < 8; i++) { pending.x[i] = []; pending.y[i] = []; }  // nothing of the old session is drawn
-    init(); return;
-  }
-  if (d.t < window.mmLive.lastT) return;  // two streams: keep time order
-  window.mmLive.lastT = d.t;
-  const a = 0.3;
-  window.mmLive.ema = window.mmLive.ema === null ? d.pred : a * d.pred + (1 - a) * window.mmLive.ema;
-  const ys = [d.pred, window.mmLive.ema].concat(M.map(m => d.shap[m]), M.map(m => d.w ? d.w[m] : null));
-  for (let i = 0; i < 8; i++) { pending.x[i].push(d.t); pending.y[i].push(ys[i]); }
-  if (!scheduled) {
-    scheduled = true;
-    const wait = gap() - (performance.now() - lastDraw);
-    if (wait <= 0) requestAnimationFrame(draw); else setTimeout(() => requestAnimationFrame(draw), wait);
-  }
-  if (window.mmLive.fusion !== null && window.mmLive.fusion !== d.fusion) {
-    const anns = (el.layout.annotations || []).concat([{x: d.t, y: 3, xref: 'x', yref: 'y', text: d.fusion, showarrow: true, arrowhead: 0, ay: -18, font: {size: 10}}]);
-    Plotly.relayout(el, {annotations: anns.slice(-8)});
-  }
-  window.mmLive.fusion = d.fusion;
-  window.mmLive.points += 1;
-  window.mmLive.latencies.push(Date.now() - d.sent);
-  if (window.mmLive.latencies.length > 2000) window.mmLive.latencies.shift();
-  if (d.recv) { window.mmLive.recv = window.mmLive.recv || []; window.mmLive.recv.push([d.recv, d.sent, Date.now()]); if (window.mmLive.recv.length > 2000) window.mmLive.recv.shift(); }
-  if (d.src === 'frame') { window.mmLive.framePlots.push(Date.now()); if (window.mmLive.framePlots.length > 5000) window.mmLive.framePlots.shift(); }
-}
-if (typeof Plotly === 'undefined') {
-  el.innerHTML = '<p>plotly.js did not load: live plots are unavailable.</p>';
-} else {
-  init();
-  watch('value', push);
-}
-""" % COLORS
-
-CSS = """
-.mm-readout {padding: 8px 12px; border-radius: 8px; background: var(--block-background-fill);}
-.mm-score {font-size: 2.6em; font-weight: 700; line-height: 1.1;}
-.mm-label {color: var(--body-text-color-subdued); font-size: 0.9em;}
-.mm-bar {display: flex; align-items: center; gap: 6px; font-size: 0.85em; margin-top: 4px;}
-.mm-mod {width: 44px;} .mm-val {width: 210px; font-variant-numeric: tabular-nums;}
-.mm-track {position: relative; flex: 1; height: 10px; background: rgba(128,128,128,0.15); border-radius: 5px;}
-.mm-track::after {content: ''; position: absolute; left: 50%; top: -2px; height: 14px; border-left: 1px solid #999;}
-.mm-fill {position: absolute; top: 0; height: 10px; border-radius: 5px;}
-.mm-chip {display: inline-block; margin: 2px 6px 2px 0; padding: 2px 8px; border-radius: 10px; font-size: 0.85em;}
-.mm-chip.on {background: rgba(46,125,50,0.15);} .mm-chip.off {background: rgba(128,128,128,0.15);}
-.mm-meter {height: 6px; background: rgba(128,128,128,0.2); border-radius: 3px; margin: 6px 0;}
-.mm-meter span {display: block; height: 6px; background: #F58518; border-radius: 3px;}
-.mm-note {font-size: 0.8em; color: var(--body-text-color-subdued);}
-.mm-frame {width: 100%; border-radius: 6px;} .mm-frame.empty {padding: 40px; text-align: center; background: rgba(128,128,128,0.1);}
-"""
+# Runs once in the browser (assets/live_plot.js): builds the figure, then extends it with each
+# one-point payload (Plotly.extendTraces) instead of receiving whole figures.
+LIVE_JS = assets.text("live_plot.js").replace("__COLORS__", json.dumps(COLORS))
+CSS = assets.text("app.css")
 
 
 # ============================================================================ handlers
@@ -319,9 +224,12 @@ class Handlers:
     """Every UI event as a plain method (testable without a browser). None of them raises: a
     problem becomes a plain message in the UI and a log line, and the session goes on."""
 
-    def __init__(self, studio: Studio, min_frame_gap_s: float = MIN_FRAME_GAP_S):
+    def __init__(self, studio: Studio, min_frame_gap_s: float = MIN_FRAME_GAP_S, *,
+                 chunks: ChunkSweeper | None = None, clips: ClipOutputs | None = None):
         self.studio = studio
         self.min_frame_gap_s = min_frame_gap_s
+        self.chunks = chunks or ChunkSweeper()
+        self.clips = clips or ClipOutputs()
         self._last_frame: weakref.WeakKeyDictionary[Session, float] = weakref.WeakKeyDictionary()
 
     def session_of(self, state: Session | None, fusion: str | None = None) -> Session:
@@ -362,7 +270,7 @@ class Handlers:
             if chunk is None:
                 up = s.update()
             else:
-                data, sr = read_chunk(chunk)
+                data, sr = read_chunk(chunk, self.chunks)
                 up = s.push_audio(data, sr)
             return feed_payload(up, src="audio"), readout_html(up), status_html(up), up.transcript, s
         except Exception as err:  # noqa: BLE001
@@ -372,8 +280,12 @@ class Handlers:
     def on_audio_stop(self, state):
         if state is None:
             return gr.update(), gr.update(), state
-        up = state.stop_audio()
-        return feed_payload(up), status_html(up), state
+        try:
+            up = state.stop_audio()
+            return feed_payload(up), status_html(up), state
+        except Exception as err:  # noqa: BLE001 - the session goes on
+            log.warning("microphone stop: %s", err)
+            return gr.update(), warn_html(f"microphone stop: {err}"), state
 
     def on_text(self, text, state):
         try:
@@ -403,7 +315,7 @@ class Handlers:
             log.warning("analysis failed: %s", err)
             return f"⚠️ the clip could not be analysed: {err}", None, None, None
         rows = result.rows()
-        out = Path(tempfile.mkdtemp(prefix="mmdemo-clip-"))
+        out = self.clips.new()
         stem = Path(video).stem
         csv_path, json_path = result.to_csv(out / f"{stem}.csv"), result.to_json(out / f"{stem}.json")
         if not rows:
@@ -419,7 +331,12 @@ class Handlers:
         return "\n".join(summary), timeline_figure(rows, f"{Path(video).name} · {fusion}"), str(csv_path), str(json_path)
 
     def api_predict(self, text: str, fusion: str = "") -> dict:
-        """Sentiment of a text alone (the words modality), with its contributions."""
+        """Sentiment of a text alone (the words modality), with its contributions. ``fusion``: one
+        of the methods listed by /fusions (default: the app's default method)."""
+        if fusion and fusion not in self.studio.fusions:
+            raise gr.Error(f"unknown fusion method {str(fusion)[:60]!r}; choose one of: {', '.join(self.studio.fusions)}")
+        if text is not None and not isinstance(text, str):
+            raise gr.Error("text must be a string")
         s = self.studio.engine.session(fusion or None)
         up = s.set_text(text, t=0.0)
         return {"prediction": up.prediction, "baseline": up.baseline, "fusion": up.fusion, "present": up.present,
@@ -495,9 +412,110 @@ LAUNCH = {"css": CSS, "allowed_paths": [str(PLOTLY_JS)], "show_error": False}
 """Keyword arguments every launch of the app needs (the CLI below, tests, a Space)."""
 
 
-def read_chunk(chunk) -> tuple[np.ndarray, int]:
-    """A streamed microphone chunk: (sample_rate, array) or a file path that is deleted once read
-    (Gradio writes every chunk to its cache; a long session must not leave one file per chunk)."""
+def gradio_cache_dir() -> Path:
+    return Path(os.environ.get("GRADIO_TEMP_DIR", Path(tempfile.gettempdir()) / "gradio")).resolve()
+
+
+class ChunkSweeper:
+    """Removes the microphone chunk files Gradio wrote to its cache, once they are old.
+
+    Gradio stores an upload under a folder named by the content's hash, so two sessions sending
+    identical chunks (digital silence, say) read the same path: a chunk must never be deleted as soon
+    as one session has read it. A re-upload renames a fresh file over the old one, so a file's mtime
+    says when that content last arrived; files (and then their empty folders) are removed only when
+    nothing has arrived at that path for ``max_age_s``. Only paths inside Gradio's cache are touched.
+    Gradio's own ``delete_cache`` would remove them after 10 minutes; a long session must not keep
+    ten minutes of chunks on disk per user.
+    """
+
+    def __init__(self, max_age_s: float = CHUNK_MAX_AGE_S, every_s: float = 5.0, remember: int = 20000):
+        self.max_age_s = max_age_s
+        self.every_s = min(every_s, max_age_s)
+        self.remember = remember
+        self.paths: OrderedDict[Path, None] = OrderedDict()
+        self.lock = threading.Lock()
+        self.last_sweep = 0.0
+
+    def seen(self, path: Path) -> None:
+        cache = gradio_cache_dir()
+        path = Path(path).resolve()
+        if cache not in path.parents:
+            return
+        with self.lock:
+            self.paths[path] = None
+            self.paths.move_to_end(path)
+            while len(self.paths) > self.remember:
+                self.paths.popitem(last=False)
+            due = time.monotonic() - self.last_sweep >= self.every_s
+            if due:
+                self.last_sweep = time.monotonic()
+        if due:
+            self.sweep()
+
+    def sweep(self) -> int:
+        """Remove what is old enough; returns how many files went."""
+        with self.lock:
+            paths = list(self.paths)
+        removed = 0
+        for path in paths:
+            state = self._remove_if_idle(path)
+            if state == "kept":
+                continue
+            removed += state == "removed"
+            with self.lock:
+                self.paths.pop(path, None)
+        return removed
+
+    def _remove_if_idle(self, path: Path) -> str:
+        """'removed', 'gone' (nothing there any more) or 'kept' (in use, or could not be removed)."""
+        try:
+            if time.time() - path.stat().st_mtime <= self.max_age_s:
+                return "kept"
+            folder_idle = time.time() - path.parent.stat().st_mtime > self.max_age_s  # before our own change to it
+            trash = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.sweep")
+            os.rename(path, trash)  # atomic: a reader has the file open already, or it arrives again
+            if time.time() - trash.stat().st_mtime <= self.max_age_s:  # uploaded again meanwhile: put it back
+                os.rename(trash, path)
+                return "kept"
+            trash.unlink()
+        except FileNotFoundError:
+            return "gone"
+        except OSError as err:
+            log.debug("chunk %s not removed: %s", path, err)
+            return "kept"
+        try:  # the hash-named folder, once empty and unused for as long
+            if folder_idle and not any(path.parent.iterdir()):
+                path.parent.rmdir()
+        except OSError:
+            pass
+        return "removed"
+
+
+class ClipOutputs:
+    """Folders holding the CSV/JSON of clip analyses (Gradio copies them into its cache when they
+    are returned). Folders older than ``max_age_s`` are removed whenever a new one is made."""
+
+    def __init__(self, root: Path | None = None, max_age_s: float = CLIP_MAX_AGE_S):
+        self.root = Path(root) if root else Path(tempfile.gettempdir()) / "mmdemo-clips"
+        self.max_age_s = max_age_s
+
+    def new(self) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.sweep()
+        return Path(tempfile.mkdtemp(prefix="clip-", dir=self.root))
+
+    def sweep(self) -> None:
+        for folder in self.root.glob("clip-*"):
+            try:
+                if time.time() - folder.stat().st_mtime > self.max_age_s:
+                    shutil.rmtree(folder, ignore_errors=True)
+            except OSError:
+                pass
+
+
+def read_chunk(chunk, sweeper: ChunkSweeper | None = None) -> tuple[np.ndarray, int]:
+    """A streamed microphone chunk: (sample_rate, array) or a file path in Gradio's cache. The file
+    is left for ``sweeper`` (another session may be reading the same content-addressed file)."""
     if isinstance(chunk, tuple):
         sr, data = chunk
         return np.asarray(data), int(sr)
@@ -505,14 +523,8 @@ def read_chunk(chunk) -> tuple[np.ndarray, int]:
     try:
         data, sr = sf.read(str(path), dtype="int16", always_2d=False)
     finally:
-        cache = Path(os.environ.get("GRADIO_TEMP_DIR", Path(tempfile.gettempdir()) / "gradio")).resolve()
-        try:
-            if cache in path.resolve().parents:
-                path.unlink(missing_ok=True)
-                if not any(path.parent.iterdir()):
-                    path.parent.rmdir()
-        except OSError:
-            pass
+        if sweeper is not None:
+            sweeper.seen(path)
     return data, int(sr)
 
 

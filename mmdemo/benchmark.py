@@ -39,7 +39,7 @@ from .contributions import explain
 from .data import SPLITS, FeatureDataset, Split
 from .encoders.face import BLENDSHAPES
 from .extract import run_extraction
-from .fusion import FusionConfig, create_fusion, list_fusions
+from .fusion import FusionConfig, list_fusions
 from .fusion.base import num_params
 from .metrics import classification_metrics, jsonable, polarity, regression_metrics
 from .pairing import PairingConfig, build_paired

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,7 +62,12 @@ def analyse_clip(engine: Engine, path: str | Path, *, fusion: str | None = None,
     if audio is None or audio.size == 0:
         notes.append("the clip has no audio track: voice and speech are absent")
         audio = np.zeros(0, np.float32)
-    frames = iter(iter_frames(path, fps=fps, max_frames=int(max_seconds * fps))) if kind == "video" else iter(())
+    frames = iter_frames(path, fps=fps, max_frames=int(max_seconds * fps)) if kind == "video" else (f for f in ())
+    with closing(frames):  # the video reader is released on every exit, errors included
+        return _run(session, frames, audio, kind, path, hop, max_seconds, progress, notes)
+
+
+def _run(session, frames, audio, kind, path, hop, max_seconds, progress, notes) -> ClipResult:
     duration = max(len(audio) / SAMPLE_RATE, 0.0)
     next_frame = next(frames, None)
     if kind == "video" and next_frame is None:

@@ -137,13 +137,15 @@ class Engine:
         return [n for n in list_fusions() if n in self._fusions or (self.checkpoints / "fusion" / n / "config.json").exists()]
 
     def fusion(self, name: str) -> Fusion:
+        """The model of a registered method that has a trained checkpoint here. Any other name (an
+        unregistered one, a path, ``..``) raises a KeyError listing the choices: names may come from
+        the network, and each loaded model stays in memory."""
         with self._lock:
             if name not in self._fusions:
-                folder = self.checkpoints / "fusion" / name
-                if not (folder / "config.json").exists():
-                    raise KeyError(f"no trained model for fusion {name!r} in {self.checkpoints / 'fusion'}; "
-                                   f"available: {', '.join(self.available_fusions()) or 'none'}")
-                self._fusions[name] = load_fusion(folder, device=self.device)
+                available = self.available_fusions()
+                if not isinstance(name, str) or name not in available:
+                    raise KeyError(f"no trained model for fusion {str(name)[:60]!r}; available: {', '.join(available) or 'none'}")
+                self._fusions[name] = load_fusion(self.checkpoints / "fusion" / name, device=self.device)
             return self._fusions[name]
 
     def warmup(self, fusion: str | None = None) -> None:

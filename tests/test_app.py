@@ -142,11 +142,13 @@ def test_tab_that_stops_sending_frames(handlers, quiet_log):
     assert "no camera frames arriving" in out[2]
 
 
-def test_chunk_files_are_removed_and_memory_stays_flat(handlers, tmp_path, monkeypatch, quiet_log):
-    """A long simulated session through the handlers: no file per chunk is left in Gradio's temp
-    folder, and memory does not grow with the number of updates."""
+def test_chunk_files_are_removed_and_memory_stays_flat(studio, tmp_path, monkeypatch, quiet_log):
+    """A long simulated session through the handlers: chunk files do not pile up in Gradio's temp
+    folder (here removed as soon as they are unused, max age 0), and memory does not grow with the
+    number of updates."""
     cache = tmp_path / "gradio"
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(cache))
+    handlers = studio_app.Handlers(studio, min_frame_gap_s=0.0, chunks=studio_app.ChunkSweeper(max_age_s=0.0))
     state, *_ = handlers.on_load()
     speech = (speech_16k(tmp_path) * 32767).astype(np.int16)
     frame = np.full((240, 320, 3), 100, np.uint8)
@@ -170,7 +172,34 @@ def test_chunk_files_are_removed_and_memory_stays_flat(handlers, tmp_path, monke
     assert grown < 3_000_000, f"memory grew by {grown} bytes over 600 more updates"
 
 
-def test_analyse_uploads(handlers, tmp_path, quiet_log):
+def test_sessions_sharing_a_chunk_file_both_read_it(handlers, tmp_path, monkeypatch, quiet_log):
+    """Gradio stores uploads by content hash: two sessions sending the same chunk (silence, say) get
+    the same path. Reading it in one session must not take it from the other."""
+    cache = tmp_path / "gradio"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(cache))
+    shared = cache / "0123abcd"
+    shared.mkdir(parents=True)
+    path = _chunk_file(shared, np.zeros(24000, np.int16), 48000, name="audio.wav")
+    a, *_ = handlers.on_load()
+    b, *_ = handlers.on_load()
+    for state in (a, b, a):
+        out = handlers.on_audio(path, state)
+        assert "audio skipped" not in out[2] and "silence" in out[2], out[2]
+
+
+def test_a_failing_microphone_stop_is_reported(handlers, quiet_log):
+    class Broken:
+        def stop_audio(self):
+            raise RuntimeError("device vanished")
+
+    state = Broken()
+    feed, status, back = handlers.on_audio_stop(state)
+    assert "device vanished" in status and back is state
+
+
+def test_analyse_uploads(studio, tmp_path, quiet_log):
+    outputs = tmp_path / "clip-outputs"
+    handlers = studio_app.Handlers(studio, min_frame_gap_s=0.0, clips=studio_app.ClipOutputs(outputs, max_age_s=0.0))
     wav = espeak(tmp_path / "s.wav")
     clip = video(tmp_path / "talk.mp4", audio=wav, seconds=4.0)
     summary, fig, csv_path, json_path = handlers.on_analyse(str(clip), "weighted", 5)
@@ -181,6 +210,7 @@ def test_analyse_uploads(handlers, tmp_path, quiet_log):
     mute = video(tmp_path / "mute.mp4", seconds=2.0)
     summary, *_ = handlers.on_analyse(str(mute), "concat", 5)
     assert "no audio track" in summary
+    assert len(list(outputs.glob("clip-*"))) == 1  # the first analysis's folder was cleaned (max age 0)
     junk = tmp_path / "junk.mp4"
     junk.write_text("not a video")
     summary, fig, *_ = handlers.on_analyse(str(junk), "weighted", 5)
@@ -210,6 +240,9 @@ def test_api_through_gradio_client(served, tmp_path):
     bad = client.predict("This was awful, boring and a complete waste of my time", "weighted", api_name="/predict")
     assert good["present"]["text"] and good["prediction"] > bad["prediction"]
     assert good["prediction"] > 0.5 and bad["prediction"] < -0.5  # the trained words model, through the fusion
+    for name in ("../fusion/weighted", "/etc", "nope", "weighted/../tensor"):  # names come from the network
+        with pytest.raises(Exception, match="unknown fusion method"):
+            client.predict("fine", name, api_name="/predict")
     assert abs(sum(good["shapley"].values()) - (good["prediction"] - good["baseline"])) < 1e-4
     wav = espeak(tmp_path / "s.wav", "I am so happy today")
     clip = video(tmp_path / "c.mp4", audio=wav, seconds=2.5)

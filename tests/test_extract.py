@@ -4,7 +4,6 @@ import csv
 import json
 
 import cv2
-import numpy as np
 import pytest
 
 from mmdemo.data import load_dataset, split_by_group

@@ -215,3 +215,42 @@ def test_voice_waits_for_the_window_it_learned_from(engine, speech48):
     s.stop_audio(t=3.0)
     up = s.push_audio(x[:24000], 48000, t=3.5)
     assert "warming up" in up.reasons["audio"]  # a new microphone stream starts over
+
+
+def test_clip_analysis_releases_its_video_reader_on_errors(engine, tmp_path, monkeypatch):
+    """A failure in the middle of a clip must not leave the decoder open until garbage collection."""
+    import cv2
+
+    from mmdemo import clip, media
+    from tests.media import video
+
+    opened = []
+
+    class Tracked(cv2.VideoCapture):
+        def __init__(self, *a):
+            super().__init__(*a)
+            self.released = False
+            opened.append(self)
+
+        def release(self):
+            self.released = True
+            super().release()
+
+    monkeypatch.setattr(media.cv2, "VideoCapture", Tracked)
+    path = video(tmp_path / "c.mp4", seconds=2.0)
+    calls = {"n": 0}
+    real = type(engine.session()).push_frame
+
+    def failing(self, frame, t=None):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("encoder crashed")
+        return real(self, frame, t)
+
+    monkeypatch.setattr(type(engine.session()), "push_frame", failing)
+    with pytest.raises(RuntimeError, match="encoder crashed"):
+        try:
+            clip.analyse_clip(engine, path, fusion="concat", fps=5)
+        except RuntimeError:
+            assert opened and all(c.released for c in opened)  # released before the error left analyse_clip
+            raise

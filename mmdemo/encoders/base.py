@@ -1,7 +1,8 @@
 """The encoder interface: raw input in, a feature vector (or a clear "absent" with the reason) out.
 
-Every pretrained model comes from an installed package (never a download): :func:`package_file`
-finds a file inside a distribution without importing it. Heavy models are loaded once, lazily and
+Every pretrained model comes from an installed package or from the repository's ``assets/models``
+(never a download): :func:`package_file` finds a file inside a distribution without importing it,
+:func:`mmdemo.assets.model_file` a shipped file, checked against its sha256. Heavy models are loaded once, lazily and
 thread-safely (:class:`Lazy`), and shared read-only by every session.
 """
 

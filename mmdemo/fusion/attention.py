@@ -8,7 +8,6 @@ per-sample contributions, beside the Shapley values.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from .base import Features, Fusion, FusionConfig, FusionOutput, Steps, UnimodalEncoder, masked_softmax, mlp, register, stack_modalities
