@@ -428,11 +428,14 @@ class ChunkSweeper:
     ten minutes of chunks on disk per user.
     """
 
-    def __init__(self, max_age_s: float = CHUNK_MAX_AGE_S, every_s: float = 5.0, remember: int = 20000):
+    def __init__(self, max_age_s: float = CHUNK_MAX_AGE_S, every_s: float = 5.0, remember: int = 20000,
+                 folder_age_s: float = 300.0):
         self.max_age_s = max_age_s
         self.every_s = min(every_s, max_age_s)
         self.remember = remember
+        self.folder_age_s = folder_age_s
         self.paths: OrderedDict[Path, None] = OrderedDict()
+        self.folders: OrderedDict[Path, None] = OrderedDict()  # emptied by us: removed once idle for folder_age_s
         self.lock = threading.Lock()
         self.last_sweep = 0.0
 
@@ -464,6 +467,11 @@ class ChunkSweeper:
             removed += state == "removed"
             with self.lock:
                 self.paths.pop(path, None)
+                if state == "removed":
+                    self.folders[path.parent] = None
+                    while len(self.folders) > self.remember:
+                        self.folders.popitem(last=False)
+        self._remove_idle_folders()
         return removed
 
     def _remove_if_idle(self, path: Path) -> str:
@@ -471,24 +479,42 @@ class ChunkSweeper:
         try:
             if time.time() - path.stat().st_mtime <= self.max_age_s:
                 return "kept"
-            folder_idle = time.time() - path.parent.stat().st_mtime > self.max_age_s  # before our own change to it
             trash = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.sweep")
             os.rename(path, trash)  # atomic: a reader has the file open already, or it arrives again
             if time.time() - trash.stat().st_mtime <= self.max_age_s:  # uploaded again meanwhile: put it back
                 os.rename(trash, path)
                 return "kept"
             trash.unlink()
+            return "removed"
         except FileNotFoundError:
             return "gone"
         except OSError as err:
             log.debug("chunk %s not removed: %s", path, err)
             return "kept"
-        try:  # the hash-named folder, once empty and unused for as long
-            if folder_idle and not any(path.parent.iterdir()):
-                path.parent.rmdir()
-        except OSError:
-            pass
-        return "removed"
+
+    def _remove_idle_folders(self) -> None:
+        """The hash-named folders we emptied, once nothing has arrived in them for folder_age_s. (Gradio
+        creates the folder, then moves the upload in: a folder idle that long is not being used; the
+        remaining window is an upload of the very same content at the very moment of the removal,
+        which then fails once and is reported for that chunk.)"""
+        with self.lock:
+            folders = list(self.folders)
+        for folder in folders:
+            try:
+                if any(folder.iterdir()):  # the same content came again: its file will be seen and swept
+                    done = True
+                elif time.time() - folder.stat().st_mtime > self.folder_age_s:
+                    folder.rmdir()
+                    done = True
+                else:
+                    done = False
+            except FileNotFoundError:
+                done = True
+            except OSError:
+                done = False
+            if done:
+                with self.lock:
+                    self.folders.pop(folder, None)
 
 
 class ClipOutputs:

@@ -62,6 +62,9 @@ def analyse_clip(engine: Engine, path: str | Path, *, fusion: str | None = None,
     if audio is None or audio.size == 0:
         notes.append("the clip has no audio track: voice and speech are absent")
         audio = np.zeros(0, np.float32)
+    elif len(audio) < engine.config.voice_window_s * SAMPLE_RATE:
+        notes.append(f"the audio is {len(audio) / SAMPLE_RATE:.1f} s long, shorter than the {engine.config.voice_window_s:.1f} s "
+                     "window the voice model reads: no voice reading (speech is still transcribed)")
     frames = iter_frames(path, fps=fps, max_frames=int(max_seconds * fps)) if kind == "video" else (f for f in ())
     with closing(frames):  # the video reader is released on every exit, errors included
         return _run(session, frames, audio, kind, path, hop, max_seconds, progress, notes)

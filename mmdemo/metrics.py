@@ -3,6 +3,10 @@
 - MAE and Pearson correlation on the continuous -3..+3 score.
 - Acc-2 / F1 in two conventions: "has-0" (negative < 0 vs non-negative >= 0, all samples) and
   "non-0" (negative < 0 vs positive > 0, samples with label 0 excluded). F1 is weighted by support.
+- A third convention, only to compare with the rows that used it (CM-BERT's T-BERT and CM-BERT,
+  thuiar/Cross-Modal-BERT run_classifier.py): "zero = negative" (positive > 0 vs the rest, all
+  samples) with the weighted F1 computed with its arguments swapped (``f1_score(pred, truth)``,
+  so weighted by the predicted classes' support).
 - Acc-7: round(clip(y, -3, 3)) compared as 7 classes; Acc-5 likewise on -2..+2.
 Classification corpora (polarity labels) get accuracy and macro-F1.
 """
@@ -61,6 +65,8 @@ def regression_metrics(pred, truth) -> dict[str, float]:
         "f1_has0": _f1_weighted(y >= 0, p >= 0),
         "acc2_non0": float(np.mean((p[nz] > 0) == (y[nz] > 0))) if nz.any() else float("nan"),
         "f1_non0": _f1_weighted(y[nz] > 0, p[nz] > 0) if nz.any() else float("nan"),
+        "acc2_zero_neg": float(np.mean((p > 0) == (y > 0))),
+        "f1_zero_neg_swapped": _f1_weighted(p > 0, y > 0),
         "acc7": float(np.mean(np.round(np.clip(p, -3, 3)) == np.round(np.clip(y, -3, 3)))),
         "acc5": float(np.mean(np.round(np.clip(p, -2, 2)) == np.round(np.clip(y, -2, 2)))),
         "n": int(len(y)),

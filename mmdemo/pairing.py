@@ -42,6 +42,15 @@ def polarity_class(y: np.ndarray, band: float) -> np.ndarray:
     return np.where(y >= band, 1, np.where(y <= -band, -1, 0))
 
 
+def _vector(split: Split, m: str, j: int) -> np.ndarray:
+    """Sample j's feature as a vector: a sequence is averaged over its real steps (never its padding)."""
+    x = split.feats[m][j]
+    if x.ndim == 1:
+        return x
+    real = split.steps[m][j] if m in split.steps else np.ones(len(x), bool)
+    return x[real].mean(axis=0) if real.any() else np.zeros(x.shape[-1], x.dtype)
+
+
 def _pools(split: Split, modality: str, band: float) -> dict[int, np.ndarray]:
     ok = split.present[modality]
     cls = polarity_class(split.labels, band)
@@ -87,7 +96,7 @@ def build_paired(corpora: dict[str, FeatureDataset], cfg: PairingConfig = Pairin
                         counts["absent"] += 1
                         continue
                     j = rng.choice(pools[want[rng.integers(len(want))]])
-                feats[m][i] = src.feats[m][j].reshape(-1)[: dims[m]]
+                feats[m][i] = _vector(src, m, j)
                 present[m][i] = True
                 if m == "text" and src.text is not None:
                     shown_text[i] = src.text[j]

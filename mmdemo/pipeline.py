@@ -197,6 +197,7 @@ class Session:
         self.last_voice_t = -1e9
         self.level = -100.0
         self.clip_note: list[str] = []
+        self.input_note: list[str] = []  # an unusable chunk (wrong rate, layout): until the next good one
         self.in_speech = False
         self.utterance: list[np.ndarray] = []
         self.utt_frames = 0
@@ -244,8 +245,9 @@ class Session:
                 sr = check_rate(sample_rate)
                 x = to_mono_float(chunk)
             except AudioError as err:
-                self.notes["audio"] = [str(err)]
+                self.input_note = [str(err)]  # about this chunk: gone with the next good one
                 return self.update(t, stage_ms={})
+            self.input_note = []
             if self.resampler is None or self.resampler.sr_in != sr:
                 self.resampler = StreamResampler(sr)
             x16 = self.resampler(x)
@@ -454,7 +456,8 @@ class Session:
             self.notes["text"] = self.typed_notes + self.words_notes
             if self.asr_note is not None and t - self.asr_note[0] <= self.cfg.asr_note_s:
                 self.notes["text"] = self.notes["text"] + [self.asr_note[1]]
-            notes = [f"{DISPLAY_NAMES[m]}: {n}" for m in MODALITIES for n in self.notes[m] + (self.clip_note if m == "audio" else [])]
+            notes = [f"{DISPLAY_NAMES[m]}: {n}" for m in MODALITIES
+                     for n in self.notes[m] + (self.input_note + self.clip_note if m == "audio" else [])]
             up = Update(
                 t=t, fusion=self.fusion_name, present=present,
                 reasons={m: "" if present[m] else self.reasons[m] for m in MODALITIES},

@@ -122,9 +122,14 @@ def length_buckets(lengths: np.ndarray, batch_size: int, gen: torch.Generator) -
     return [batches[i] for i in order]
 
 
-def finetune(train_texts, train_y, valid_texts, valid_y, cfg: FinetuneConfig = FinetuneConfig(), *, progress=True) -> dict:
+def finetune(train_texts, train_y, valid_texts, valid_y, cfg: FinetuneConfig = FinetuneConfig(), *, progress=True,
+             predict: dict[str, list[str]] | None = None) -> dict:
     """Fine-tune the top ``cfg.train_layers`` layers; early stopping on validation MAE.
-    Returns {"overlay": state dict of the trained layers (fp16), "history", "valid_mae", "seconds"}."""
+    Returns {"overlay": state dict of the trained layers (fp16), "history", "valid_mae", "seconds",
+    "predictions": {name: the fine-tuned model's own predictions (its linear head) for each text
+    list of ``predict``, with the best weights}}."""
+    if len(train_texts) == 0 or len(valid_texts) == 0:
+        raise ValueError(f"fine-tuning needs train and valid texts (got {len(train_texts)} and {len(valid_texts)})")
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     tokenizer, model = load_minilm()
@@ -145,7 +150,7 @@ def finetune(train_texts, train_y, valid_texts, valid_y, cfg: FinetuneConfig = F
     ytr = torch.tensor(np.asarray(train_y, np.float32), device=device)
     lengths = np.array([len(h) for h, _ in tr])
     gen = torch.Generator().manual_seed(cfg.seed)
-    best, best_state, stale, history = float("inf"), None, 0, []
+    best, best_state, best_head, stale, history = float("inf"), None, None, 0, []
 
     def valid_mae() -> float:
         top.eval()
@@ -175,12 +180,27 @@ def finetune(train_texts, train_y, valid_texts, valid_y, cfg: FinetuneConfig = F
         if mae < best - 1e-4:
             best, stale = mae, 0
             best_state = copy.deepcopy({n: p.detach().cpu() for n, p in top.layers.state_dict().items()})
+            best_head = copy.deepcopy({n: p.detach().cpu() for n, p in top.head.state_dict().items()})
         else:
             stale += 1
             if stale > cfg.patience:
                 break
     overlay = {f"encoder.layer.{top.first + int(n.split('.')[0])}.{n.split('.', 1)[1]}": v.half() for n, v in best_state.items()}
-    return {"overlay": overlay, "history": history, "valid_mae": best, "seconds": time.perf_counter() - t0}
+    predictions = {}
+    if predict:
+        # the shipped weights are the fp16 overlay: predict with exactly those
+        top.layers.load_state_dict({n: v.half().float() for n, v in best_state.items()})
+        top.head.load_state_dict(best_head)
+        top.eval()
+        for name, texts in predict.items():
+            states = bottom_states(tokenizer, model, list(texts), k, max_tokens=cfg.max_tokens, device=device, progress=False)
+            out = []
+            with torch.inference_mode():
+                for i in range(0, len(states), 256):
+                    h, m = _batch(states, range(i, min(i + 256, len(states))), device)
+                    out.append(top(h, m).float().cpu())
+            predictions[name] = torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+    return {"overlay": overlay, "history": history, "valid_mae": best, "seconds": time.perf_counter() - t0, "predictions": predictions}
 
 
 def save_overlay(overlay: dict[str, torch.Tensor], folder: Path, meta: dict) -> Path:

@@ -18,6 +18,11 @@ def test_conventions_on_a_hand_worked_example():
     # acc7: round(clip) -> truth [-2, 0, 0, 0, 1, 3], pred [-1, 0, 0, 0, 1, 3] -> 5/6
     assert m["acc7"] == pytest.approx(5 / 6)
     assert m["n"] == 6
+    # CM-BERT's convention: zero labels count as negative: truth > 0 [F, F, F, F, T, T],
+    # pred > 0 [F, T, T, F, T, T] -> 4/6; F1 with the arguments swapped (weighted by predicted support):
+    # predicted positive (4): tp 2, fp 2, fn 0 -> F1 2/3; predicted negative (2): tp 2, fp 0, fn 2 -> 2/3
+    assert m["acc2_zero_neg"] == pytest.approx(4 / 6)
+    assert m["f1_zero_neg_swapped"] == pytest.approx(2 / 3)
 
 
 def test_weighted_f1_matches_a_manual_count():

@@ -121,7 +121,9 @@ _MODELS_LOCK = threading.Lock()
 
 
 def shared_minilm(device: str | None = None, overlay: Path | None = None, dtype: str | None = None) -> MiniLM:
-    key = (str(resolve_device(device)), str(overlay) if overlay else None, dtype or os.environ.get("MMDEMO_TEXT_DTYPE"))
+    dev = resolve_device(device)
+    name = "float32" if dev.type == "cpu" else (dtype or os.environ.get("MMDEMO_TEXT_DTYPE") or "float32").strip().lower()
+    key = (str(dev), str(overlay) if overlay else None, name)
     with _MODELS_LOCK:
         lazy = _MODELS.setdefault(key, Lazy(lambda: MiniLM(device=device, overlay=overlay, dtype=dtype)))
     return lazy.get()
