@@ -206,12 +206,14 @@ class PartCache:
         for part in sorted(folder.glob("part-*.npz")):
             try:
                 with np.load(part, allow_pickle=False) as z:
-                    for i, cid in enumerate(z["ids"]):
-                        f = ItemFeatures(str(cid), transcript=str(z["transcript"][i]))
-                        for m in modalities:
-                            f.feats[m] = z[f"feat/{m}"][i] if z[f"present/{m}"][i] else None
-                            f.reasons[m] = str(z[f"reason/{m}"][i])
-                        self.done[f.id] = f
+                    a = {k: z[k] for k in z.files}  # each key of an npz decompresses its whole array: read once
+                for i, cid in enumerate(a["ids"]):
+                    f = ItemFeatures(str(cid), transcript=str(a["transcript"][i]))
+                    for m in modalities:
+                        # a copy: a view would keep the part's whole array alive per item (GBs for a corpus)
+                        f.feats[m] = a[f"feat/{m}"][i].copy() if a[f"present/{m}"][i] else None
+                        f.reasons[m] = str(a[f"reason/{m}"][i])
+                    self.done[f.id] = f
             except Exception as err:  # noqa: BLE001 - a torn part is redone, not fatal
                 log.warning("ignoring unreadable cache part %s (%s)", part, err)
         self.next = len(list(folder.glob("part-*.npz")))

@@ -58,6 +58,7 @@ def test_paired_rows_keep_the_transcript_of_the_words_they_hold():
     assert swapped > 50
 
 
+@pytest.mark.slow
 @needs_data
 def test_quick_benchmark_writes_tables_checkpoints_and_a_model_card(tmp_path):
     out = tmp_path / "results"

@@ -12,6 +12,7 @@ The subprocesses get none of the offline variables in their environment: the cod
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -133,7 +134,8 @@ def test_an_app_start_makes_no_connection(tmp_path):
     env = _clean_env(tmp_path) | {"GRADIO_TEMP_DIR": str(tmp_path / "gradio")}
     cmd, log = _strace(tmp_path, [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--device", "cpu"])
     out = open(tmp_path / "app.log", "w")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    # its own process group: stopping strace alone would detach it and leave the app running
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
         while "models ready" not in (tmp_path / "app.log").read_text():
@@ -146,11 +148,12 @@ def test_an_app_start_makes_no_connection(tmp_path):
             assert r.status == 200
         time.sleep(LINGER_S)
     finally:
-        proc.terminate()
+        os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
         out.close()
     found = leaks(log.read_text())
     assert not found, "connections beyond the machine:\n" + "\n".join(found[:10])
