@@ -528,8 +528,8 @@ def run(args) -> dict:
            "that agreement is not given; these numbers say nothing about it.", ""]
     if before is not None:
         md += ["**Words features of the train texts: in-sample vs out-of-fold.** The shipped fusion models learned from out-of-fold",
-               "words features (an encoder that never saw the text); trained on the in-sample ones instead, the same methods lean",
-               "more on words:", "",
+               "words features (an encoder that never saw the text); the table compares the same methods trained on the in-sample",
+               "ones instead (the encoder's features of the texts it was fine-tuned on), scored on the same test pairs:", "",
                "| method | test MAE in-sample → out-of-fold | mean abs Shapley of words in-sample → out-of-fold | weighted θ words |",
                "|---|---|---|---|"]
         for name, r in fusion_rows.items():

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 Features = dict[str, Tensor]
 Presence = dict[str, Tensor]
-Steps = dict[str, Tensor | None]  # modality -> (B, T) bool step mask for sequences, None for vectors
+Steps = dict[str, Tensor | None]  # modality -> (B, T) bool step mask of a sequence; None: a vector, or every step real
 
 
 @dataclass(frozen=True)
@@ -186,7 +186,8 @@ class Fusion(nn.Module):
 
     def fuse(self, x: Features, mask: Tensor, steps: Steps) -> FusionOutput:  # pragma: no cover - abstract
         """``x``: standardised features, absent rows and padding steps zeroed; ``mask`` (B, M) bool;
-        ``steps``: per modality the (B, T) step mask of a sequence, None for a vector."""
+        ``steps``: per modality the (B, T) step mask of a padded sequence, None when every step is
+        real (or for a vector)."""
         raise NotImplementedError
 
     def loss(self, out: FusionOutput, target: Tensor, *, feats: Features, available: Tensor, steps: Steps | None = None) -> Tensor:
@@ -216,7 +217,7 @@ class Fusion(nn.Module):
         """Validate shapes, move everything to the model's device and fill modalities missing from
         ``feats`` with zeros (marked absent). Returns the raw features, the (B, M) bool presence mask
         in ``self.modalities`` order (a sequence with no real step counts as absent) and the step
-        masks (all True for a sequence given without one, None for a vector)."""
+        masks (None for a vector or a sequence given without one: every step real)."""
         unknown = set(feats) - set(self.modalities)
         if unknown:
             raise KeyError(f"unknown modalities {sorted(unknown)}; this model has {list(self.modalities)}")
@@ -248,9 +249,7 @@ class Fusion(nn.Module):
                     raise ValueError(f"{m}: presence must have shape ({batch},), got {tuple(p.shape)}")
                 if t.dim() == 3:
                     s = steps.get(m)
-                    if s is None:
-                        s = torch.ones(t.shape[:2], dtype=torch.bool, device=device)
-                    else:
+                    if s is not None:  # None: every step is real (no masking work at all)
                         s = s.to(device).bool()
                         if s.shape != t.shape[:2]:
                             raise ValueError(f"{m}: the step mask must have shape {tuple(t.shape[:2])}, got {tuple(s.shape)}")
