@@ -50,7 +50,7 @@ PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 FRAME_WIDTH = 320  # the annotated frame sent back to the browser
 WEBCAM = {"video": {"width": {"ideal": 320}, "height": {"ideal": 240}}}  # a face at arm's length is ~100 px: enough; cheaper to send and decode
 MIN_FRAME_GAP_S = 0.07  # frames arriving sooner after the last processed one are skipped: at most ~14 processed/s
-CHUNK_MAX_AGE_S = 30.0  # microphone chunk files in Gradio's cache are removed once unused this long
+CHUNK_MAX_AGE_S = float(os.environ.get("MMDEMO_CHUNK_MAX_AGE_S", 30.0))  # microphone chunk files in Gradio's cache are removed once unused this long
 CLIP_MAX_AGE_S = 600.0  # clip-analysis outputs are kept this long (as Gradio's own cache)
 
 

@@ -18,6 +18,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(os.environ.get("MMDEMO_ARTIFACTS", ROOT / "test-artifacts"))
+CHUNK_AGE_S = 2.0  # the app removes microphone chunk files unused this long (30 s by default)
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
@@ -47,7 +48,7 @@ def media(tmp_path_factory):
 def server(tmp_path_factory):
     port = free_port()
     temp = tmp_path_factory.mktemp("gradio-temp")
-    env = dict(os.environ, GRADIO_TEMP_DIR=str(temp), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
+    env = dict(os.environ, GRADIO_TEMP_DIR=str(temp), MMDEMO_CHUNK_MAX_AGE_S=str(CHUNK_AGE_S), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
     log = open(tmp_path_factory.mktemp("log") / "app.log", "w")
     t0 = time.time()
     proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port), "--device", "cpu"], cwd=ROOT, env=env,
@@ -93,6 +94,7 @@ def test_live_session_in_a_real_browser(server, media, tmp_path):
         page = ctx.new_page()
         page.goto(server["url"], wait_until="load")
         _start_streams(page)
+        streaming_from = time.time()
         page.locator("#text textarea").press_sequentially("What a wonderful day", delay=30)
         # the plots update live
         page.wait_for_function("window.mmLive.points > 40", timeout=90000)
@@ -111,9 +113,15 @@ def test_live_session_in_a_real_browser(server, media, tmp_path):
         assert "cross_attention" in page.locator("#method-info").inner_text()
         page.wait_for_timeout(500)
         page.screenshot(path=str(ARTIFACTS / "live.png"), full_page=True)
+        page.wait_for_timeout(max(0.0, 12 * CHUNK_AGE_S - (time.time() - streaming_from)) * 1000)  # long enough to sweep
         ctx.close()
-    # no file per audio chunk is left in Gradio's temp folder
-    assert len(list(Path(server["temp"]).rglob("*.wav"))) < 5
+        streamed_s = time.time() - streaming_from
+    # chunk files do not pile up in Gradio's temp folder: the app removes those unused for
+    # CHUNK_AGE_S, so what is left is about the last CHUNK_AGE_S (+ a sweep interval, + chunks the
+    # queue dropped, which Gradio removes later) of a session that sent one chunk per 0.5 s
+    assert streamed_s > 10 * CHUNK_AGE_S
+    chunks = list(Path(server["temp"]).rglob("*.wav"))
+    assert 0 < len(chunks) < streamed_s / 0.5 / 3, (len(chunks), streamed_s)
 
 
 def test_two_sessions_do_not_see_each_other(server, media, tmp_path):

@@ -225,16 +225,23 @@ def test_clip_analysis_releases_its_video_reader_on_errors(engine, tmp_path, mon
     from tests.media import video
 
     opened = []
+    real_capture = cv2.VideoCapture
 
-    class Tracked(cv2.VideoCapture):
+    class Tracked:
+        """Wraps a reader (OpenCV's classes must not be subclassed in Python: freeing such an
+        instance corrupts the heap)."""
+
         def __init__(self, *a):
-            super().__init__(*a)
+            self.capture = real_capture(*a)
             self.released = False
             opened.append(self)
 
+        def __getattr__(self, name):
+            return getattr(self.capture, name)
+
         def release(self):
             self.released = True
-            super().release()
+            self.capture.release()
 
     monkeypatch.setattr(media.cv2, "VideoCapture", Tracked)
     path = video(tmp_path / "c.mp4", seconds=2.0)
