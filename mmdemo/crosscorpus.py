@@ -1,0 +1,254 @@
+"""Cross-corpus evaluation of the voice and face heads: does a sense hold on people, microphones and
+rooms it never met?
+
+Voice corpora (../shared/data): RAVDESS (24 actors, studio, English), ASED (65 self-recorded
+speakers, Amharic), EmoSpeech (106 phone users in noisy places, Indian English/Hindi keywords). Every
+clip becomes one of three classes: positive (happy), neutral (neutral; RAVDESS's and EmoSpeech's
+"calm" too: calm speech is low arousal, not positive valence) and negative (sad, angry, fearful,
+disgust); surprised has no clear valence and is left out. Targets on the sentiment scale: negative
+-1.5, neutral 0, positive +1.5 (RAVDESS's strong intensity x 4/3, its normal x 2/3, mean 1.5).
+
+Leave-one-corpus-out (LOCO): for each corpus, a head is trained on the other corpora (their train
+speakers; early stopping on their valid speakers) and read on the held-out corpus. Configurations
+are chosen on the held-out corpora's train + valid speakers (averaged over the held-out corpora);
+their test speakers are read once, for the report. The shipped head learns from every corpus's
+train speakers with the chosen configuration.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+CLASSES = (-1, 0, 1)
+CLASS_NAMES = {-1: "negative", 0: "neutral", 1: "positive"}
+TARGET = 1.5
+
+VOICE_CORPORA = {
+    "ravdess": {"folder": "ravdess-speech-audio", "title": "RAVDESS (24 actors, studio, English)"},
+    "ased": {"folder": "ased-amharic-speech", "title": "ASED (65 self-recorded speakers, Amharic)"},
+    "emospeech": {"folder": "emospeech-in-the-wild", "title": "EmoSpeech (106 phone users, noisy places)"},
+}
+EMOTION_CLASS = {"happy": 1, "neutral": 0, "calm": 0, "sad": -1, "angry": -1, "fearful": -1, "fear": -1, "disgust": -1}
+
+
+@dataclass(frozen=True)
+class ClipLabel:
+    cls: int  # -1 / 0 / +1
+    target: float  # on the sentiment scale
+    speaker: str
+    split: str
+
+
+def voice_labels(folder: Path) -> dict[str, ClipLabel]:
+    """clip_id -> class, target, speaker and split, from a voice corpus's labels.csv."""
+    out = {}
+    with open(Path(folder) / "labels.csv", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            cls = EMOTION_CLASS.get(row.get("emotion", "").strip().lower())
+            if cls is None:
+                continue
+            scale = {"strong": 4 / 3, "normal": 2 / 3}.get(row.get("intensity", ""), 1.0) if cls else 1.0
+            out[row["clip_id"]] = ClipLabel(cls, cls * TARGET * scale, row.get("speaker") or row["clip_id"], row.get("split", ""))
+    return out
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve (ties count half): how often a positive item scores above a negative one."""
+    scores, positive = np.asarray(scores, np.float64), np.asarray(positive, bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores), np.float64)
+    sorted_scores = scores[order]
+    i = 0
+    while i < len(scores):  # average ranks over ties
+        j = i
+        while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def macro_f1(pred: np.ndarray, truth: np.ndarray) -> float:
+    scores = []
+    for c in np.unique(truth):
+        tp = np.sum((pred == c) & (truth == c))
+        fp = np.sum((pred == c) & (truth != c))
+        fn = np.sum((pred != c) & (truth == c))
+        scores.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def class_report(pred: np.ndarray, cls: np.ndarray) -> dict:
+    """What a held-out corpus says about a head: mean prediction per class, positive-vs-negative
+    AUC and macro-F1 (sign of the prediction), and the share of negative predictions (< 0) on a
+    class-balanced set (each class weighted equally: 1/2 means no lean either way)."""
+    pred, cls = np.asarray(pred, np.float64), np.asarray(cls)
+    out: dict = {"n": {CLASS_NAMES[c]: int((cls == c).sum()) for c in CLASSES}}
+    out["mean"] = {CLASS_NAMES[c]: float(pred[cls == c].mean()) if (cls == c).any() else None for c in CLASSES}
+    pn = cls != 0
+    out["auc_pos_neg"] = auc(pred[pn], cls[pn] > 0)
+    out["macro_f1_pos_neg"] = macro_f1(np.where(pred[pn] >= 0, 1, -1), cls[pn]) if pn.any() else float("nan")
+    shares = [float((pred[cls == c] < 0).mean()) for c in CLASSES if (cls == c).any()]
+    out["negative_share_balanced"] = float(np.mean(shares)) if shares else float("nan")
+    m = out["mean"]
+    out["order_ok"] = bool(None not in m.values() and m["positive"] > m["neutral"] > m["negative"])
+    return out
+
+
+def targets_met(rep: dict) -> dict[str, bool]:
+    """The issue's targets for one held-out corpus."""
+    neu = rep["mean"]["neutral"]
+    return {"order": rep["order_ok"], "neutral_near_0": neu is not None and abs(neu) < 0.5,
+            "auc_0.70": rep["auc_pos_neg"] >= 0.70, "negative_share_30_70": 0.30 <= rep["negative_share_balanced"] <= 0.70}
+
+
+def balanced_index(groups: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Row indices that repeat rows so that every group (e.g. corpus x class) has as many rows as the
+    largest one (training sees each group equally often)."""
+    groups = np.asarray(groups)
+    rng = np.random.default_rng(seed)
+    keys = np.unique(groups)
+    largest = max(int((groups == k).sum()) for k in keys)
+    out = []
+    for k in keys:
+        rows = np.flatnonzero(groups == k)
+        extra = rng.choice(rows, largest - len(rows), replace=True) if largest > len(rows) else np.zeros(0, int)
+        out.append(np.concatenate([rows, extra]))
+    return np.sort(np.concatenate(out))
+
+
+# ----------------------------------------------------------------------------- leave-one-corpus-out
+
+
+@dataclass
+class Corpus:
+    """One corpus's clips with the modality found: raw features and labels."""
+
+    name: str
+    x: np.ndarray  # (N, D) raw features
+    cls: np.ndarray  # (N,) -1/0/+1
+    target: np.ndarray  # (N,) sentiment scale
+    speaker: np.ndarray  # (N,) str
+    split: np.ndarray  # (N,) train/valid/test
+    ids: np.ndarray  # (N,) str
+
+    def subset(self, keep) -> Corpus:
+        keep = np.asarray(keep)
+        return Corpus(self.name, self.x[keep], self.cls[keep], self.target[keep], self.speaker[keep], self.split[keep], self.ids[keep])
+
+
+def corpus_from_split_features(name: str, ds, labels: dict[str, ClipLabel], modality: str) -> Corpus:
+    """A :class:`Corpus` from an extracted FeatureDataset (all splits, rows with the modality found
+    and a class label)."""
+    xs, ids, splits = [], [], []
+    for s, sp in ds.splits.items():
+        keep = sp.present[modality] & np.array([i in labels for i in sp.ids], bool)
+        xs.append(sp.feats[modality][keep])
+        ids.append(sp.ids[keep])
+        splits.append(np.array([labels[i].split or s for i in sp.ids[keep]]))
+    ids_all = np.concatenate(ids)
+    lab = [labels[i] for i in ids_all]
+    return Corpus(name, np.concatenate(xs).astype(np.float32), np.array([c.cls for c in lab]), np.array([c.target for c in lab], np.float32),
+                  np.array([c.speaker for c in lab]), np.concatenate(splits), ids_all)
+
+
+@dataclass(frozen=True)
+class VoiceConfig:
+    """How voice features reach the head: ``norm`` "speaker" (per-speaker z-scores, see
+    :mod:`mmdemo.speaker`) or "none" (raw features; the head standardises them with the training
+    set's statistics), and the head's width and dropout."""
+
+    norm: str = "speaker"
+    hidden: int = 64
+    dropout: float = 0.3
+
+    @property
+    def label(self) -> str:
+        return f"{'per-speaker z' if self.norm == 'speaker' else 'raw'} eGeMAPS, MLP {self.hidden}, dropout {self.dropout:g}"
+
+
+def features_for(c: Corpus, cfg: VoiceConfig, prior, *, others="all", seed: int = 0) -> np.ndarray:
+    if cfg.norm == "none":
+        return c.x.astype(np.float32)
+    from .speaker import normalise_by_speaker
+
+    return normalise_by_speaker(c.x, c.speaker, prior, others=others, seed=seed)
+
+
+def _dataset(parts: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], modality: str):
+    from .data import FeatureDataset, Split
+
+    splits = {}
+    for s, (x, y, ids) in parts.items():
+        splits[s] = Split(feats={modality: x.astype(np.float32)}, present={modality: np.ones(len(x), bool)},
+                          labels=y.astype(np.float32), ids=np.asarray(ids).astype(str))
+    return FeatureDataset(splits, {})
+
+
+def train_head(train: list[Corpus], cfg: VoiceConfig, tcfg, *, modality: str = "audio", seed: int = 0):
+    """A head on the train speakers of ``train`` (classes and corpora balanced), early stopping on
+    their valid speakers. Returns (model, prior)."""
+    from .fusion import FusionConfig
+    from .speaker import Prior
+    from .train import train_method
+
+    tr = [c.subset(c.split == "train") for c in train]
+    va = [c.subset(c.split == "valid") for c in train]
+    prior = Prior.fit(np.concatenate([c.x for c in tr]))
+    xtr = np.concatenate([features_for(c, cfg, prior, others="random", seed=seed + k) for k, c in enumerate(tr)])
+    ytr = np.concatenate([c.target for c in tr])
+    groups = np.concatenate([np.char.add(f"{c.name}:", c.cls.astype(str)) for c in tr])
+    idx = balanced_index(groups, seed=seed)
+    xva = np.concatenate([features_for(c, cfg, prior) for c in va])
+    yva = np.concatenate([c.target for c in va])
+    ids_tr = np.concatenate([c.ids for c in tr])[idx]
+    ids_va = np.concatenate([c.ids for c in va])
+    ds = _dataset({"train": (xtr[idx], ytr[idx], ids_tr), "valid": (xva, yva, ids_va), "test": (xva[:1], yva[:1], ids_va[:1])}, modality)
+    model, _, _ = train_method("concat", ds, FusionConfig(hidden=cfg.hidden, dropout=cfg.dropout), tcfg, progress=False)
+    return model, prior
+
+
+def read_head(model, c: Corpus, cfg: VoiceConfig, prior, *, others="all", modality: str = "audio") -> np.ndarray:
+    from .train import Batches, predict
+
+    from .data import Split
+
+    x = features_for(c, cfg, prior, others=others)
+    split = Split(feats={modality: x}, present={modality: np.ones(len(x), bool)}, labels=c.target.astype(np.float32), ids=c.ids.astype(str))
+    return predict(model, Batches(split, model.modalities, model.device))
+
+
+def leave_one_corpus_out(corpora: list[Corpus], cfg: VoiceConfig, tcfg, *, seed: int = 0) -> dict:
+    """Per held-out corpus: the report on its train + valid speakers (for choosing), on its test
+    speakers (reported once), and on its test speakers at a session's first window (no speaker
+    statistics yet)."""
+    out = {}
+    for held in corpora:
+        model, prior = train_head([c for c in corpora if c is not held], cfg, tcfg, seed=seed)
+        sel = held.subset(held.split != "test")
+        test = held.subset(held.split == "test")
+        out[held.name] = {"select": class_report(read_head(model, sel, cfg, prior), sel.cls),
+                          "test": class_report(read_head(model, test, cfg, prior), test.cls),
+                          "test_first_window": class_report(read_head(model, test, cfg, prior, others=0), test.cls)}
+    return out
+
+
+def selection_score(loco: dict) -> float:
+    """Mean over held-out corpora of (AUC - |neutral mean| / 3 - |negative share - 1/2|), on the
+    speakers used for choosing: rewards separating positive from negative, neutral near 0 and no
+    lean either way."""
+    vals = []
+    for r in loco.values():
+        s = r["select"]
+        vals.append(s["auc_pos_neg"] - abs(s["mean"]["neutral"] or 0.0) / 3 - abs(s["negative_share_balanced"] - 0.5))
+    return float(np.mean(vals))
