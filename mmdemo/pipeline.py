@@ -34,8 +34,10 @@ from .checkpoint import load_fusion
 from .contributions import explain
 from .device import resolve_device
 from .encoders import FaceEncoder, StreamingVAD, Transcriber, VoiceEncoder, WordsEncoder
+from .encoders.face import FER_CLASSES
 from .encoders.voice import FRAME
 from .fusion import Fusion, list_fusions
+from .smoothing import FeatureSmoother, LabelHysteresis
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,8 @@ class PipelineConfig:
     voice_hop_s: float = 0.5  # recompute the voice features at most this often
     voice_ttl_s: float = 1.0  # voice features count this long after they were computed
     face_ttl_s: float = 0.5  # a face not seen for this long is absent
+    face_smooth_s: float = 0.35  # time constant of the face feature's moving average (0 = raw frames)
+    face_label_margin: float = 0.15  # the drawn expression changes only when another one leads by this much
     camera_timeout_s: float = 2.0  # no frame for this long: the camera is off
     speech_threshold: float = 0.5  # VAD probability that starts an utterance
     silence_threshold: float = 0.35  # ... and under which a frame counts as silence
@@ -184,6 +188,9 @@ class Session:
         self.reasons: dict[str, str] = {"vision": "camera not started", "audio": "microphone not started", "text": "no text (type or speak)"}
         self.face_box: tuple | None = None
         self.face_expression: str | None = None
+        # the face signal over time: a moving average of the feature, a label that does not flicker
+        self.face_smoother = FeatureSmoother(self.cfg.face_smooth_s, gap_s=self.cfg.face_ttl_s)
+        self.face_label = LabelHysteresis(FER_CLASSES, self.cfg.face_label_margin)
         self.last_frame_t: float | None = None
         self.notes: dict[str, list[str]] = {m: [] for m in MODALITIES}  # face and voice: from the latest encoding
         self.typed_notes: list[str] = []  # about the typed text (cut, ...): until the text changes
@@ -229,9 +236,17 @@ class Session:
             t = self.now() if t is None else t
             self.last_frame_t = t
             if res.present:
-                self.features["vision"] = (res.feature, t)
-                self.face_box, self.face_expression = res.info["box"], res.info["expression"]
+                last = self.face_smoother.t
+                if last is None or not 0 <= t - last <= self.face_smoother.gap_s:
+                    self.face_label.reset()  # a face after a gap: neither average nor label carry over
+                smooth = self.face_smoother.push(res.feature, t)
+                self.features["vision"] = (smooth, t)
+                self.face_box = res.info["box"]
+                self.face_expression = self.face_label.push(smooth[-len(FER_CLASSES) :])
             else:
+                self.face_smoother.lost(t)
+                if self.face_smoother.value is None:
+                    self.face_label.reset()
                 self.face_box = self.face_expression = None
             self.reasons["vision"] = res.reason
             self.notes["vision"] = res.info.get("notes", [])
@@ -319,6 +334,8 @@ class Session:
             t = self.now() if t is None else t
             self.features["vision"] = None
             self.face_box = self.face_expression = None
+            self.face_smoother.reset()
+            self.face_label.reset()
             self.last_frame_t = None
             self.reasons["vision"] = "camera stopped"
             return self.update(t, stage_ms={})

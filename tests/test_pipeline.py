@@ -261,3 +261,28 @@ def test_clip_analysis_releases_its_video_reader_on_errors(engine, tmp_path, mon
         except RuntimeError:
             assert opened and all(c.released for c in opened)  # released before the error left analyse_clip
             raise
+
+
+def test_the_face_signal_is_smoothed_over_time_and_restarts_after_a_gap(engine):
+    """A person holding still (a photo with webcam jitter): the smoothed face-alone prediction
+    strays less from its mean than frame-by-frame readings; a new face after a gap starts afresh."""
+    from dataclasses import replace
+
+    from mmdemo.smoothing import face_stability, jittered_frames
+    from tests.media import astronaut
+
+    frames = jittered_frames(astronaut(), seconds=3.0, fps=10, seed=3, shift_px=6, noise=8, light=0.15)
+    raw = face_stability(engine, frames, 10, config=replace(engine.config, face_smooth_s=0.0, face_label_margin=0.0))
+    smooth = face_stability(engine, frames, 10)
+    assert smooth["with_face"] == raw["with_face"] > 20
+    assert smooth["max_from_mean"] < 0.8 * raw["max_from_mean"], (smooth, raw)
+    assert smooth["label_changes_per_s"] <= raw["label_changes_per_s"]
+    s = engine.session("concat")
+    s.push_frame(frames[0], t=0.0)
+    first = s.features["vision"][0].copy()
+    s.push_frame(np.zeros_like(frames[0]), t=0.1)  # the face is lost ...
+    s.push_frame(np.zeros_like(frames[0]), t=1.0)
+    assert s.face_smoother.value is None  # ... for longer than the gap: the average starts again
+    s.push_frame(frames[5], t=1.1)
+    np.testing.assert_allclose(s.features["vision"][0], engine.face.encode(frames[5]).feature, rtol=1e-5)
+    assert not np.allclose(s.features["vision"][0], first)

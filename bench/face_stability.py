@@ -1,0 +1,104 @@
+"""How steady the live face signal is on a person holding one expression.
+
+Steady-expression test videos are built from still faces of people the face model never learned
+from (the expression photos' test people, FER-2013's test images): each photo becomes a 5 s video at
+10 frames/s with small shifts, scale and lighting changes and sensor noise
+(:func:`mmdemo.smoothing.jittered_frames`). Each video runs through a live session twice, with the
+face smoothing and label hysteresis of the pipeline and without them (raw frames), and the
+benchmark reports per set: expression-label changes per second, sign changes per second of the
+face-alone prediction, and how far the face-alone prediction strays from its mean over the 5 s
+(the target: within ±0.3).
+
+    python bench/face_stability.py [--data ../shared/data] [--per-set 30] [--seconds 5]
+Prints a table and writes bench/results/face_stability.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mmdemo.media import read_image  # noqa: E402
+from mmdemo.pipeline import Engine  # noqa: E402
+from mmdemo.smoothing import face_stability, jittered_frames  # noqa: E402
+
+SETS = {"photos, test people": ("facial-expressions-muxspace", 256), "FER-2013 test": ("fer2013-faces", 192)}
+
+
+def pick(folder: Path, n: int, seed: int) -> list[Path]:
+    """``n`` test images, as many of each polarity as there are (seeded)."""
+    rows = [r for r in csv.DictReader(open(folder / "labels.csv", encoding="utf-8")) if r["split"] == "test" and r.get("polarity", "") != ""]
+    rng = np.random.default_rng(seed)
+    by = {p: [r for r in rows if r["polarity"] == p] for p in ("-1", "0", "1")}
+    out = []
+    for p, rs in by.items():
+        k = min(len(rs), n // 3 + (1 if p == "1" and n % 3 else 0))
+        out += [folder / rs[i]["path"] for i in rng.choice(len(rs), k, replace=False)]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    ap.add_argument("--per-set", type=int, default=30)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--fps", type=float, default=10.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "face_stability.json"))
+    args = ap.parse_args()
+    engine = Engine(device="cpu")
+    engine.warmup()
+    raw_cfg = replace(engine.config, face_smooth_s=0.0, face_label_margin=0.0)
+    rows, t0 = [], time.time()
+    for set_name, (folder, size) in SETS.items():
+        folder = Path(args.data) / folder
+        if not (folder / "labels.csv").exists():
+            print(f"skipped {set_name}: {folder} not found")
+            continue
+        per = {"smoothed": [], "raw": []}
+        for k, path in enumerate(pick(folder, args.per_set, args.seed)):
+            img = read_image(path)
+            if img.shape[0] < size:  # the 48x48 FER-2013 crops: a webcam frame shows a face bigger than that
+                import cv2
+
+                img = cv2.resize(img, (size, size), interpolation=cv2.INTER_CUBIC)
+            frames = jittered_frames(img, seconds=args.seconds, fps=args.fps, seed=args.seed + k)
+            for variant, cfg in (("smoothed", None), ("raw", raw_cfg)):
+                r = face_stability(engine, frames, args.fps, config=cfg)
+                if r["with_face"] >= 0.8 * r["frames"]:
+                    per[variant].append(r)
+        for variant, rs in per.items():
+            if not rs:
+                continue
+            far = np.array([r["max_from_mean"] for r in rs])
+            rows.append({"set": set_name, "variant": variant, "videos": len(rs),
+                         "label_changes_per_s": float(np.mean([r["label_changes_per_s"] for r in rs])),
+                         "label_changes_per_s_p90": float(np.percentile([r["label_changes_per_s"] for r in rs], 90)),
+                         "sign_changes_per_s": float(np.mean([r["sign_changes_per_s"] for r in rs])),
+                         "max_from_mean_median": float(np.median(far)), "within_0.3": float(np.mean(far <= 0.3))})
+    print("\n| set | face signal | videos | label changes/s (mean / p90) | sign changes/s | largest distance from the 5 s mean (median) | videos within ±0.3 |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['set']} | {r['variant']} | {r['videos']} | {r['label_changes_per_s']:.2f} / {r['label_changes_per_s_p90']:.2f} | "
+              f"{r['sign_changes_per_s']:.2f} | {r['max_from_mean_median']:.2f} | {100 * r['within_0.3']:.0f}% |")
+    env = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "seconds": time.time() - t0,
+           "date": time.strftime("%Y-%m-%d"), "per_set": args.per_set, "video_seconds": args.seconds, "fps": args.fps, "seed": args.seed}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"env": env, "rows": rows}, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

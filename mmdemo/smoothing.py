@@ -1,0 +1,128 @@
+"""Temporal smoothing of the live face signal.
+
+The face encoder reads each webcam frame on its own: a blink, a half-open mouth while speaking, a
+shift of the light or of the head changes the blendshapes and the expression CNN's probabilities
+from one frame to the next, so the face-alone prediction swings and the drawn expression label
+flickers (4.4 label changes a second on a smiling speaker before this). Two small pieces of state
+per session fix that, at the cost of about ``tau_s`` of lag:
+
+- :class:`FeatureSmoother`: an exponential moving average of the face feature over time (time
+  constant ``tau_s``, so irregular frame rates are handled); it starts again when the face has been
+  lost for more than ``gap_s`` (a new face, or the same one after a while, is not averaged with the
+  past);
+- :class:`LabelHysteresis`: the drawn expression label changes only when another expression's
+  (smoothed) probability beats the shown one's by ``margin``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+class FeatureSmoother:
+    def __init__(self, tau_s: float = 0.35, gap_s: float = 0.5):
+        if tau_s < 0 or gap_s <= 0:
+            raise ValueError("tau_s must be >= 0 and gap_s > 0")
+        self.tau_s = tau_s
+        self.gap_s = gap_s
+        self.reset()
+
+    def reset(self) -> None:
+        self.value: np.ndarray | None = None
+        self.t: float | None = None
+
+    def push(self, x: np.ndarray, t: float) -> np.ndarray:
+        """The smoothed feature after a frame at time ``t`` (seconds) with feature ``x``."""
+        x = np.asarray(x, np.float32)
+        if self.value is None or self.t is None or t - self.t > self.gap_s or x.shape != self.value.shape or t < self.t:
+            self.value, self.t = x.copy(), t
+            return self.value.copy()
+        dt = t - self.t
+        a = 1.0 if self.tau_s == 0 else 1.0 - math.exp(-dt / self.tau_s)
+        self.value = ((1 - a) * self.value + a * x).astype(np.float32)
+        self.t = t
+        return self.value.copy()
+
+    def lost(self, t: float) -> None:
+        """No face in the frame at ``t``: after ``gap_s`` without one, start again."""
+        if self.t is not None and t - self.t > self.gap_s:
+            self.reset()
+
+
+class LabelHysteresis:
+    def __init__(self, labels: list[str] | tuple[str, ...], margin: float = 0.15):
+        if not 0 <= margin < 1:
+            raise ValueError("margin must be in [0, 1)")
+        self.labels = list(labels)
+        self.margin = margin
+        self.current: int | None = None
+
+    def reset(self) -> None:
+        self.current = None
+
+    def push(self, probs: np.ndarray) -> str:
+        probs = np.asarray(probs, np.float64).reshape(-1)
+        if probs.shape != (len(self.labels),) or not np.all(np.isfinite(probs)):
+            raise ValueError(f"expected {len(self.labels)} finite probabilities")
+        best = int(np.argmax(probs))
+        if self.current is None or probs[best] > probs[self.current] + self.margin:
+            self.current = best
+        return self.labels[self.current]
+
+
+def changes_per_second(labels: list, seconds: float) -> float:
+    """How often a sequence of labels (one per frame) changes, per second."""
+    if seconds <= 0:
+        raise ValueError("seconds must be > 0")
+    return sum(a != b for a, b in zip(labels, labels[1:])) / seconds
+
+
+def jittered_frames(image: np.ndarray, *, seconds: float = 5.0, fps: float = 10.0, seed: int = 0, shift_px: float = 3.0,
+                    scale: float = 0.03, noise: float = 4.0, light: float = 0.08) -> list[np.ndarray]:
+    """A steady-expression test video made from one still face (RGB uint8): every frame shifted,
+    scaled and lit a little differently, with sensor noise, as a webcam sees a person holding still."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    h, w = img.shape[:2]
+    frames = []
+    for _ in range(int(round(seconds * fps))):
+        s = 1.0 + rng.uniform(-scale, scale)
+        m = cv2.getRotationMatrix2D((w / 2, h / 2), 0.0, s)
+        m[:, 2] += rng.uniform(-shift_px, shift_px, 2)
+        f = cv2.warpAffine(img, m, (w, h), borderMode=cv2.BORDER_REFLECT)
+        f = f.astype(np.float32) * (1.0 + rng.uniform(-light, light)) + rng.normal(0, noise, f.shape)
+        frames.append(np.clip(f, 0, 255).astype(np.uint8))
+    return frames
+
+
+def face_stability(engine, frames: list[np.ndarray], fps: float, *, fusion: str | None = None, config=None) -> dict:
+    """Run ``frames`` through a fresh session and measure how steady the face signal is: expression
+    label changes per second, sign changes of the face-alone prediction per second, and the largest
+    distance of the face-alone prediction from its mean (frames with a face only)."""
+    session = engine.session(fusion)
+    if config is not None:
+        session.cfg = config
+        session.face_smoother = FeatureSmoother(config.face_smooth_s, gap_s=config.face_ttl_s)
+        session.face_label = LabelHysteresis(session.face_label.labels, config.face_label_margin)
+    labels, preds = [], []
+    for k, frame in enumerate(frames):
+        up = session.push_frame(frame, t=k / fps)
+        if up.present.get("vision") and up.face_expression is not None:  # a face in this frame
+            labels.append(up.face_expression)
+            alone = up.unimodal.get("vision")
+            if alone is not None:
+                preds.append(alone)
+    seconds = len(frames) / fps
+    p = np.asarray(preds, np.float64)
+    signs = np.sign(p[np.abs(p) > 1e-9]) if len(p) else p
+    return {"frames": len(frames), "with_face": len(labels), "seconds": seconds,
+            "label_changes_per_s": changes_per_second(labels, seconds) if labels else float("nan"),
+            "sign_changes_per_s": float(np.sum(signs[1:] != signs[:-1]) / seconds) if len(signs) > 1 else 0.0,
+            "max_from_mean": float(np.max(np.abs(p - p.mean()))) if len(p) else float("nan"),
+            "mean": float(p.mean()) if len(p) else float("nan"), "labels": sorted(set(labels))}

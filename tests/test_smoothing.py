@@ -1,0 +1,67 @@
+"""The live face signal over time: a moving average that starts again after a gap, an expression
+label with hysteresis."""
+
+import numpy as np
+import pytest
+
+from mmdemo.smoothing import FeatureSmoother, LabelHysteresis, changes_per_second
+
+LABELS = ("happy", "sad", "neutral")
+
+
+def test_the_average_damps_frame_noise_and_follows_a_real_change():
+    rng = np.random.default_rng(0)
+    sm = FeatureSmoother(tau_s=0.35, gap_s=0.5)
+    t = np.arange(0, 5, 0.1)
+    raw = 0.5 + rng.normal(0, 0.2, (len(t), 4))
+    out = np.array([sm.push(x, ti) for x, ti in zip(raw, t)])
+    assert out[10:].std(axis=0).max() < 0.6 * raw[10:].std(axis=0).min()  # ~0.38x expected at 10 frames/s
+    # a step (a new expression) is followed within about a second
+    step = np.array([sm.push(np.full(4, 2.0), 5 + k * 0.1) for k in range(1, 11)])
+    assert step[-1].min() > 1.9 and step[0].max() < 1.5
+
+
+def test_frame_rate_does_not_change_the_time_constant():
+    a, b = FeatureSmoother(0.35), FeatureSmoother(0.35)
+    a.push(np.zeros(1), 0.0)
+    b.push(np.zeros(1), 0.0)
+    for k in range(1, 11):  # 1 s at 10 frames/s
+        va = a.push(np.ones(1), k * 0.1)
+    for k in range(1, 31):  # 1 s at 30 frames/s (stays under the gap)
+        vb = b.push(np.ones(1), k / 30)
+    assert va[0] == pytest.approx(vb[0], abs=1e-5)
+
+
+def test_starts_again_after_the_face_is_lost():
+    sm = FeatureSmoother(0.35, gap_s=0.5)
+    sm.push(np.zeros(3), 0.0)
+    sm.lost(0.2)  # a missed frame: keep the average
+    assert sm.value is not None
+    np.testing.assert_allclose(sm.push(np.ones(3), 0.3), 1 - np.exp(-0.3 / 0.35), rtol=1e-5)
+    sm.lost(1.0)  # gone for longer than the gap
+    assert sm.value is None
+    np.testing.assert_array_equal(sm.push(np.full(3, 5.0), 1.1), 5.0)  # a new face is not averaged with the old one
+    np.testing.assert_array_equal(sm.push(np.full(3, 7.0), 3.0), 7.0)  # a gap without "lost" frames too
+
+
+def test_the_label_does_not_flicker_between_near_ties():
+    h = LabelHysteresis(LABELS, margin=0.15)
+    rng = np.random.default_rng(1)
+    shown = []
+    for k in range(50):  # happy and sad within a few points of each other, alternating leads
+        p = np.array([0.45, 0.40, 0.15]) if k % 2 else np.array([0.40, 0.45, 0.15])
+        shown.append(h.push(p + rng.normal(0, 0.01, 3)))
+    raw = [LABELS[int(np.argmax(p))] for p in [np.array([0.45, 0.40, 0.15]) if k % 2 else np.array([0.40, 0.45, 0.15]) for k in range(50)]]
+    assert changes_per_second(raw, 5.0) > 9
+    assert changes_per_second(shown, 5.0) == 0
+    assert h.push(np.array([0.1, 0.8, 0.1])) == "sad"  # a clear change goes through at once
+    h.reset()
+    assert h.push(np.array([0.34, 0.33, 0.33])) == "happy"  # after a reset the first reading is shown
+    with pytest.raises(ValueError):
+        h.push(np.array([0.5, 0.5]))
+
+
+def test_changes_per_second():
+    assert changes_per_second(["a", "a", "b", "b", "a"], 2.0) == 1.0
+    with pytest.raises(ValueError):
+        changes_per_second(["a"], 0)
