@@ -28,6 +28,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -38,6 +39,7 @@ import torch
 from . import DISPLAY_NAMES
 from .checkpoint import save_fusion
 from .contributions import explain
+from .crosscorpus import VOICE_CORPORA, VOICE_GRID, corpus_from_split_features, previous_voice_head, voice_dataset, voice_labels, voice_markdown, voice_stage
 from .data import SPLITS, FeatureDataset, Split
 from .encoders import WordsEncoder
 from .encoders.face import BLENDSHAPES
@@ -46,6 +48,7 @@ from .fusion import FusionConfig, list_fusions
 from .fusion.base import num_params
 from .metrics import classification_metrics, jsonable, polarity, regression_metrics
 from .pairing import PairingConfig, build_paired
+from .speaker import write_voice_features
 from .text_model import FinetuneConfig, finetune, save_overlay
 from .train import Batches, TrainConfig, evaluate, predict, train_method
 
@@ -55,6 +58,8 @@ CORPORA = {
     "mosi": {"folder": "cmu-mosi", "modality": "text", "label": "label"},
     "mosei": {"folder": "cmu-mosei-text", "modality": "text", "label": "label"},
     "ravdess": {"folder": "ravdess-speech-audio", "modality": "audio", "label": "polarity"},
+    "ased": {"folder": "ased-amharic-speech", "modality": "audio", "label": "polarity"},
+    "emospeech": {"folder": "emospeech-in-the-wild", "modality": "audio", "label": "polarity"},
     "faces": {"folder": "facial-expressions-muxspace", "modality": "vision", "label": "polarity"},
 }
 
@@ -284,7 +289,7 @@ def fold_of(groups, k: int, salt: str = "mmdemo-oof") -> np.ndarray:
 
 
 def out_of_fold_features(words: FeatureDataset, videos: dict[str, str], k: int, ftcfg: FinetuneConfig, out: Path,
-                         device: str, progress: bool) -> tuple[np.ndarray, dict]:
+                         device: str, progress: bool, reuse: dict | None = None) -> tuple[np.ndarray, dict]:
     """Words features of every train text from a fine-tuned encoder that never saw it.
 
     The train texts are cut into k folds by video; for each fold, MiniLM is fine-tuned on the other
@@ -297,20 +302,45 @@ def out_of_fold_features(words: FeatureDataset, videos: dict[str, str], k: int, 
     folds = fold_of([videos.get(i, i) for i in tr.ids], k)
     feats = np.zeros_like(tr.feats["text"])
     info = {"folds": k, "by": "video", "valid_mae": [], "train_texts": [], "seconds": 0.0}
+    if reuse is not None:  # the fold encoders of an earlier run (see --reuse-words): only the embedding is redone
+        info = dict(reuse["info"], reused_from=str(reuse["dir"]))
     for f in range(k):
         fit, held = keep_tr & (folds != f), keep_tr & (folds == f)
         if not fit.any() or not held.any():
             raise ValueError(f"out-of-fold words features: fold {f + 1} of {k} has {int(fit.sum())} texts to fine-tune on and "
                              f"{int(held.sum())} to embed; use fewer folds (--oof-folds) than there are videos")
-        log.info("words: out-of-fold fine-tuning %d/%d (%d texts, %d held out)", f + 1, k, int(fit.sum()), int(held.sum()))
-        ft = finetune(tr.text[fit], tr.labels[fit], va.text[keep_va], va.labels[keep_va], ftcfg, progress=progress)
-        overlay = save_overlay(ft["overlay"], out / "words_oof" / f"fold{f}", {"fold": f, "folds": k})
+        if reuse is not None:
+            overlay = Path(reuse["dir"]) / "words_oof" / f"fold{f}" / "encoder.safetensors"
+        else:
+            log.info("words: out-of-fold fine-tuning %d/%d (%d texts, %d held out)", f + 1, k, int(fit.sum()), int(held.sum()))
+            ft = finetune(tr.text[fit], tr.labels[fit], va.text[keep_va], va.labels[keep_va], ftcfg, progress=progress)
+            overlay = save_overlay(ft["overlay"], out / "words_oof" / f"fold{f}", {"fold": f, "folds": k})
+            info["valid_mae"].append(ft["valid_mae"])
+            info["train_texts"].append(int(fit.sum()))
+            info["seconds"] += ft["seconds"]
         x, reasons = WordsEncoder(device=device, overlay=overlay).encode_batch(list(tr.text[held]))
         feats[held] = x
-        info["valid_mae"].append(ft["valid_mae"])
-        info["train_texts"].append(int(fit.sum()))
-        info["seconds"] += ft["seconds"]
     return feats, info
+
+
+def reused_words(folder: Path, ftcfg: FinetuneConfig, folds: int) -> dict:
+    """The fine-tuned text encoders and MOSI-only results of an earlier benchmark run in ``folder``
+    (``--reuse-words``): refused unless that run used the same fine-tuning settings and folds."""
+    folder = Path(folder)
+    try:
+        prev = json.loads((folder / "benchmark.json").read_text())["words"]
+    except (OSError, KeyError, ValueError) as err:
+        raise SystemExit(f"--reuse-words {folder}: no words results of an earlier run there ({err})") from None
+    want, had = jsonable(asdict(ftcfg)), prev.get("finetune", {}).get("config")
+    if had != want:
+        raise SystemExit(f"--reuse-words {folder}: that run fine-tuned with {had}, this one would use {want}")
+    if prev.get("out_of_fold", {}).get("folds") != folds:
+        raise SystemExit(f"--reuse-words {folder}: that run used {prev.get('out_of_fold', {}).get('folds')} out-of-fold folds, not {folds}")
+    need = [folder / "words_finetuned" / "encoder.safetensors"] + [folder / "words_oof" / f"fold{f}" / "encoder.safetensors" for f in range(folds)]
+    missing = [str(p) for p in need if not p.exists()]
+    if missing:
+        raise SystemExit(f"--reuse-words {folder}: missing {', '.join(missing)}")
+    return {"dir": folder, "finetune": prev["finetune"], "info": prev["out_of_fold"], "mosi_only": prev.get("mosi_only")}
 
 
 def with_train_features(ds: FeatureDataset, m: str, ids: np.ndarray, feats: np.ndarray) -> FeatureDataset:
@@ -354,10 +384,10 @@ def run(args) -> dict:
     # -- 1. features -------------------------------------------------------------------------
     mosi, s_mosi = extract("mosi")
     mosei, s_mosei = extract("mosei")
-    voice_raw, s_voice = extract("ravdess", transcribe=False)
+    voice_sets = {name: extract(name, transcribe=False) for name in VOICE_CORPORA}
     faces, s_face = extract("faces")
-    voice = relabel(voice_raw, voice_targets(data / CORPORA["ravdess"]["folder"]))
-    results["encoders"] = {"mosi": s_mosi, "mosei": s_mosei, "ravdess": s_voice, "faces": s_face}
+    results["encoders"] = {"mosi": s_mosi, "mosei": s_mosei, "faces": s_face} | {n: v[1] for n, v in voice_sets.items()}
+    corpora = [corpus_from_split_features(n, ds, voice_labels(data / VOICE_CORPORA[n]["folder"]), "audio") for n, (ds, _) in voice_sets.items()]
 
     # -- 2. words --------------------------------------------------------------------------
     words_frozen = concat(mosi, mosei)
@@ -368,18 +398,28 @@ def run(args) -> dict:
     if args.finetune != "skip":
         log.info("words: fine-tuning the top %d MiniLM layers", args.finetune_layers)
         ftcfg = FinetuneConfig(train_layers=args.finetune_layers, epochs=1 if quick else args.finetune_epochs, seed=args.seed, device=args.device)
-        tr, va = words_frozen.splits["train"], words_frozen.splits["valid"]
-        keep_tr, keep_va = tr.present["text"], va.present["text"]
-        ft = finetune(tr.text[keep_tr], tr.labels[keep_tr], va.text[keep_va], va.labels[keep_va], ftcfg, progress=not args.quiet)
-        overlay_dir = out / "words_finetuned"
-        overlay = save_overlay(ft["overlay"], overlay_dir, {"train_layers": ftcfg.train_layers, "valid_mae_head": ft["valid_mae"]})
-        results["words"]["finetune"] = {"config": asdict(ftcfg), "history": ft["history"], "seconds": ft["seconds"]}
+        reuse = reused_words(args.reuse_words, ftcfg, 2 if quick else args.oof_folds) if args.reuse_words else None
+        if reuse is not None:
+            log.info("words: reusing the fine-tuned encoders of %s", reuse["dir"])
+            overlay_dir = out / "words_finetuned"
+            overlay_dir.mkdir(parents=True, exist_ok=True)
+            overlay = overlay_dir / "encoder.safetensors"
+            if overlay.resolve() != (reuse["dir"] / "words_finetuned" / "encoder.safetensors").resolve():
+                shutil.copyfile(reuse["dir"] / "words_finetuned" / "encoder.safetensors", overlay)
+            results["words"]["finetune"] = dict(reuse["finetune"], reused_from=str(reuse["dir"]))
+        else:
+            tr, va = words_frozen.splits["train"], words_frozen.splits["valid"]
+            keep_tr, keep_va = tr.present["text"], va.present["text"]
+            ft = finetune(tr.text[keep_tr], tr.labels[keep_tr], va.text[keep_va], va.labels[keep_va], ftcfg, progress=not args.quiet)
+            overlay_dir = out / "words_finetuned"
+            overlay = save_overlay(ft["overlay"], overlay_dir, {"train_layers": ftcfg.train_layers, "valid_mae_head": ft["valid_mae"]})
+            results["words"]["finetune"] = {"config": asdict(ftcfg), "history": ft["history"], "seconds": ft["seconds"]}
         mosi_ft, _ = extract("mosi", overlay)
         mosei_ft, _ = extract("mosei", overlay)
         words_ft = concat(mosi_ft, mosei_ft)
         # the downstream heads learn from out-of-fold train features (see out_of_fold_features)
         videos = video_ids(data / CORPORA["mosi"]["folder"]) | video_ids(data / CORPORA["mosei"]["folder"])
-        oof, oof_info = out_of_fold_features(words_frozen, videos, 2 if quick else args.oof_folds, ftcfg, out, args.device, not args.quiet)
+        oof, oof_info = out_of_fold_features(words_frozen, videos, 2 if quick else args.oof_folds, ftcfg, out, args.device, not args.quiet, reuse)
         results["words"]["out_of_fold"] = oof_info
         words_oof = with_train_features(words_ft, "text", words_frozen.splits["train"].ids, oof)
         tuned = fit_unimodal(words_oof, grid, tcfg_uni)
@@ -410,7 +450,10 @@ def run(args) -> dict:
     # like-for-like with the published MOSI-only text models: fine-tuned on CMU-MOSI train only,
     # the fine-tuned model's own linear head, several seeds, every Acc-2 convention
     like = None
-    if args.finetune != "skip" and args.mosi_seeds:
+    if args.finetune != "skip" and args.reuse_words and reuse.get("mosi_only"):
+        like = dict(reuse["mosi_only"], reused_from=str(reuse["dir"]))
+        results["words"]["mosi_only"] = like
+    elif args.finetune != "skip" and args.mosi_seeds:
         seeds = list(range(2 if quick else args.mosi_seeds))
         tr, va, te = (mosi.splits[s] for s in ("train", "valid", "test"))
         ktr, kva = tr.present["text"], va.present["text"]
@@ -444,8 +487,15 @@ def run(args) -> dict:
         md += ["", f"Reference baseline of ../shared/data: {REFERENCE[corpus]}.", "", published_table(corpus), ""]
 
     # -- 3. voice and face -------------------------------------------------------------------
-    for key, ds, name, title in (("voice", voice, "audio", "Voice: RAVDESS speech, test actors 21-24"),
-                                 ("face", faces, "vision", "Face: expression photos, test people")):
+    log.info("voice: leave-one-corpus-out over %s", ", ".join(c.name for c in corpora))
+    vres = voice_stage(corpora, tcfg_uni, grid=VOICE_GRID[:1] if quick else VOICE_GRID, seed=args.seed, before=previous_voice_head(ckpt))
+    voice_model, voice_prior, voice_cfg = vres["model"], vres["prior"], vres["config"]
+    voice = voice_dataset(corpora, voice_cfg, voice_prior, seed=args.seed)
+    results["voice"] = {k: v for k, v in vres.items() if k not in ("model", "prior", "config")} | {
+        "config": asdict(voice_cfg), "features": "speaker_z" if voice_cfg.norm == "speaker" else "raw",
+        "clips": {c.name: {s: int((c.split == s).sum()) for s in SPLITS} for c in corpora}}
+    md += voice_markdown(vres, corpora, {n: v["title"] for n, v in VOICE_CORPORA.items()})
+    for key, ds, name, title in (("face", faces, "vision", "Face: expression photos, test people"),):
         present = only_present(ds, name)
         log.info("%s: head on the encoder features", key)
         model, fcfg, valid, _ = fit_unimodal(present, grid, tcfg_uni)
@@ -457,16 +507,12 @@ def run(args) -> dict:
         if key == "face":
             rep["smile"] = smile_baseline(present)
         results[key] = rep
-        if key == "voice":
-            voice_model = model
-        else:
-            face_model = model
+        face_model = model
         md += [f"### {title} ({len(test)} items with the modality found)", "", CLS_HEAD,
                cls_row("majority class (train)", rep["majority"])]
         if key == "face":
             md.append(cls_row(f"smile blendshape alone (thresholds {rep['smile']['thresholds'][0]:.2f}/{rep['smile']['thresholds'][1]:.2f} on valid)", rep["smile"]))
-        md += [cls_row("mmdemo: " + ("eGeMAPS" if key == "voice" else "blendshapes + pose + FER") + " -> head", rep["model"]), "",
-               f"Reference baseline of ../shared/data: {REFERENCE['ravdess' if key == 'voice' else 'faces']}.", ""]
+        md += [cls_row("mmdemo: blendshapes + pose + FER -> head", rep["model"]), "", f"Reference baseline of ../shared/data: {REFERENCE['faces']}.", ""]
 
     # -- 4. fusion on paired examples --------------------------------------------------------
     fcfg = FusionConfig(hidden=64, dropout=0.2)
@@ -540,7 +586,7 @@ def run(args) -> dict:
         md.append("")
 
     # -- 5. checkpoints ------------------------------------------------------------------------
-    write_checkpoints(ckpt, results, w_model, voice_model, face_model, fusion_models, w_overlay, args)
+    write_checkpoints(ckpt, results, w_model, voice_model, face_model, fusion_models, w_overlay, args, voice_prior)
     results["checkpoints"] = str(ckpt)
     (ckpt / "README.md").write_text(model_card(results, ckpt))
     header = ["# mmdemo benchmark on real data", "",
@@ -563,6 +609,15 @@ def encoder_summary(enc: dict) -> str:
     return "\n".join(lines)
 
 
+def voice_card(v: dict) -> str:
+    ch = v["loco"][v["chosen"]]["corpora"]
+    def f(x, spec):
+        return "-" if x is None or x != x else format(x, spec)
+
+    return "; ".join(f"{n}: AUC pos-vs-neg {f(r['test']['auc_pos_neg'], '.2f')}, neutral mean {f(r['test']['mean']['neutral'], '+.2f')}, "
+                     f"negative share {f(100 * r['test']['negative_share_balanced'], '.0f')}%" for n, r in ch.items())
+
+
 def model_card(results: dict, ckpt: Path) -> str:
     """checkpoints/README.md: what every shipped model learned from, how it scores, its limits."""
     w, v, f, fu = results["words"], results["voice"], results["face"], results["fusion"]
@@ -582,12 +637,12 @@ def model_card(results: dict, ckpt: Path) -> str:
         "qualifies words): nothing here was learned from real co-occurrence.", "",
         "| modality | encoder (frozen unless said) | learned from | test result | limits |", "|---|---|---|---|---|",
         f"| words | all-MiniLM-L6-v2{' with its top layers fine-tuned here' if w['chosen'] == 'fine-tuned' else ''} (384-d) | CMU-MOSI + CMU-MOSEI train folds (transcripts, -3..+3){'; the head on out-of-fold features (' + str(w['out_of_fold']['folds']) + ' folds by video)' if w['chosen'] == 'fine-tuned' else ''} | CMU-MOSI test: MAE {mosi[chosen]['mae']:.3f}, Corr {mosi[chosen]['corr']:.3f}, Acc-2 {100 * mosi[chosen]['acc2_has0']:.1f} / {100 * mosi[chosen]['acc2_non0']:.1f}; CMU-MOSEI test: MAE {mosei[chosen]['mae']:.3f}, Acc-2 {100 * mosei[chosen]['acc2_non0']:.1f} (non-0) | English only; opinion monologues (movie reviews, YouTube); typed chat may differ |",
-        f"| voice | eGeMAPSv02 functionals (88-d, openSMILE) over the speech of a 2.4 s window; Silero VAD | RAVDESS speech, actors 1-16 (valid 17-20) | actors 21-24: polarity accuracy {100 * v['model']['polarity3']['accuracy']:.1f}% (majority {100 * v['majority']['polarity3']['accuracy']:.1f}%), positive vs negative {100 * v['model']['pos_vs_neg']['accuracy']:.1f}% | acted emotions by 24 professional actors, two neutral sentences, clips cut to 2.4 s; North American English; emotion -> sentiment mapping is a heuristic (calm/happy positive; sad/angry/fearful/disgust negative) |",
+        f"| voice | eGeMAPSv02 functionals (88-d, openSMILE) over the speech of a 2.4 s window; Silero VAD; {'per-speaker z-scores (population prior, then the speaker' + chr(39) + 's own running statistics)' if v['features'] == 'speaker_z' else 'raw'} | RAVDESS, ASED, EmoSpeech train speakers (classes and corpora balanced) | held out, one corpus at a time: {voice_card(v)} | acted or semi-acted emotions, mostly not English (valence carries across languages less well than arousal); phones and noisy rooms only in EmoSpeech; the emotion -> sentiment mapping is a heuristic (happy positive; neutral/calm 0; sad/angry/fearful/disgust negative) |",
         f"| face | MediaPipe FaceLandmarker: 52 blendshapes + head pose; fer 7-class CNN (62-d) | expression photos (person-independent split) | test people: polarity accuracy {100 * f['model']['polarity3']['accuracy']:.1f}% (majority {100 * f['majority']['polarity3']['accuracy']:.1f}%, smile alone {100 * f['smile']['polarity3']['accuracy']:.1f}%) | still photos (news/web), single student annotations; posed vs spontaneous; webcam lighting differs |",
         f"| fusion | every registered method, on the three features | {sum(fu['pairing']['counts']['train']['text'].values()):,} paired training examples | best test MAE: {best} {fu['methods'][best]['test']['mae']:.3f} on paired test examples (table below) | paired across corpora, see above |",
         "",
         f"What the encoders found: words in {share('mosi', 'text'):.1f}% of CMU-MOSI segments (the rest have no transcript), speech in "
-        f"{share('ravdess', 'audio'):.1f}% of RAVDESS clips, a face in {share('faces', 'vision'):.1f}% of the photos "
+        f"{share('ravdess', 'audio'):.1f}% of RAVDESS, {share('ased', 'audio'):.1f}% of ASED and {share('emospeech', 'audio'):.1f}% of EmoSpeech clips, a face in {share('faces', 'vision'):.1f}% of the photos "
         "(details in results/benchmark.md).", "",
         "## Files", "",
         "- `words/encoder.safetensors`: the fine-tuned top layers of all-MiniLM-L6-v2 (fp16), loaded over the packaged model (only when fine-tuning won on the valid folds)." if w["chosen"] == "fine-tuned" else "- words: the packaged all-MiniLM-L6-v2 as is (fine-tuning did not win on the valid folds).",
@@ -613,7 +668,9 @@ def model_card(results: dict, ckpt: Path) -> str:
         "| data | split used | licence |", "|---|---|---|",
         "| CMU-MOSI (Zadeh et al. 2016): 2,199 segments, transcripts + labels | standard folds 1284 / 229 / 686 | distributed by CMU MultiComp Lab for research |",
         "| CMU-MOSEI (Zadeh et al. 2018): 22,788 transcripts + labels | standard folds (source dropped 68 segments) | distributed by CMU MultiComp Lab for research |",
-        "| RAVDESS (Livingstone & Russo 2018), speech audio | actors 1-16 / 17-20 / 21-24 | **CC BY-NC-SA 4.0**: the voice head and the fusion models derived from it are for non-commercial use, shared alike |",
+        "| RAVDESS (Livingstone & Russo 2018), speech audio | the data's speaker split | **CC BY-NC-SA 4.0**: the voice head and the fusion models derived from it are for non-commercial use, shared alike |",
+        "| ASED (Retta et al. 2022, ACM TALLIP, doi:10.1145/3529759), Amharic speech | the data's speaker split | freely available for research (no licence file); cite the paper |",
+        "| Indian EmoSpeech Command (Banga et al. 2019, arXiv:1910.13801), named users | the data's speaker split | **CC BY-NC-SA 4.0** |",
         "| facial expression photos (muxspace/facial_expressions) | by person (md5 of name) | repository Apache-2.0; the photos' own copyright is not cleared: no image is shipped, only models |",
         "| openSMILE eGeMAPS (audEERING) | - | research licence: **non-commercial use** (public demos allowed) |",
         "| all-MiniLM-L6-v2 (Apache-2.0), Whisper tiny.en (MIT), MediaPipe FaceLandmarker (Apache-2.0), fer's CNN (MIT) | - | as shipped in their packages |",
@@ -623,7 +680,8 @@ def model_card(results: dict, ckpt: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_checkpoints(ckpt: Path, results: dict, w_model, voice_model, face_model, fusion_models: dict, overlay: Path | None, args) -> None:
+def write_checkpoints(ckpt: Path, results: dict, w_model, voice_model, face_model, fusion_models: dict, overlay: Path | None, args,
+                      voice_prior=None) -> None:
     ckpt.mkdir(parents=True, exist_ok=True)
     provenance = {"generated_by": "python -m mmdemo.benchmark", "data": "../shared/data (see checkpoints/README.md)",
                   "quick": args.quick, "seed": args.seed, "date": time.strftime("%Y-%m-%d")}
@@ -636,10 +694,12 @@ def write_checkpoints(ckpt: Path, results: dict, w_model, voice_model, face_mode
     elif old.exists():
         old.unlink()  # the frozen encoder won: the live app must not load stale fine-tuned layers
     uni = {"text": (w_model, {"test_mosi": results["words"]["test"]["mosi"], "test_mosei": results["words"]["test"]["mosei"]}, "CMU-MOSI + CMU-MOSEI transcripts"),
-           "audio": (voice_model, results["voice"], "RAVDESS speech (acted emotions, 2.4 s clips)"),
+           "audio": (voice_model, results["voice"], "RAVDESS, ASED and EmoSpeech speech (acted / semi-acted emotions)"),
            "vision": (face_model, results["face"], "expression photos (muxspace/facial_expressions subset)")}
     for m, (model, metrics, corpus) in uni.items():
         save_fusion(model, ckpt / "unimodal" / m, extra={"metrics.json": jsonable(metrics), "provenance.json": jsonable(provenance | {"corpus": corpus})})
+    # what every model that reads the voice expects: per-speaker z-scores (with this prior) or raw features
+    write_voice_features(ckpt, voice_prior if results["voice"]["features"] == "speaker_z" else None)
     for name, (model, res) in fusion_models.items():
         r = results["fusion"]["methods"][name]
         save_fusion(model, ckpt / "fusion" / name, extra={
@@ -659,6 +719,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--finetune-epochs", type=int, default=FinetuneConfig.epochs)
     ap.add_argument("--oof-folds", type=int, default=3, help="folds (by video) of the out-of-fold words features the heads learn from")
     ap.add_argument("--mosi-seeds", type=int, default=5, help="seeds of the MOSI-only fine-tuning (like-for-like row); 0 skips it")
+    ap.add_argument("--reuse-words", metavar="DIR", help="take the fine-tuned text encoders (main and out-of-fold) and the MOSI-only "
+                    "results from an earlier run's output folder with the same settings, instead of fine-tuning again (about 2 h on 2 CPU cores)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--quiet", action="store_true")

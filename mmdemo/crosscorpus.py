@@ -18,7 +18,7 @@ train speakers with the chosen configuration.
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -109,7 +109,7 @@ def targets_met(rep: dict) -> dict[str, bool]:
     """The issue's targets for one held-out corpus."""
     neu = rep["mean"]["neutral"]
     return {"order": rep["order_ok"], "neutral_near_0": neu is not None and abs(neu) < 0.5,
-            "auc_0.70": rep["auc_pos_neg"] >= 0.70, "negative_share_30_70": 0.30 <= rep["negative_share_balanced"] <= 0.70}
+            "auc_0.70": bool(rep["auc_pos_neg"] >= 0.70), "negative_share_30_70": bool(0.30 <= rep["negative_share_balanced"] <= 0.70)}
 
 
 def balanced_index(groups: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -250,5 +250,101 @@ def selection_score(loco: dict) -> float:
     vals = []
     for r in loco.values():
         s = r["select"]
-        vals.append(s["auc_pos_neg"] - abs(s["mean"]["neutral"] or 0.0) / 3 - abs(s["negative_share_balanced"] - 0.5))
+        auc_ = s["auc_pos_neg"] if np.isfinite(s["auc_pos_neg"]) else 0.5
+        vals.append(auc_ - abs(s["mean"]["neutral"] or 0.0) / 3 - abs(s["negative_share_balanced"] - 0.5))
     return float(np.mean(vals))
+
+
+# ----------------------------------------------------------------------------- the benchmark's voice stage
+
+VOICE_GRID = [VoiceConfig("speaker", 64, 0.3), VoiceConfig("speaker", 64, 0.5), VoiceConfig("none", 64, 0.3), VoiceConfig("none", 64, 0.5)]
+PRIOR_FILE = "speaker_prior.json"
+
+
+def voice_dataset(corpora: list[Corpus], cfg: VoiceConfig, prior, *, modality: str = "audio", seed: int = 0):
+    """Every corpus's clips as one FeatureDataset (each corpus's own speaker split) with the features
+    the chosen head reads: train clips normalised with a random number of the speaker's other clips
+    (every stage of a session), valid/test clips with all of them."""
+    parts = {}
+    for s in ("train", "valid", "test"):
+        xs, ys, ids = [], [], []
+        for k, c in enumerate(corpora):
+            sub = c.subset(c.split == s)
+            if len(sub.x) == 0:
+                continue
+            xs.append(features_for(sub, cfg, prior, others="random" if s == "train" else "all", seed=seed + k))
+            ys.append(sub.target)
+            ids.append(np.char.add(f"{c.name}/", sub.ids.astype(str)))
+        parts[s] = (np.concatenate(xs), np.concatenate(ys), np.concatenate(ids))
+    return _dataset(parts, modality)
+
+
+def voice_stage(corpora: list[Corpus], tcfg, *, grid: list[VoiceConfig] | None = None, seed: int = 0, before=None) -> dict:
+    """Leave-one-corpus-out for every configuration of ``grid``, the choice (on the held-out
+    corpora's non-test speakers), the shipped head trained on every corpus, and, when ``before``
+    = (model, VoiceConfig, prior) is given, that earlier head read on each corpus's test speakers."""
+    grid = grid or VOICE_GRID
+    loco = {}
+    for cfg in grid:
+        loco[cfg.label] = {"config": cfg, "corpora": leave_one_corpus_out(corpora, cfg, tcfg, seed=seed)}
+        loco[cfg.label]["selection"] = selection_score(loco[cfg.label]["corpora"])
+    chosen = max(loco, key=lambda k: loco[k]["selection"])
+    cfg = loco[chosen]["config"]
+    model, prior = train_head(corpora, cfg, tcfg, seed=seed)
+    own = {c.name: class_report(read_head(model, c.subset(c.split == "test"), cfg, prior), c.cls[c.split == "test"]) for c in corpora}
+    out = {"loco": {k: {"config": asdict(v["config"]), "selection": v["selection"], "corpora": v["corpora"]} for k, v in loco.items()},
+           "chosen": chosen, "config": cfg, "model": model, "prior": prior, "test_in_corpus": own}
+    if before is not None:
+        b_model, b_cfg, b_prior = before
+        out["before"] = {c.name: class_report(read_head(b_model, c.subset(c.split == "test"), b_cfg, b_prior), c.cls[c.split == "test"])
+                         for c in corpora}
+    return out
+
+
+def voice_markdown(res: dict, corpora: list[Corpus], titles: dict[str, str]) -> list[str]:
+    def f(v, spec: str) -> str:
+        return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else format(v, spec)
+
+    def row(name: str, r: dict) -> str:
+        m, t = r["mean"], targets_met(r)
+        ok = "".join("✓" if v else "✗" for v in t.values())
+        return (f"| {name} | {f(m['negative'], '+.2f')} / {f(m['neutral'], '+.2f')} / {f(m['positive'], '+.2f')} | {f(r['auc_pos_neg'], '.3f')} | "
+                f"{f(r['macro_f1_pos_neg'], '.3f')} | {f(100 * r['negative_share_balanced'], '.0f')}% | {ok} |")
+
+    head = ["| held-out corpus (test speakers) | mean prediction negative / neutral / positive | AUC pos-vs-neg | macro-F1 pos-vs-neg | "
+            "negative predictions (class-balanced) | targets: order, neutral, AUC, share |", "|---|---|---|---|---|---|"]
+    md = ["### Voice across corpora (leave one corpus out)", "",
+          "Each corpus's test speakers read by a head that learned from the *other* corpora only "
+          f"(chosen configuration: {res['chosen']}; chosen on the held-out corpora's train + valid speakers):", ""] + head
+    ch = res["loco"][res["chosen"]]["corpora"]
+    for c in corpora:
+        md.append(row(titles.get(c.name, c.name), ch[c.name]["test"]))
+        md.append(row(titles.get(c.name, c.name) + ", first window of a session (no speaker statistics yet)", ch[c.name]["test_first_window"]))
+    md += ["", "Every configuration tried (selection score: mean over held-out corpora of AUC − |neutral mean|/3 − |negative share − ½|, "
+           "on their non-test speakers):", "", "| configuration | selection score |", "|---|---|"]
+    md += [f"| {k}{' (chosen)' if k == res['chosen'] else ''} | {v['selection']:.3f} |" for k, v in res["loco"].items()]
+    md += ["", "The shipped head (all corpora's train speakers) on each corpus's test speakers:", ""] + head
+    md += [row(titles.get(n, n), r) for n, r in res["test_in_corpus"].items()]
+    if "before" in res:
+        md += ["", "The voice head shipped before (RAVDESS only, raw eGeMAPS) on the same test speakers:", ""] + head
+        md += [row(titles.get(n, n), r) for n, r in res["before"].items()]
+    return md + [""]
+
+
+def previous_voice_head(ckpt) -> tuple | None:
+    """The voice head in a checkpoints folder (before a run replaces it), with what it reads:
+    (model, VoiceConfig, prior), or None when there is none."""
+    from pathlib import Path
+
+    from .checkpoint import load_fusion
+    from .speaker import read_voice_features
+
+    folder = Path(ckpt) / "unimodal" / "audio"
+    if not (folder / "config.json").exists():
+        return None
+    try:
+        prior, _ = read_voice_features(ckpt)
+        model = load_fusion(folder, device="cpu")
+    except (OSError, ValueError, RuntimeError, KeyError):
+        return None
+    return model, VoiceConfig("speaker" if prior is not None else "none"), prior

@@ -38,6 +38,7 @@ from .encoders.face import FER_CLASSES
 from .encoders.voice import FRAME
 from .fusion import Fusion, list_fusions
 from .smoothing import FeatureSmoother, LabelHysteresis
+from .speaker import SpeakerNorm, read_voice_features
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +128,8 @@ class Engine:
         self._fusions: dict[str, Fusion] = {n: m.to(self.device).eval() for n, m in (fusions or {}).items()}
         self._lock = threading.Lock()
         self._unimodal: dict[str, Fusion] | None = None
+        # what the voice models here read: per-speaker z-scores with this population prior, or raw
+        self.voice_prior, self.voice_norm = read_voice_features(self.checkpoints)
 
     def unimodal(self) -> dict[str, Fusion]:
         """Each modality's own model (checkpoints/unimodal/<modality>), where shipped."""
@@ -200,6 +203,10 @@ class Session:
         self.resampler: StreamResampler | None = None
         self.vad = StreamingVAD()
         self.ring = AudioRing(self.cfg.voice_window_s)
+        self.samples_in = 0  # 16 kHz samples heard in this session
+        # per-speaker statistics of this session's voice (None: the models read raw features)
+        self.speaker_norm = SpeakerNorm(engine.voice_prior, **engine.voice_norm) if engine.voice_prior is not None else None
+        self.norm_updated_at = -10**12
         self.probs = deque(maxlen=int(np.ceil(self.cfg.voice_window_s * SAMPLE_RATE / FRAME)))
         self.last_voice_t = -1e9
         self.level = -100.0
@@ -272,6 +279,7 @@ class Session:
             vad_ms = 1000 * (time.perf_counter() - t0)
             self._track_utterances(frames, probs, t)  # before the ring takes the chunk: it holds the pre-roll
             self.ring.push(frames)
+            self.samples_in += len(frames)
             self.probs.extend(probs.tolist())
             if len(x16):
                 self.level = level_dbfs(x16)
@@ -289,11 +297,25 @@ class Session:
                 res = self.engine.voice.encode(window, probs=win_probs)
                 self.last_voice_t = t
                 if res.present:
-                    self.features["audio"] = (res.feature, t)
+                    self.features["audio"] = (self._voice_feature(res, window), t)
                 self.reasons["audio"] = res.reason
                 self.notes["audio"] = [n for n in res.info.get("notes", []) if "clipping" not in n]
                 stage["voice"] = 1000 * (time.perf_counter() - t1)
             return self.update(t, stage_ms=stage)
+
+    def _voice_feature(self, res, window: np.ndarray) -> np.ndarray:
+        """What the voice models read: raw eGeMAPS, or (when the shipped models learned so) z-scores
+        against this session's speaker statistics, which this window then updates if it is clean
+        speech that no earlier update counted (see :mod:`mmdemo.speaker`)."""
+        if self.speaker_norm is None:
+            return res.feature
+        z = self.speaker_norm.transform(res.feature)
+        why = SpeakerNorm.accept(res.info.get("speech_s", 0.0), clipped_share=clipped_share(window),
+                                 new_audio_s=(self.samples_in - self.norm_updated_at) / SAMPLE_RATE, window_s=self.cfg.voice_window_s)
+        if not why:
+            self.speaker_norm.update(res.feature)
+            self.norm_updated_at = self.samples_in
+        return z
 
     def set_text(self, text: str | None, t: float | None = None) -> Update:
         with self._lock:

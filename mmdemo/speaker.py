@@ -155,3 +155,38 @@ def normalise_by_speaker(x: np.ndarray, speakers, prior: Prior, *, others: str |
                 norm.update(x[j])
             out[i] = norm.transform(x[i])
     return out
+
+
+VOICE_FEATURES_FILE = "voice_features.json"  # in a checkpoints folder: what the voice models there read
+DEFAULTS = {"prior_weight": 4.0, "max_windows": 60, "clip_z": 3.0}
+
+
+def write_voice_features(ckpt, prior: Prior | None, **norm_kw) -> None:
+    """Record in ``ckpt`` whether its voice models read per-speaker z-scores (with ``prior`` and the
+    normaliser's settings) or raw features (``prior`` None)."""
+    import json
+    from pathlib import Path
+
+    d = {"features": "raw"} if prior is None else {"features": "speaker_z", "prior": prior.to_json(), "norm": DEFAULTS | norm_kw}
+    Path(ckpt).mkdir(parents=True, exist_ok=True)
+    (Path(ckpt) / VOICE_FEATURES_FILE).write_text(json.dumps(d, indent=1) + "\n")
+
+
+def read_voice_features(ckpt) -> tuple[Prior | None, dict]:
+    """(prior, normaliser settings) when the voice models in ``ckpt`` read per-speaker z-scores;
+    (None, {}) when they read raw features (also when the file is absent: older checkpoints)."""
+    import json
+    from pathlib import Path
+
+    path = Path(ckpt) / VOICE_FEATURES_FILE
+    if not path.exists():
+        return None, {}
+    try:
+        d = json.loads(path.read_text())
+        if d.get("features") == "raw":
+            return None, {}
+        if d.get("features") != "speaker_z":
+            raise ValueError(f"unknown voice features {d.get('features')!r}")
+        return Prior.from_json(d["prior"]), {k: float(v) if k != "max_windows" else int(v) for k, v in d.get("norm", {}).items() if k in DEFAULTS}
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: unreadable ({err})") from None

@@ -64,7 +64,7 @@ def test_quick_benchmark_writes_tables_checkpoints_and_a_model_card(tmp_path):
     out = tmp_path / "results"
     assert benchmark.main(["--data", str(SHARED), "--out", str(out), "--quick", "--quiet", "--device", "cpu"]) == 0
     md = (out / "benchmark.md").read_text()
-    for section in ("Words: CMU-MOSI", "Words: CMU-MOSEI", "Voice: RAVDESS", "Face:", "Fusion on paired examples", "What the encoders returned"):
+    for section in ("Words: CMU-MOSI", "Words: CMU-MOSEI", "Voice across corpora", "Face:", "Fusion on paired examples", "What the encoders returned"):
         assert section in md
     assert "published" in md and "M-BERT" in md
     # honest comparisons: every published row says its Acc-2 convention; a MOSI-only row over seeds
@@ -85,8 +85,12 @@ def test_quick_benchmark_writes_tables_checkpoints_and_a_model_card(tmp_path):
         assert load_fusion(ckpt / "unimodal" / m).modalities == (m,)
     for name in list_fusions():
         assert json.loads((ckpt / "fusion" / name / "metrics.json").read_text())["test"]["mae"] > 0
+    # voice: every corpus held out once; the models read per-speaker z-scores or raw features, as recorded
+    assert set(res["voice"]["loco"][res["voice"]["chosen"]]["corpora"]) == {"ravdess", "ased", "emospeech"}
+    assert (ckpt / "voice_features.json").exists() and "ASED" in card
     # the live pipeline runs on what the benchmark wrote
     engine = Engine(ckpt, device="cpu")
+    assert (engine.voice_prior is not None) == (res["voice"]["features"] == "speaker_z")
     assert engine.available_fusions() == list_fusions()
     up = engine.session("weighted").set_text("what a lovely day", t=0.0)
     assert up.present["text"] and abs(sum(up.shapley.values()) - (up.prediction - up.baseline)) < 1e-4

@@ -286,3 +286,39 @@ def test_the_face_signal_is_smoothed_over_time_and_restarts_after_a_gap(engine):
     s.push_frame(frames[5], t=1.1)
     np.testing.assert_allclose(s.features["vision"][0], engine.face.encode(frames[5]).feature, rtol=1e-5)
     assert not np.allclose(s.features["vision"][0], first)
+
+
+def test_per_session_voice_statistics_learn_only_from_clean_speech(engine, speech48, monkeypatch):
+    """With voice models that read per-speaker z-scores, each session keeps its own statistics:
+    silence, a clipping microphone and noise never update them; speech does, at most once per
+    window of new audio; a new session starts from the population prior."""
+    from mmdemo.speaker import Prior
+
+    rng = np.random.default_rng(0)
+    monkeypatch.setattr(engine, "voice_prior", Prior(rng.normal(0, 1, 88), np.full(88, 50.0)))
+    monkeypatch.setattr(engine, "voice_norm", {})
+    s = engine.session("concat")
+    assert s.speaker_norm is not None and s.speaker_norm.n == 0
+    chunk = 24000  # 0.5 s at 48 kHz
+    t = 0.0
+    for x in (np.zeros(48000 * 4, np.int16), (rng.normal(0, 3000, 48000 * 4)).astype(np.int16)):  # silence, then noise
+        for i in range(0, len(x), chunk):
+            s.push_audio(x[i : i + chunk], 48000, t=t)
+            t += 0.5
+    assert s.speaker_norm.n == 0
+    clipped = np.clip(speech48.astype(np.int32) * 40, -32768, 32767).astype(np.int16)  # a microphone at full scale
+    for i in range(0, len(clipped), chunk):
+        s.push_audio(clipped[i : i + chunk], 48000, t=t)
+        t += 0.5
+    assert s.speaker_norm.n == 0
+    heard = 0.0
+    for _ in range(2):
+        for i in range(0, len(speech48), chunk):
+            up = s.push_audio(speech48[i : i + chunk], 48000, t=t)
+            t += 0.5
+            heard += 0.5
+    assert 1 <= s.speaker_norm.n <= heard / engine.config.voice_window_s
+    assert up.present["audio"] or up.reasons["audio"]
+    z = s.features["audio"][0]
+    assert np.all(np.isfinite(z)) and np.abs(z).max() < 100  # z-scores, not raw eGeMAPS values
+    assert engine.session("concat").speaker_norm.n == 0  # a new session never inherits them
