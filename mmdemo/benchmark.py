@@ -61,6 +61,7 @@ CORPORA = {
     "ased": {"folder": "ased-amharic-speech", "modality": "audio", "label": "polarity"},
     "emospeech": {"folder": "emospeech-in-the-wild", "modality": "audio", "label": "polarity"},
     "faces": {"folder": "facial-expressions-muxspace", "modality": "vision", "label": "polarity"},
+    "fer2013": {"folder": "fer2013-faces", "modality": "vision", "label": "polarity"},
 }
 
 # Published results (test folds), as reported by the sources named; not re-run here. Each row says
@@ -141,6 +142,18 @@ def voice_targets(folder: Path) -> dict[str, float]:
         scale = 2.0 if row["intensity"] == "strong" and row["emotion"] != "calm" else 1.0
         out[row["clip_id"]] = p * scale
     return out
+
+
+def without_fer_probabilities(ds: FeatureDataset) -> FeatureDataset:
+    """The face features with fer's 7 expression probabilities (the last 7 values) set to 0."""
+    from .encoders.face import FER_CLASSES
+
+    splits = {}
+    for s, sp in ds.splits.items():
+        x = sp.feats["vision"].copy()
+        x[..., -len(FER_CLASSES):] = 0.0
+        splits[s] = dataclasses.replace(sp, feats=dict(sp.feats, vision=x), present=dict(sp.present), steps=dict(sp.steps))
+    return FeatureDataset(splits, dict(ds.meta))
 
 
 def only_present(ds: FeatureDataset, m: str) -> FeatureDataset:
@@ -331,7 +344,8 @@ def reused_words(folder: Path, ftcfg: FinetuneConfig, folds: int) -> dict:
         prev = json.loads((folder / "benchmark.json").read_text())["words"]
     except (OSError, KeyError, ValueError) as err:
         raise SystemExit(f"--reuse-words {folder}: no words results of an earlier run there ({err})") from None
-    want, had = jsonable(asdict(ftcfg)), prev.get("finetune", {}).get("config")
+    want, had = jsonable(asdict(ftcfg)), dict(prev.get("finetune", {}).get("config") or {})
+    want.pop("device", None), had.pop("device", None)  # where it ran does not change what was learned
     if had != want:
         raise SystemExit(f"--reuse-words {folder}: that run fine-tuned with {had}, this one would use {want}")
     if prev.get("out_of_fold", {}).get("folds") != folds:
@@ -386,7 +400,8 @@ def run(args) -> dict:
     mosei, s_mosei = extract("mosei")
     voice_sets = {name: extract(name, transcribe=False) for name in VOICE_CORPORA}
     faces, s_face = extract("faces")
-    results["encoders"] = {"mosi": s_mosi, "mosei": s_mosei, "faces": s_face} | {n: v[1] for n, v in voice_sets.items()}
+    fer, s_fer = extract("fer2013")
+    results["encoders"] = {"mosi": s_mosi, "mosei": s_mosei, "faces": s_face, "fer2013": s_fer} | {n: v[1] for n, v in voice_sets.items()}
     corpora = [corpus_from_split_features(n, ds, voice_labels(data / VOICE_CORPORA[n]["folder"]), "audio") for n, (ds, _) in voice_sets.items()]
 
     # -- 2. words --------------------------------------------------------------------------
@@ -495,24 +510,46 @@ def run(args) -> dict:
         "config": asdict(voice_cfg), "features": "speaker_z" if voice_cfg.norm == "speaker" else "raw",
         "clips": {c.name: {s: int((c.split == s).sum()) for s in SPLITS} for c in corpora}}
     md += voice_markdown(vres, corpora, {n: v["title"] for n, v in VOICE_CORPORA.items()})
-    for key, ds, name, title in (("face", faces, "vision", "Face: expression photos, test people"),):
-        present = only_present(ds, name)
-        log.info("%s: head on the encoder features", key)
-        model, fcfg, valid, _ = fit_unimodal(present, grid, tcfg_uni)
-        test = present.splits["test"]
-        pred = predict(model, Batches(test, model.modalities, model.device))
-        rep = {"model": polarity_report(pred, test.labels), "majority": majority_report(present.splits["train"].labels, test.labels),
-               "regression": regression_metrics(pred, test.labels), "head": asdict(fcfg), "n_test": len(test),
-               "absent_test": int((~ds.splits["test"].present[name]).sum())}
-        if key == "face":
-            rep["smile"] = smile_baseline(present)
-        results[key] = rep
-        face_model = model
-        md += [f"### {title} ({len(test)} items with the modality found)", "", CLS_HEAD,
-               cls_row("majority class (train)", rep["majority"])]
-        if key == "face":
-            md.append(cls_row(f"smile blendshape alone (thresholds {rep['smile']['thresholds'][0]:.2f}/{rep['smile']['thresholds'][1]:.2f} on valid)", rep["smile"]))
-        md += [cls_row("mmdemo: blendshapes + pose + FER -> head", rep["model"]), "", f"Reference baseline of ../shared/data: {REFERENCE['faces']}.", ""]
+    # face: the head learns from the photos and FER-2013 (each by its own split); read on the photos'
+    # test people and on FER-2013's test images, beside a head on the photos alone (as before) and,
+    # on FER-2013 (where fer's CNN is in-sample), a head without the CNN's probabilities
+    photos = only_present(faces, "vision")
+    fer_p = only_present(fer, "vision")
+    both = concat(photos, fer_p)
+    log.info("face: heads on the photos alone and on photos + FER-2013")
+    photo_model, photo_cfg, _, _ = fit_unimodal(photos, grid, tcfg_uni)
+    face_model, fcfg_face, _, _ = fit_unimodal(both, grid, tcfg_uni)
+    no_fer = without_fer_probabilities(both)
+    nofer_model, _, _, _ = fit_unimodal(no_fer, grid, tcfg_uni)
+
+    def read(model, ds):
+        test = ds.splits["test"]
+        return polarity_report(predict(model, Batches(test, model.modalities, model.device)), test.labels)
+
+    test = photos.splits["test"]
+    rep = {"model": read(face_model, photos), "photos_only_head": read(photo_model, photos),
+           "majority": majority_report(photos.splits["train"].labels, test.labels), "smile": smile_baseline(photos),
+           "head": asdict(fcfg_face), "n_test": len(test), "absent_test": int((~faces.splits["test"].present["vision"]).sum()),
+           "fer_test": {"model": read(face_model, fer_p), "photos_only_head": read(photo_model, fer_p),
+                        "without_fer_probabilities": read(nofer_model, without_fer_probabilities(fer_p)),
+                        "majority": majority_report(fer_p.splits["train"].labels, fer_p.splits["test"].labels),
+                        "n_test": len(fer_p.splits["test"])},
+           "train_items": {"photos": len(photos.splits["train"]), "fer2013": len(fer_p.splits["train"])}}
+    results["face"] = rep
+    md += [f"### Face: expression photos, test people ({len(test)} photos with a face found)", "", CLS_HEAD,
+           cls_row("majority class (train)", rep["majority"]),
+           cls_row(f"smile blendshape alone (thresholds {rep['smile']['thresholds'][0]:.2f}/{rep['smile']['thresholds'][1]:.2f} on valid)", rep["smile"]),
+           cls_row("head on the photos alone (as before)", rep["photos_only_head"]),
+           cls_row("mmdemo: blendshapes + pose + FER -> head on photos + FER-2013 (shipped)", rep["model"]), "",
+           f"Reference baseline of ../shared/data: {REFERENCE['faces']}.", "",
+           f"### Face: FER-2013 test images ({rep['fer_test']['n_test']} with a face found)", "",
+           "fer's expression CNN (part of the face feature) was trained on FER-2013, so its probabilities are in-sample here: the",
+           "row without them shows what the blendshapes and head pose carry on their own.", "", CLS_HEAD,
+           cls_row("majority class (train)", rep["fer_test"]["majority"]),
+           cls_row("head on the photos alone", rep["fer_test"]["photos_only_head"]),
+           cls_row("head on photos + FER-2013 (shipped)", rep["fer_test"]["model"]),
+           cls_row("head on photos + FER-2013 without the CNN's probabilities", rep["fer_test"]["without_fer_probabilities"]), ""]
+    faces_for_fusion = both
 
     # -- 4. fusion on paired examples --------------------------------------------------------
     fcfg = FusionConfig(hidden=64, dropout=0.2)
@@ -543,7 +580,7 @@ def run(args) -> dict:
             models_[name] = (model, res)
         return rows_, models_, seconds
 
-    paired = build_paired({"text": words_for_fusion, "audio": voice, "vision": faces}, PairingConfig(seed=args.seed))
+    paired = build_paired({"text": words_for_fusion, "audio": voice, "vision": faces_for_fusion}, PairingConfig(seed=args.seed))
     paired.save(out / "paired.npz")
     results["fusion"]["pairing"] = paired.meta
     test = paired.splits["test"]
@@ -554,7 +591,7 @@ def run(args) -> dict:
         # what the stacked in-sample words features did: the same pairing with the train texts'
         # features from the encoder that was fine-tuned on them (the models are not shipped)
         log.info("fusion: the same methods on in-sample words features (for comparison)")
-        paired_in = build_paired({"text": words_ft, "audio": voice, "vision": faces}, PairingConfig(seed=args.seed))
+        paired_in = build_paired({"text": words_ft, "audio": voice, "vision": faces_for_fusion}, PairingConfig(seed=args.seed))
         before, _, _ = train_all(paired_in, latency=False)
         results["fusion"]["in_sample_words"] = before
     base = regression_metrics(np.full(len(test), paired.splits["train"].labels.mean()), test.labels)
@@ -638,11 +675,12 @@ def model_card(results: dict, ckpt: Path) -> str:
         "| modality | encoder (frozen unless said) | learned from | test result | limits |", "|---|---|---|---|---|",
         f"| words | all-MiniLM-L6-v2{' with its top layers fine-tuned here' if w['chosen'] == 'fine-tuned' else ''} (384-d) | CMU-MOSI + CMU-MOSEI train folds (transcripts, -3..+3){'; the head on out-of-fold features (' + str(w['out_of_fold']['folds']) + ' folds by video)' if w['chosen'] == 'fine-tuned' else ''} | CMU-MOSI test: MAE {mosi[chosen]['mae']:.3f}, Corr {mosi[chosen]['corr']:.3f}, Acc-2 {100 * mosi[chosen]['acc2_has0']:.1f} / {100 * mosi[chosen]['acc2_non0']:.1f}; CMU-MOSEI test: MAE {mosei[chosen]['mae']:.3f}, Acc-2 {100 * mosei[chosen]['acc2_non0']:.1f} (non-0) | English only; opinion monologues (movie reviews, YouTube); typed chat may differ |",
         f"| voice | eGeMAPSv02 functionals (88-d, openSMILE) over the speech of a 2.4 s window; Silero VAD; {'per-speaker z-scores (population prior, then the speaker' + chr(39) + 's own running statistics)' if v['features'] == 'speaker_z' else 'raw'} | RAVDESS, ASED, EmoSpeech train speakers (classes and corpora balanced) | held out, one corpus at a time: {voice_card(v)} | acted or semi-acted emotions, mostly not English (valence carries across languages less well than arousal); phones and noisy rooms only in EmoSpeech; the emotion -> sentiment mapping is a heuristic (happy positive; neutral/calm 0; sad/angry/fearful/disgust negative) |",
-        f"| face | MediaPipe FaceLandmarker: 52 blendshapes + head pose; fer 7-class CNN (62-d) | expression photos (person-independent split) | test people: polarity accuracy {100 * f['model']['polarity3']['accuracy']:.1f}% (majority {100 * f['majority']['polarity3']['accuracy']:.1f}%, smile alone {100 * f['smile']['polarity3']['accuracy']:.1f}%) | still photos (news/web), single student annotations; posed vs spontaneous; webcam lighting differs |",
+        f"| face | MediaPipe FaceLandmarker: 52 blendshapes + head pose; fer 7-class CNN (62-d) | expression photos (person-independent split) + FER-2013 (challenge split) | photos' test people: polarity accuracy {100 * f['model']['polarity3']['accuracy']:.1f}%, macro-F1 {100 * f['model']['polarity3']['macro_f1']:.1f} (majority {100 * f['majority']['polarity3']['accuracy']:.1f}%, smile alone {100 * f['smile']['polarity3']['accuracy']:.1f}%); FER-2013 test: macro-F1 {100 * f['fer_test']['model']['polarity3']['macro_f1']:.1f} ({100 * f['fer_test']['without_fer_probabilities']['polarity3']['macro_f1']:.1f} without fer's probabilities, which are in-sample there) | still photos (news/web, 48x48 web crops), single annotations; posed vs spontaneous; webcam lighting differs; live, the signal is smoothed over ~0.35 s |",
         f"| fusion | every registered method, on the three features | {sum(fu['pairing']['counts']['train']['text'].values()):,} paired training examples | best test MAE: {best} {fu['methods'][best]['test']['mae']:.3f} on paired test examples (table below) | paired across corpora, see above |",
         "",
         f"What the encoders found: words in {share('mosi', 'text'):.1f}% of CMU-MOSI segments (the rest have no transcript), speech in "
         f"{share('ravdess', 'audio'):.1f}% of RAVDESS, {share('ased', 'audio'):.1f}% of ASED and {share('emospeech', 'audio'):.1f}% of EmoSpeech clips, a face in {share('faces', 'vision'):.1f}% of the photos "
+        f"and {share('fer2013', 'vision'):.1f}% of FER-2013 "
         "(details in results/benchmark.md).", "",
         "## Files", "",
         "- `words/encoder.safetensors`: the fine-tuned top layers of all-MiniLM-L6-v2 (fp16), loaded over the packaged model (only when fine-tuning won on the valid folds)." if w["chosen"] == "fine-tuned" else "- words: the packaged all-MiniLM-L6-v2 as is (fine-tuning did not win on the valid folds).",
@@ -672,6 +710,7 @@ def model_card(results: dict, ckpt: Path) -> str:
         "| ASED (Retta et al. 2022, ACM TALLIP, doi:10.1145/3529759), Amharic speech | the data's speaker split | freely available for research (no licence file); cite the paper |",
         "| Indian EmoSpeech Command (Banga et al. 2019, arXiv:1910.13801), named users | the data's speaker split | **CC BY-NC-SA 4.0** |",
         "| facial expression photos (muxspace/facial_expressions) | by person (md5 of name) | repository Apache-2.0; the photos' own copyright is not cleared: no image is shipped, only models |",
+        "| FER-2013 (Goodfellow et al. 2013), 48x48 faces | the challenge's train / public test / private test | released for research through the challenge; no image is shipped |",
         "| openSMILE eGeMAPS (audEERING) | - | research licence: **non-commercial use** (public demos allowed) |",
         "| all-MiniLM-L6-v2 (Apache-2.0), Whisper tiny.en (MIT), MediaPipe FaceLandmarker (Apache-2.0), fer's CNN (MIT) | - | as shipped in their packages |",
         "", "Not suited for decisions about people: these are demonstration models of sentiment on a -3..+3 scale, trained on small,",
@@ -695,7 +734,7 @@ def write_checkpoints(ckpt: Path, results: dict, w_model, voice_model, face_mode
         old.unlink()  # the frozen encoder won: the live app must not load stale fine-tuned layers
     uni = {"text": (w_model, {"test_mosi": results["words"]["test"]["mosi"], "test_mosei": results["words"]["test"]["mosei"]}, "CMU-MOSI + CMU-MOSEI transcripts"),
            "audio": (voice_model, results["voice"], "RAVDESS, ASED and EmoSpeech speech (acted / semi-acted emotions)"),
-           "vision": (face_model, results["face"], "expression photos (muxspace/facial_expressions subset)")}
+           "vision": (face_model, results["face"], "expression photos (muxspace/facial_expressions subset) + FER-2013")}
     for m, (model, metrics, corpus) in uni.items():
         save_fusion(model, ckpt / "unimodal" / m, extra={"metrics.json": jsonable(metrics), "provenance.json": jsonable(provenance | {"corpus": corpus})})
     # what every model that reads the voice expects: per-speaker z-scores (with this prior) or raw features

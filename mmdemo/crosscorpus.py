@@ -294,10 +294,12 @@ def voice_stage(corpora: list[Corpus], tcfg, *, grid: list[VoiceConfig] | None =
     own = {c.name: class_report(read_head(model, c.subset(c.split == "test"), cfg, prior), c.cls[c.split == "test"]) for c in corpora}
     out = {"loco": {k: {"config": asdict(v["config"]), "selection": v["selection"], "corpora": v["corpora"]} for k, v in loco.items()},
            "chosen": chosen, "config": cfg, "model": model, "prior": prior, "test_in_corpus": own}
+    out["espeak"] = espeak_readings(model, cfg, prior)
     if before is not None:
         b_model, b_cfg, b_prior = before
         out["before"] = {c.name: class_report(read_head(b_model, c.subset(c.split == "test"), b_cfg, b_prior), c.cls[c.split == "test"])
                          for c in corpora}
+        out["espeak_before"] = espeak_readings(b_model, b_cfg, b_prior)
     return out
 
 
@@ -326,8 +328,16 @@ def voice_markdown(res: dict, corpora: list[Corpus], titles: dict[str, str]) -> 
     md += ["", "The shipped head (all corpora's train speakers) on each corpus's test speakers:", ""] + head
     md += [row(titles.get(n, n), r) for n, r in res["test_in_corpus"].items()]
     if "before" in res:
-        md += ["", "The voice head shipped before (RAVDESS only, raw eGeMAPS) on the same test speakers:", ""] + head
+        md += ["", "The voice head shipped before this run, on the same test speakers:", ""] + head
         md += [row(titles.get(n, n), r) for n, r in res["before"].items()]
+    if res.get("espeak"):
+        before = {r["text"]: r["prediction"] for r in res.get("espeak_before") or []}
+        md += ["", "Synthetic speech (espeak-ng: one flat voice whatever the words say; a session's first window):", "",
+               "| sentence | this head | " + ("head before |" if before else ""), "|---|---|" + ("---|" if before else "")]
+        for r in res["espeak"]:
+            p = "no speech found" if r["prediction"] is None else f"{r['prediction']:+.2f}"
+            b = before.get(r["text"])
+            md.append(f"| {r['text']} | {p} | " + (f"{b:+.2f} |" if b is not None else ("- |" if before else "")))
     return md + [""]
 
 
@@ -348,3 +358,45 @@ def previous_voice_head(ckpt) -> tuple | None:
     except (OSError, ValueError, RuntimeError, KeyError):
         return None
     return model, VoiceConfig("speaker" if prior is not None else "none"), prior
+
+
+NEUTRAL_SENTENCES = (
+    "I had a wonderful day, everything went great and I am so happy.",
+    "The meeting is at three o'clock in the second room on the left.",
+    "Please put the books back on the shelf when you are done.",
+    "The train to the city leaves every twenty minutes.",
+    "I did not like the film at all, it was boring and far too long.",
+)
+
+
+def espeak_readings(model, cfg: VoiceConfig, prior, sentences=NEUTRAL_SENTENCES) -> list[dict] | None:
+    """What the voice head reads in synthetic speech (espeak-ng, one flat voice for every sentence,
+    whatever the words say): the first window of a session (population prior only), as live. None
+    when espeak-ng is not installed."""
+    import shutil
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from .encoders import VoiceEncoder
+    from .media import read_audio
+    from .speaker import SpeakerNorm
+
+    if shutil.which("espeak-ng") is None:
+        return None
+    enc, out = VoiceEncoder(), []
+    with tempfile.TemporaryDirectory() as d:
+        for k, text in enumerate(sentences):
+            wav = Path(d) / f"s{k}.wav"
+            subprocess.run(["espeak-ng", "-w", str(wav), text], check=True, capture_output=True)
+            res = enc.encode(read_audio(wav))
+            if not res.present:
+                out.append({"text": text, "prediction": None, "reason": res.reason})
+                continue
+            x = res.feature[None]
+            if cfg.norm == "speaker":
+                x = SpeakerNorm(prior).transform(x)
+            c = Corpus("espeak", x.astype(np.float32), np.zeros(1, int), np.zeros(1, np.float32), np.array(["espeak"]), np.array(["test"]), np.array([f"s{k}"]))
+            pred = read_head(model, c, VoiceConfig("none", cfg.hidden, cfg.dropout), None)  # x is already what the head reads
+            out.append({"text": text, "prediction": float(pred[0])})
+    return out

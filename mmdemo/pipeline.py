@@ -300,6 +300,9 @@ class Session:
                     self.features["audio"] = (self._voice_feature(res, window), t)
                 self.reasons["audio"] = res.reason
                 self.notes["audio"] = [n for n in res.info.get("notes", []) if "clipping" not in n]
+                if res.present and self.speaker_norm is not None and self.speaker_norm.speaker_share < 0.5:
+                    self.notes["audio"].append(f"voice: still learning this speaker ({100 * self.speaker_norm.speaker_share:.0f}% of "
+                                               "the voice statistics are theirs; the rest is the population's)")
                 stage["voice"] = 1000 * (time.perf_counter() - t1)
             return self.update(t, stage_ms=stage)
 

@@ -88,6 +88,10 @@ def test_quick_benchmark_writes_tables_checkpoints_and_a_model_card(tmp_path):
     # voice: every corpus held out once; the models read per-speaker z-scores or raw features, as recorded
     assert set(res["voice"]["loco"][res["voice"]["chosen"]]["corpora"]) == {"ravdess", "ased", "emospeech"}
     assert (ckpt / "voice_features.json").exists() and "ASED" in card
+    assert res["voice"]["espeak"] is None or len(res["voice"]["espeak"]) >= 3  # synthetic neutral speech read (espeak-ng installed)
+    # face: trained on the photos and FER-2013, read on both test sets, also without fer's in-sample probabilities
+    assert "FER-2013 test images" in md and "without the CNN's probabilities" in md
+    assert res["face"]["train_items"]["fer2013"] > 0 and "without_fer_probabilities" in res["face"]["fer_test"]
     # the live pipeline runs on what the benchmark wrote
     engine = Engine(ckpt, device="cpu")
     assert (engine.voice_prior is not None) == (res["voice"]["features"] == "speaker_z")
