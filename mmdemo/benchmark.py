@@ -3,12 +3,15 @@
     python -m mmdemo.benchmark --data ../shared/data --out results/ --checkpoints checkpoints/
 
 1. Features with the live encoders (``mmdemo.extract``, cached and resumable): words for CMU-MOSI
-   and CMU-MOSEI transcripts, voice for RAVDESS speech, face for the expression photos.
+   and CMU-MOSEI transcripts, voice for RAVDESS, ASED and EmoSpeech, face for the expression photos
+   and FER-2013.
 2. Words: frozen MiniLM + a trained head, and MiniLM with its top layers fine-tuned; the
    validation folds choose. Scored on the CMU-MOSI test fold (686) and the CMU-MOSEI test fold
    beside trivial baselines (mean, VADER) and published results.
-3. Voice (RAVDESS, actor-independent) and face (photos, person-independent): a head on the
-   encoder features, scored as polarity (accuracy, macro-F1) beside majority and smile baselines.
+3. Voice: leave-one-corpus-out over the three voice corpora (:mod:`mmdemo.crosscorpus`), per-speaker
+   z-scores or raw features chosen there, the shipped head on all of them. Face: heads on the photos
+   and on photos + FER-2013, scored as polarity (accuracy, macro-F1) on both test sets beside
+   majority and smile baselines.
 4. Fusion: multimodal examples paired across the corpora (:mod:`mmdemo.pairing`), every
    registered fusion method trained with the one training loop, scored on pairs built from test
    splits only.
@@ -119,29 +122,6 @@ def concat(*datasets: FeatureDataset) -> FeatureDataset:
             steps=steps,
         )
     return FeatureDataset(splits, {"source": " + ".join(d.meta.get("source", "?") for d in datasets)})
-
-
-def relabel(ds: FeatureDataset, values: dict[str, float]) -> FeatureDataset:
-    splits = {}
-    for s, sp in ds.splits.items():
-        keep = np.array([i in values for i in sp.ids])
-        sub = sp.subset(keep)
-        sub.labels = np.array([values[i] for i in sub.ids], np.float32)
-        splits[s] = sub
-    return FeatureDataset(splits, dict(ds.meta))
-
-
-def voice_targets(folder: Path) -> dict[str, float]:
-    """RAVDESS emotion -> sentiment: polarity x intensity (x2 strong), calm at most +1,
-    surprised left out (ambiguous valence), as the data's README suggests."""
-    out = {}
-    for row in csv.DictReader(open(folder / "labels.csv", encoding="utf-8")):
-        if row["polarity"] == "":
-            continue
-        p = float(row["polarity"])
-        scale = 2.0 if row["intensity"] == "strong" and row["emotion"] != "calm" else 1.0
-        out[row["clip_id"]] = p * scale
-    return out
 
 
 def without_fer_probabilities(ds: FeatureDataset) -> FeatureDataset:
