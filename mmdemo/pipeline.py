@@ -130,6 +130,8 @@ class Engine:
         self._unimodal: dict[str, Fusion] | None = None
         # what the voice models here read: per-speaker z-scores with this population prior, or raw
         self.voice_prior, self.voice_norm = read_voice_features(self.checkpoints)
+        if self.voice_prior is not None and len(self.voice_prior.mean) != VoiceEncoder.dim:
+            raise ValueError(f"{self.checkpoints}: the voice prior has {len(self.voice_prior.mean)} values, the voice feature {VoiceEncoder.dim}")
 
     def unimodal(self) -> dict[str, Fusion]:
         """Each modality's own model (checkpoints/unimodal/<modality>), where shipped."""
@@ -347,6 +349,9 @@ class Session:
             self._close_utterance(t)
             self.resampler, self.vad = None, StreamingVAD()
             self.ring = AudioRing(self.cfg.voice_window_s)
+            if self.speaker_norm is not None:  # a new stream may be another microphone or another person
+                self.speaker_norm.reset()
+                self.norm_updated_at = -10**12
             self.probs.clear()
             self.in_speech = False
             self.last_voice_t = -1e9

@@ -45,6 +45,8 @@ class Prior:
         x = np.asarray(x, np.float64)
         if x.ndim != 2 or len(x) < 2:
             raise ValueError(f"a prior needs at least two feature vectors (N, D), got {x.shape}")
+        if not np.all(np.isfinite(x)):
+            raise ValueError("a prior needs finite feature values")
         std = x.std(axis=0)
         return cls(x.mean(axis=0), np.where(std > 1e-8, std, 1.0))
 
@@ -63,8 +65,8 @@ class SpeakerNorm:
     """Running per-speaker statistics with a population prior (see the module's docstring)."""
 
     def __init__(self, prior: Prior, *, prior_weight: float = 4.0, max_windows: int = 60, clip_z: float = 3.0):
-        if prior_weight <= 0 or max_windows < 1 or clip_z <= 0:
-            raise ValueError("prior_weight and clip_z must be > 0, max_windows >= 1")
+        if prior_weight <= 0 or max_windows < 1 or clip_z <= 0 or prior_weight >= max_windows:
+            raise ValueError("prior_weight and clip_z must be > 0, max_windows >= 1 and above prior_weight")
         self.prior = prior
         self.prior_weight = float(prior_weight)
         self.max_windows = int(max_windows)
@@ -96,6 +98,8 @@ class SpeakerNorm:
     def transform(self, x: np.ndarray) -> np.ndarray:
         """z-scores of one (D,) or several (N, D) raw feature vectors against the current statistics."""
         x = np.asarray(x, np.float64)
+        if x.shape[-1:] != self._mean.shape:
+            raise ValueError(f"expected feature vectors of length {len(self._mean)}, got shape {x.shape}")
         return ((x - self._mean) / self.std).astype(np.float32)
 
     def update(self, x: np.ndarray) -> None:

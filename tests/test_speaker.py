@@ -130,3 +130,9 @@ def test_prior_round_trip_and_bad_priors(prior):
         Prior.from_json({"mean": [0, 1], "std": [1, 0]})
     with pytest.raises(ValueError):
         Prior.fit(np.zeros((1, D)))
+    with pytest.raises(ValueError):
+        Prior.fit(np.full((3, D), np.nan))
+    with pytest.raises(ValueError):
+        SpeakerNorm(prior).transform(np.zeros(D + 1))  # a feature of another length
+    with pytest.raises(ValueError):
+        SpeakerNorm(prior, prior_weight=100, max_windows=60)
