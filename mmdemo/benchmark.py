@@ -302,8 +302,12 @@ def out_of_fold_features(words: FeatureDataset, videos: dict[str, str], k: int, 
         if not fit.any() or not held.any():
             raise ValueError(f"out-of-fold words features: fold {f + 1} of {k} has {int(fit.sum())} texts to fine-tune on and "
                              f"{int(held.sum())} to embed; use fewer folds (--oof-folds) than there are videos")
-        if reuse is not None:
-            overlay = Path(reuse["dir"]) / "words_oof" / f"fold{f}" / "encoder.safetensors"
+        if reuse is not None:  # copied, so that this run's folder can be reused in turn
+            overlay = out / "words_oof" / f"fold{f}" / "encoder.safetensors"
+            source = Path(reuse["dir"]) / "words_oof" / f"fold{f}" / "encoder.safetensors"
+            if overlay.resolve() != source.resolve():
+                overlay.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source, overlay)
         else:
             log.info("words: out-of-fold fine-tuning %d/%d (%d texts, %d held out)", f + 1, k, int(fit.sum()), int(held.sum()))
             ft = finetune(tr.text[fit], tr.labels[fit], va.text[keep_va], va.labels[keep_va], ftcfg, progress=progress)
@@ -445,7 +449,8 @@ def run(args) -> dict:
     # like-for-like with the published MOSI-only text models: fine-tuned on CMU-MOSI train only,
     # the fine-tuned model's own linear head, several seeds, every Acc-2 convention
     like = None
-    if args.finetune != "skip" and args.reuse_words and reuse.get("mosi_only"):
+    wanted_seeds = list(range(2 if quick else args.mosi_seeds))
+    if args.finetune != "skip" and args.reuse_words and (reuse.get("mosi_only") or {}).get("seeds") == wanted_seeds and wanted_seeds:
         like = dict(reuse["mosi_only"], reused_from=str(reuse["dir"]))
         results["words"]["mosi_only"] = like
     elif args.finetune != "skip" and args.mosi_seeds:

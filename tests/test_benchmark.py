@@ -98,6 +98,15 @@ def test_quick_benchmark_writes_tables_checkpoints_and_a_model_card(tmp_path):
     assert engine.available_fusions() == list_fusions()
     up = engine.session("weighted").set_text("what a lovely day", t=0.0)
     assert up.present["text"] and abs(sum(up.shapley.values()) - (up.prediction - up.baseline)) < 1e-4
+    # a rerun can take the fine-tuned text encoders of this one (not with other settings)
+    with pytest.raises(SystemExit, match="fine-tuned with"):
+        benchmark.main(["--data", str(SHARED), "--out", str(tmp_path / "other"), "--quick", "--quiet", "--device", "cpu",
+                        "--reuse-words", str(out), "--finetune-layers", "1"])
+    again = tmp_path / "again"
+    assert benchmark.main(["--data", str(SHARED), "--out", str(again), "--quick", "--quiet", "--device", "cpu", "--reuse-words", str(out)]) == 0
+    res2 = json.loads((again / "benchmark.json").read_text())
+    assert res2["words"]["finetune"]["reused_from"] == str(out) and res2["words"]["mosi_only"]["runs"] == like["runs"]
+    assert all((again / "words_oof" / f"fold{f}" / "encoder.safetensors").exists() for f in range(oof["folds"]))  # reusable in turn
 
 
 def test_out_of_fold_words_features_never_come_from_a_model_that_saw_the_text(tmp_path, monkeypatch):
