@@ -299,23 +299,23 @@ class Session:
                 res = self.engine.voice.encode(window, probs=win_probs)
                 self.last_voice_t = t
                 if res.present:
-                    self.features["audio"] = (self._voice_feature(res, window), t)
+                    self.features["audio"] = (self._voice_feature(res), t)
                 self.reasons["audio"] = res.reason
                 self.notes["audio"] = [n for n in res.info.get("notes", []) if "clipping" not in n]
                 if res.present and self.speaker_norm is not None and self.speaker_norm.speaker_share < 0.5:
-                    self.notes["audio"].append(f"voice: still learning this speaker ({100 * self.speaker_norm.speaker_share:.0f}% of "
+                    self.notes["audio"].append(f"still learning this speaker ({100 * self.speaker_norm.speaker_share:.0f}% of "
                                                "the voice statistics are theirs; the rest is the population's)")
                 stage["voice"] = 1000 * (time.perf_counter() - t1)
             return self.update(t, stage_ms=stage)
 
-    def _voice_feature(self, res, window: np.ndarray) -> np.ndarray:
+    def _voice_feature(self, res) -> np.ndarray:
         """What the voice models read: raw eGeMAPS, or (when the shipped models learned so) z-scores
         against this session's speaker statistics, which this window then updates if it is clean
         speech that no earlier update counted (see :mod:`mmdemo.speaker`)."""
         if self.speaker_norm is None:
             return res.feature
         z = self.speaker_norm.transform(res.feature)
-        why = SpeakerNorm.accept(res.info.get("speech_s", 0.0), clipped_share=clipped_share(window),
+        why = SpeakerNorm.accept(res.info.get("speech_s", 0.0), clipped_share=res.info.get("clipped_share", 1.0),
                                  new_audio_s=(self.samples_in - self.norm_updated_at) / SAMPLE_RATE, window_s=self.cfg.voice_window_s)
         if not why:
             self.speaker_norm.update(res.feature)

@@ -113,6 +113,7 @@ class VoiceEncoder(Encoder):
         if len(audio) < FRAME:
             return "no audio yet", info, probs
         clip = clipped_share(audio)
+        info["clipped_share"] = clip
         if clip > 0.005:
             info["notes"].append(f"the microphone is clipping ({100 * clip:.1f}% of samples at full scale)")
         if level < DIGITAL_SILENCE_DBFS:
