@@ -51,7 +51,7 @@ class PipelineConfig:
     voice_hop_s: float = 0.5  # recompute the voice features at most this often
     voice_ttl_s: float = 1.0  # voice features count this long after they were computed
     face_ttl_s: float = 0.5  # a face not seen for this long is absent
-    face_smooth_s: float = 0.35  # time constant of the face feature's moving average (0 = raw frames)
+    face_smooth_s: float = 0.5  # time constant of the face feature's moving average (about a 1 s window; 0 = raw frames)
     face_label_margin: float = 0.15  # the drawn expression changes only when another one leads by this much
     camera_timeout_s: float = 2.0  # no frame for this long: the camera is off
     speech_threshold: float = 0.5  # VAD probability that starts an utterance

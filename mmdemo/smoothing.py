@@ -22,7 +22,7 @@ import numpy as np
 
 
 class FeatureSmoother:
-    def __init__(self, tau_s: float = 0.35, gap_s: float = 0.5):
+    def __init__(self, tau_s: float = 0.5, gap_s: float = 0.5):
         if tau_s < 0 or gap_s <= 0:
             raise ValueError("tau_s must be >= 0 and gap_s > 0")
         self.tau_s = tau_s

@@ -132,22 +132,26 @@ class SpeakerNorm:
 
 
 def normalise_by_speaker(x: np.ndarray, speakers, prior: Prior, *, others: str | int = "all", seed: int = 0,
-                         max_others: int = 30, **norm_kw) -> np.ndarray:
+                         max_others: int = 30, pool: np.ndarray | None = None, **norm_kw) -> np.ndarray:
     """Each row of ``x`` (N, D) as z-scores against its speaker's statistics from the speaker's
     *other* rows fed through a :class:`SpeakerNorm`: ``others="all"`` (up to ``max_others``, a
     session that has heard enough), an int (that many), or ``"random"`` (0..max_others, uniformly:
-    training, so the model meets every stage of a session)."""
+    training, so the model meets every stage of a session). ``pool`` (N,) bool, when given, limits
+    the statistics to those rows (e.g. one emotion only: a session in one mood)."""
     x = np.asarray(x, np.float64)
     speakers = np.asarray(speakers)
     if len(x) != len(speakers):
         raise ValueError("one speaker per row")
+    usable = np.ones(len(x), bool) if pool is None else np.asarray(pool, bool)
+    if usable.shape != (len(x),):
+        raise ValueError("pool needs one bool per row")
     rng = np.random.default_rng(seed)
     out = np.empty(x.shape, np.float32)
     norm = SpeakerNorm(prior, **norm_kw)
     for spk in np.unique(speakers):
         rows = np.flatnonzero(speakers == spk)
         for i in rows:
-            pool = rows[rows != i]
+            pool = rows[(rows != i) & usable[rows]]
             if others == "all":
                 k = min(len(pool), max_others)
             elif others == "random":

@@ -87,11 +87,17 @@ def test_quick_benchmark_writes_tables_checkpoints_and_a_model_card(tmp_path):
         assert json.loads((ckpt / "fusion" / name / "metrics.json").read_text())["test"]["mae"] > 0
     # voice: every corpus held out once; the models read per-speaker z-scores or raw features, as recorded
     assert set(res["voice"]["loco"][res["voice"]["chosen"]]["corpora"]) == {"ravdess", "ased", "emospeech"}
+    tried = [v["config"] for v in res["voice"]["loco"].values()]
+    assert {c["norm"] for c in tried} == {"speaker", "none"} and {c["head"] for c in tried} == {"linear", "mlp"}  # both paths run
+    for v in res["voice"]["loco"].values():  # statistics from one mood, reported where the features use them
+        assert all(("test_one_class" in r) == (v["config"]["norm"] == "speaker") for r in v["corpora"].values())
+    assert set(res["voice"]["in_corpus"]) == {"ravdess", "ased", "emospeech"} and "what the features carry at best" in md
     assert (ckpt / "voice_features.json").exists() and "ASED" in card
     assert res["voice"]["espeak"] is None or len(res["voice"]["espeak"]) >= 3  # synthetic neutral speech read (espeak-ng installed)
     # face: trained on the photos and FER-2013, read on both test sets, also without fer's in-sample probabilities
-    assert "FER-2013 test images" in md and "without the CNN's probabilities" in md
-    assert res["face"]["train_items"]["fer2013"] > 0 and "without_fer_probabilities" in res["face"]["fer_test"]
+    assert "FER-2013 test images" in md and "CNN probabilities left out" in md and "*in-sample*" in md
+    assert res["face"]["train_items"]["fer2013"] > 0 and {"model", "model_with_fer_probabilities", "insample_head"} <= set(res["face"]["fer_test"])
+    assert set(res["face"]["valid_macro_f1"]) == {"photos", "fer2013"}  # chosen on both corpora's validation folds
     # the live pipeline runs on what the benchmark wrote
     engine = Engine(ckpt, device="cpu")
     assert (engine.voice_prior is not None) == (res["voice"]["features"] == "speaker_z")
@@ -103,8 +109,11 @@ def test_quick_benchmark_writes_tables_checkpoints_and_a_model_card(tmp_path):
         benchmark.main(["--data", str(SHARED), "--out", str(tmp_path / "other"), "--quick", "--quiet", "--device", "cpu",
                         "--reuse-words", str(out), "--finetune-layers", "1"])
     again = tmp_path / "again"
-    assert benchmark.main(["--data", str(SHARED), "--out", str(again), "--quick", "--quiet", "--device", "cpu", "--reuse-words", str(out)]) == 0
+    assert benchmark.main(["--data", str(SHARED), "--out", str(again), "--quick", "--quiet", "--device", "cpu", "--reuse-words", str(out),
+                           "--checkpoints", str(ckpt)]) == 0
     res2 = json.loads((again / "benchmark.json").read_text())
+    # the voice head it replaced is read on the same test speakers, beside the new one
+    assert set(res2["voice"]["before"]) == {"ravdess", "ased", "emospeech"} and "shipped before this run" in (again / "benchmark.md").read_text()
     assert res2["words"]["finetune"]["reused_from"] == str(out) and res2["words"]["mosi_only"]["runs"] == like["runs"]
     assert all((again / "words_oof" / f"fold{f}" / "encoder.safetensors").exists() for f in range(oof["folds"]))  # reusable in turn
 

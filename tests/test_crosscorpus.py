@@ -53,3 +53,69 @@ def test_voice_labels_map_emotions_to_three_classes(tmp_path):
     assert lab["a"].cls == 1 and lab["a"].target == pytest.approx(2.0)
     assert lab["b"].cls == 0 and lab["b"].target == 0.0  # calm is neutral, not positive
     assert lab["c"].cls == -1 and lab["c"].target == pytest.approx(-1.0) and lab["c"].split == "test"
+
+
+def test_selection_score_handles_missing_classes():
+    from mmdemo.crosscorpus import selection_score
+
+    cls = np.array([-1] * 10 + [1] * 10)  # no neutral clips
+    perfect = class_report(np.concatenate([np.full(10, -1.0), np.full(10, 1.0)]), cls)
+    assert perfect["mean"]["neutral"] is None
+    assert selection_score({"a": {"select": perfect}}) == pytest.approx(1.0)  # no neutral: no penalty, not a crash
+    only_pos = class_report(np.ones(5), np.ones(5, int))  # no negative clip: AUC and share cannot be measured
+    assert np.isnan(only_pos["auc_pos_neg"])
+    score = selection_score({"a": {"select": only_pos}})
+    assert np.isfinite(score) and score < selection_score({"a": {"select": perfect}})
+
+
+def _corpus(name, rng, shift, n_spk=6, per=12):
+    from mmdemo.crosscorpus import TARGET, Corpus
+
+    cls = np.tile(np.array([-1, 0, 1]), n_spk * per // 3)
+    spk = np.repeat([f"{name}{k}" for k in range(n_spk)], per)
+    base = rng.normal(0, 3, (n_spk, 6))[np.repeat(np.arange(n_spk), per)]  # each speaker's own baseline
+    x = base + shift + rng.normal(0, 0.3, (len(cls), 6))
+    x[:, 0] += 1.0 * cls  # the valence cue, the same in every corpus
+    split = np.where(np.repeat(np.arange(n_spk), per) < n_spk - 2, "train", np.where(np.repeat(np.arange(n_spk), per) == n_spk - 2, "valid", "test"))
+    return Corpus(name, x.astype(np.float32), cls, (TARGET * cls).astype(np.float32), spk, split, np.array([f"{name}-{i}" for i in range(len(cls))]))
+
+
+@pytest.mark.parametrize("head", ["linear", "mlp"])
+def test_leave_one_corpus_out_finds_a_shared_cue_under_speaker_and_corpus_shifts(head):
+    from mmdemo.crosscorpus import VoiceConfig, leave_one_corpus_out
+    from mmdemo.train import TrainConfig
+
+    rng = np.random.default_rng(0)
+    corpora = [_corpus(n, rng, s) for n, s in (("a", 0.0), ("b", 5.0), ("c", -4.0))]
+    tcfg = TrainConfig(epochs=30, patience=30, batch_size=64, lr=1e-2, modality_dropout=0.0)
+    res = leave_one_corpus_out(corpora, VoiceConfig("speaker", hidden=16, dropout=0.0, head=head), tcfg)
+    for name, r in res.items():
+        assert r["test"]["auc_pos_neg"] > 0.9, (name, r["test"])
+        assert r["test"]["order_ok"]
+        assert set(r["test_one_class"]) == {"negative", "neutral", "positive"}
+    # statistics from one mood shift the readings: a speaker heard only in positive clips reads
+    # every clip lower than one heard only in negative clips (the cost the one-class rows show)
+    for name, r in res.items():
+        one = r["test_one_class"]
+        assert one["positive"]["mean"]["neutral"] < one["negative"]["mean"]["neutral"], name
+
+
+def test_the_linear_head_is_a_head_not_a_fusion_method(tmp_path):
+    import torch
+
+    from mmdemo.checkpoint import load_fusion, save_fusion
+    from mmdemo.fusion import HEADS, create_fusion, list_fusions
+
+    assert "linear" in HEADS and "linear" not in list_fusions()
+    model = create_fusion("linear", dims={"audio": 4, "vision": 3})
+    x = {"audio": torch.randn(5, 4), "vision": torch.randn(5, 2, 3)}
+    present = {"audio": torch.tensor([True, True, False, True, True]), "vision": torch.ones(5, dtype=torch.bool)}
+    model.eval()
+    out = model(x, present)
+    assert out.prediction.shape == (5,) and out.weights is None
+    x2 = dict(x, audio=x["audio"].clone())
+    x2["audio"][2] += 100.0  # an absent modality's values are never read
+    assert torch.allclose(model(x2, present).prediction, out.prediction)
+    save_fusion(model, tmp_path / "m")
+    again = load_fusion(tmp_path / "m")
+    assert torch.allclose(again(x, present).prediction, out.prediction)

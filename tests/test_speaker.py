@@ -136,3 +136,17 @@ def test_prior_round_trip_and_bad_priors(prior):
         SpeakerNorm(prior).transform(np.zeros(D + 1))  # a feature of another length
     with pytest.raises(ValueError):
         SpeakerNorm(prior, prior_weight=100, max_windows=60)
+
+
+def test_statistics_can_be_limited_to_a_pool_of_clips(prior):
+    rng = np.random.default_rng(7)
+    x = speaker(rng, 12, 0.0)
+    x[6:] += 2.0  # the speaker's second half sounds different (another mood)
+    spk = np.array(["a"] * 12)
+    low = normalise_by_speaker(x, spk, prior, others="all", pool=np.arange(12) < 6)
+    high = normalise_by_speaker(x, spk, prior, others="all", pool=np.arange(12) >= 6)
+    assert np.all(low.mean(axis=1) > high.mean(axis=1))  # statistics from the higher clips read every clip lower
+    alone = normalise_by_speaker(x, spk, prior, others="all", pool=np.zeros(12, bool))
+    np.testing.assert_allclose(alone, normalise_by_speaker(x, spk, prior, others=0), rtol=1e-6)  # no pool: the prior
+    with pytest.raises(ValueError):
+        normalise_by_speaker(x, spk, prior, pool=np.ones(3, bool))

@@ -67,15 +67,35 @@ def register(name: str):
     return wrap
 
 
+# Single-modality heads that are not fusion methods (the UI, the CLI's method list and the fusion
+# tests never see them) but load and train like one: a unimodal reading ships as a checkpoint the
+# same way.
+HEADS: dict[str, type[Fusion]] = {}
+
+
+def register_head(name: str):
+    """Class decorator: put a :class:`Fusion` subclass among the unimodal heads under ``name``."""
+
+    def wrap(cls: type[Fusion]) -> type[Fusion]:
+        if name in FUSIONS or name in HEADS:
+            raise ValueError(f"{name!r} is registered twice")
+        cls.name = name
+        HEADS[name] = cls
+        return cls
+
+    return wrap
+
+
 def list_fusions() -> list[str]:
     return list(FUSIONS)
 
 
 def create_fusion(name: str, *, dims: dict[str, int], cfg: FusionConfig | None = None) -> Fusion:
-    """Build a registered method. Unknown names raise a ``KeyError`` that lists the choices."""
-    if name not in FUSIONS:
+    """Build a registered method (or unimodal head). Unknown names raise a ``KeyError`` that lists the choices."""
+    cls = FUSIONS.get(name) or HEADS.get(name)
+    if cls is None:
         raise KeyError(f"unknown fusion {name!r}; choose one of: {', '.join(FUSIONS)}")
-    return FUSIONS[name](dims=dims, cfg=cfg or FusionConfig())
+    return cls(dims=dims, cfg=cfg or FusionConfig())
 
 
 # ----------------------------------------------------------------------------- small helpers
