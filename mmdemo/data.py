@@ -10,7 +10,9 @@ The processed CMU-MOSI/MOSEI pickles of the MulT and MMSA releases (per split: '
 'vision', 'labels' or 'regression_labels', 'id', optional 'raw_text', 'audio_lengths',
 'vision_lengths', 'text_bert') load directly with :func:`load_dataset` or
 :meth:`FeatureDataset.from_mosi_pickle`; their padding becomes step masks, so it is never read as
-data (see :func:`step_masks_from_pickle`).
+data (see :func:`step_masks_from_pickle`). A folder with ``labels.csv`` and one ``<modality>.npy``
+per modality (``../shared/data/cmu-mosi-trimodal-features/``) loads with
+:meth:`FeatureDataset.from_folder`.
 """
 
 from __future__ import annotations
@@ -159,6 +161,57 @@ class FeatureDataset:
             return cls(splits, json.loads(str(z["meta"])))
 
     @classmethod
+    def from_folder(cls, folder: str | Path) -> FeatureDataset:
+        """A folder of row-aligned arrays: ``labels.csv`` (``clip_id``, ``label``, ``split`` and
+        optionally ``text``, ``video_id``) and one ``<modality>.npy`` (N, D) per modality, row i of
+        each array being row i of the CSV (``../shared/data/cmu-mosi-trimodal-features/``). The split
+        is the one the CSV gives. A row whose features are not finite is an error (never silently
+        zeroed); an all-zero row counts as that modality missing."""
+        import csv
+
+        folder = Path(folder)
+        csv_path = folder / "labels.csv"
+        if not csv_path.exists():
+            raise FileNotFoundError(f"{folder}: no labels.csv (a feature folder needs labels.csv and <modality>.npy files)")
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        if not rows:
+            raise ValueError(f"{csv_path}: no rows")
+        missing = {"clip_id", "label", "split"} - set(rows[0])
+        if missing:
+            raise ValueError(f"{csv_path}: missing column(s) {sorted(missing)}")
+        arrays = {}
+        for m in ("text", "audio", "vision"):
+            f = folder / f"{m}.npy"
+            if f.exists():
+                x = np.load(f, allow_pickle=False)
+                if x.ndim not in (2, 3) or len(x) != len(rows):
+                    raise ValueError(f"{f}: shape {x.shape}, expected ({len(rows)}, D) rows aligned with labels.csv")
+                bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+                if bad.any():
+                    raise ValueError(f"{f}: {int(bad.sum())} row(s) with NaN or inf (first: {rows[int(np.argmax(bad))]['clip_id']})")
+                arrays[m] = x.astype(np.float32)
+        if not arrays:
+            raise ValueError(f"{folder}: no text.npy, audio.npy or vision.npy")
+        try:
+            labels = np.array([float(r["label"]) for r in rows], np.float32)
+        except ValueError as err:
+            raise ValueError(f"{csv_path}: a label is not a number ({err})") from None
+        split = np.array([r["split"].strip() for r in rows])
+        unknown = set(split) - set(SPLITS)
+        if unknown:
+            raise ValueError(f"{csv_path}: unknown split value(s) {sorted(unknown)}; use {', '.join(SPLITS)}")
+        ids = np.array([r["clip_id"] for r in rows])
+        text = np.array([r.get("text") or "" for r in rows])
+        splits = {}
+        for name in SPLITS:
+            k = split == name
+            splits[name] = Split(feats={m: x[k] for m, x in arrays.items()},
+                                 present={m: np.abs(x[k].reshape(int(k.sum()), -1)).sum(axis=1) > 0 for m, x in arrays.items()},
+                                 labels=labels[k], ids=ids[k], text=text[k])
+        return cls(splits, {"source": folder.name, "videos": len({r.get("video_id", "") for r in rows})})
+
+    @classmethod
     def from_mosi_pickle(cls, path: str | Path) -> FeatureDataset:
         """The processed CMU-MOSI/MOSEI pickle of the MulT / MMSA releases.
 
@@ -236,10 +289,13 @@ def _id_str(i) -> str:
 
 
 def load_dataset(path: str | Path) -> FeatureDataset:
-    """A feature-dataset ``.npz`` or a MulT/MMSA ``.pkl``."""
+    """A feature-dataset ``.npz``, a MulT/MMSA ``.pkl``, or a folder of row-aligned arrays
+    (:meth:`FeatureDataset.from_folder`)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such dataset file: {path}")
+    if path.is_dir():
+        return FeatureDataset.from_folder(path)
     if path.suffix in (".pkl", ".pickle"):
         return FeatureDataset.from_mosi_pickle(path)
     return FeatureDataset.load(path)

@@ -1,0 +1,132 @@
+"""The loader of row-aligned feature folders and the real-paired-data benchmark (mmdemo.trimodal)."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mmdemo import trimodal
+from mmdemo.data import FeatureDataset, load_dataset
+from mmdemo.fusion import FusionConfig
+from mmdemo.train import TrainConfig
+from mmdemo.train import main as train_main
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "cmu-mosi-trimodal-features"
+
+
+def make_folder(folder: Path, n: int = 240, seed: int = 0, *, dims=None) -> Path:
+    """A small folder in the layout of cmu-mosi-trimodal-features: words carry the label, voice a
+    little of it, face nothing."""
+    dims = dims or {"text": 12, "audio": 7, "vision": 9}
+    rng = np.random.default_rng(seed)
+    y = np.clip(rng.normal(0, 1.4, n), -3, 3)
+    folder.mkdir(parents=True, exist_ok=True)
+    x = {m: rng.normal(0, 1, (n, d)).astype(np.float32) for m, d in dims.items()}
+    x["text"][:, 0] += y
+    x["audio"][:, 0] += 0.3 * y
+    for m, a in x.items():
+        np.save(folder / f"{m}.npy", a)
+    videos = np.arange(n) // 8
+    split = np.where(videos % 5 == 0, "test", np.where(videos % 5 == 1, "valid", "train"))
+    with open(folder / "labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["clip_id", "video_id", "label", "split", "text"])
+        for i in range(n):
+            w.writerow([f"v{videos[i]}_{i}", f"v{videos[i]}", f"{y[i]:.4f}", split[i], f"segment {i}"])
+    return folder
+
+
+def test_a_feature_folder_loads_with_its_own_split(tmp_path):
+    folder = make_folder(tmp_path / "f")
+    a = np.load(folder / "audio.npy")
+    a[3] = 0.0  # an all-zero row: that modality is missing there
+    np.save(folder / "audio.npy", a)
+    ds = load_dataset(folder)
+    assert isinstance(ds, FeatureDataset) and ds.dims == {"text": 12, "audio": 7, "vision": 9}
+    rows = list(csv.DictReader(open(folder / "labels.csv")))
+    for s in ("train", "valid", "test"):
+        want = [r["clip_id"] for r in rows if r["split"] == s]
+        assert list(ds.splits[s].ids) == want  # the CSV's split and order, row i of every array = row i of the CSV
+    i = [r["clip_id"] for r in rows].index(rows[3]["clip_id"])
+    sp = ds.splits[rows[i]["split"]]
+    k = list(sp.ids).index(rows[i]["clip_id"])
+    assert not sp.present["audio"][k] and sp.present["text"][k]
+    np.testing.assert_allclose(sp.feats["text"][k], np.load(folder / "text.npy")[i])
+    assert float(sp.labels[k]) == pytest.approx(float(rows[i]["label"]), abs=1e-4)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda f: np.save(f / "text.npy", np.load(f / "text.npy")[:-1]), "rows aligned"),
+    (lambda f: np.save(f / "vision.npy", np.where(np.arange(240)[:, None] == 5, np.nan, np.load(f / "vision.npy"))), "NaN"),
+    (lambda f: (f / "labels.csv").write_text((f / "labels.csv").read_text().replace(",valid,", ",dev,")), "unknown split"),
+    (lambda f: (f / "labels.csv").unlink(), "labels.csv"),
+    (lambda f: [(f / f"{m}.npy").unlink() for m in ("text", "audio", "vision")], "no text.npy"),
+    (lambda f: (f / "labels.csv").write_text("clip_id,label\na,1\n"), "split"),
+])
+def test_a_broken_feature_folder_says_what_is_wrong(tmp_path, damage, message):
+    folder = make_folder(tmp_path / "f")
+    damage(folder)
+    with pytest.raises((ValueError, OSError), match=message):
+        load_dataset(folder)
+
+
+def test_the_train_cli_reads_a_feature_folder(tmp_path, capsys):
+    folder = make_folder(tmp_path / "f")
+    assert train_main(["--fusion", "concat", "--data", str(folder), "--out", str(tmp_path / "runs"), "--epochs", "3", "--quiet"]) == 0
+    assert (tmp_path / "runs" / "concat" / "config.json").exists() and "1" in capsys.readouterr().out
+
+
+def test_configurations_start_with_the_defaults_and_never_repeat():
+    cs = trimodal.configurations(12, seed=0)
+    assert len(cs) == 12 and cs[0]["hidden"] == FusionConfig().hidden and cs[0]["lr"] == TrainConfig().lr
+    assert len({json.dumps(c, sort_keys=True) for c in cs}) == 12
+    assert all(c[k] in v for c in cs[1:] for k, v in trimodal.SEARCH.items())
+    assert trimodal.configurations(12, seed=0) == cs  # the same search every run
+
+
+def test_the_benchmark_chooses_on_valid_and_reports_seeds_ablations_and_readings(tmp_path, monkeypatch):
+    folder = make_folder(tmp_path / "f", n=320)
+    read = []
+    real_run_job = trimodal.run_job
+
+    def spy(job):
+        read.append(job)
+        return real_run_job(job)
+
+    monkeypatch.setattr(trimodal, "run_job", spy)
+    out = tmp_path / "out"
+    assert trimodal.main(["--data", str(folder), "--out", str(out), "--methods", "concat,weighted", "--search", "3",
+                          "--select-seeds", "1", "--seeds", "1,2", "--epochs", "30", "--workers", "1", "--quiet"]) == 0
+    res = json.loads((out / "trimodal.json").read_text())
+    md = (out / "trimodal.md").read_text()
+    search = [j for j in read if not j.test]
+    assert len(search) == 2 * 3 and all(not j.readings for j in search)  # the search never reads the test fold
+    for m in ("concat", "weighted"):
+        r = res["methods"][m]
+        best_valid = min(x["valid_mae"] for x in r["search"])
+        assert [x for x in r["search"] if x["config"] == r["config"]][0]["valid_mae"] == best_valid  # chosen on valid
+        assert len(r["runs"]) == 2 and {"mae", "corr", "acc2_non0"} <= set(r["chosen"])
+        assert set(r["chosen"]["abs_shapley"]) == {"text", "audio", "vision"}
+    # words carry the label here, face nothing: the readings and the ablations must say so
+    w = res["methods"]["weighted"]["chosen"]
+    assert w["abs_shapley"]["text"] > w["abs_shapley"]["vision"] and w["weights"]["text"] > w["weights"]["vision"]
+    ab = res["ablations"]
+    assert set(ab) == {"text", "audio", "vision", "text+audio", "text+vision", "audio+vision"}
+    assert ab["text"]["mae"][0] < ab["vision"]["mae"][0] and ab["text"]["corr"][0] > 0.5
+    best = res["methods"][res["best"]]["chosen"]
+    assert best["corr"][0] > 0.5 and best["mae"][0] < res["mean_baseline"]["mae"]
+    for section in ("beside MMSA", "Ablations", "What each method says", "Chosen configurations", "reference, not this run"):
+        assert section in md
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (REAL / "labels.csv").exists(), reason="../shared/data/cmu-mosi-trimodal-features not present")
+def test_quick_benchmark_on_the_real_folder(tmp_path):
+    out = tmp_path / "out"
+    assert trimodal.main(["--data", str(REAL), "--out", str(out), "--quick", "--methods", "concat,weighted,tensor", "--quiet"]) == 0
+    res = json.loads((out / "trimodal.json").read_text())
+    assert res["data"].startswith("1206/241/752")  # the release's split, as given
+    assert set(res["targets"]) == {"concat", "weighted", "tensor", "best"} and res["targets"]["tensor"]["peer"] == "TFN"
+    assert "Quick run" in (out / "trimodal.md").read_text()
