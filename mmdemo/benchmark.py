@@ -167,7 +167,6 @@ def fit_balanced(parts: dict[str, FeatureDataset], grid: list[FusionConfig], tcf
     valid rows repeated), the configuration chosen by the mean over the corpora of the polarity
     macro-F1 on their validation folds. Returns (model, config, per-corpus valid macro-F1, the
     combined training dataset)."""
-    m = next(iter(parts.values())).modalities[0]
     largest = max(len(d.splits["train"]) for d in parts.values())
     ds = concat(*[repeated(d, max(1, round(largest / len(d.splits["train"])))) for d in parts.values()])
     best = None
@@ -182,7 +181,6 @@ def fit_balanced(parts: dict[str, FeatureDataset], grid: list[FusionConfig], tcf
                  ", ".join(f"{k} {100 * v:.1f}" for k, v in valid.items()), res.epochs_run)
         if best is None or score > best[0]:
             best = (score, model, fcfg, valid)
-    assert m in ds.modalities
     return best[1], best[2], best[3], ds
 
 

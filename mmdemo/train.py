@@ -129,6 +129,7 @@ def fit(model: Fusion, data: FeatureDataset, cfg: TrainConfig = TrainConfig(), *
     train = Batches(data.splits["train"], model.modalities, device)
     valid = Batches(data.splits["valid"], model.modalities, device)
     opt = adam(model.param_groups(lr=cfg.lr, weight_decay=cfg.weight_decay))
+    params = [p for p in model.parameters() if p.requires_grad]  # listed once: walking the modules every step is not free
     best, best_state, best_epoch, stale = float("inf"), None, 0, 0
     history = []
     start = time.perf_counter()
@@ -148,7 +149,7 @@ def fit(model: Fusion, data: FeatureDataset, cfg: TrainConfig = TrainConfig(), *
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
             total += float(loss.detach()) * len(idx)
             count += len(idx)

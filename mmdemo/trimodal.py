@@ -16,6 +16,10 @@ researchers use today (MMSA).
 4. **What the methods say about the modalities:** mean |Shapley| per modality on the test fold for
    every method, ``weighted``'s learned θ and ``attention``'s mean weights (over seeds).
 
+The MMSA rows are the data folder's own measurements (same file, MMSA's defaults, seeds
+1111-1115). Speed ratios use MMSA timed on this machine by ``bench/mmsa_reference.py`` (run in a
+separate environment) when its result file exists, and say so when they cannot.
+
 Writes ``trimodal.md`` and ``trimodal.json`` under ``--out``. The models trained here read the
 release's features (text-CNN, openSMILE, 3D-CNN), not the live encoders' features: they are a
 benchmark of the fusion methods and are not shipped to the app. Runs take their jobs in
@@ -64,6 +68,7 @@ MMSA = {
     "MFN": {"mae": (0.938, 0.016), "corr": (0.612, 0.005), "acc2_has0": 0.757, "acc2_non0": 0.770, "acc7": 0.320, "s_per_epoch": 0.87},
     "LMF": {"mae": (0.954, 0.007), "corr": (0.611, 0.003), "acc2_has0": 0.750, "acc2_non0": 0.767, "acc7": 0.311, "s_per_epoch": 0.54},
 }
+MMSA_HERE = Path(__file__).resolve().parents[1] / "bench" / "results" / "mmsa_reference.json"  # bench/mmsa_reference.py
 COUNTERPART = {"tensor": "TFN", "low_rank": "LMF", "late": "LF-DNN", "concat": "LF-DNN"}  # the others: the best MMSA row
 PUBLISHED = "bc-LSTM (Poria et al., ACL 2017) with these features: about 80% binary accuracy for text + audio + video, with context from the neighbouring utterances of the same video (this benchmark uses none)"
 NAMES = {"text": "words", "audio": "voice", "vision": "face"}
@@ -220,7 +225,15 @@ def run(args) -> dict:
     ablations = {"+".join(s): summary(out[i * len(seeds):(i + 1) * len(seeds)]) for i, s in enumerate(subsets)}
     env = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "workers": args.workers, "torch_threads_per_worker": 1,
            "seconds": time.perf_counter() - t0, "date": time.strftime("%Y-%m-%d")}
-    return {"data": ds.describe(), "source": Path(data).name, "seeds": list(seeds), "select_seeds": list(range(args.select_seeds)),
+    here = None
+    if args.mmsa and Path(args.mmsa).exists():  # MMSA timed on this machine by bench/mmsa_reference.py
+        ref = json.loads(Path(args.mmsa).read_text())
+        here = {"env": ref["env"], "models": {n: {"s_per_epoch": float(np.mean([r["s_per_epoch"] for r in rs])),
+                                                  "mae": float(np.mean([r["test"]["MAE"] for r in rs])),
+                                                  "corr": float(np.mean([r["test"]["Corr"] for r in rs])),
+                                                  "epochs": float(np.mean([r["epochs"] for r in rs])), "seeds": [r["seed"] for r in rs]}
+                                              for n, rs in ref["models"].items()}}
+    return {"mmsa_here": here, "data": ds.describe(), "source": Path(data).name, "seeds": list(seeds), "select_seeds": list(range(args.select_seeds)),
             "search_space": SEARCH, "configurations": len(configs), "max_epochs": args.epochs, "methods": results, "best": best,
             "ablations": ablations, "mean_baseline": mean_baseline(ds), "mmsa": MMSA, "env": env, "quick": args.quick}
 
@@ -238,8 +251,9 @@ def targets(res: dict) -> dict:
     for m, r in res["methods"].items():
         peer = COUNTERPART.get(m, best_row)
         c = r["chosen"]
+        here = (res.get("mmsa_here") or {}).get("models", {}).get(peer)
         out[m] = {"peer": peer, "mae_ok": c["mae"][0] <= MMSA[peer]["mae"][0], "corr_ok": c["corr"][0] >= MMSA[peer]["corr"][0],
-                  "speedup": MMSA[peer]["s_per_epoch"] / c["s_per_epoch"]}
+                  "speedup": (here or MMSA[peer])["s_per_epoch"] / c["s_per_epoch"], "speed_measured_here": here is not None}
     b = res["methods"][res["best"]]["chosen"]
     out["best"] = {"mae_0.88": b["mae"][0] <= 0.88, "corr_0.66": b["corr"][0] >= 0.66, "acc2_non0_80": b["acc2_non0"][0] >= 0.80}
     return out
@@ -273,14 +287,24 @@ def markdown(res: dict) -> str:
     mb = res["mean_baseline"]
     md += [f"| predict the train mean | {mb['mae']:.3f} | - | {100 * mb['acc2_has0']:.1f} | {100 * mb['acc2_non0']:.1f} | - | {100 * mb['acc7']:.1f} | - | - |", "",
            "MMSA rows: measured on this file with MMSA's own default configurations (features fed as sequences of length 1), seeds "
-           "1111-1115, on another machine of the same kind (`../shared/data/cmu-mosi-trimodal-features/README.md`); machines of this "
-           "kind differ 2-3x in speed, so the speed ratios below are indicative, not measured in one run. MMSA's MulT and "
+           "1111-1115, on another machine of the same kind (`../shared/data/cmu-mosi-trimodal-features/README.md`). MMSA's MulT and "
            "EF-LSTM could not run on vectors; every mmdemo method runs on vectors and on sequences. "
-           f"Published context: {PUBLISHED}.", "",
-           "| method | compared with | mean MAE at or below | mean Corr at or above | s/epoch ratio (MMSA / mmdemo) |", "|---|---|---|---|---|"]
+           f"Published context: {PUBLISHED}.", ""]
+    here = res.get("mmsa_here")
+    if here:
+        e = here["env"]
+        md += [f"MMSA timed on this machine (`bench/mmsa_reference.py`, MMSA {e['mmsa']}, torch {e['torch']}, one thread, {e['date']}; "
+               "seeds " + ", ".join(str(s) for s in next(iter(here["models"].values()))["seeds"]) + "): "
+               + "; ".join(f"{n} {v['s_per_epoch']:.3f} s/epoch (MAE {v['mae']:.3f}, Corr {v['corr']:.3f}, {v['epochs']:.0f} epochs)"
+                           for n, v in here["models"].items()) + ". The speed ratios below use these.", ""]
+    else:
+        md += ["MMSA was not timed on this machine (`bench/mmsa_reference.py` not run): the speed ratios below divide the data "
+               "README's s/epoch by this run's, across machines that differ 2-3x in speed: indicative only.", ""]
+    md += ["| method | compared with | mean MAE at or below | mean Corr at or above | s/epoch ratio (MMSA / mmdemo) |", "|---|---|---|---|---|"]
     for m in res["methods"]:
         t = tg[m]
-        md.append(f"| `{m}` | MMSA {t['peer']} | {'✓' if t['mae_ok'] else '✗'} | {'✓' if t['corr_ok'] else '✗'} | {t['speedup']:.1f}x |")
+        md.append(f"| `{m}` | MMSA {t['peer']} | {'✓' if t['mae_ok'] else '✗'} | {'✓' if t['corr_ok'] else '✗'} | "
+                  f"{t['speedup']:.1f}x{'' if t['speed_measured_here'] else ' (across machines)'} |")
     b = tg["best"]
     md += ["", f"Best method on valid: `{res['best']}`. Targets for it: MAE ≤ 0.88 {'✓' if b['mae_0.88'] else '✗'}, Corr ≥ 0.66 "
            f"{'✓' if b['corr_0.66'] else '✗'}, Acc-2 non-0 ≥ 80 {'✓' if b['acc2_non0_80'] else '✗'}.", "",
@@ -321,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=MAX_EPOCHS, help="most epochs per run (early stopping on valid MAE)")
     ap.add_argument("--methods", default="", help="comma list (default: every registered method)")
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="runs at a time (one process, one thread each)")
+    ap.add_argument("--mmsa", default=str(MMSA_HERE), help="MMSA timed on this machine by bench/mmsa_reference.py (used when the file exists)")
     ap.add_argument("--quick", action="store_true", help="2 configurations, 1 selection seed, 2 seeds, 3 epochs (CI)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
