@@ -315,6 +315,18 @@ def markdown(res: dict) -> str:
     md.append(row("words + voice + face", res["methods"][res["best"]]["chosen"]))
     for k, s in sorted(res["ablations"].items(), key=lambda kv: kv[1]["mae"][0]):
         md.append(row(" + ".join(NAMES.get(m, m) for m in k.split("+")), s))
+    full = res["methods"][res["best"]]["chosen"]
+    top, top_s = min(res["ablations"].items(), key=lambda kv: kv[1]["mae"][0])
+    if top_s["mae"][0] < full["mae"][0]:
+        md += ["", f"Fewer modalities do better here: {' + '.join(NAMES.get(m, m) for m in top.split('+'))} alone scores MAE "
+               f"{top_s['mae'][0]:.3f} (Corr {top_s['corr'][0]:.3f}) against {full['mae'][0]:.3f} ({full['corr'][0]:.3f}) with all three."]
+    else:
+        md += ["", f"All three modalities do best: MAE {full['mae'][0]:.3f} against {top_s['mae'][0]:.3f} for the best subset ({top})."]
+    valid = np.mean([r["chosen"]["valid_mae"] for r in res["methods"].values()])
+    test = np.mean([r["chosen"]["mae"][0] for r in res["methods"].values()])
+    md += ["", f"Valid vs test: the chosen configurations average valid MAE {valid:.3f} and test MAE {test:.3f}. In this release the "
+           "text-CNN and 3D-CNN extractors were trained on the train videos, which include the valid fold, so valid features are "
+           "in-sample for them: a choice on valid favours configurations that trust the features most."]
     mods = list(next(iter(res["methods"].values()))["chosen"]["abs_shapley"])
     md += ["", "### What each method says about the modalities (test fold, mean over seeds)", "",
            "Mean |Shapley| per modality (exact, over the three modalities), and the method's own weights where it has them "
