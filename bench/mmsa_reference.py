@@ -97,6 +97,8 @@ def run_model(name: str, features: Path, seeds: list[int], work: Path) -> list[d
         model.load_state_dict(torch.load(args["model_save_path"]))
         test = trainer.do_test(model, loader["test"], mode="TEST")
         logging.getLogger("MMSA").removeHandler(counter)
+        if counter.epochs == 0:
+            raise SystemExit(f"{name}: no per-epoch log line of MMSA was seen (its wording changed?): cannot time an epoch")
         out.append({"seed": seed, "test": {k: float(v) for k, v in test.items()}, "epochs": counter.epochs, "train_seconds": seconds,
                     "s_per_epoch": seconds / max(counter.epochs, 1), "batch_size": int(args.get("batch_size", 0))})
         print(f"{NAMES[name]} seed {seed}: MAE {test['MAE']:.3f} Corr {test['Corr']:.3f}, {counter.epochs} epochs, "

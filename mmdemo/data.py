@@ -185,8 +185,9 @@ class FeatureDataset:
             f = folder / f"{m}.npy"
             if f.exists():
                 x = np.load(f, allow_pickle=False)
-                if x.ndim not in (2, 3) or len(x) != len(rows):
-                    raise ValueError(f"{f}: shape {x.shape}, expected ({len(rows)}, D) rows aligned with labels.csv")
+                if x.ndim != 2 or len(x) != len(rows):
+                    raise ValueError(f"{f}: shape {x.shape}, expected ({len(rows)}, D) rows aligned with labels.csv "
+                                     "(one vector per row; sequences go in a .npz with step masks)")
                 bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
                 if bad.any():
                     raise ValueError(f"{f}: {int(bad.sum())} row(s) with NaN or inf (first: {rows[int(np.argmax(bad))]['clip_id']})")
@@ -197,19 +198,27 @@ class FeatureDataset:
             labels = np.array([float(r["label"]) for r in rows], np.float32)
         except ValueError as err:
             raise ValueError(f"{csv_path}: a label is not a number ({err})") from None
+        if not np.isfinite(labels).all():
+            raise ValueError(f"{csv_path}: label of {rows[int(np.argmax(~np.isfinite(labels)))]['clip_id']} is not finite")
         split = np.array([r["split"].strip() for r in rows])
         unknown = set(split) - set(SPLITS)
         if unknown:
             raise ValueError(f"{csv_path}: unknown split value(s) {sorted(unknown)}; use {', '.join(SPLITS)}")
         ids = np.array([r["clip_id"] for r in rows])
+        if len(set(ids)) != len(ids):
+            dup = next(i for i in ids if (ids == i).sum() > 1)
+            raise ValueError(f"{csv_path}: clip_id {dup!r} appears more than once")
         text = np.array([r.get("text") or "" for r in rows])
         splits = {}
         for name in SPLITS:
             k = split == name
             splits[name] = Split(feats={m: x[k] for m, x in arrays.items()},
-                                 present={m: np.abs(x[k].reshape(int(k.sum()), -1)).sum(axis=1) > 0 for m, x in arrays.items()},
+                                 present={m: np.abs(x[k]).sum(axis=1) > 0 for m, x in arrays.items()},
                                  labels=labels[k], ids=ids[k], text=text[k])
-        return cls(splits, {"source": folder.name, "videos": len({r.get("video_id", "") for r in rows})})
+        meta = {"source": folder.name}
+        if "video_id" in rows[0]:
+            meta["videos"] = len({r["video_id"] for r in rows})
+        return cls(splits, meta)
 
     @classmethod
     def from_mosi_pickle(cls, path: str | Path) -> FeatureDataset:

@@ -10,7 +10,8 @@ researchers use today (MMSA).
    ``--select-seeds`` seeds; the lowest mean valid MAE wins. The test fold is never read here.
 2. **Report.** Each method's chosen configuration and its default configuration, trained with the
    ``--seeds`` seeds (1111-1115 by default, MMSA's): mean ± std of the test metrics, seconds per
-   epoch (training + the valid pass of early stopping), epochs run.
+   epoch (training + the valid pass of early stopping), epochs run, mean valid MAE. The best method
+   is the one with the lowest mean valid MAE over these seeds.
 3. **Ablations.** The method with the lowest mean valid MAE, its chosen configuration, on each
    modality alone and on each pair (same seeds): does fusion beat words alone on real data?
 4. **What the methods say about the modalities:** mean |Shapley| per modality on the test fold for
@@ -110,7 +111,7 @@ def subset(ds: FeatureDataset, modalities: tuple[str, ...]) -> FeatureDataset:
     from .data import Split
 
     return FeatureDataset({s: Split(feats={m: sp.feats[m] for m in modalities}, present={m: sp.present[m] for m in modalities},
-                                    labels=sp.labels, ids=sp.ids, text=sp.text)
+                                    labels=sp.labels, ids=sp.ids, text=sp.text, steps={m: st for m, st in sp.steps.items() if m in modalities})
                            for s, sp in ds.splits.items()}, dict(ds.meta))
 
 
@@ -156,8 +157,14 @@ def run_all(jobs: list[Job], data: str, workers: int, desc: str, progress: bool)
     from tqdm.auto import tqdm
 
     if workers <= 1:
-        _init(data)
-        return [run_job(j) for j in tqdm(jobs, desc=desc, disable=not progress)]
+        import torch
+
+        threads = torch.get_num_threads()
+        try:
+            _init(data)
+            return [run_job(j) for j in tqdm(jobs, desc=desc, disable=not progress)]
+        finally:
+            torch.set_num_threads(threads)  # the caller's process keeps its own setting
     import multiprocessing as mp
 
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init, initargs=(data,)) as ex:
@@ -211,7 +218,7 @@ def run(args) -> dict:
             for s in seeds:
                 jobs.append(Job(m, mods, *split_config(c, epochs=args.epochs, seed=s), seed=s, test=True, readings=label == "chosen"))
                 keys.append((m, label))
-    out = run_all(jobs, data, args.workers, "reported runs (5 seeds)", not args.quiet)
+    out = run_all(jobs, data, args.workers, f"reported runs ({len(seeds)} seeds)", not args.quiet)
     runs: dict = {m: {"chosen": [], "default": []} for m in methods}
     for (m, label), r in zip(keys, out):
         runs[m][label].append(r)
@@ -262,19 +269,20 @@ def targets(res: dict) -> dict:
 def markdown(res: dict) -> str:
     tg = targets(res)
     seeds = ", ".join(map(str, res["seeds"]))
-    head = "| | MAE | Corr | Acc-2 has-0 | Acc-2 non-0 | F1 non-0 | Acc-7 | s/epoch | epochs |"
-    sep = "|---|---|---|---|---|---|---|---|---|"
+    head = "| | MAE | Corr | Acc-2 has-0 | Acc-2 non-0 | F1 non-0 | Acc-7 | s/epoch | epochs | valid MAE |"
+    sep = "|---|---|---|---|---|---|---|---|---|---|"
 
     def row(name: str, s: dict) -> str:
         return (f"| {name} | {_pm(s, 'mae')} | {_pm(s, 'corr')} | {_pm(s, 'acc2_has0', True)} | {_pm(s, 'acc2_non0', True)} | "
-                f"{_pm(s, 'f1_non0', True)} | {_pm(s, 'acc7', True)} | {s['s_per_epoch']:.3f} | {s['epochs']:.0f} |")
+                f"{_pm(s, 'f1_non0', True)} | {_pm(s, 'acc7', True)} | {s['s_per_epoch']:.3f} | {s['epochs']:.0f} | {s['valid_mae']:.3f} |")
 
     md = ["## Fusion on real paired data: CMU-MOSI with words, voice and face features of the same moment", "",
           f"`python -m mmdemo.trimodal --data ../shared/data/cmu-mosi-trimodal-features --out results/` ({res['data']}; the "
           "release's speaker-independent split, valid = every 6th train video). Mean ± std over seeds "
-          f"{seeds} on the test fold; every configuration chosen on the valid fold alone ({res['configurations']} configurations "
+          f"{seeds} on the test fold (std over seeds with ddof 0, as MMSA computes it); every configuration chosen on the valid fold alone ({res['configurations']} configurations "
           f"per method, the defaults first, each trained with {len(res['select_seeds'])} seed(s); up to {res['max_epochs']} epochs, "
-          "early stopping on valid MAE). s/epoch: one training epoch and the valid pass, one CPU thread per run "
+          "early stopping on valid MAE); the best method is the one with the lowest mean valid MAE over the reported seeds (last "
+          "column). s/epoch: one training epoch and the valid pass, one CPU thread per run "
           f"({res['env']['workers']} runs at a time on {res['env']['cpus']} cores, {res['env']['machine']}, {res['env']['date']}).", ""]
     if res.get("quick"):
         md += ["**Quick run (CI): a handful of configurations and seeds, few epochs. The numbers say nothing about the methods.**", ""]
@@ -283,9 +291,9 @@ def markdown(res: dict) -> str:
         md.append(row(f"mmdemo `{m}`{' (best on valid)' if m == res['best'] else ''}", res["methods"][m]["chosen"]))
     for name, r in MMSA.items():
         md.append(f"| MMSA {name} (*reference, not this run*) | {r['mae'][0]:.3f} ± {r['mae'][1]:.3f} | {r['corr'][0]:.3f} ± {r['corr'][1]:.3f} | "
-                  f"{100 * r['acc2_has0']:.1f} | {100 * r['acc2_non0']:.1f} | - | {100 * r['acc7']:.1f} | {r['s_per_epoch']:.2f} | - |")
+                  f"{100 * r['acc2_has0']:.1f} | {100 * r['acc2_non0']:.1f} | - | {100 * r['acc7']:.1f} | {r['s_per_epoch']:.2f} | - | - |")
     mb = res["mean_baseline"]
-    md += [f"| predict the train mean | {mb['mae']:.3f} | - | {100 * mb['acc2_has0']:.1f} | {100 * mb['acc2_non0']:.1f} | - | {100 * mb['acc7']:.1f} | - | - |", "",
+    md += [f"| predict the train mean | {mb['mae']:.3f} | - | {100 * mb['acc2_has0']:.1f} | {100 * mb['acc2_non0']:.1f} | - | {100 * mb['acc7']:.1f} | - | - | - |", "",
            "MMSA rows: measured on this file with MMSA's own default configurations (features fed as sequences of length 1), seeds "
            "1111-1115, on another machine of the same kind (`../shared/data/cmu-mosi-trimodal-features/README.md`). MMSA's MulT and "
            "EF-LSTM could not run on vectors; every mmdemo method runs on vectors and on sequences. "
@@ -321,7 +329,8 @@ def markdown(res: dict) -> str:
         md += ["", f"Fewer modalities do better here: {' + '.join(NAMES.get(m, m) for m in top.split('+'))} alone scores MAE "
                f"{top_s['mae'][0]:.3f} (Corr {top_s['corr'][0]:.3f}) against {full['mae'][0]:.3f} ({full['corr'][0]:.3f}) with all three."]
     else:
-        md += ["", f"All three modalities do best: MAE {full['mae'][0]:.3f} against {top_s['mae'][0]:.3f} for the best subset ({top})."]
+        md += ["", f"All three modalities do best: MAE {full['mae'][0]:.3f} against {top_s['mae'][0]:.3f} for the best subset "
+               f"({' + '.join(NAMES.get(m, m) for m in top.split('+'))})."]
     valid = np.mean([r["chosen"]["valid_mae"] for r in res["methods"].values()])
     test = np.mean([r["chosen"]["mae"][0] for r in res["methods"].values()])
     md += ["", f"Valid vs test: the chosen configurations average valid MAE {valid:.3f} and test MAE {test:.3f}. In this release the "
@@ -330,7 +339,7 @@ def markdown(res: dict) -> str:
     mods = list(next(iter(res["methods"].values()))["chosen"]["abs_shapley"])
     md += ["", "### What each method says about the modalities (test fold, mean over seeds)", "",
            "Mean |Shapley| per modality (exact, over the three modalities), and the method's own weights where it has them "
-           "(`weighted`: its learned θ; `attention`: its mean attention weights).", "",
+           "(`weighted`: its learned θ; `late`: fixed equal weights; `attention`, `cross_attention`: their mean attention weights).", "",
            "| method | " + " | ".join(f"|Shapley| {NAMES.get(m, m)}" for m in mods) + " | " + " | ".join(f"weight {NAMES.get(m, m)}" for m in mods) + " |",
            "|---|" + "---|" * (2 * len(mods))]
     for m, r in res["methods"].items():

@@ -57,6 +57,15 @@ def test_a_feature_folder_loads_with_its_own_split(tmp_path):
     assert float(sp.labels[k]) == pytest.approx(float(rows[i]["label"]), abs=1e-4)
 
 
+def set_cell(path: Path, row: int, column: str, value: str) -> None:
+    rows = list(csv.DictReader(open(path)))
+    rows[row][column] = value
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda f: np.save(f / "text.npy", np.load(f / "text.npy")[:-1]), "rows aligned"),
     (lambda f: np.save(f / "vision.npy", np.where(np.arange(240)[:, None] == 5, np.nan, np.load(f / "vision.npy"))), "NaN"),
@@ -64,6 +73,9 @@ def test_a_feature_folder_loads_with_its_own_split(tmp_path):
     (lambda f: (f / "labels.csv").unlink(), "labels.csv"),
     (lambda f: [(f / f"{m}.npy").unlink() for m in ("text", "audio", "vision")], "no text.npy"),
     (lambda f: (f / "labels.csv").write_text("clip_id,label\na,1\n"), "split"),
+    (lambda f: set_cell(f / "labels.csv", 0, "label", "nan"), "not finite"),
+    (lambda f: set_cell(f / "labels.csv", 1, "clip_id", "v0_0"), "more than once"),
+    (lambda f: np.save(f / "audio.npy", np.zeros((240, 3, 7), np.float32)), "one vector per row"),
 ])
 def test_a_broken_feature_folder_says_what_is_wrong(tmp_path, damage, message):
     folder = make_folder(tmp_path / "f")
@@ -92,8 +104,9 @@ def test_the_benchmark_chooses_on_valid_and_reports_seeds_ablations_and_readings
     real_run_job = trimodal.run_job
 
     def spy(job):
-        read.append(job)
-        return real_run_job(job)
+        out = real_run_job(job)
+        read.append((job, out))
+        return out
 
     monkeypatch.setattr(trimodal, "run_job", spy)
     out = tmp_path / "out"
@@ -101,8 +114,10 @@ def test_the_benchmark_chooses_on_valid_and_reports_seeds_ablations_and_readings
                           "--select-seeds", "1", "--seeds", "1,2", "--epochs", "30", "--workers", "1", "--quiet"]) == 0
     res = json.loads((out / "trimodal.json").read_text())
     md = (out / "trimodal.md").read_text()
-    search = [j for j in read if not j.test]
-    assert len(search) == 2 * 3 and all(not j.readings for j in search)  # the search never reads the test fold
+    search = [(j, o) for j, o in read if not j.test]
+    assert len(search) == 2 * 3  # 2 methods x 3 configurations x 1 seed, then every other job is a reported run
+    assert all("test" not in o and not j.readings for j, o in search)  # the search never reads the test fold
+    assert all(j.seed in (1, 2) and "test" in o for j, o in read if j.test)  # reported runs: the given seeds, test read
     for m in ("concat", "weighted"):
         r = res["methods"][m]
         best_valid = min(x["valid_mae"] for x in r["search"])

@@ -58,7 +58,7 @@ def register(name: str):
     """Class decorator: put a :class:`Fusion` subclass in the registry under ``name``."""
 
     def wrap(cls: type[Fusion]) -> type[Fusion]:
-        if name in FUSIONS:
+        if name in FUSIONS or name in HEADS:
             raise ValueError(f"fusion {name!r} is registered twice")
         cls.name = name
         FUSIONS[name] = cls
@@ -94,7 +94,7 @@ def create_fusion(name: str, *, dims: dict[str, int], cfg: FusionConfig | None =
     """Build a registered method (or unimodal head). Unknown names raise a ``KeyError`` that lists the choices."""
     cls = FUSIONS.get(name) or HEADS.get(name)
     if cls is None:
-        raise KeyError(f"unknown fusion {name!r}; choose one of: {', '.join(FUSIONS)}")
+        raise KeyError(f"unknown fusion {name!r}; choose one of: {', '.join(FUSIONS)} (unimodal heads: {', '.join(HEADS)})")
     return cls(dims=dims, cfg=cfg or FusionConfig())
 
 
