@@ -106,7 +106,14 @@ def test_the_linear_head_is_a_head_not_a_fusion_method(tmp_path):
     from mmdemo.checkpoint import load_fusion, save_fusion
     from mmdemo.fusion import HEADS, create_fusion, list_fusions
 
+    from mmdemo.fusion import FUSIONS, register
+
     assert "linear" in HEADS and "linear" not in list_fusions()
+    with pytest.raises(ValueError, match="registered twice"):  # a fusion method cannot take a head's name
+        register("linear")(type("Other", (HEADS["linear"],), {}))
+    assert "linear" not in FUSIONS and HEADS["linear"].__name__ == "LinearHead"
+    with pytest.raises(KeyError, match="unimodal heads: linear"):
+        create_fusion("nope", dims={"audio": 2})
     model = create_fusion("linear", dims={"audio": 4, "vision": 3})
     x = {"audio": torch.randn(5, 4), "vision": torch.randn(5, 2, 3)}
     present = {"audio": torch.tensor([True, True, False, True, True]), "vision": torch.ones(5, dtype=torch.bool)}

@@ -52,38 +52,31 @@ class FusionOutput:
 
 
 FUSIONS: dict[str, type[Fusion]] = {}
-
-
-def register(name: str):
-    """Class decorator: put a :class:`Fusion` subclass in the registry under ``name``."""
-
-    def wrap(cls: type[Fusion]) -> type[Fusion]:
-        if name in FUSIONS or name in HEADS:
-            raise ValueError(f"fusion {name!r} is registered twice")
-        cls.name = name
-        FUSIONS[name] = cls
-        return cls
-
-    return wrap
-
-
 # Single-modality heads that are not fusion methods (the UI, the CLI's method list and the fusion
 # tests never see them) but load and train like one: a unimodal reading ships as a checkpoint the
 # same way.
 HEADS: dict[str, type[Fusion]] = {}
 
 
-def register_head(name: str):
-    """Class decorator: put a :class:`Fusion` subclass among the unimodal heads under ``name``."""
-
+def _registrar(name: str, table: dict[str, type[Fusion]]):
     def wrap(cls: type[Fusion]) -> type[Fusion]:
         if name in FUSIONS or name in HEADS:
             raise ValueError(f"{name!r} is registered twice")
         cls.name = name
-        HEADS[name] = cls
+        table[name] = cls
         return cls
 
     return wrap
+
+
+def register(name: str):
+    """Class decorator: put a :class:`Fusion` subclass in the registry under ``name``."""
+    return _registrar(name, FUSIONS)
+
+
+def register_head(name: str):
+    """Class decorator: put a :class:`Fusion` subclass among the unimodal heads under ``name``."""
+    return _registrar(name, HEADS)
 
 
 def list_fusions() -> list[str]:
