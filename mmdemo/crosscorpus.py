@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .metrics import macro_f1
+
 CLASSES = (-1, 0, 1)
 CLASS_NAMES = {-1: "negative", 0: "neutral", 1: "positive"}
 TARGET = 1.5
@@ -79,16 +81,6 @@ def auc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def macro_f1(pred: np.ndarray, truth: np.ndarray) -> float:
-    scores = []
-    for c in np.unique(truth):
-        tp = np.sum((pred == c) & (truth == c))
-        fp = np.sum((pred == c) & (truth != c))
-        fn = np.sum((pred != c) & (truth == c))
-        scores.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
-    return float(np.mean(scores)) if scores else float("nan")
-
-
 def class_report(pred: np.ndarray, cls: np.ndarray) -> dict:
     """What a held-out corpus says about a head: mean prediction per class, positive-vs-negative
     AUC and macro-F1 (sign of the prediction), and the share of negative predictions (< 0) on a
@@ -98,7 +90,7 @@ def class_report(pred: np.ndarray, cls: np.ndarray) -> dict:
     out["mean"] = {CLASS_NAMES[c]: float(pred[cls == c].mean()) if (cls == c).any() else None for c in CLASSES}
     pn = cls != 0
     out["auc_pos_neg"] = auc(pred[pn], cls[pn] > 0)
-    out["macro_f1_pos_neg"] = macro_f1(np.where(pred[pn] >= 0, 1, -1), cls[pn]) if pn.any() else float("nan")
+    out["macro_f1_pos_neg"] = macro_f1(cls[pn], np.where(pred[pn] >= 0, 1, -1)) if pn.any() else float("nan")
     shares = [float((pred[cls == c] < 0).mean()) for c in CLASSES if (cls == c).any()]
     out["negative_share_balanced"] = float(np.mean(shares)) if shares else float("nan")
     m = out["mean"]

@@ -245,10 +245,9 @@ class Session:
             t = self.now() if t is None else t
             self.last_frame_t = t
             if res.present:
-                last = self.face_smoother.t
-                if last is None or not 0 <= t - last <= self.face_smoother.gap_s:
-                    self.face_label.reset()  # a face after a gap: neither average nor label carry over
                 smooth = self.face_smoother.push(res.feature, t)
+                if self.face_smoother.restarted:
+                    self.face_label.reset()  # a face after a gap: neither average nor label carry over
                 self.features["vision"] = (smooth, t)
                 self.face_box = res.info["box"]
                 self.face_expression = self.face_label.push(smooth[-len(FER_CLASSES) :])

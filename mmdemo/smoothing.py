@@ -32,11 +32,13 @@ class FeatureSmoother:
     def reset(self) -> None:
         self.value: np.ndarray | None = None
         self.t: float | None = None
+        self.restarted = True  # the last push started a new average (nothing carried over)
 
     def push(self, x: np.ndarray, t: float) -> np.ndarray:
         """The smoothed feature after a frame at time ``t`` (seconds) with feature ``x``."""
         x = np.asarray(x, np.float32)
-        if self.value is None or self.t is None or t - self.t > self.gap_s or x.shape != self.value.shape or t < self.t:
+        self.restarted = self.value is None or self.t is None or t - self.t > self.gap_s or x.shape != self.value.shape or t < self.t
+        if self.restarted:
             self.value, self.t = x.copy(), t
             return self.value.copy()
         dt = t - self.t

@@ -45,7 +45,7 @@ import numpy as np
 from .data import FeatureDataset, load_dataset
 from .fusion import FusionConfig, list_fusions
 from .metrics import jsonable
-from .train import TrainConfig
+from .train import TrainConfig, mean_baseline
 
 SEARCH = {
     "hidden": (32, 64, 128),
@@ -181,12 +181,6 @@ def summary(runs: list[dict]) -> dict:
         if runs[0].get(key):
             out[key] = {m: float(np.mean([r[key][m] for r in runs])) for m in runs[0][key]}
     return out
-
-
-def mean_baseline(ds: FeatureDataset) -> dict:
-    from .metrics import regression_metrics
-
-    return regression_metrics(np.full(len(ds.splits["test"]), ds.splits["train"].labels.mean()), ds.splits["test"].labels)
 
 
 def run(args) -> dict:
