@@ -38,9 +38,13 @@ import plotly.graph_objects as go  # noqa: E402
 import soundfile as sf  # noqa: E402
 
 from mmdemo import DISPLAY_NAMES, MODALITIES, assets  # noqa: E402
+from mmdemo.calibration import CALIBRATION_S, NEUTRAL_SENTENCE, Baseline, CalibrationError  # noqa: E402
 from mmdemo.clip import analyse_clip  # noqa: E402
+from mmdemo.encoders import DIMS  # noqa: E402
 from mmdemo.media import MediaError  # noqa: E402
+from mmdemo.personal import PersonalConfig, PersonalError, cross_validate, fit_personal  # noqa: E402
 from mmdemo.pipeline import DEFAULT_CHECKPOINTS, Engine, Session, Update  # noqa: E402
+from mmdemo.profile import PROFILE_ID, Profile, ProfileError, data_root, new_profile_id  # noqa: E402
 
 log = logging.getLogger("mmdemo.app")
 
@@ -60,8 +64,10 @@ CLIP_MAX_AGE_S = 600.0  # clip-analysis outputs are kept this long (as Gradio's 
 class Studio:
     """What the app shares between users: the engine (read-only models) and its loading status."""
 
-    def __init__(self, checkpoints: Path, device: str | None):
+    def __init__(self, checkpoints: Path, device: str | None, data_dir: str | Path | None = None):
         self.engine = Engine(checkpoints, device=device)
+        self.data_dir = data_dir  # where profiles live (None: MMDEMO_DATA_DIR or ~/.local/share/mmdemo)
+        self.personal_cfg = PersonalConfig()
         self.fusions = self.engine.available_fusions()
         self.ready = threading.Event()
         self.error: str | None = None
@@ -78,6 +84,10 @@ class Studio:
             log.error("loading the models failed: %s", self.error)
         finally:
             self.ready.set()
+
+    def profile(self, profile_id: str) -> Profile:
+        """A user's profile folder (never inside the project or Gradio's cache)."""
+        return Profile(data_root(self.data_dir, forbidden=(gradio_cache_dir(),)), profile_id, DIMS)
 
     def status(self) -> str:
         if not self.fusions:
@@ -130,8 +140,9 @@ def readout_html(up: Update | None) -> str:
             f"<span class='mm-val'>{v:+.2f}{w}</span></div>"
         )
     note = "" if up.any_present else "<div class='mm-label'>no modality present: the model's prior</div>"
+    who = " (personal)" if up.personal else ""
     return (f"<div class='mm-readout'><div class='mm-score' style='color:{color}'>{y:+.2f}</div>"
-            f"<div class='mm-label'>{label} · {html.escape(up.fusion)} · baseline {up.baseline:+.2f}</div>{note}"
+            f"<div class='mm-label'>{label} · {html.escape(up.fusion)}{who} · baseline {up.baseline:+.2f}</div>{note}"
             f"<div class='mm-bars'>{''.join(bars)}</div></div>")
 
 
@@ -172,6 +183,38 @@ def frame_html(frame: np.ndarray | None, up: Update | None) -> str:
         cv2.putText(bgr, up.face_expression or "", (x0, max(12, y0 - 6)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (80, 200, 80), 1, cv2.LINE_AA)
     ok, jpg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 75])
     return f"<img class='mm-frame' alt='annotated frame' src='data:image/jpeg;base64,{base64.b64encode(jpg).decode()}'/>"
+
+
+def baseline_md(baseline: Baseline | None) -> str:
+    if baseline is None:
+        return "No neutral baseline: face and voice are read as they come."
+    return "**Neutral baseline in use** (offsets removed from the live face and voice):\n" + "\n".join(f"- {line}" for line in baseline.describe())
+
+
+def moment_line(r: dict) -> str:
+    mods = ", ".join(LABEL[m] for m in MODALITIES if m in r["present"]) or "nothing"
+    text = f" · “{html.escape(r['text'][:60])}{'…' if len(r['text']) > 60 else ''}”" if r.get("text") else ""
+    clip = " · raw clip kept" if r.get("clip") else ""
+    return f"**{r['label']:+g}** · {mods} · {r['created'].replace('T', ' ')}{text}{clip}"
+
+
+def personal_md(session: Session | None, profile: Profile | None) -> str:
+    if session is None:
+        return ""
+    name = session.fusion_name
+    metrics = {}
+    if profile is not None:
+        try:
+            got = profile.load_personal(name)
+            metrics = got[1] if got else {}
+        except (ProfileError, ValueError, OSError):
+            metrics = {}
+    if name not in session.personal:
+        return f"No personal model for **{name}** yet: label at least {PersonalConfig.min_moments} moments, then fit."
+    if not metrics:
+        return f"Personal model for **{name}** loaded."
+    return (f"Personal model for **{name}** from {metrics['moments']} moments. {metrics['scheme'].capitalize()} error on "
+            f"your moments (MAE): **personal {metrics['personal_mae']:.2f}**, generic {metrics['generic_mae']:.2f}.")
 
 
 def method_md(studio: Studio, name: str) -> str:
@@ -304,6 +347,182 @@ class Handlers:
         except Exception as err:  # noqa: BLE001
             return gr.update(), gr.update(), warn_html(str(err)), gr.update(), state
 
+    # ---------------------------------------------------------------- calibrate & personalise
+    def _profile(self, pid) -> Profile:
+        if not isinstance(pid, str) or not PROFILE_ID.match(pid):
+            raise ProfileError("this browser has no profile yet: reload the page")
+        return self.studio.profile(pid)
+
+    def _moments(self, pid) -> list[dict]:
+        try:
+            return self._profile(pid).moments()
+        except (ProfileError, OSError) as err:
+            log.warning("moments not listed: %s", err)
+            return []
+
+    def on_profile_load(self, pid, state):
+        """The browser's profile (one id per browser, kept in its local storage): a new one on the
+        first visit; its baseline and personal models are loaded into this tab's session."""
+        s = state
+        if not isinstance(pid, str) or not PROFILE_ID.match(pid):
+            pid = new_profile_id()
+        msg = ""
+        try:
+            prof = self._profile(pid)
+            if s is not None:
+                s.set_baseline(prof.load_baseline())
+                for name in prof.personal_fusions():
+                    s.set_personal(name, prof.load_personal(name)[0])
+            moments = prof.moments()
+        except Exception as err:  # noqa: BLE001 - the live studio works without a profile
+            log.warning("profile not loaded: %s", err)
+            msg, moments, prof = f"⚠️ your profile could not be loaded: {err}", [], None
+        return (pid, s, baseline_md(s.baseline if s else None), moments, msg,
+                personal_md(s, prof) if s else "", f"Profile {pid[:8]}… · stored in {data_root_text(self.studio)}")
+
+    def on_calibrate_start(self, state):
+        if state is None:
+            return "⚠️ the session has not started yet: reload the page", gr.Timer(active=False), state
+        try:
+            state.start_calibration()
+        except CalibrationError as err:
+            return f"⚠️ {err}", gr.Timer(active=False), state
+        return (f"⏺ Calibrating: look at the camera with a relaxed face and read the sentence aloud. "
+                f"It stops by itself after {CALIBRATION_S:.0f} s."), gr.Timer(active=True), state
+
+    def on_calibrate_tick(self, pid, state):
+        if state is None or state.calibration_progress() is None:
+            return gr.skip(), gr.Timer(active=False), gr.skip(), state
+        c = state.calibration_progress()
+        if state.now() - state.calibrator.t0 < CALIBRATION_S:
+            return (f"⏺ Calibrating… {c['vision']} face frames, {c['audio']} voice windows so far", gr.Timer(active=True), gr.skip(), state)
+        msg, md, state = self.on_calibrate_stop(pid, state)
+        return msg, gr.Timer(active=False), md, state
+
+    def on_calibrate_stop(self, pid, state):
+        if state is None:
+            return "⚠️ the session has not started yet: reload the page", gr.skip(), state
+        try:
+            baseline = state.finish_calibration()
+        except CalibrationError as err:
+            return f"⚠️ {err}", gr.skip(), state
+        try:
+            self._profile(pid).save_baseline(baseline)
+            saved = "saved in your profile"
+        except (ProfileError, OSError) as err:
+            saved = f"used in this tab only (not saved: {err})"
+        return f"✓ Baseline measured and {saved}.", baseline_md(baseline), state
+
+    def on_baseline_reset(self, pid, state):
+        if state is not None:
+            state.cancel_calibration()
+            state.set_baseline(None)
+        try:
+            self._profile(pid).save_baseline(None)
+        except (ProfileError, OSError) as err:
+            return f"⚠️ {err}", baseline_md(None), state
+        return "Baseline removed.", baseline_md(None), state
+
+    def on_label(self, value, keep_clip, pid, known, state):
+        """Store the last seconds as one labelled moment."""
+        if state is None:
+            return "⚠️ the session has not started yet: reload the page", gr.skip()
+        try:
+            prof = self._profile(pid)
+            moment = state.moment(keep_clip=bool(keep_clip))
+            prof.add(moment, value, keep_clip=bool(keep_clip))
+        except (ProfileError, OSError) as err:
+            return f"⚠️ {err}", gr.skip()
+        moments = prof.moments()
+        mods = ", ".join(LABEL[m] for m in MODALITIES if moment.present[m])
+        other = len(moments) - len(known or []) - 1
+        extra = f" ({other} more moment(s) came from another tab of this profile)" if other > 0 else ""
+        return f"✓ The last {moment.seconds:.0f} s labelled {float(value):+g} ({mods}); {len(moments)} moments in your profile{extra}.", moments
+
+    def on_delete(self, clip_id, pid):
+        try:
+            prof = self._profile(pid)
+            prof.delete(clip_id)
+            return "Moment deleted.", prof.moments()
+        except (ProfileError, OSError) as err:
+            return f"⚠️ {err}", self._moments(pid)
+
+    def on_fit(self, pid, state, progress=gr.Progress()):
+        """Fit the personal model of the selected method on the profile's moments; its held-out
+        error beside the generic model's; then use it."""
+        if state is None:
+            return "⚠️ the session has not started yet: reload the page", gr.skip(), gr.skip(), gr.skip(), gr.skip(), state
+        try:
+            prof = self._profile(pid)
+            split = prof.split()
+            generic = state.generic_model()
+            cfg = self.studio.personal_cfg
+            metrics = cross_validate(generic, split, cfg, progress=lambda i, n: progress(i / (n + 1), desc="held-out error"))
+            progress(1.0, desc="fitting on all moments")
+            t0 = time.perf_counter()
+            model = fit_personal(generic, split, cfg)
+            metrics["fit_seconds"] = time.perf_counter() - t0
+            prof.save_personal(model, metrics)
+            state.set_personal(state.fusion_name, model)
+            up = state.set_use_personal(True)
+        except (PersonalError, ProfileError, OSError) as err:
+            return f"⚠️ {err}", gr.skip(), gr.skip(), gr.skip(), gr.skip(), state
+        return (f"✓ Fitted in {metrics['fit_seconds']:.1f} s and switched to it.", personal_md(state, prof), gr.update(value="personal"),
+                feed_payload(up, src="personal"), readout_html(up), state)
+
+    def on_model_choice(self, choice, pid, state):
+        if state is None:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), state
+        msg = ""
+        if choice == "personal" and state.fusion_name not in state.personal:
+            try:
+                got = self._profile(pid).load_personal(state.fusion_name)  # fitted in another tab, perhaps
+                if got:
+                    state.set_personal(state.fusion_name, got[0])
+            except (ProfileError, ValueError, OSError) as err:
+                msg = f"⚠️ {err}"
+            if state.fusion_name not in state.personal:
+                msg = msg or f"No personal model for {state.fusion_name} yet: the generic model answers until you fit one."
+        up = state.set_use_personal(choice == "personal")
+        return msg, feed_payload(up, src="personal"), readout_html(up), status_html(up), state
+
+    def on_export(self, pid):
+        try:
+            prof = self._profile(pid)
+            out = self.clips.new() / f"mmdemo-profile-{prof.id[:8]}.safetensors"
+            prof.export(out)
+        except (ProfileError, OSError, ValueError) as err:
+            return f"⚠️ {err}", gr.update(value=None, visible=False)
+        return f"✓ Exported {len(prof.moments())} moments, the baseline and personal models (features only, no raw clips).", gr.update(value=str(out), visible=True)
+
+    def on_import(self, file, pid, state):
+        if not file:
+            return "Choose an exported profile file first.", gr.skip(), gr.skip(), gr.skip(), state
+        try:
+            prof = self._profile(pid)
+            got = prof.import_file(file if isinstance(file, str) else getattr(file, "name", file))
+        except (ProfileError, OSError) as err:
+            return f"⚠️ not imported: {err}", gr.skip(), gr.skip(), gr.skip(), state
+        if state is not None:
+            if got["baseline"]:
+                state.set_baseline(prof.load_baseline())
+            for name in got["personal"]:
+                state.set_personal(name, prof.load_personal(name)[0])
+        msg = (f"✓ Imported {got['moments_added']} moments" + (f" ({got['moments_skipped']} already here)" if got["moments_skipped"] else "")
+               + (", the baseline" if got["baseline"] else "") + (f", personal models for {', '.join(got['personal'])}" if got["personal"] else "") + ".")
+        return msg, prof.moments(), baseline_md(state.baseline if state else None), personal_md(state, prof), state
+
+    def on_delete_all(self, pid, state):
+        try:
+            self._profile(pid).delete_all()
+        except (ProfileError, OSError) as err:
+            return f"⚠️ {err}", gr.skip(), gr.skip(), gr.skip(), state
+        if state is not None:
+            state.set_baseline(None)
+            state.personal.clear()
+            state.set_use_personal(False)
+        return "Everything of this profile was deleted from this computer.", [], baseline_md(None), personal_md(state, None), state
+
     def on_analyse(self, video, fusion, fps, progress=gr.Progress()):
         if not video:
             return "Upload a video (or audio) file first.", None, None, None
@@ -347,6 +566,13 @@ class Handlers:
         return {n: self.studio.metrics.get(n, {}).get("test", {}) for n in self.studio.fusions}
 
 
+def data_root_text(studio: Studio) -> str:
+    try:
+        return str(data_root(studio.data_dir, forbidden=(gradio_cache_dir(),)) / "profiles")
+    except ProfileError as err:
+        return f"nowhere ({err})"
+
+
 def build(studio: Studio) -> gr.Blocks:
     gr.set_static_paths([str(PLOTLY_JS)])
     head = f"<script src='/gradio_api/file={PLOTLY_JS}'></script>"
@@ -376,6 +602,52 @@ def build(studio: Studio) -> gr.Blocks:
                     readout = gr.HTML(readout_html(None), elem_id="readout", js_on_load=None)
                     status = gr.HTML(status_html(None), elem_id="status", js_on_load=None)
                     live = gr.HTML("", html_template=LIVE_TEMPLATE, js_on_load=LIVE_JS, head=head, elem_id="live")
+                    with gr.Accordion("Calibrate & personalise", open=False, elem_id="personalise"):
+                        profile_md = gr.Markdown(elem_id="profile-info")
+                        gr.Markdown(f"**1 · Neutral baseline** (about {CALIBRATION_S:.0f} s, camera and microphone on): look at the camera "
+                                    f"with a relaxed, neutral face and read aloud:\n\n> {NEUTRAL_SENTENCE}")
+                        with gr.Row():
+                            cal_start = gr.Button("Start calibration", elem_id="cal-start", size="sm")
+                            cal_stop = gr.Button("Stop now", elem_id="cal-stop", size="sm")
+                            cal_reset = gr.Button("Reset baseline", elem_id="cal-reset", size="sm")
+                        cal_msg = gr.Markdown(elem_id="cal-msg")
+                        base_md = gr.Markdown(baseline_md(None), elem_id="baseline")
+                        gr.Markdown("**2 · Label this moment**: how did you feel in the last few seconds?")
+                        with gr.Row():
+                            label_value = gr.Slider(-3, 3, value=0, step=0.5, label="your sentiment (−3 … +3)", elem_id="label-value", scale=3)
+                            label_btn = gr.Button("Label the last 5 s", variant="primary", elem_id="label-btn", scale=1)
+                        keep_clip = gr.Checkbox(False, elem_id="keep-clip", label=(
+                            "also keep the raw clip (the last 5 s of microphone audio and the last camera frame) as files in your "
+                            "profile folder on the computer running this app; without it only the features are stored"))
+                        label_msg = gr.Markdown(elem_id="label-msg")
+                        moments_state = gr.State([])
+
+                        @gr.render(inputs=[moments_state])
+                        def _moments_list(moments):
+                            if not moments:
+                                gr.Markdown("No labelled moments yet.", elem_id="moments-empty")
+                                return
+                            gr.Markdown(f"**{len(moments)} labelled moment(s)**", elem_id="moments-count")
+                            for r in reversed(moments[-50:]):
+                                with gr.Row(elem_classes="mm-moment"):
+                                    gr.Markdown(moment_line(r))
+                                    btn = gr.Button("Delete", size="sm", scale=0, min_width=90, key=f"del-{r['clip_id']}", elem_classes="mm-delete")
+                                    btn.click(lambda pid, cid=r["clip_id"]: h.on_delete(cid, pid), inputs=[profile],
+                                              outputs=[label_msg, moments_state], show_progress="hidden")
+
+                        gr.Markdown(f"**3 · Your model** (from at least {PersonalConfig.min_moments} labelled moments)")
+                        with gr.Row():
+                            fit_btn = gr.Button("Fit my model", elem_id="fit-btn", size="sm")
+                            model_choice = gr.Radio(["generic", "personal"], value="generic", label="model in use", elem_id="model-choice")
+                        fit_msg = gr.Markdown(elem_id="fit-msg")
+                        pers_md = gr.Markdown(elem_id="personal-info")
+                        gr.Markdown("**4 · Profile file**: baseline, personal models and labelled moments (features) in one file")
+                        with gr.Row():
+                            export_btn = gr.Button("Export profile", elem_id="export-btn", size="sm")
+                            delete_all = gr.Button("Delete my data", elem_id="delete-all", size="sm", variant="stop")
+                        export_file = gr.File(label="exported profile", visible=False, elem_id="export-file")
+                        import_file = gr.File(label="import a profile (.safetensors)", file_types=[".safetensors"], elem_id="import-file")
+                        profile_msg = gr.Markdown(elem_id="profile-msg")
         with gr.Tab("Analyse a clip"):
             with gr.Row():
                 with gr.Column(scale=2):
@@ -392,16 +664,33 @@ def build(studio: Studio) -> gr.Blocks:
         with gr.Tab("Model card"):
             gr.Markdown(studio.card, elem_id="card")
 
+        profile = gr.BrowserState(None, storage_key="mmdemo-profile")
+        cal_timer = gr.Timer(1.0, active=False)
         timer = gr.Timer(1.0)
         timer.tick(lambda: (studio.status(), gr.Timer(active=not studio.ready.is_set())), outputs=[model_status, timer], show_progress="hidden")
-        demo.load(h.on_load, outputs=[state, live, readout, status, fusion])
+        demo.load(h.on_load, outputs=[state, live, readout, status, fusion]).then(
+            h.on_profile_load, inputs=[profile, state], outputs=[profile, state, base_md, moments_state, profile_msg, pers_md, profile_md])
+        cal_start.click(h.on_calibrate_start, inputs=[state], outputs=[cal_msg, cal_timer, state], show_progress="hidden")
+        cal_timer.tick(h.on_calibrate_tick, inputs=[profile, state], outputs=[cal_msg, cal_timer, base_md, state], show_progress="hidden")
+        cal_stop.click(h.on_calibrate_stop, inputs=[profile, state], outputs=[cal_msg, base_md, state], show_progress="hidden").then(
+            lambda: gr.Timer(active=False), outputs=[cal_timer])
+        cal_reset.click(h.on_baseline_reset, inputs=[profile, state], outputs=[cal_msg, base_md, state], show_progress="hidden")
+        label_btn.click(h.on_label, inputs=[label_value, keep_clip, profile, moments_state, state], outputs=[label_msg, moments_state])
+        fit_btn.click(h.on_fit, inputs=[profile, state], outputs=[fit_msg, pers_md, model_choice, live, readout, state])
+        model_choice.input(h.on_model_choice, inputs=[model_choice, profile, state], outputs=[fit_msg, live, readout, status, state],
+                           show_progress="hidden")
+        export_btn.click(h.on_export, inputs=[profile], outputs=[profile_msg, export_file])
+        import_file.upload(h.on_import, inputs=[import_file, profile, state], outputs=[profile_msg, moments_state, base_md, pers_md, state])
+        delete_all.click(h.on_delete_all, inputs=[profile, state], outputs=[profile_msg, moments_state, base_md, pers_md, state])
         cam.stream(h.on_frame, inputs=[cam, state], outputs=[annotated, live, readout, status, state],
                    stream_every=0.1, time_limit=3600, concurrency_limit=8, show_progress="hidden")
         mic.stream(h.on_audio, inputs=[mic, state], outputs=[live, readout, status, transcript, state],
                    stream_every=0.5, time_limit=3600, concurrency_limit=8, show_progress="hidden")
         mic.stop_recording(h.on_audio_stop, inputs=[state], outputs=[live, status, state], show_progress="hidden")
         text.change(h.on_text, inputs=[text, state], outputs=[live, readout, status, state], trigger_mode="always_last", show_progress="hidden")
-        fusion.change(h.on_fusion, inputs=[fusion, state], outputs=[live, readout, status, method_info, state], show_progress="hidden")
+        fusion.change(h.on_fusion, inputs=[fusion, state], outputs=[live, readout, status, method_info, state], show_progress="hidden").then(
+            lambda pid, s: personal_md(s, h._profile(pid) if isinstance(pid, str) and PROFILE_ID.match(pid) else None),
+            inputs=[profile, state], outputs=[pers_md], show_progress="hidden")
         go_btn.click(h.on_analyse, inputs=[video, clip_fusion, fps], outputs=[clip_summary, clip_plot, csv_file, json_file], api_name="analyse")
         gr.api(h.api_predict, api_name="predict")
         gr.api(h.api_fusions, api_name="fusions")
@@ -571,11 +860,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--auth", default=os.environ.get("MMDEMO_AUTH"), help="user:password (or env MMDEMO_AUTH)")
     ap.add_argument("--device", default=os.environ.get("MMDEMO_DEVICE"), help="cpu or cuda (default: cuda when present)")
     ap.add_argument("--checkpoints", type=Path, default=Path(os.environ.get("MMDEMO_CHECKPOINTS", DEFAULT_CHECKPOINTS)))
+    ap.add_argument("--data-dir", default=os.environ.get("MMDEMO_DATA_DIR"),
+                    help="where users' profiles (labelled moments, baselines, personal models) are stored (default ~/.local/share/mmdemo)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "urllib3", "faster_whisper"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    studio = Studio(args.checkpoints, args.device)
+    studio = Studio(args.checkpoints, args.device, args.data_dir)
     demo = build(studio)
     threading.Thread(target=studio.warm_up, name="mmdemo-warmup", daemon=True).start()
     demo.queue(default_concurrency_limit=8)

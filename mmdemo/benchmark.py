@@ -704,7 +704,9 @@ def model_card(results: dict, ckpt: Path) -> str:
         "## Files", "",
         "- `words/encoder.safetensors`: the fine-tuned top layers of all-MiniLM-L6-v2 (fp16), loaded over the packaged model (only when fine-tuning won on the valid folds)." if w["chosen"] == "fine-tuned" else "- words: the packaged all-MiniLM-L6-v2 as is (fine-tuning did not win on the valid folds).",
         "- `unimodal/{text,audio,vision}/`: one head per modality (each modality alone), `fusion/<method>/`: one model per fusion method.",
-        "  Each is `model.safetensors` + `config.json` (rebuilt through the registry, loaded strictly) + `metrics.json` + `provenance.json`.", "",
+        "  Each is `model.safetensors` + `config.json` (rebuilt through the registry, loaded strictly) + `metrics.json` + `provenance.json`.",
+        "- `voice_features.json`: what the voice models read (per-speaker z-scores and their population prior); `neutral_reference.json`: the median raw face "
+        "feature of the neutral training photos and voice feature of the neutral/calm training clips, which the neutral-baseline calibration measures a user against.", "",
         "The words head and every fusion model learned from *out-of-fold* words features of the train texts (an encoder",
         "fine-tuned without them), never from features of texts the encoder was fine-tuned on (which look more reliable",
         "than words will be live)." if w["chosen"] == "fine-tuned" else "", "",
@@ -758,6 +760,10 @@ def write_checkpoints(ckpt: Path, results: dict, w_model, voice_model, face_mode
         save_fusion(model, ckpt / "unimodal" / m, extra={"metrics.json": jsonable(metrics), "provenance.json": jsonable(provenance | {"corpus": corpus})})
     # what every model that reads the voice expects: per-speaker z-scores (with this prior) or raw features
     write_voice_features(ckpt, voice_prior if results["voice"]["features"] == "speaker_z" else None)
+    # the population's neutral face and voice, which a user's neutral-baseline calibration is measured against
+    from .personal import neutral_reference
+
+    neutral_reference(Path(args.data), limit_per_split=40 if args.quick else None, progress=not args.quiet).save(ckpt)
     for name, (model, res) in fusion_models.items():
         r = results["fusion"]["methods"][name]
         save_fusion(model, ckpt / "fusion" / name, extra={

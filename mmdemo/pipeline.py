@@ -30,13 +30,15 @@ import torch
 
 from . import DISPLAY_NAMES, MODALITIES
 from .audio import SAMPLE_RATE, AudioError, AudioRing, StreamResampler, check_rate, clipped_share, level_dbfs, to_mono_float
+from .calibration import Baseline, CalibrationError, Calibrator, NeutralReference
 from .checkpoint import load_fusion
 from .contributions import explain
 from .device import resolve_device
-from .encoders import FaceEncoder, StreamingVAD, Transcriber, VoiceEncoder, WordsEncoder
+from .encoders import DIMS, FaceEncoder, StreamingVAD, Transcriber, VoiceEncoder, WordsEncoder
 from .encoders.face import FER_CLASSES
 from .encoders.voice import FRAME
 from .fusion import Fusion, list_fusions
+from .profile import Moment
 from .smoothing import FeatureSmoother, LabelHysteresis
 from .speaker import SpeakerNorm, read_voice_features
 
@@ -67,6 +69,7 @@ class PipelineConfig:
     history: int = 600  # updates kept (a minute at 10 updates/s; the browser keeps the plots)
     max_pending_asr: int = 2  # utterances waiting for speech recognition (per session); older ones are dropped
     max_text_chars: int = 10000  # longer typed text is cut (and the update says so)
+    moment_s: float = 5.0  # "label this moment" takes the features (and, if kept, the audio) of the last this many seconds
 
 
 @dataclass
@@ -88,6 +91,7 @@ class Update:
     audio_level_dbfs: float = -100.0
     notes: list[str] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    personal: bool = False  # the prediction is the person's own model's
 
     @property
     def any_present(self) -> bool:
@@ -132,6 +136,8 @@ class Engine:
         self.voice_prior, self.voice_norm = read_voice_features(self.checkpoints)
         if self.voice_prior is not None and len(self.voice_prior.mean) != VoiceEncoder.dim:
             raise ValueError(f"{self.checkpoints}: the voice prior has {len(self.voice_prior.mean)} values, the voice feature {VoiceEncoder.dim}")
+        # the population's neutral face and voice: what a calibration measures a person against
+        self.neutral = NeutralReference.load(self.checkpoints, dims=DIMS)
 
     def unimodal(self) -> dict[str, Fusion]:
         """Each modality's own model (checkpoints/unimodal/<modality>), where shipped."""
@@ -197,6 +203,15 @@ class Session:
         self.face_smoother = FeatureSmoother(self.cfg.face_smooth_s, gap_s=self.cfg.face_ttl_s)
         self.face_label = LabelHysteresis(FER_CLASSES, self.cfg.face_label_margin)
         self.last_frame_t: float | None = None
+        self.last_frame: np.ndarray | None = None  # the newest frame (kept only to store a moment's clip)
+        # calibration and personal models (see mmdemo.calibration, mmdemo.personal)
+        self.baseline: Baseline | None = None
+        self.calibrator: Calibrator | None = None
+        self.personal: dict[str, Fusion] = {}  # fusion name -> this person's model
+        self.use_personal = False
+        # what the models read over the last seconds, for "label this moment"
+        self.recent: dict[str, deque[tuple[float, np.ndarray]]] = {m: deque(maxlen=256) for m in ("vision", "audio")}
+        self.moment_audio = AudioRing(self.cfg.moment_s)
         self.notes: dict[str, list[str]] = {m: [] for m in MODALITIES}  # face and voice: from the latest encoding
         self.typed_notes: list[str] = []  # about the typed text (cut, ...): until the text changes
         self.words_notes: list[str] = []  # from embedding the current words (long text, ...): replaced on each recompute
@@ -244,8 +259,13 @@ class Session:
         with self._lock:
             t = self.now() if t is None else t
             self.last_frame_t = t
+            self.last_frame = np.asarray(frame)
             if res.present:
-                smooth = self.face_smoother.push(res.feature, t)
+                raw = res.feature
+                if self.calibrator is not None:
+                    self.calibrator.add("vision", raw)
+                smooth = self.face_smoother.push(self.baseline.apply("vision", raw) if self.baseline else raw, t)
+                self.recent["vision"].append((t, smooth))
                 if self.face_smoother.restarted:
                     self.face_label.reset()  # a face after a gap: neither average nor label carry over
                 self.features["vision"] = (smooth, t)
@@ -280,6 +300,7 @@ class Session:
             vad_ms = 1000 * (time.perf_counter() - t0)
             self._track_utterances(frames, probs, t)  # before the ring takes the chunk: it holds the pre-roll
             self.ring.push(frames)
+            self.moment_audio.push(frames)
             self.samples_in += len(frames)
             self.probs.extend(probs.tolist())
             if len(x16):
@@ -298,7 +319,11 @@ class Session:
                 res = self.engine.voice.encode(window, probs=win_probs)
                 self.last_voice_t = t
                 if res.present:
-                    self.features["audio"] = (self._voice_feature(res), t)
+                    if self.calibrator is not None:
+                        self.calibrator.add("audio", res.feature)
+                    z = self._voice_feature(res)
+                    self.features["audio"] = (z, t)
+                    self.recent["audio"].append((t, z))
                 self.reasons["audio"] = res.reason
                 self.notes["audio"] = [n for n in res.info.get("notes", []) if "clipping" not in n]
                 if res.present and self.speaker_norm is not None and self.speaker_norm.speaker_share < 0.5:
@@ -310,14 +335,16 @@ class Session:
     def _voice_feature(self, res) -> np.ndarray:
         """What the voice models read: raw eGeMAPS, or (when the shipped models learned so) z-scores
         against this session's speaker statistics, which this window then updates if it is clean
-        speech that no earlier update counted (see :mod:`mmdemo.speaker`)."""
+        speech that no earlier update counted (see :mod:`mmdemo.speaker`). A calibrated offset is
+        removed first (:mod:`mmdemo.calibration`)."""
+        x = self.baseline.apply("audio", res.feature) if self.baseline else res.feature
         if self.speaker_norm is None:
-            return res.feature
-        z = self.speaker_norm.transform(res.feature)
+            return x
+        z = self.speaker_norm.transform(x)
         why = SpeakerNorm.accept(res.info.get("speech_s", 0.0), clipped_share=res.info.get("clipped_share", 1.0),
                                  new_audio_s=(self.samples_in - self.norm_updated_at) / SAMPLE_RATE, window_s=self.cfg.voice_window_s)
         if not why:
-            self.speaker_norm.update(res.feature)
+            self.speaker_norm.update(x)
             self.norm_updated_at = self.samples_in
         return z
 
@@ -355,6 +382,8 @@ class Session:
             self.in_speech = False
             self.last_voice_t = -1e9
             self.features["audio"] = None
+            self.recent["audio"].clear()
+            self.moment_audio = AudioRing(self.cfg.moment_s)
             self.reasons["audio"] = "microphone stopped"
             return self.update(t, stage_ms={})
 
@@ -366,6 +395,8 @@ class Session:
             self.face_smoother.reset()
             self.face_label.reset()
             self.last_frame_t = None
+            self.last_frame = None
+            self.recent["vision"].clear()
             self.reasons["vision"] = "camera stopped"
             return self.update(t, stage_ms={})
 
@@ -380,6 +411,105 @@ class Session:
                     except Exception:  # noqa: BLE001 - reported when collected
                         pass
                 self._pump_asr()
+
+    # ---------------------------------------------------------------- calibration
+    def start_calibration(self, t: float | None = None) -> None:
+        """Start measuring this person's neutral face and voice (stop with :meth:`finish_calibration`)."""
+        if self.engine.neutral is None:
+            raise CalibrationError(f"no neutral reference in {self.engine.checkpoints} "
+                                   "(python -m mmdemo.personal reference writes it): calibration is not available")
+        with self._lock:
+            self.calibrator = Calibrator(self.engine.neutral, self.now() if t is None else t)
+
+    def calibration_progress(self) -> dict[str, int] | None:
+        """Samples collected so far per calibrated modality (None: not calibrating)."""
+        with self._lock:
+            return None if self.calibrator is None else self.calibrator.counts()
+
+    def finish_calibration(self, t: float | None = None) -> Baseline:
+        """The baseline from what was seen and heard since :meth:`start_calibration`; it replaces
+        the previous one. Raises :class:`CalibrationError` (the previous baseline stays) when no
+        modality had enough samples."""
+        with self._lock:
+            if self.calibrator is None:
+                raise CalibrationError("no calibration is running: start one first")
+            cal, self.calibrator = self.calibrator, None
+            baseline = cal.finish(self.now() if t is None else t)
+            baseline.readings = self._readings(cal, baseline)
+            self.set_baseline(baseline)
+            return baseline
+
+    def cancel_calibration(self) -> None:
+        with self._lock:
+            self.calibrator = None
+
+    def set_baseline(self, baseline: Baseline | None) -> None:
+        """Use ``baseline`` from now on (None: no offsets). The face average and the speaker's voice
+        statistics restart, so nothing read with the old offsets lingers in them."""
+        with self._lock:
+            self.baseline = baseline
+            self.face_smoother.reset()
+            self.face_label.reset()
+            self.features["vision"] = None
+            if self.speaker_norm is not None:
+                self.speaker_norm.reset()
+                self.norm_updated_at = -10**12
+
+    def _readings(self, cal: Calibrator, baseline: Baseline) -> dict[str, dict[str, float]]:
+        """What each modality's own model says of the neutral sample, without and with the offset."""
+        out = {}
+        uni = self.engine.unimodal()
+        for m, off in baseline.offsets.items():
+            x = cal.neutral_sample(m)
+            if m not in uni or x is None:
+                continue
+            read = (lambda v: self.speaker_norm.transform(v)) if m == "audio" and self.speaker_norm is not None else (lambda v: v)
+            with torch.inference_mode():
+                before, after = (float(uni[m]({m: torch.as_tensor(read(v), device=self.engine.device).reshape(1, -1)}).prediction)
+                                 for v in (x, x - off))
+            out[m] = {"before": before, "after": after}
+        return out
+
+    # ---------------------------------------------------------------- moments and personal models
+    def moment(self, seconds: float | None = None, t: float | None = None, *, keep_clip: bool = False) -> Moment:
+        """The last ``seconds`` as one example: the mean of what the models read of face and voice in
+        that time, the current words; with ``keep_clip`` also that audio and the last frame."""
+        with self._lock:
+            t = self.now() if t is None else t
+            seconds = self.cfg.moment_s if seconds is None else float(seconds)
+            self.update(t, stage_ms={})  # collect finished transcriptions: the words are current
+            present = self._present(t)
+            feats, pres = {}, {}
+            for m in MODALITIES:
+                if m == "text":
+                    f = self.features["text"]
+                    pres[m] = bool(present["text"] and f is not None)
+                    feats[m] = f[0] if pres[m] else np.zeros(DIMS[m], np.float32)
+                    continue
+                xs = [x for ts, x in self.recent[m] if t - seconds <= ts <= t]
+                pres[m] = bool(xs)
+                feats[m] = np.mean(xs, axis=0).astype(np.float32) if xs else np.zeros(DIMS[m], np.float32)
+            audio = frame = None
+            if keep_clip:
+                audio = self.moment_audio.last(seconds) if self.moment_audio.filled else None
+                frame = self.last_frame if self.last_frame_t is not None and t - self.last_frame_t <= seconds else None
+            return Moment(feats, pres, text=self.words_text if pres["text"] else "", seconds=seconds, audio=audio, frame=frame)
+
+    def set_personal(self, fusion: str, model: Fusion | None) -> None:
+        """This person's model for ``fusion`` (None: forget it)."""
+        with self._lock:
+            if model is None:
+                self.personal.pop(fusion, None)
+            else:
+                self.personal[fusion] = model.to(self.engine.device).eval()
+
+    def set_use_personal(self, on: bool) -> Update:
+        with self._lock:
+            self.use_personal = bool(on)
+            return self.update(stage_ms={})
+
+    def generic_model(self) -> Fusion:
+        return self.engine.fusion(self.fusion_name)
 
     # ---------------------------------------------------------------- speech -> words
     def _track_utterances(self, frames: np.ndarray, probs: np.ndarray, t: float) -> None:
@@ -484,7 +614,8 @@ class Session:
                 timings["words"] = words_ms
             present = self._present(t)
             t1 = time.perf_counter()
-            model = self.model
+            personal = self.personal.get(self.fusion_name) if self.use_personal else None
+            model = personal or self.model
             device = next(model.parameters()).device
             feats = {m: torch.as_tensor(self.features[m][0], device=device).unsqueeze(0) for m in MODALITIES if present[m] and m in model.dims}
             mask = {m: torch.ones(1, dtype=torch.bool, device=device) for m in feats}
@@ -504,6 +635,11 @@ class Session:
                 self.notes["text"] = self.notes["text"] + [self.asr_note[1]]
             notes = [f"{DISPLAY_NAMES[m]}: {n}" for m in MODALITIES
                      for n in self.notes[m] + (self.input_note + self.clip_note if m == "audio" else [])]
+            if self.use_personal and personal is None:
+                notes.append(f"no personal model for {self.fusion_name} yet: the generic model answers")
+            if self.calibrator is not None:
+                c = self.calibrator.counts()
+                notes.insert(0, f"calibrating: {c['vision']} face frames, {c['audio']} voice windows so far")
             up = Update(
                 t=t, fusion=self.fusion_name, present=present,
                 reasons={m: "" if present[m] else self.reasons[m] for m in MODALITIES},
@@ -514,7 +650,7 @@ class Session:
                 face_box=self.face_box if present["vision"] else None,
                 face_expression=self.face_expression if present["vision"] else None,
                 transcript=self.transcript, typed_text=self.typed, words_text=self.words_text,
-                audio_level_dbfs=self.level, notes=notes, timings_ms=timings,
+                audio_level_dbfs=self.level, notes=notes, timings_ms=timings, personal=personal is not None,
             )
             self.history.append(up)
             return up

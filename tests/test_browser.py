@@ -48,7 +48,7 @@ def media(tmp_path_factory):
 def server(tmp_path_factory):
     port = free_port()
     temp = tmp_path_factory.mktemp("gradio-temp")
-    env = dict(os.environ, GRADIO_TEMP_DIR=str(temp), MMDEMO_CHUNK_MAX_AGE_S=str(CHUNK_AGE_S), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
+    env = dict(os.environ, GRADIO_TEMP_DIR=str(temp), MMDEMO_CHUNK_MAX_AGE_S=str(CHUNK_AGE_S), MMDEMO_DATA_DIR=str(tmp_path_factory.mktemp("userdata")), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
     log = open(tmp_path_factory.mktemp("log") / "app.log", "w")
     t0 = time.time()
     proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port), "--device", "cpu"], cwd=ROOT, env=env,
@@ -146,3 +146,61 @@ def test_two_sessions_do_not_see_each_other(server, media, tmp_path):
         assert pa.locator("#text textarea").input_value() and not pb.locator("#text textarea").input_value()
         a.close()
         b.close()
+
+
+def test_calibrate_label_fit_switch_export_and_import(server, media, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        ctx = _browser(p, tmp_path / "me", media)
+        page = ctx.new_page()
+        page.goto(server["url"], wait_until="load")
+        _start_streams(page)
+        page.wait_for_function("document.querySelector('#status').innerText.includes('face: present')", timeout=60000)
+        page.locator("#personalise").get_by_text("Calibrate & personalise").first.click()
+        page.wait_for_function("document.querySelector('#profile-info').innerText.includes('Profile')", timeout=30000)
+        # 1. neutral baseline: a few seconds of the (fake) camera and microphone
+        page.locator("#cal-start").click()
+        page.wait_for_function("document.querySelector('#cal-msg').innerText.includes('Calibrating')", timeout=30000)
+        page.wait_for_timeout(4000)
+        page.locator("#cal-stop").click()
+        page.wait_for_function("document.querySelector('#baseline').innerText.includes('face: offset from')", timeout=30000)
+        assert "saved in your profile" in page.locator("#cal-msg").inner_text()
+        page.locator("#personalise").screenshot(path=str(ARTIFACTS / "calibration.png"))
+        # 2. label moments (face present; words typed), delete one
+        labels = [2, -2, 1, -1, 0, 3, -3, 1.5, -0.5]
+        for i, v in enumerate(labels):
+            box = page.locator("#label-value input[type=number]")
+            box.fill(str(v))
+            box.press("Tab")
+            page.locator("#label-btn").click()
+            page.wait_for_function(f"document.querySelector('#label-msg').innerText.includes('{i + 1} moments in your profile')", timeout=30000)
+        page.wait_for_function(f"document.querySelectorAll('.mm-delete').length === {len(labels)}", timeout=30000)
+        page.locator(".mm-delete").first.click()
+        page.wait_for_function("document.querySelector('#label-msg').innerText.includes('Moment deleted')", timeout=30000)
+        page.wait_for_function(f"document.querySelectorAll('.mm-delete').length === {len(labels) - 1}", timeout=30000)
+        page.locator("#personalise").screenshot(path=str(ARTIFACTS / "moments.png"))
+        # 3. fit, switch to the personal model and back
+        page.locator("#fit-btn").click()
+        page.wait_for_function("document.querySelector('#fit-msg').innerText.includes('Fitted')", timeout=120000)
+        assert "personal" in page.locator("#personal-info").inner_text().lower()
+        page.wait_for_function("document.querySelector('#readout').innerText.includes('(personal)')", timeout=30000)
+        page.locator("#model-choice").get_by_text("generic").click()
+        page.wait_for_function("!document.querySelector('#readout').innerText.includes('(personal)')", timeout=30000)
+        page.locator("#model-choice").get_by_text("personal").click()
+        page.wait_for_function("document.querySelector('#readout').innerText.includes('(personal)')", timeout=30000)
+        # 4. export, then import the same file: nothing doubles
+        page.locator("#export-btn").click()
+        link = page.locator("#export-file a").first
+        link.wait_for(timeout=30000)
+        with page.expect_download() as dl:
+            link.click()
+        exported = tmp_path / "profile.safetensors"
+        dl.value.save_as(str(exported))
+        assert exported.stat().st_size > 1000
+        page.locator("#import-file input[type=file]").set_input_files(str(exported))
+        page.wait_for_function("document.querySelector('#profile-msg').innerText.includes('Imported 0 moments')", timeout=30000)
+        assert f"({len(labels) - 1} already here)" in page.locator("#profile-msg").inner_text()
+        page.screenshot(path=str(ARTIFACTS / "personalise.png"), full_page=True)
+        ctx.close()

@@ -1,0 +1,271 @@
+"""Personal models from a few self-labelled moments, and the path to a truly paired corpus.
+
+A personal model is the selected fusion method's shipped model, fine-tuned on one person's labelled
+moments (the live encoders' features of face, voice and words of the same seconds: truly paired).
+It stays the same class, so the contributions (exact Shapley values, the method's own weights) work
+as for the generic model. With 8 to a few hundred examples it must not forget what it knew: the
+fine-tuning is full-batch Adam for a fixed number of steps with an L2 pull of every parameter toward
+its shipped value (L2-SP, Li et al. 2018, "Explicit inductive bias for transfer learning with
+convolutional networks"). ``PersonalConfig``'s defaults were chosen on the validation users of
+``bench/personal.py`` (simulated users built with the live encoders), never on its test users.
+
+Command line (``python -m mmdemo.personal ...``):
+
+- ``merge PROFILE ... --out DIR``: exported profiles (``.safetensors``) or profile folders of many
+  people -> one feature folder (``labels.csv`` + ``<modality>.npy``), ``video_id`` = the person, and
+  train/valid/test splits by person (a person's moments never span two splits);
+- ``train --data DIR --out RUNS``: every fusion method with the one training loop on such a folder
+  (the same as ``python -m mmdemo.train --fusion all``);
+- ``reference --data ../shared/data --out checkpoints/``: the population's neutral face and voice
+  features that the neutral-baseline calibration measures against (:mod:`mmdemo.calibration`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import DISPLAY_NAMES, MODALITIES
+from .data import Split, split_by_group
+from .fusion import Fusion
+from .train import adam
+
+log = logging.getLogger(__name__)
+
+
+class PersonalError(ValueError):
+    """Moments that cannot give a personal model (too few, all one label): the message says why."""
+
+
+@dataclass(frozen=True)
+class PersonalConfig:
+    steps: int = 100  # full-batch Adam steps
+    lr: float = 3e-3
+    anchor: float = 0.3  # L2-SP strength: sum of squared distances of the parameters from the shipped ones
+    min_moments: int = 8
+    loo_max: int = 24  # up to this many moments the error is leave-one-out, beyond it 10-fold
+
+
+def check_moments(split: Split, cfg: PersonalConfig = PersonalConfig()) -> None:
+    n = len(split)
+    if n < cfg.min_moments:
+        raise PersonalError(f"label at least {cfg.min_moments} moments first (this profile has {n})")
+    if float(np.ptp(split.labels)) == 0.0:
+        raise PersonalError(f"every moment is labelled {split.labels[0]:+g}: label some moments differently, "
+                            "or the model can only learn to say that one value")
+    if not any(p.any() for p in split.present.values()):
+        raise PersonalError("no moment has any modality present")
+
+
+def _tensors(split: Split, model: Fusion, index=None):
+    device = next(model.parameters()).device
+    idx = np.arange(len(split)) if index is None else np.asarray(index)
+    feats = {m: torch.as_tensor(split.feats[m][idx], device=device) for m in model.modalities}
+    present = {m: torch.as_tensor(split.present[m][idx], device=device) for m in model.modalities}
+    return feats, present, torch.as_tensor(split.labels[idx], device=device)
+
+
+def fit_personal(generic: Fusion, split: Split, cfg: PersonalConfig = PersonalConfig(), index=None) -> Fusion:
+    """A copy of ``generic`` fine-tuned on ``split`` (rows ``index``; all when None), pulled toward
+    the generic weights. The generic model is not changed."""
+    model = copy.deepcopy(generic).eval()  # eval: no dropout noise on a handful of examples
+    for p in model.parameters():
+        p.requires_grad_(True)
+    anchor = [p.detach().clone() for p in model.parameters()]
+    params = list(model.parameters())
+    feats, present, y = _tensors(split, model, index)
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    opt = adam([{"params": params, "lr": cfg.lr, "weight_decay": 0.0}])
+    for _ in range(cfg.steps):
+        pred = model(feats, present).prediction
+        loss = torch.mean((pred - y) ** 2)
+        opt.zero_grad(set_to_none=False)
+        loss.backward()
+        if cfg.anchor:  # the gradient of anchor * sum((p - p0)^2), added in one fused call per step
+            torch._foreach_add_([p.grad for p in params], torch._foreach_sub(params, anchor), alpha=2 * cfg.anchor)
+        opt.step()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
+
+
+@torch.inference_mode()
+def predict(model: Fusion, split: Split, index=None) -> np.ndarray:
+    feats, present, _ = _tensors(split, model, index)
+    return model(feats, present).prediction.float().cpu().numpy()
+
+
+def folds(n: int, cfg: PersonalConfig = PersonalConfig(), seed: int = 0) -> tuple[list[np.ndarray], str]:
+    """Held-out index sets: one per moment up to ``cfg.loo_max`` moments, else 10 folds."""
+    if n <= cfg.loo_max:
+        return [np.array([i]) for i in range(n)], "leave-one-out"
+    order = np.random.default_rng(seed).permutation(n)
+    return [np.sort(order[k::10]) for k in range(10)], "10-fold"
+
+
+def cross_validate(generic: Fusion, split: Split, cfg: PersonalConfig = PersonalConfig(), *, progress=None) -> dict:
+    """Held-out error of the personal model vs the generic one on the same moments: each fold's
+    personal model never saw its held-out moments. ``progress(i, n)`` is called per fold."""
+    check_moments(split, cfg)
+    n = len(split)
+    held, scheme = folds(n, cfg)
+    personal = np.zeros(n, np.float32)
+    t0 = time.perf_counter()
+    for i, test in enumerate(held):
+        train = np.setdiff1d(np.arange(n), test)
+        personal[test] = predict(fit_personal(generic, split, cfg, train), split, test)
+        if progress is not None:
+            progress(i + 1, len(held))
+    generic_pred = predict(generic, split)
+    return {"moments": n, "scheme": scheme, "generic_mae": float(np.mean(np.abs(generic_pred - split.labels))),
+            "personal_mae": float(np.mean(np.abs(personal - split.labels))), "seconds": time.perf_counter() - t0}
+
+
+# ============================================================================ many people -> one corpus
+
+
+def _load_people(sources: list[Path], dims: dict[str, int]) -> list[tuple[str, list[dict], dict[str, np.ndarray], np.ndarray]]:
+    """(person, moment rows, features, labels) of each exported profile file or profile folder."""
+    from .profile import Profile, read_profile_file
+
+    people = []
+    for src in sources:
+        if src.is_dir():
+            prof = Profile(src.parent.parent, src.name, dims) if (src / "labels.csv").exists() else None
+            if prof is None:
+                raise PersonalError(f"{src}: not a profile folder (no labels.csv)")
+            sp = prof.split()
+            rows = [{"clip_id": i, "text": t} for i, t in zip(sp.ids, sp.text)]
+            people.append((prof.id, rows, sp.feats, sp.labels))
+        else:
+            parsed = read_profile_file(src, dims)
+            people.append((str(parsed["info"].get("profile") or src.stem), parsed["moments"], parsed["feats"], parsed["labels"]))
+    return people
+
+
+def merge(sources: list[str | Path], out: str | Path, *, dims: dict[str, int] | None = None, valid: float = 0.2, test: float = 0.2) -> dict:
+    """Write one feature folder from many people's profiles (see the module docstring)."""
+    from .encoders import DIMS
+
+    dims = dims or dict(DIMS)
+    people = _load_people([Path(s) for s in sources], dims)
+    ids = [p[0] for p in people]
+    if len(set(ids)) != len(ids):
+        raise PersonalError("the same person appears twice; merge each profile once")
+    if len(people) < 3:
+        raise PersonalError(f"{len(people)} person(s): person-independent train/valid/test splits need at least 3 people")
+    split = split_by_group(ids, valid=valid, test=test, salt="mmdemo-personal")
+    # every split gets someone: the hash decides, then the largest split lends a person where one is empty
+    for need in ("test", "valid", "train"):
+        if need not in split:
+            donor = max(("train", "valid", "test"), key=lambda s: (split == s).sum())
+            split[int(np.flatnonzero(split == donor)[0])] = need
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, arrays = [], {m: [] for m in MODALITIES}
+    for (person, moments, feats, labels), s in zip(people, split):
+        for i, r in enumerate(moments):
+            rows.append({"clip_id": f"{person[:12]}-{r['clip_id']}", "label": f"{float(labels[i]):g}", "split": s,
+                         "text": r.get("text", ""), "video_id": person})
+        for m in MODALITIES:
+            arrays[m].append(np.asarray(feats[m], np.float32))
+    with open(out / "labels.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=["clip_id", "label", "split", "text", "video_id"])
+        w.writeheader()
+        w.writerows(rows)
+    for m in MODALITIES:
+        np.save(out / f"{m}.npy", np.concatenate(arrays[m]), allow_pickle=False)
+    counts = {s: int(sum(1 for r in rows if r["split"] == s)) for s in ("train", "valid", "test")}
+    people_per = {s: int((split == s).sum()) for s in ("train", "valid", "test")}
+    return {"people": len(people), "moments": len(rows), "moments_per_split": counts, "people_per_split": people_per, "folder": str(out)}
+
+
+# ============================================================================ the neutral reference
+
+
+def neutral_reference(data: str | Path, *, limit_per_split: int | None = None, progress: bool = True):
+    """Median raw features of the neutral training clips: face from the expression photos (label
+    neutral), voice from the neutral/calm clips of RAVDESS, ASED and EmoSpeech (train speakers)."""
+    from .benchmark import CORPORA
+    from .calibration import NeutralReference
+    from .crosscorpus import VOICE_CORPORA, voice_labels
+    from .extract import run_extraction
+
+    data = Path(data)
+    vectors, source = {}, {}
+    face_folder = data / CORPORA["faces"]["folder"]
+    with open(face_folder / "labels.csv", encoding="utf-8") as f:
+        neutral_faces = {r["clip_id"] for r in csv.DictReader(f) if r.get("emotion", "").strip().lower() == "neutral"}
+    ds, _, _ = run_extraction(face_folder, face_folder / "labels.csv", modalities=("vision",), label_col="polarity",
+                              limit_per_split=limit_per_split, progress=progress)
+    tr = ds.splits["train"]
+    keep = tr.present["vision"] & np.isin(tr.ids, list(neutral_faces))
+    if not keep.any():
+        raise PersonalError(f"{face_folder}: no neutral training photo with a face found")
+    vectors["vision"] = np.median(tr.feats["vision"][keep], axis=0)
+    source["vision"] = f"{int(keep.sum())} neutral training photos of {CORPORA['faces']['folder']}"
+    xs, parts = [], []
+    for name, c in VOICE_CORPORA.items():
+        folder = data / c["folder"]
+        labels = voice_labels(folder)
+        ds, _, _ = run_extraction(folder, folder / "labels.csv", modalities=("audio",), label_col="polarity", transcribe=False,
+                                  limit_per_split=limit_per_split, progress=progress)
+        tr = ds.splits["train"]
+        keep = tr.present["audio"] & np.array([i in labels and labels[i].cls == 0 for i in tr.ids], bool)
+        xs.append(tr.feats["audio"][keep])
+        parts.append(f"{int(keep.sum())} {name}")
+    if not sum(len(x) for x in xs):
+        raise PersonalError("no neutral training clip with speech found in the voice corpora")
+    vectors["audio"] = np.median(np.concatenate(xs), axis=0)
+    source["audio"] = "neutral/calm training clips: " + ", ".join(parts)
+    return NeutralReference({m: v.astype(np.float32) for m, v in vectors.items()}, source)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m mmdemo.personal", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    m = sub.add_parser("merge", help="many people's exported profiles -> one person-independent feature folder")
+    m.add_argument("profiles", nargs="+", type=Path, help="exported profile files (.safetensors) or profile folders")
+    m.add_argument("--out", type=Path, required=True)
+    m.add_argument("--train", action="store_true", help="then train every fusion method on it (into OUT/runs)")
+    t = sub.add_parser("train", help="train every fusion method on a merged folder (python -m mmdemo.train --fusion all)")
+    t.add_argument("--data", type=Path, required=True)
+    t.add_argument("--out", type=Path, default=Path("runs/personal"))
+    r = sub.add_parser("reference", help="measure the neutral face and voice reference of the calibration")
+    r.add_argument("--data", type=Path, default=Path("../shared/data"))
+    r.add_argument("--out", type=Path, default=Path("checkpoints"))
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from .profile import ProfileError
+    from .train import main as train_main
+
+    try:
+        if args.cmd == "merge":
+            summary = merge(args.profiles, args.out)
+            print(f"merged {summary['people']} people, {summary['moments']} moments into {summary['folder']}: "
+                  + ", ".join(f"{s} {summary['moments_per_split'][s]} moments of {summary['people_per_split'][s]} people"
+                              for s in ("train", "valid", "test")))
+            if args.train:
+                return train_main(["--fusion", "all", "--data", str(args.out), "--out", str(args.out / "runs")])
+        elif args.cmd == "train":
+            return train_main(["--fusion", "all", "--data", str(args.data), "--out", str(args.out)])
+        else:
+            ref = neutral_reference(args.data)
+            path = ref.save(args.out)
+            print(f"wrote {path}: " + "; ".join(f"{DISPLAY_NAMES[k]}: {v}" for k, v in ref.source.items()))
+    except (PersonalError, ProfileError, FileNotFoundError) as err:
+        ap.error(str(err))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,453 @@
+"""A person's profile: labelled moments, their neutral baseline and their personal models, on disk.
+
+Where: ``<data root>/profiles/<profile id>/`` with the data root ``$MMDEMO_DATA_DIR``, else
+``$XDG_DATA_HOME/mmdemo``, else ``~/.local/share/mmdemo`` (never inside the project or Gradio's
+cache: :func:`data_root` refuses those). A profile id is 32 random hex digits; nothing lists the
+profiles of a server, so one user never sees another's unless a profile file is exported and
+imported on purpose.
+
+The moments are kept in the project's feature-folder format (what
+:meth:`mmdemo.data.FeatureDataset.from_folder` and ``python -m mmdemo.train --data`` read):
+
+    labels.csv    clip_id, label, split, text, video_id (= the person), created, seconds, clip
+    text.npy audio.npy vision.npy   (N, D) float32, row i = row i of labels.csv; an all-zero row =
+                  the modality was absent in that moment
+    clips/<clip_id>/audio.wav, frame.jpg   only when the user ticked "keep the raw clip"
+    baseline.safetensors                   the neutral-baseline offsets (+ what was measured)
+    personal/<fusion>/                     personal models (a checkpoint folder each)
+
+Every change happens under an exclusive file lock and replaces files atomically, so two tabs (or two
+processes) of one person append and delete without losing each other's moments.
+
+A profile exports to one ``.safetensors`` file: moments, baseline and personal models as tensors,
+everything else as JSON in the file's metadata (format ``mmdemo-profile/1``); importing checks the
+format, every key and shape against this installation's encoders, the labels and the values before
+anything is written. Never pickle. Raw clips are not exported (features only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import re
+import secrets
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import DISPLAY_NAMES, MODALITIES
+from .calibration import Baseline
+
+FORMAT = "mmdemo-profile/1"
+PROFILE_ID = re.compile(r"^[0-9a-f]{32}$")
+COLUMNS = ("clip_id", "label", "split", "text", "video_id", "created", "seconds", "clip")
+MAX_MOMENTS = 5000
+MAX_PROFILE_BYTES = 64 * 2**20  # an imported profile file larger than this is refused
+MAX_TEXT = 2000  # characters of a moment's words kept in labels.csv
+REPO = Path(__file__).resolve().parents[1]
+
+
+class ProfileError(ValueError):
+    """A profile operation that cannot be done (bad file, unknown moment, ...): the message says why."""
+
+
+@dataclass
+class Moment:
+    """The last few seconds of a session as one example: features as the models read them."""
+
+    features: dict[str, np.ndarray]  # modality -> (D,) (zeros when absent)
+    present: dict[str, bool]
+    text: str = ""
+    seconds: float = 0.0
+    audio: np.ndarray | None = None  # 16 kHz mono float, only kept with the user's consent
+    frame: np.ndarray | None = None  # RGB uint8, the last frame of the moment
+
+    @property
+    def any_present(self) -> bool:
+        return any(self.present.values())
+
+
+def new_profile_id() -> str:
+    return secrets.token_hex(16)
+
+
+def data_root(root: str | Path | None = None, *, forbidden: tuple[Path, ...] = ()) -> Path:
+    """Where profiles live (see the module docstring). A root inside the project or inside a
+    ``forbidden`` folder (Gradio's cache) is refused: user data must not end up in either."""
+    if root is None:
+        root = os.environ.get("MMDEMO_DATA_DIR") or Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "mmdemo"
+    root = Path(root).expanduser().resolve()
+    for bad, what in [(REPO, "the project folder")] + [(Path(f).resolve(), str(f)) for f in forbidden]:
+        if root == bad or bad in root.parents:
+            raise ProfileError(f"user data must not be stored inside {what} ({root}); set MMDEMO_DATA_DIR elsewhere")
+    return root
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class Profile:
+    """One person's folder. Thread- and process-safe (file lock); ``dims`` are the encoders' sizes."""
+
+    def __init__(self, root: str | Path, profile_id: str, dims: dict[str, int]):
+        if not isinstance(profile_id, str) or not PROFILE_ID.match(profile_id):
+            raise ProfileError("not a profile id (32 hex digits)")
+        self.id = profile_id
+        self.dims = {m: int(dims[m]) for m in MODALITIES}
+        self.folder = Path(root) / "profiles" / profile_id
+
+    # ------------------------------------------------------------------ locking and reading
+    @contextlib.contextmanager
+    def locked(self):
+        import fcntl
+
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(self.folder / ".lock", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _read(self) -> tuple[list[dict], dict[str, np.ndarray]]:
+        csv_path = self.folder / "labels.csv"
+        if not csv_path.exists():
+            return [], {m: np.zeros((0, d), np.float32) for m, d in self.dims.items()}
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        arrays = {}
+        for m, d in self.dims.items():
+            x = np.load(self.folder / f"{m}.npy", allow_pickle=False)
+            if x.shape != (len(rows), d):
+                raise ProfileError(f"{self.folder}: {m}.npy has shape {x.shape}, expected ({len(rows)}, {d}); the profile is damaged")
+            arrays[m] = x.astype(np.float32)
+        return rows, arrays
+
+    def _write(self, rows: list[dict], arrays: dict[str, np.ndarray]) -> None:
+        for m, x in arrays.items():
+            _atomic_write(self.folder / f"{m}.npy", lambda f, x=x: np.save(f, np.asarray(x, np.float32), allow_pickle=False))
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k, "") for k in COLUMNS})
+        _atomic_write(self.folder / "labels.csv", lambda f: f.write(buf.getvalue().encode("utf-8")))
+
+    def moments(self) -> list[dict]:
+        """The labelled moments, oldest first: one dict per moment (labels.csv's columns, label as
+        float, ``present`` as a list of modalities)."""
+        if not (self.folder / "labels.csv").exists():
+            return []
+        with self.locked():
+            rows, arrays = self._read()
+        out = []
+        for i, r in enumerate(rows):
+            present = [m for m in MODALITIES if np.any(arrays[m][i] != 0)]
+            out.append(dict(r, label=float(r["label"]), present=present))
+        return out
+
+    def __len__(self) -> int:
+        return len(self.moments())
+
+    def split(self):
+        """All moments as one :class:`mmdemo.data.Split` (presence from the all-zero rows)."""
+        from .data import Split
+
+        with self.locked():
+            rows, arrays = self._read()
+        return Split(feats=arrays, present={m: np.any(x != 0, axis=1) for m, x in arrays.items()},
+                     labels=np.array([float(r["label"]) for r in rows], np.float32),
+                     ids=np.array([r["clip_id"] for r in rows]), text=np.array([r["text"] for r in rows]))
+
+    # ------------------------------------------------------------------ changes
+    def add(self, moment: Moment, label: float, *, keep_clip: bool = False) -> str:
+        """Store one labelled moment; returns its id. Raw audio/frame are written only with ``keep_clip``."""
+        if not moment.any_present:
+            raise ProfileError("nothing to label: no face, voice or words in the last seconds")
+        try:
+            label = float(label)
+        except (TypeError, ValueError):
+            raise ProfileError("the label must be a number from -3 to +3") from None
+        if not np.isfinite(label) or not -3.0 <= label <= 3.0:
+            raise ProfileError("the label must be a number from -3 to +3")
+        feats = {}
+        for m, d in self.dims.items():
+            x = np.asarray(moment.features.get(m, np.zeros(d)), np.float32).reshape(-1)
+            if not moment.present.get(m):
+                x = np.zeros(d, np.float32)
+            if x.shape != (d,) or not np.all(np.isfinite(x)):
+                raise ProfileError(f"{DISPLAY_NAMES[m]}: feature of shape {x.shape}, expected ({d},) finite values")
+            feats[m] = x
+        clip_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+        with self.locked():
+            rows, arrays = self._read()
+            if len(rows) >= MAX_MOMENTS:
+                raise ProfileError(f"this profile already holds {MAX_MOMENTS} moments; delete some first")
+            clip = ""
+            if keep_clip and (moment.audio is not None or moment.frame is not None):
+                clip = self._write_clip(clip_id, moment)
+            rows.append({"clip_id": clip_id, "label": f"{label:g}", "split": "train", "text": moment.text[:MAX_TEXT],
+                         "video_id": self.id, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                         "seconds": f"{moment.seconds:.1f}", "clip": clip})
+            self._write(rows, {m: np.concatenate([arrays[m], feats[m][None]]) for m in MODALITIES})
+        return clip_id
+
+    def _write_clip(self, clip_id: str, moment: Moment) -> str:
+        import cv2
+        import soundfile as sf
+
+        folder = self.folder / "clips" / clip_id
+        folder.mkdir(parents=True, exist_ok=True)
+        if moment.audio is not None and len(moment.audio):
+            sf.write(str(folder / "audio.wav"), np.asarray(moment.audio, np.float32), 16000, subtype="PCM_16")
+        if moment.frame is not None:
+            cv2.imwrite(str(folder / "frame.jpg"), cv2.cvtColor(np.asarray(moment.frame, np.uint8), cv2.COLOR_RGB2BGR))
+        return str(folder.relative_to(self.folder))
+
+    def delete(self, clip_id: str) -> None:
+        """Remove one moment (and its raw clip). An unknown id (deleted meanwhile in another tab) raises."""
+        with self.locked():
+            rows, arrays = self._read()
+            keep = [i for i, r in enumerate(rows) if r["clip_id"] != clip_id]
+            if len(keep) == len(rows):
+                raise ProfileError(f"no moment {str(clip_id)[:40]!r} in this profile (deleted already, perhaps in another tab)")
+            if PROFILE_CLIP.match(clip_id):
+                shutil.rmtree(self.folder / "clips" / clip_id, ignore_errors=True)
+            self._write([rows[i] for i in keep], {m: arrays[m][keep] for m in MODALITIES})
+
+    def delete_all(self) -> None:
+        """Everything of this profile, from disk."""
+        with self.locked():
+            for p in self.folder.iterdir():
+                if p.name != ".lock":
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    # ------------------------------------------------------------------ baseline and personal models
+    def save_baseline(self, baseline: Baseline | None) -> None:
+        from safetensors.numpy import save
+
+        with self.locked():
+            path = self.folder / "baseline.safetensors"
+            if baseline is None:
+                path.unlink(missing_ok=True)
+                return
+            blob = save({m: x for m, x in baseline.offsets.items()}, metadata={"format": FORMAT, "info": json.dumps(baseline.to_json())})
+            _atomic_write(path, lambda f: f.write(blob))
+
+    def load_baseline(self) -> Baseline | None:
+        from safetensors.numpy import load
+
+        path = self.folder / "baseline.safetensors"
+        if not path.exists():
+            return None
+        data = path.read_bytes()
+        try:
+            meta = _metadata(data)
+            return Baseline.from_parts(load(data), json.loads(meta.get("info", "{}")), self.dims)
+        except Exception as err:  # noqa: BLE001 - a damaged file is reported, never half-used
+            raise ProfileError(f"{path}: unreadable baseline ({err})") from None
+
+    def save_personal(self, model, metrics: dict) -> None:
+        from .checkpoint import save_fusion
+
+        with self.locked():
+            folder = self.folder / "personal" / model.name
+            tmp = self.folder / "personal" / f".{model.name}.{secrets.token_hex(4)}"
+            save_fusion(model, tmp, extra={"metrics.json": metrics})
+            shutil.rmtree(folder, ignore_errors=True)
+            os.replace(tmp, folder)
+
+    def load_personal(self, fusion: str):
+        """(model, metrics) of the personal model for ``fusion``, or None."""
+        from .checkpoint import load_fusion
+
+        folder = self.folder / "personal" / fusion
+        if not (folder / "config.json").exists():
+            return None
+        model = load_fusion(folder)
+        if model.dims != self.dims:
+            raise ProfileError(f"{folder}: personal model for feature sizes {model.dims}, the encoders give {self.dims}")
+        metrics = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").exists() else {}
+        return model, metrics
+
+    def personal_fusions(self) -> list[str]:
+        root = self.folder / "personal"
+        return sorted(p.name for p in root.iterdir() if (p / "config.json").exists()) if root.exists() else []
+
+    def delete_personal(self, fusion: str | None = None) -> None:
+        with self.locked():
+            root = self.folder / "personal"
+            if fusion is None:
+                shutil.rmtree(root, ignore_errors=True)
+            elif fusion in self.personal_fusions():
+                shutil.rmtree(root / fusion, ignore_errors=True)
+
+    # ------------------------------------------------------------------ one file out, one file in
+    def export(self, path: str | Path) -> Path:
+        """Moments + baseline + personal models as one safetensors file (no raw clips)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        split = self.split()
+        rows = self.moments()
+        tensors = {"moments/labels": torch.from_numpy(split.labels.copy())}
+        for m in MODALITIES:
+            tensors[f"moments/{m}"] = torch.from_numpy(split.feats[m].copy())
+        baseline = self.load_baseline()
+        if baseline is not None:
+            tensors |= {f"baseline/{m}": torch.from_numpy(x.copy()) for m, x in baseline.offsets.items()}
+        personal = {}
+        for name in self.personal_fusions():
+            model, metrics = self.load_personal(name)
+            tensors |= {f"personal/{name}/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            personal[name] = {"config": asdict(model.cfg), "metrics": metrics}
+        info = {"profile": self.id, "dims": self.dims, "exported": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "moments": [{k: r[k] for k in ("clip_id", "text", "created", "seconds")} for r in rows],
+                "baseline": None if baseline is None else baseline.to_json(), "personal": personal}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(path), metadata={"format": FORMAT, "info": json.dumps(info)})
+        return path
+
+    def import_file(self, path: str | Path) -> dict:
+        """Merge an exported profile into this one: its moments are added (ids already here are
+        skipped), its baseline and personal models replace this profile's. Everything is checked
+        before anything is written; returns what was taken."""
+        parsed = read_profile_file(path, self.dims)
+        added = 0
+        with self.locked():
+            rows, arrays = self._read()
+            have = {r["clip_id"] for r in rows}
+            new = [i for i, r in enumerate(parsed["moments"]) if r["clip_id"] not in have]
+            if len(rows) + len(new) > MAX_MOMENTS:
+                raise ProfileError(f"importing would make {len(rows) + len(new)} moments; at most {MAX_MOMENTS}")
+            for i in new:
+                r = parsed["moments"][i]
+                rows.append({"clip_id": r["clip_id"], "label": f"{parsed['labels'][i]:g}", "split": "train", "text": r["text"],
+                             "video_id": self.id, "created": r["created"], "seconds": r["seconds"], "clip": ""})
+            if new:
+                self._write(rows, {m: np.concatenate([arrays[m], parsed["feats"][m][new]]) for m in MODALITIES})
+            added = len(new)
+        if parsed["baseline"] is not None:
+            self.save_baseline(parsed["baseline"])
+        for model, metrics in parsed["personal"].values():
+            self.save_personal(model, metrics)
+        return {"moments_added": added, "moments_skipped": len(parsed["moments"]) - added,
+                "baseline": parsed["baseline"] is not None, "personal": sorted(parsed["personal"])}
+
+
+PROFILE_CLIP = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
+
+
+def _metadata(blob: bytes) -> dict:
+    """The ``__metadata__`` of a safetensors blob (its JSON header), without loading tensors."""
+    if len(blob) < 8:
+        raise ProfileError("not a safetensors file (too short)")
+    n = int.from_bytes(blob[:8], "little")
+    if n <= 0 or n > min(len(blob) - 8, 16 * 2**20):
+        raise ProfileError("not a safetensors file (bad header)")
+    try:
+        header = json.loads(blob[8 : 8 + n])
+    except ValueError:
+        raise ProfileError("not a safetensors file (header is not JSON)") from None
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return meta if isinstance(meta, dict) else {}
+
+
+def read_profile_file(path: str | Path, dims: dict[str, int]) -> dict:
+    """Parse and check an exported profile strictly. Returns moments (rows), labels, feats, baseline
+    and personal models ({fusion: (model, metrics)}). Raises :class:`ProfileError` with the reason."""
+    from safetensors.torch import load as load_tensors
+
+    from .fusion import FusionConfig, create_fusion, list_fusions
+
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        raise ProfileError(f"cannot read the profile file ({err.strerror})") from None
+    if size > MAX_PROFILE_BYTES:
+        raise ProfileError(f"the profile file is {size / 2**20:.0f} MB; at most {MAX_PROFILE_BYTES // 2**20} MB")
+    blob = path.read_bytes()
+    meta = _metadata(blob)
+    if meta.get("format") != FORMAT:
+        raise ProfileError(f"not an mmdemo profile (format {str(meta.get('format'))[:40]!r}, expected {FORMAT!r})")
+    try:
+        info = json.loads(meta["info"])
+        tensors = load_tensors(blob)
+    except Exception as err:  # noqa: BLE001
+        raise ProfileError(f"the profile file is damaged ({type(err).__name__})") from None
+    if info.get("dims") != dims:
+        raise ProfileError(f"the profile was made with feature sizes {info.get('dims')}; this installation's encoders give {dims}")
+    moments = info.get("moments")
+    if not isinstance(moments, list):
+        raise ProfileError("the profile file has no moment list")
+    n = len(moments)
+    labels = tensors.pop("moments/labels", None)
+    if labels is None or tuple(labels.shape) != (n,):
+        raise ProfileError(f"the profile's labels do not match its {n} moments")
+    labels = labels.float().numpy()
+    if not np.all(np.isfinite(labels)) or np.any(np.abs(labels) > 3):
+        raise ProfileError("the profile holds labels outside -3..+3")
+    feats = {}
+    for m in MODALITIES:
+        x = tensors.pop(f"moments/{m}", None)
+        if x is None or tuple(x.shape) != (n, dims[m]) or x.dtype != torch.float32:
+            raise ProfileError(f"the profile's {DISPLAY_NAMES[m]} features are missing or have the wrong shape")
+        x = x.numpy()
+        if not np.all(np.isfinite(x)):
+            raise ProfileError(f"the profile's {DISPLAY_NAMES[m]} features hold NaN or inf")
+        feats[m] = x
+    rows = []
+    for r in moments:
+        if not isinstance(r, dict) or not PROFILE_CLIP.match(str(r.get("clip_id", ""))):
+            raise ProfileError("the profile holds a moment without a valid id")
+        rows.append({"clip_id": r["clip_id"], "text": str(r.get("text", ""))[:MAX_TEXT],
+                     "created": str(r.get("created", ""))[:32], "seconds": str(r.get("seconds", ""))[:8]})
+    if len({r["clip_id"] for r in rows}) != n:
+        raise ProfileError("the profile holds the same moment twice")
+    baseline = None
+    offsets = {k.split("/", 1)[1]: tensors.pop(k).numpy() for k in [k for k in tensors if k.startswith("baseline/")]}
+    if offsets or info.get("baseline") is not None:
+        try:
+            baseline = Baseline.from_parts(offsets, info.get("baseline") or {}, dims)
+        except (ValueError, TypeError, KeyError) as err:
+            raise ProfileError(f"the profile's baseline is invalid ({err})") from None
+    personal = {}
+    known = {f.name for f in fields(FusionConfig)}
+    for name, spec in dict(info.get("personal") or {}).items():
+        if name not in list_fusions():
+            raise ProfileError(f"the profile has a personal model for {str(name)[:40]!r}, which this installation does not know")
+        cfg = dict(spec.get("config") or {})
+        if set(cfg) - known:
+            raise ProfileError(f"the personal {name} model has settings this version does not know: {sorted(set(cfg) - known)}")
+        model = create_fusion(name, dims=dims, cfg=FusionConfig(**cfg))
+        prefix = f"personal/{name}/"
+        state = {k[len(prefix):]: tensors.pop(k) for k in [k for k in tensors if k.startswith(prefix)]}
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as err:
+            raise ProfileError(f"the personal {name} model does not fit this installation ({str(err)[:200]})") from None
+        if not all(torch.isfinite(v).all() for v in model.state_dict().values()):
+            raise ProfileError(f"the personal {name} model holds NaN or inf")
+        personal[name] = (model.eval(), dict(spec.get("metrics") or {}))
+    if tensors:
+        raise ProfileError(f"the profile file holds unexpected entries: {sorted(tensors)[:5]}")
+    return {"moments": rows, "labels": labels, "feats": feats, "baseline": baseline, "personal": personal, "info": info}

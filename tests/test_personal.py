@@ -1,0 +1,335 @@
+"""Calibration, labelled moments, personal models, profiles (fast: no pretrained models)."""
+
+import json
+import struct
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mmdemo import MODALITIES
+from mmdemo.calibration import Baseline, CalibrationError, Calibrator, NeutralReference
+from mmdemo.checkpoint import load_fusion
+from mmdemo.data import load_dataset
+from mmdemo.encoders import DIMS
+from mmdemo.personal import PersonalConfig, PersonalError, check_moments, cross_validate, fit_personal, folds, merge, predict
+from mmdemo.pipeline import DEFAULT_CHECKPOINTS
+from mmdemo.profile import Moment, Profile, ProfileError, data_root, new_profile_id, read_profile_file
+
+RNG = np.random.default_rng(0)
+
+
+def moment(present=("text", "audio", "vision"), seed=0, text="hello") -> Moment:
+    rng = np.random.default_rng(seed)
+    feats = {m: rng.normal(size=DIMS[m]).astype(np.float32) for m in MODALITIES}
+    return Moment(feats, {m: m in present for m in MODALITIES}, text=text, seconds=5.0)
+
+
+@pytest.fixture
+def profile(tmp_path) -> Profile:
+    return Profile(tmp_path, new_profile_id(), DIMS)
+
+
+@pytest.fixture(scope="module")
+def generic():
+    return load_fusion(DEFAULT_CHECKPOINTS / "fusion" / "weighted")
+
+
+# ---------------------------------------------------------------- the store
+
+
+def test_moments_are_stored_in_the_project_dataset_format(profile):
+    ids = [profile.add(moment(seed=i), label=i - 1.5) for i in range(3)]
+    profile.add(moment(present=("text",), seed=9), label=2)
+    rows = profile.moments()
+    assert [r["clip_id"] for r in rows[:3]] == ids and rows[3]["present"] == ["text"]
+    ds = load_dataset(profile.folder)  # what python -m mmdemo.train --data reads
+    tr = ds.splits["train"]
+    assert len(tr) == 4 and list(tr.labels) == [-1.5, -0.5, 0.5, 2.0]
+    assert tr.present["vision"].tolist() == [True, True, True, False]
+    np.testing.assert_allclose(tr.feats["audio"][1], moment(seed=1).features["audio"], rtol=1e-6)
+    assert (profile.folder / "labels.csv").read_text().splitlines()[0].startswith("clip_id,label,split,text,video_id")
+
+
+def test_bad_moments_are_refused_with_a_reason_and_nothing_is_written(profile):
+    with pytest.raises(ProfileError, match="nothing to label"):
+        profile.add(moment(present=()), label=1)
+    for bad in (3.5, -4, float("nan"), "lots"):
+        with pytest.raises(ProfileError, match="-3 to \\+3"):
+            profile.add(moment(), label=bad)
+    broken = moment()
+    broken.features["audio"] = np.full(DIMS["audio"], np.nan, np.float32)
+    with pytest.raises(ProfileError, match="voice"):
+        profile.add(broken, label=0)
+    assert profile.moments() == []
+
+
+def test_the_raw_clip_is_kept_only_when_asked(profile):
+    m = moment()
+    m.audio = np.zeros(16000, np.float32)
+    m.frame = np.zeros((48, 64, 3), np.uint8)
+    a = profile.add(m, label=1)
+    b = profile.add(m, label=1, keep_clip=True)
+    rows = {r["clip_id"]: r for r in profile.moments()}
+    assert rows[a]["clip"] == "" and not (profile.folder / "clips" / a).exists()
+    assert (profile.folder / rows[b]["clip"] / "audio.wav").exists() and (profile.folder / rows[b]["clip"] / "frame.jpg").exists()
+    profile.delete(b)
+    assert not (profile.folder / "clips" / b).exists() and [r["clip_id"] for r in profile.moments()] == [a]
+
+
+def test_two_tabs_of_one_person_lose_nothing(tmp_path):
+    pid = new_profile_id()
+    tabs = [Profile(tmp_path, pid, DIMS) for _ in range(2)]
+    errors = []
+
+    def work(tab, k):
+        try:
+            for i in range(8):
+                tab.add(moment(seed=100 * k + i), label=k)
+        except Exception as err:  # noqa: BLE001
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(t, k)) for k, t in enumerate(tabs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    rows = tabs[0].moments()
+    assert len(rows) == 16 and sorted(r["label"] for r in rows) == [0.0] * 8 + [1.0] * 8
+    tabs[0].delete(rows[0]["clip_id"])
+    with pytest.raises(ProfileError, match="another tab"):
+        tabs[1].delete(rows[0]["clip_id"])
+    assert len(tabs[1].moments()) == 15
+
+
+def test_profile_ids_and_data_folders_are_checked(tmp_path):
+    for bad in ("../etc", "abc", "0" * 31 + "g", None):
+        with pytest.raises(ProfileError):
+            Profile(tmp_path, bad, DIMS)
+    with pytest.raises(ProfileError, match="project"):
+        data_root(Path(__file__).resolve().parents[1] / "userdata")
+    with pytest.raises(ProfileError, match="inside"):
+        data_root(tmp_path / "cache" / "x", forbidden=(tmp_path / "cache",))
+    assert data_root(tmp_path / "ok") == (tmp_path / "ok").resolve()
+
+
+# ---------------------------------------------------------------- export and import
+
+
+def _full_profile(profile, generic) -> Profile:
+    for i in range(10):
+        profile.add(moment(seed=i), label=(i % 7) - 3)
+    profile.save_baseline(Baseline({"vision": np.ones(DIMS["vision"], np.float32)}, {"vision": 12, "audio": 0}, 10.0,
+                                   {"vision": {"before": -1.0, "after": 0.0}}, {"audio": "no speech during the calibration"}))
+    model = fit_personal(generic, profile.split(), PersonalConfig(steps=5))
+    profile.save_personal(model, {"moments": 10})
+    return profile
+
+
+def test_a_profile_exports_to_one_file_and_imports_whole(profile, generic, tmp_path):
+    _full_profile(profile, generic)
+    path = profile.export(tmp_path / "me.safetensors")
+    other = Profile(tmp_path / "other", new_profile_id(), DIMS)
+    got = other.import_file(path)
+    assert got == {"moments_added": 10, "moments_skipped": 0, "baseline": True, "personal": ["weighted"]}
+    np.testing.assert_array_equal(other.split().feats["text"], profile.split().feats["text"])
+    assert [r["label"] for r in other.moments()] == [r["label"] for r in profile.moments()]
+    b = other.load_baseline()
+    np.testing.assert_array_equal(b.offsets["vision"], np.ones(DIMS["vision"]))
+    assert b.skipped == {"audio": "no speech during the calibration"} and b.readings["vision"]["before"] == -1.0
+    sp = profile.split()
+    np.testing.assert_allclose(predict(other.load_personal("weighted")[0], sp), predict(profile.load_personal("weighted")[0], sp), atol=1e-6)
+    again = other.import_file(path)  # the same file twice: nothing doubles
+    assert again["moments_added"] == 0 and again["moments_skipped"] == 10 and len(other.moments()) == 10
+
+
+def _tamper(path: Path, out: Path, fn) -> Path:
+    blob = path.read_bytes()
+    n = struct.unpack("<Q", blob[:8])[0]
+    header = json.loads(blob[8 : 8 + n])
+    fn(header)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    out.write_bytes(struct.pack("<Q", len(h)) + h + blob[8 + n :])
+    return out
+
+
+@pytest.mark.parametrize("case", ["garbage", "empty", "pickle", "foreign safetensors", "wrong format", "wrong dims",
+                                  "bad label", "extra tensor", "unknown method", "truncated"])
+def test_a_corrupt_or_foreign_profile_is_refused_and_nothing_changes(profile, generic, tmp_path, case):
+    import pickle
+
+    from safetensors.numpy import save_file
+
+    good = _full_profile(profile, generic).export(tmp_path / "good.safetensors")
+    bad = tmp_path / f"{case}.safetensors"
+    if case == "garbage":
+        bad.write_bytes(b"\x00\xff" * 500)
+    elif case == "empty":
+        bad.write_bytes(b"")
+    elif case == "pickle":
+        bad.write_bytes(pickle.dumps({"moments": [1, 2, 3]}))
+    elif case == "foreign safetensors":
+        save_file({"weight": np.zeros((2, 2), np.float32)}, str(bad))
+    elif case == "wrong format":
+        _tamper(good, bad, lambda h: h["__metadata__"].update(format="something-else/1"))
+    elif case == "wrong dims":
+        def f(h):
+            info = json.loads(h["__metadata__"]["info"])
+            info["dims"]["audio"] = 25
+            h["__metadata__"]["info"] = json.dumps(info)
+        _tamper(good, bad, f)
+    elif case == "unknown method":
+        def f(h):
+            info = json.loads(h["__metadata__"]["info"])
+            info["personal"]["evil"] = info["personal"].pop("weighted")
+            h["__metadata__"]["info"] = json.dumps(info)
+        _tamper(good, bad, f)
+    elif case in ("bad label", "extra tensor"):
+        from safetensors.torch import load_file, save_file as save_t
+
+        tensors = load_file(str(good))
+        meta = json.loads(good.read_bytes()[8 : 8 + struct.unpack("<Q", good.read_bytes()[:8])[0]])["__metadata__"]
+        if case == "bad label":
+            tensors["moments/labels"][0] = 7.0
+        else:
+            tensors["sneaky"] = torch.zeros(3)
+        save_t(tensors, str(bad), metadata=meta)
+    elif case == "truncated":
+        bad.write_bytes(good.read_bytes()[:-200])
+    target = Profile(tmp_path / "target", new_profile_id(), DIMS)
+    target.add(moment(seed=77), label=1)
+    with pytest.raises(ProfileError):
+        target.import_file(bad)
+    assert len(target.moments()) == 1 and target.load_baseline() is None and target.personal_fusions() == []
+
+
+def test_read_profile_file_checks_shapes_against_the_encoders(profile, generic, tmp_path):
+    path = _full_profile(profile, generic).export(tmp_path / "p.safetensors")
+    with pytest.raises(ProfileError, match="feature sizes"):
+        read_profile_file(path, dict(DIMS, vision=10))
+
+
+# ---------------------------------------------------------------- calibration
+
+
+def test_calibration_offsets_are_medians_against_the_reference():
+    ref = NeutralReference({"vision": np.zeros(4, np.float32), "audio": np.ones(3, np.float32)})
+    cal = Calibrator(ref, t0=1.0)
+    for k in range(7):
+        cal.add("vision", np.array([1, 2, 3, 4], np.float32) + (100 if k == 0 else 0))  # one outlier frame
+    cal.add("vision", np.full(4, np.nan, np.float32))  # ignored
+    b = cal.finish(11.0)
+    np.testing.assert_allclose(b.offsets["vision"], [1, 2, 3, 4])
+    assert "audio" not in b.offsets and "no speech" in b.skipped["audio"] and b.seconds == 10.0
+    np.testing.assert_allclose(b.apply("vision", np.array([1, 2, 3, 4], np.float32)), 0)
+    np.testing.assert_array_equal(b.apply("audio", np.ones(3)), np.ones(3))  # no offset: unchanged
+    assert any("not calibrated" in line for line in b.describe())
+
+
+def test_a_calibration_with_nothing_seen_is_refused():
+    ref = NeutralReference({"vision": np.zeros(4, np.float32), "audio": np.zeros(3, np.float32)})
+    cal = Calibrator(ref)
+    cal.add("vision", np.ones(4))  # one frame is not enough
+    with pytest.raises(CalibrationError, match="face.*only 1.*voice: no speech"):
+        cal.finish(10.0)
+
+
+def test_the_shipped_neutral_reference_matches_the_encoders(tmp_path):
+    ref = NeutralReference.load(DEFAULT_CHECKPOINTS, dims=DIMS)
+    assert ref is not None and set(ref.vectors) == {"vision", "audio"}
+    (tmp_path / "neutral_reference.json").write_text(json.dumps({"format": "mmdemo-neutral/1", "vectors": {"audio": [1.0, 2.0]}}))
+    with pytest.raises(ValueError, match="encoder gives"):
+        NeutralReference.load(tmp_path, dims=DIMS)
+    (tmp_path / "neutral_reference.json").write_text("{nope")
+    with pytest.raises(ValueError, match="unreadable"):
+        NeutralReference.load(tmp_path)
+
+
+# ---------------------------------------------------------------- personal models
+
+
+def _user(generic, n, offset, noise=0.2, seed=0):
+    """Moments whose true label is the generic model's answer + ``offset`` (a person the model
+    reads ``offset`` too low) + noise."""
+    from mmdemo.data import Split
+
+    rng = np.random.default_rng(seed)
+    feats = {m: rng.normal(size=(n, DIMS[m])).astype(np.float32) for m in MODALITIES}
+    sp = Split(feats=feats, present={}, labels=np.zeros(n, np.float32), ids=np.arange(n))
+    y = np.clip(predict(generic, sp) + offset + rng.normal(0, noise, n), -3, 3)
+    return Split(feats=feats, present={}, labels=y, ids=np.arange(n))
+
+
+def test_too_few_or_identical_moments_give_a_clear_error(generic):
+    with pytest.raises(PersonalError, match="at least 8"):
+        check_moments(_user(generic, 5, 0.0))
+    sp = _user(generic, 10, 0.0)
+    sp.labels[:] = 1.0
+    with pytest.raises(PersonalError, match="every moment is labelled \\+1"):
+        cross_validate(generic, sp)
+
+
+def test_the_personal_model_learns_a_persons_bias_and_leaves_the_generic_model_alone(generic):
+    before = {k: v.clone() for k, v in generic.state_dict().items()}
+    biased = _user(generic, 16, offset=-1.5)
+    r = cross_validate(generic, biased)
+    assert r["scheme"] == "leave-one-out" and r["moments"] == 16
+    assert r["personal_mae"] < 0.6 * r["generic_mae"], r  # held out: each moment predicted by a model that never saw it
+    assert all(torch.equal(before[k], v) for k, v in generic.state_dict().items())
+    fair = cross_validate(generic, _user(generic, 16, offset=0.0, seed=1))
+    assert fair["personal_mae"] <= 1.05 * fair["generic_mae"] + 0.05, fair  # the pull toward the generic weights
+
+
+def test_folds_are_leave_one_out_then_ten_fold():
+    held, scheme = folds(12)
+    assert scheme == "leave-one-out" and len(held) == 12
+    held, scheme = folds(100)
+    assert scheme == "10-fold" and len(held) == 10
+    assert sorted(np.concatenate(held).tolist()) == list(range(100))
+
+
+# ---------------------------------------------------------------- many people -> one corpus
+
+
+def test_profiles_of_many_people_merge_into_a_person_independent_folder(tmp_path, generic):
+    files = []
+    for k in range(5):
+        p = Profile(tmp_path / "root", new_profile_id(), DIMS)
+        for i in range(4):
+            p.add(moment(seed=10 * k + i), label=i - 1)
+        files.append(p.export(tmp_path / f"person{k}.safetensors") if k % 2 else p.folder)
+    summary = merge(files, tmp_path / "merged")
+    assert summary["people"] == 5 and summary["moments"] == 20 and all(summary["people_per_split"][s] >= 1 for s in ("train", "valid", "test"))
+    ds = load_dataset(tmp_path / "merged")
+    seen = {}
+    for s, sp in ds.splits.items():
+        for vid in {i.split("-")[0] for i in sp.ids}:
+            assert seen.setdefault(vid, s) == s, "a person spans two splits"
+    with pytest.raises(PersonalError, match="at least 3 people"):
+        merge(files[:2], tmp_path / "two")
+    with pytest.raises(PersonalError, match="twice"):
+        merge([files[1], files[1], files[2]], tmp_path / "dup")
+
+
+def test_the_merge_and_train_command_line(tmp_path, capsys):
+    from mmdemo.personal import main
+
+    files = []
+    for k in range(4):
+        p = Profile(tmp_path / "root", new_profile_id(), DIMS)
+        for i in range(6):
+            p.add(moment(seed=10 * k + i), label=i - 2.5)
+        files.append(str(p.export(tmp_path / f"p{k}.safetensors")))
+    assert main(["merge", *files, "--out", str(tmp_path / "m")]) == 0
+    assert "merged 4 people, 24 moments" in capsys.readouterr().out
+    assert main(["train", "--data", str(tmp_path / "m"), "--out", str(tmp_path / "runs")]) == 0
+    from mmdemo.fusion import list_fusions
+
+    for name in list_fusions():
+        assert (tmp_path / "runs" / name / "model.safetensors").exists()
+    with pytest.raises(SystemExit):
+        main(["merge", files[0], "--out", str(tmp_path / "x")])

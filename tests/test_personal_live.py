@@ -1,0 +1,246 @@
+"""Calibration and personal models with the real encoders: a simulated user built at test time
+(photos, espeak-ng speech, known labels), live sessions, the app's handlers. Slow."""
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import app as studio_app
+from mmdemo.calibration import NEUTRAL_SENTENCE, CalibrationError
+from mmdemo.pipeline import DEFAULT_CHECKPOINTS, Engine
+from mmdemo.simulate import SCRIPT, Encoders, SimulatedUser, Voice, as_read, calibrate, espeak, record
+from mmdemo.smoothing import jittered_frames
+
+from tests.media import SHARED, astronaut, need
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def engine():
+    e = Engine(DEFAULT_CHECKPOINTS, device="cpu")
+    e.warmup()
+    return e
+
+
+class Biased:
+    """An encoder whose raw features carry a constant offset (a person's resting face, a voice)."""
+
+    def __init__(self, inner, bias):
+        self.inner, self.bias = inner, bias
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def encode(self, *args, **kwargs):
+        res = self.inner.encode(*args, **kwargs)
+        if res.present:
+            res.feature = (res.feature + self.bias).astype(np.float32)
+        return res
+
+
+def negative_direction(engine, m: str, x: np.ndarray, drop: float) -> np.ndarray:
+    """A raw-feature offset that makes the modality's own model read ``x`` about ``drop`` lower."""
+    head = engine.unimodal()[m]
+    read = (lambda v: (v - torch.as_tensor(engine.voice_prior.mean, dtype=torch.float32)) / torch.as_tensor(engine.voice_prior.std, dtype=torch.float32)) \
+        if m == "audio" and engine.voice_prior is not None else (lambda v: v)
+    v = torch.as_tensor(x, dtype=torch.float32).clone().requires_grad_(True)
+    head({m: read(v)[None]}).prediction.sum().backward()
+    g = v.grad.numpy()
+    return (-drop * g / float(g @ g)).astype(np.float32)
+
+
+def _frames(session, frames, t0, fps=10.0):
+    out = []
+    for i, f in enumerate(frames):
+        out.append(session.push_frame(f, t=t0 + i / fps))
+    return out
+
+
+def _speech(session, audio, t0, chunk_s=0.5):
+    n = int(chunk_s * 16000)
+    ups = [session.push_audio(audio[i : i + n], 16000, t=t0 + i / 16000) for i in range(0, len(audio), n)]
+    return ups, t0 + len(audio) / 16000
+
+
+def test_a_biased_face_is_corrected_by_the_neutral_baseline(engine):
+    frames = jittered_frames(astronaut(), seconds=1.5, fps=10, seed=1)
+    probe = engine.face.encode(frames[0]).feature
+    bias = negative_direction(engine, "vision", probe, drop=1.5)
+    readings = {}
+    for who, b in (("plain", 0.0), ("biased", bias)):
+        e = copy.copy(engine)
+        e.face = Biased(engine.face, b)
+        s = e.session()
+        before = _frames(s, frames, 0.0)[-1].unimodal["vision"]
+        s.start_calibration(t=2.0)
+        _frames(s, frames, 2.0)
+        baseline = s.finish_calibration(t=4.0)
+        assert "vision" in baseline.offsets and baseline.samples["vision"] >= 10
+        assert "audio" not in baseline.offsets and "no speech" in baseline.skipped["audio"]  # no microphone: face only
+        after = _frames(s, frames, 5.0)[-1].unimodal["vision"]
+        readings[who] = (before, after, baseline.readings["vision"])
+    (pb, pa, _), (bb, ba, br) = readings["plain"], readings["biased"]
+    assert bb < pb - 0.5, readings  # the bias shows: the resting face reads negative
+    assert abs(ba - pa) < 0.1, readings  # after calibration the biased person reads as the unbiased one
+    # what the UI shows: the resting face alone as read before the baseline, and after it: neutral
+    assert abs(br["before"] - bb) < 0.3 and abs(br["after"]) < 0.3, br
+
+
+def test_a_biased_voice_is_corrected_by_the_neutral_baseline(engine, tmp_path):
+    need("espeak-ng")
+    calib = espeak(NEUTRAL_SENTENCE, Voice(pitch=40, speed=150))
+    talk = espeak("The weather report says it will be cloudy tomorrow with some light rain in the afternoon.", Voice(pitch=40, speed=150))
+    probe = engine.voice.encode(talk[: int(2.4 * 16000)]).feature
+    bias = negative_direction(engine, "audio", probe, drop=1.0)
+    out = {}
+    for who, b in (("plain", 0.0), ("biased", bias)):
+        e = copy.copy(engine)
+        e.voice = Biased(engine.voice, b)
+        s = e.session(blocking_asr=True)
+        ups, t = _speech(s, talk, 0.0)
+        before = [u.unimodal["audio"] for u in ups if u.unimodal.get("audio") is not None]
+        s.start_calibration(t=t)
+        _, t = _speech(s, calib, t)
+        baseline = s.finish_calibration(t=t)
+        assert "audio" in baseline.offsets
+        ups, _ = _speech(s, talk, t + 1.0)
+        after = [u.unimodal["audio"] for u in ups if u.unimodal.get("audio") is not None]
+        out[who] = (np.mean(before[:2]), np.mean(after))
+    assert out["biased"][0] < out["plain"][0] - 0.3, out  # the bias shows in the first seconds
+    assert abs(out["biased"][1] - out["plain"][1]) < 0.05, out  # calibrated: the same reading
+
+
+def test_calibration_without_a_reference_or_without_input_says_why(engine, tmp_path):
+    s = engine.session()
+    with pytest.raises(CalibrationError, match="no calibration is running"):
+        s.finish_calibration()
+    s.start_calibration()
+    with pytest.raises(CalibrationError, match="nothing to calibrate"):
+        s.finish_calibration()
+    assert s.baseline is None
+    e = copy.copy(engine)
+    e.neutral = None
+    with pytest.raises(CalibrationError, match="neutral reference"):
+        e.session().start_calibration()
+
+
+def _photos() -> dict[int, list[np.ndarray]]:
+    """Photos of one person with changing expressions: the expression photos' test people when
+    the shared data is here, else the astronaut photo for every expression."""
+    import csv
+
+    from mmdemo.media import read_image
+
+    folder = SHARED / "facial-expressions-muxspace"
+    if (folder / "labels.csv").exists():
+        by: dict = {}
+        with open(folder / "labels.csv", encoding="utf-8") as f:
+            for r in csv.DictReader(f):
+                if r["split"] == "test" and r["polarity"].strip():
+                    by.setdefault(r["subject"], {}).setdefault(int(r["polarity"]), []).append(folder / r["path"])
+        person = max((p for p in by.values() if 0 in p), key=len)
+        return {k: [read_image(p) for p in v] for k, v in person.items()}
+    return {k: [astronaut()] for k in (-1, 0, 1)}
+
+
+def test_a_simulated_user_biased_face_is_fixed_by_the_baseline_and_by_a_personal_model(engine):
+    need("espeak-ng")
+    from mmdemo.personal import cross_validate
+
+    enc = Encoders(DEFAULT_CHECKPOINTS)
+    user = SimulatedUser("sim", _photos(), Voice(pitch=70, speed=175, variant="en+f2"))
+    rec = record(enc, user, SCRIPT, seed=0)
+    assert rec.present["vision"].all() and rec.present["audio"].all() and rec.present["text"].all()
+    bias = {"vision": negative_direction(engine, "vision", rec.raw["vision"][rec.labels == 0].mean(0), drop=3.0)}
+    generic = engine.fusion("weighted")
+    plain = cross_validate(generic, as_read(rec, enc))
+    biased = cross_validate(generic, as_read(rec, enc, bias=bias))
+    assert biased["generic_mae"] > plain["generic_mae"] + 0.05, (plain, biased)  # the bias hurts the generic model
+    assert biased["personal_mae"] < biased["generic_mae"], biased  # the personal model learns it (held out)
+    b_plain = calibrate(enc, user, engine.neutral, seed=0)
+    b_biased = calibrate(enc, user, engine.neutral, bias=bias, seed=0)
+    fixed = cross_validate(generic, as_read(rec, enc, bias=bias, baseline=b_biased))
+    ref = cross_validate(generic, as_read(rec, enc, baseline=b_plain))
+    assert abs(fixed["generic_mae"] - ref["generic_mae"]) < 0.02, (fixed, ref)  # the baseline removes the bias
+
+
+# ---------------------------------------------------------------- the app's handlers
+
+
+@pytest.fixture(scope="module")
+def handlers(tmp_path_factory):
+    studio = studio_app.Studio(DEFAULT_CHECKPOINTS, "cpu", data_dir=tmp_path_factory.mktemp("userdata"))
+    studio.warm_up()
+    return studio_app.Handlers(studio, min_frame_gap_s=0.0)
+
+
+def _tab(h, pid=None):
+    state, *_ = h.on_load()
+    pid, state, *rest = h.on_profile_load(pid, state)
+    return pid, state
+
+
+def test_the_calibrate_and_personalise_flow(handlers, tmp_path):
+    h = handlers
+    pid, s = _tab(h)
+    assert len(pid) == 32
+    msg, known = h.on_label(1.0, False, pid, [], s)
+    assert "nothing to label" in msg and isinstance(known, type(studio_app.gr.skip()))  # no modality yet
+    msg, *_ = h.on_fit(pid, s)
+    assert "at least 8" in msg
+    # a calibration with the camera on and no microphone
+    msg, timer, s = h.on_calibrate_start(s)
+    assert "Calibrating" in msg
+    for f in jittered_frames(astronaut(), seconds=1.0, fps=10, seed=0):
+        h.on_frame(f, s)
+    msg, md, s = h.on_calibrate_stop(pid, s)
+    assert "saved in your profile" in msg and "face: offset from" in md and "voice: not calibrated" in md
+    # eight moments with different labels and words
+    known = []
+    texts = [t for t, _ in SCRIPT[:8]]
+    for i, text in enumerate(texts):
+        h.on_text(text, s)
+        h.on_frame(astronaut(), s)
+        msg, known = h.on_label(SCRIPT[i][1], i == 0, pid, known, s)
+        assert msg.startswith("✓"), msg
+    assert len(known) == 8 and known[0]["clip"] and not known[1]["clip"]  # the raw clip only where the box was ticked
+    assert all(r["present"] == ["text", "vision"] for r in known)  # words and face; no microphone
+    msg, pers, choice, live, readout, s = h.on_fit(pid, s)
+    assert msg.startswith("✓"), msg
+    assert "leave-one-out" in pers.lower() and "personal" in readout
+    msg, live, readout, status, s = h.on_model_choice("generic", pid, s)
+    assert "(personal)" not in readout
+    # a second tab of the same browser sees the moments and the personal model
+    state2, *_ = h.on_load()
+    pid2, s2, _, listed, *_ = h.on_profile_load(pid, state2)
+    assert pid2 == pid and len(listed) == 8 and "weighted" in s2.personal and s2.baseline is not None
+    h.on_text("I am so sad today", s2)
+    msg, listed = h.on_label(-2.0, False, pid, listed, s2)
+    assert msg.startswith("✓") and len(listed) == 9 and "another tab" not in msg
+    h.on_text("Another fine day", s)
+    msg, known = h.on_label(1.0, False, pid, known, s)  # tab 1 still lists 8: one came from tab 2
+    assert "1 more moment(s) came from another tab" in msg and len(known) == 10
+    # export, and import into a fresh profile (another browser)
+    msg, file = h.on_export(pid)
+    assert msg.startswith("✓") and file["value"].endswith(".safetensors")
+    other, s3 = _tab(h)
+    msg, moments, base, pers, s3 = h.on_import(file["value"], other, s3)
+    assert msg.startswith("✓ Imported 10 moments"), msg
+    assert len(moments) == 10 and s3.baseline is not None and "weighted" in s3.personal
+    # a corrupt file is refused and changes nothing
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a profile at all")
+    msg, *_ = h.on_import(str(bad), other, s3)
+    assert msg.startswith("⚠️ not imported") and len(h._moments(other)) == 10
+    # delete one moment, then everything
+    msg, moments = h.on_delete(moments[0]["clip_id"], other)
+    assert msg == "Moment deleted." and len(moments) == 9
+    msg, moments = h.on_delete("20260101-000000-abcdef", other)
+    assert "another tab" in msg
+    msg, moments, base, pers, s3 = h.on_delete_all(other, s3)
+    assert moments == [] and s3.baseline is None and not s3.personal
+    assert not Path(h.studio.profile(other).folder).exists()
