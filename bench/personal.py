@@ -49,7 +49,7 @@ from mmdemo.simulate import Encoders, SimulatedUser, Voice, as_read, calibrate, 
 
 VARIANTS = ["en+m1", "en+m2", "en+m3", "en+m4", "en+f1", "en+f2", "en+f3", "en+f4"]
 BIAS_SCALE = 3.0  # a biased user: 3x the population's negative-minus-neutral difference (each model alone then reads neutral as about -1)
-GRID = [PersonalConfig(anchor=a, steps=s) for a in (0.1, 0.3, 1.0) for s in (50, 100)]
+GRID = [PersonalConfig(anchor=a, steps=s) for a in (0.3, 1.0, 3.0, 10.0) for s in (50, 150)]
 
 
 def people(data: Path, n: int) -> list[tuple[str, str, dict[int, list[Path]]]]:

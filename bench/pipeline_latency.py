@@ -4,8 +4,10 @@ Simulated live input, fed as fast as the pipeline takes it: webcam frames at 10 
 astronaut photo on a 640x480 canvas: a real face every frame) and microphone audio in 0.5 s hops
 (48 kHz int16 espeak-ng speech with pauses, so utterances open, close and get transcribed in the
 background). Sessions of 1, 10 and 30 minutes of input; for each, p50/p95 of every stage and of the
-whole update, the p50 of the first and the last minute (flat cost = equal), and the process memory
-before and after. CPU, and CUDA when present (--device).
+whole update, the p50 of the first and the last minute (flat cost = equal), the process memory
+before and after, and the CPU cost as CPU-seconds per second of session (per stage, and for the
+whole process with speech recognition): a ratio comparable across machines, unlike milliseconds.
+CPU, and CUDA when present (--device).
 
     python bench/pipeline_latency.py                 # 1, 10, 30 minutes
     python bench/pipeline_latency.py --minutes 1,3   # quicker
@@ -29,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -43,9 +46,10 @@ from mmdemo.audio import resample  # noqa: E402
 from mmdemo.checkpoint import save_fusion  # noqa: E402
 from mmdemo.encoders import DIMS  # noqa: E402
 from mmdemo.fusion import create_fusion, list_fusions  # noqa: E402
-from mmdemo.pipeline import DEFAULT_CHECKPOINTS, Engine  # noqa: E402
+from mmdemo.pipeline import DEFAULT_CHECKPOINTS, Engine, PipelineConfig  # noqa: E402
 
 STAGES = ("face", "vad", "voice", "words", "fusion", "total")
+CPU_STAGES = ("face", "vad", "voice", "words", "fusion")
 
 
 def rss_mb() -> float:
@@ -71,6 +75,8 @@ def run_session(engine: Engine, fusion: str, minutes: float, frame: np.ndarray, 
     audio = np.tile(loop, int(np.ceil(minutes * 60 * 48000 / len(loop))) + 1)
     rows = []  # (t, stage dict)
     rss0 = rss_mb()
+    cpu_rows = []
+    c_run = time.process_time()
     t, next_audio, pos = 0.0, 0.0, 0
     end = minutes * 60
     while t < end:
@@ -78,15 +84,26 @@ def run_session(engine: Engine, fusion: str, minutes: float, frame: np.ndarray, 
             t0 = time.perf_counter()
             up = s.push_audio(audio[pos : pos + n_hop], 48000, t=t)
             rows.append((t, up.timings_ms | {"total": 1000 * (time.perf_counter() - t0)}))
+            cpu_rows.append(up.cpu_ms)
             pos += n_hop
             next_audio += hop
         t0 = time.perf_counter()
         up = s.push_frame(frame, t=t)
         rows.append((t, up.timings_ms | {"total": 1000 * (time.perf_counter() - t0)}))
+        cpu_rows.append(up.cpu_ms)
         t += 1 / fps
     s.wait_for_transcripts()
+    c_run = time.process_time() - c_run
     out = {"minutes": minutes, "updates": len(rows), "rss_mb_start": rss0, "rss_mb_end": rss_mb(), "history": len(s.history),
            "transcript_chars": len(s.update(t).transcript)}
+    # CPU-seconds per second of session: process CPU (every thread) per stage, and for the whole run
+    # (which adds speech recognition in its background thread and the bookkeeping between stages)
+    session_s = minutes * 60
+    per = {st: sum(r.get(st, 0.0) for r in cpu_rows) / 1000 / session_s for st in CPU_STAGES}
+    per["stages"] = sum(per.values())
+    per["whole process"] = c_run / session_s
+    per["speech recognition + rest"] = per["whole process"] - per["stages"]
+    out["cpu_s_per_s"] = per
     for stage in STAGES:
         v = np.array([r[stage] for _, r in rows if stage in r])
         out[stage] = {"n": int(v.size), "p50": float(np.percentile(v, 50)) if v.size else None, "p95": float(np.percentile(v, 95)) if v.size else None}
@@ -138,6 +155,15 @@ def run_concurrent(engine: Engine, fusion: str, n: int, seconds: float, frame: n
             "frame_latency_p50_ms": float(np.percentile(allv, 50)), "frame_latency_p95_ms": float(np.percentile(allv, 95))}
 
 
+def print_cpu_table(results: list[dict]) -> None:
+    keys = [*CPU_STAGES, "stages", "speech recognition + rest", "whole process"]
+    print("\nCPU-seconds per second of session (process CPU of all threads; comparable across machines):\n")
+    print("| device | session | " + " | ".join(keys) + " |\n|" + "---|" * (len(keys) + 2))
+    for r in results:
+        if "cpu_s_per_s" in r:
+            print(f"| {r['device']} | {r['minutes']:g} min | " + " | ".join(f"{r['cpu_s_per_s'][k]:.3f}" for k in keys) + " |")
+
+
 def print_table(results: list[dict]) -> None:
     head = "| device | session | updates | " + " | ".join(f"{s} p50/p95 ms" for s in STAGES) + " | total p50 first/last min | RSS MB start/end |"
     print("\n" + head + "\n|" + "---|" * (len(STAGES) + 5))
@@ -160,6 +186,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60.0, help="length of a --concurrent run")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: both when CUDA is present)")
     ap.add_argument("--checkpoints", type=Path, default=DEFAULT_CHECKPOINTS)
+    ap.add_argument("--face-interval", type=float, default=None,
+                    help="read the face at most this often, seconds (default: the pipeline's; 0 = every frame, as before)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "pipeline_latency.json"))
     args = ap.parse_args()
     devices = [args.device] if args.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -174,7 +202,8 @@ def main() -> None:
     frame, loop = media(tmp)
     results = []
     for device in devices:
-        engine = Engine(ckpt, device=device)
+        config = PipelineConfig() if args.face_interval is None else replace(PipelineConfig(), face_interval_s=args.face_interval)
+        engine = Engine(ckpt, device=device, config=config)
         t0 = time.perf_counter()
         engine.warmup(args.fusion)
         load_s = time.perf_counter() - t0
@@ -193,11 +222,12 @@ def main() -> None:
                   f"first/last minute p50 {r['total_p50_first_min']:.1f}/{r['total_p50_last_min']:.1f} ms; RSS {r['rss_mb_start']:.0f}->{r['rss_mb_end']:.0f} MB", flush=True)
     if any("sessions" not in r for r in results):
         print_table(results)
+        print_cpu_table(results)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "python": platform.python_version(),
            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "trained_checkpoints": trained,
-           "fps": args.fps, "hop_s": args.hop, "fusion": args.fusion, "date": time.strftime("%Y-%m-%d")}
+           "fps": args.fps, "hop_s": args.hop, "fusion": args.fusion, "face_interval_s": config.face_interval_s, "date": time.strftime("%Y-%m-%d")}
     out.write_text(json.dumps({"env": env, "results": results}, indent=2) + "\n")
     print(f"wrote {out}")
 

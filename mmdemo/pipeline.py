@@ -53,6 +53,7 @@ class PipelineConfig:
     voice_hop_s: float = 0.5  # recompute the voice features at most this often
     voice_ttl_s: float = 1.0  # voice features count this long after they were computed
     face_ttl_s: float = 0.5  # a face not seen for this long is absent
+    face_interval_s: float = 0.2  # read the face at most this often (frames in between only update: half the face CPU at 10 frames/s); 0 = every frame
     face_smooth_s: float = 0.5  # time constant of the face feature's moving average (about a 1 s window; 0 = raw frames)
     face_label_margin: float = 0.15  # the drawn expression changes only when another one leads by this much
     camera_timeout_s: float = 2.0  # no frame for this long: the camera is off
@@ -91,6 +92,7 @@ class Update:
     audio_level_dbfs: float = -100.0
     notes: list[str] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    cpu_ms: dict[str, float] = field(default_factory=dict)  # process CPU time per stage (all threads; "asr" only when transcribing in line)
     personal: bool = False  # the prediction is the person's own model's
 
     @property
@@ -203,6 +205,7 @@ class Session:
         self.face_smoother = FeatureSmoother(self.cfg.face_smooth_s, gap_s=self.cfg.face_ttl_s)
         self.face_label = LabelHysteresis(FER_CLASSES, self.cfg.face_label_margin)
         self.last_frame_t: float | None = None
+        self.last_face_t: float | None = None  # when the face models last found a face
         self.last_frame: np.ndarray | None = None  # the newest frame (kept only to store a moment's clip)
         # calibration and personal models (see mmdemo.calibration, mmdemo.personal)
         self.baseline: Baseline | None = None
@@ -234,6 +237,7 @@ class Session:
         self.utt_frames = 0
         self.silent_frames = 0
         self.asr_running: tuple[float, Future] | None = None
+        self.asr_cpu_ms = 0.0  # CPU of in-line transcriptions (blocking_asr) not yet reported in an update
         self.asr_waiting: deque[tuple[float, np.ndarray]] = deque(maxlen=self.cfg.max_pending_asr)
         # words
         self.typed = ""
@@ -241,6 +245,9 @@ class Session:
         self.transcript = ""
         self._words_key: str | None = None
         self.words_text = ""
+        # the last answer of the models and what it was computed from
+        self._answer_key: tuple | None = None
+        self._answer: tuple[dict, dict] | None = None
 
     # ---------------------------------------------------------------- inputs
     def now(self) -> float:
@@ -253,12 +260,22 @@ class Session:
             return self.update(stage_ms={}) if recompute else None
 
     def push_frame(self, frame, t: float | None = None) -> Update:
-        t0 = time.perf_counter()
-        res = self.engine.face.encode(frame)
-        ms = 1000 * (time.perf_counter() - t0)
+        t = self.now() if t is None else t
         with self._lock:
-            t = self.now() if t is None else t
+            if (self.cfg.face_interval_s > 0 and self.features["vision"] is not None and self.last_face_t is not None
+                    and 0 <= t - self.last_face_t < self.cfg.face_interval_s):
+                # the face was read less than face_interval_s ago: this frame keeps the camera alive
+                # and gives an update, the face models skip it (the face feature is a moving average
+                # over about a second: a few frames a second carry it)
+                self.last_frame_t = t
+                self.last_frame = np.asarray(frame)
+                return self.update(t, stage_ms={})
+        t0, c0 = time.perf_counter(), time.process_time()
+        res = self.engine.face.encode(frame)
+        ms, cpu = 1000 * (time.perf_counter() - t0), 1000 * (time.process_time() - c0)
+        with self._lock:
             self.last_frame_t = t
+            self.last_face_t = t if res.present else None  # a frame without a face: the next one is read
             self.last_frame = np.asarray(frame)
             if res.present:
                 raw = res.feature
@@ -278,10 +295,10 @@ class Session:
                 self.face_box = self.face_expression = None
             self.reasons["vision"] = res.reason
             self.notes["vision"] = res.info.get("notes", [])
-            return self.update(t, stage_ms={"face": ms})
+            return self.update(t, stage_ms={"face": ms}, cpu_ms={"face": cpu})
 
     def push_audio(self, chunk, sample_rate: int, t: float | None = None) -> Update:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with self._lock:
             t = self.now() if t is None else t
             try:
@@ -297,7 +314,7 @@ class Session:
             clip = clipped_share(x16)
             self.clip_note = [f"the microphone is clipping ({100 * clip:.1f}% of samples at full scale)"] if clip > 0.005 else []
             frames, probs = self.vad.push(x16)
-            vad_ms = 1000 * (time.perf_counter() - t0)
+            vad_ms, vad_cpu = 1000 * (time.perf_counter() - t0), 1000 * (time.process_time() - c0)
             self._track_utterances(frames, probs, t)  # before the ring takes the chunk: it holds the pre-roll
             self.ring.push(frames)
             self.moment_audio.push(frames)
@@ -305,7 +322,7 @@ class Session:
             self.probs.extend(probs.tolist())
             if len(x16):
                 self.level = level_dbfs(x16)
-            stage = {"vad": vad_ms}
+            stage, cpu = {"vad": vad_ms}, {"vad": vad_cpu}
             if self.ring.filled < self.ring.size:
                 # the voice model learned from 2.4 s windows: a shorter one is not what it knows
                 window = self.ring.last()
@@ -313,7 +330,7 @@ class Session:
                 self.reasons["audio"] = reason or (f"voice warming up ({self.ring.filled / SAMPLE_RATE:.1f} of "
                                                    f"{self.cfg.voice_window_s:.1f} s of audio heard)")
             elif t - self.last_voice_t >= self.cfg.voice_hop_s:
-                t1 = time.perf_counter()
+                t1, c1 = time.perf_counter(), time.process_time()
                 window = self.ring.last()
                 win_probs = np.asarray(self.probs, dtype=np.float32)[-(len(window) // FRAME) :]
                 res = self.engine.voice.encode(window, probs=win_probs)
@@ -329,8 +346,8 @@ class Session:
                 if res.present and self.speaker_norm is not None and self.speaker_norm.speaker_share < 0.5:
                     self.notes["audio"].append(f"still learning this speaker ({100 * self.speaker_norm.speaker_share:.0f}% of "
                                                "the voice statistics are theirs; the rest is the population's)")
-                stage["voice"] = 1000 * (time.perf_counter() - t1)
-            return self.update(t, stage_ms=stage)
+                stage["voice"], cpu["voice"] = 1000 * (time.perf_counter() - t1), 1000 * (time.process_time() - c1)
+            return self.update(t, stage_ms=stage, cpu_ms=cpu)
 
     def _voice_feature(self, res) -> np.ndarray:
         """What the voice models read: raw eGeMAPS, or (when the shipped models learned so) z-scores
@@ -394,7 +411,7 @@ class Session:
             self.face_box = self.face_expression = None
             self.face_smoother.reset()
             self.face_label.reset()
-            self.last_frame_t = None
+            self.last_frame_t = self.last_face_t = None
             self.last_frame = None
             self.recent["vision"].clear()
             self.reasons["vision"] = "camera stopped"
@@ -568,9 +585,11 @@ class Session:
                 self._words_key = None
         if self.asr_running is None and self.asr_waiting:
             t, audio = self.asr_waiting.popleft()
+            c0 = time.process_time()
             self.asr_running = (t, self.engine.asr_pool.submit(self.engine.transcriber.transcribe, audio))
             if self.blocking_asr:
                 self.asr_running[1].result()
+                self.asr_cpu_ms += 1000 * (time.process_time() - c0)  # in line: nothing else ran meanwhile
                 self._pump_asr()
 
     def _words(self, t: float) -> float:
@@ -603,33 +622,51 @@ class Session:
             self.reasons["vision"] = "no camera frames arriving"
         return present
 
-    def update(self, t: float | None = None, *, stage_ms: dict[str, float] | None = None) -> Update:
+    def _answer_for(self, model: Fusion, present: dict[str, bool]) -> tuple[dict, dict[str, float | None]]:
+        """The fused prediction with its contributions, and each present modality's own model."""
+        device = next(model.parameters()).device
+        feats = {m: torch.as_tensor(self.features[m][0], device=device).unsqueeze(0) for m in MODALITIES if present[m] and m in model.dims}
+        mask = {m: torch.ones(1, dtype=torch.bool, device=device) for m in feats}
+        if not feats:  # nothing to show the model: ask it with every modality absent
+            m0 = model.modalities[0]
+            feats = {m0: torch.zeros(1, model.dims[m0], device=device)}
+            mask = {m0: torch.zeros(1, dtype=torch.bool, device=device)}
+        e = explain(model, feats, mask).row(0)
+        alone = {}
+        with torch.inference_mode():
+            for m, uni in self.engine.unimodal().items():
+                alone[m] = float(uni({m: feats[m]}).prediction) if present[m] and m in feats else None
+        return e, alone
+
+    def update(self, t: float | None = None, *, stage_ms: dict[str, float] | None = None, cpu_ms: dict[str, float] | None = None) -> Update:
         with self._lock:
             t_start = time.perf_counter()
             t = self.now() if t is None else t
-            timings = dict(stage_ms or {})
+            timings, cpu = dict(stage_ms or {}), dict(cpu_ms or {})
             self._pump_asr()
+            if self.asr_cpu_ms:
+                cpu["asr"], self.asr_cpu_ms = self.asr_cpu_ms, 0.0
+            c_words = time.process_time()
             words_ms = self._words(t)
             if words_ms:
                 timings["words"] = words_ms
+                cpu["words"] = 1000 * (time.process_time() - c_words)
             present = self._present(t)
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.process_time()
             personal = self.personal.get(self.fusion_name) if self.use_personal else None
             model = personal or self.model
-            device = next(model.parameters()).device
-            feats = {m: torch.as_tensor(self.features[m][0], device=device).unsqueeze(0) for m in MODALITIES if present[m] and m in model.dims}
-            mask = {m: torch.ones(1, dtype=torch.bool, device=device) for m in feats}
-            if not feats:  # nothing to show the model: ask it with every modality absent
-                m0 = model.modalities[0]
-                feats = {m0: torch.zeros(1, model.dims[m0], device=device)}
-                mask = {m0: torch.zeros(1, dtype=torch.bool, device=device)}
-            e = explain(model, feats, mask).row(0)
-            alone = {}
-            with torch.inference_mode():
-                for m, uni in self.engine.unimodal().items():
-                    alone[m] = float(uni({m: feats[m]}).prediction) if present[m] and m in feats else None
-            timings["fusion"] = 1000 * (time.perf_counter() - t1)
+            # the models' answer depends only on the model and the present features: an update that
+            # changed neither (an audio chunk between voice hops, a frame without a face) reuses it
+            # (the key holds the objects themselves, compared by identity: a freed array's id can be reused)
+            key = (model, *(self.features[m][0] if present[m] else None for m in MODALITIES))
+            if self._answer is not None and all(a is b for a, b in zip(key, self._answer_key)):
+                e, alone = self._answer
+            else:
+                e, alone = self._answer_for(model, present)
+                self._answer_key, self._answer = key, (e, alone)
+            timings["fusion"], cpu["fusion"] = 1000 * (time.perf_counter() - t1), 1000 * (time.process_time() - c1)
             timings["total"] = sum(v for k, v in timings.items() if k != "total") + 1000 * (t1 - t_start)
+            cpu["total"] = sum(v for k, v in cpu.items() if k not in ("total", "asr"))
             self.notes["text"] = self.typed_notes + self.words_notes
             if self.asr_note is not None and t - self.asr_note[0] <= self.cfg.asr_note_s:
                 self.notes["text"] = self.notes["text"] + [self.asr_note[1]]
@@ -650,7 +687,7 @@ class Session:
                 face_box=self.face_box if present["vision"] else None,
                 face_expression=self.face_expression if present["vision"] else None,
                 transcript=self.transcript, typed_text=self.typed, words_text=self.words_text,
-                audio_level_dbfs=self.level, notes=notes, timings_ms=timings, personal=personal is not None,
+                audio_level_dbfs=self.level, notes=notes, timings_ms=timings, cpu_ms=cpu, personal=personal is not None,
             )
             self.history.append(up)
             return up
