@@ -44,7 +44,7 @@ from mmdemo.encoders import DIMS  # noqa: E402
 from mmdemo.media import MediaError  # noqa: E402
 from mmdemo.personal import PersonalConfig, PersonalError, cross_validate, fit_personal  # noqa: E402
 from mmdemo.pipeline import DEFAULT_CHECKPOINTS, Engine, Session, Update  # noqa: E402
-from mmdemo.profile import PROFILE_ID, Profile, ProfileError, data_root, new_profile_id  # noqa: E402
+from mmdemo.profile import PROFILE_ID, Profile, ProfileError, data_root, new_profile_id, shipped_configs  # noqa: E402
 
 log = logging.getLogger("mmdemo.app")
 
@@ -55,7 +55,8 @@ FRAME_WIDTH = 320  # the annotated frame sent back to the browser
 WEBCAM = {"video": {"width": {"ideal": 320}, "height": {"ideal": 240}}}  # a face at arm's length is ~100 px: enough; cheaper to send and decode
 MIN_FRAME_GAP_S = 0.07  # frames arriving sooner after the last processed one are skipped: at most ~14 processed/s
 CHUNK_MAX_AGE_S = float(os.environ.get("MMDEMO_CHUNK_MAX_AGE_S", 30.0))  # microphone chunk files in Gradio's cache are removed once unused this long
-CLIP_MAX_AGE_S = 600.0  # clip-analysis outputs are kept this long (as Gradio's own cache)
+CLIP_MAX_AGE_S = 600.0
+MAX_LISTED = 200  # labelled moments listed with a delete button each  # clip-analysis outputs are kept this long (as Gradio's own cache)
 
 
 # ============================================================================ state and models
@@ -84,6 +85,22 @@ class Studio:
             log.error("loading the models failed: %s", self.error)
         finally:
             self.ready.set()
+
+    def browser_secret(self) -> str:
+        """The key the browsers' profile ids are stored with (Gradio encrypts BrowserState): kept in
+        the data folder, so a restart of the app does not cut users off their profiles."""
+        try:
+            root = data_root(self.data_dir, forbidden=(gradio_cache_dir(),))
+            path = root / ".browser-secret"
+            if not path.exists():
+                root.mkdir(parents=True, exist_ok=True, mode=0o700)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(new_profile_id() + new_profile_id())
+            return path.read_text().strip()
+        except (OSError, ProfileError) as err:
+            log.warning("profiles will not survive a restart of the app: %s", err)
+            return new_profile_id() + new_profile_id()
 
     def profile(self, profile_id: str) -> Profile:
         """A user's profile folder (never inside the project or Gradio's cache)."""
@@ -211,7 +228,7 @@ def personal_md(session: Session | None, profile: Profile | None) -> str:
             metrics = {}
     if name not in session.personal:
         return f"No personal model for **{name}** yet: label at least {PersonalConfig.min_moments} moments, then fit."
-    if not metrics:
+    if not {"moments", "scheme", "personal_mae", "generic_mae"} <= set(metrics):
         return f"Personal model for **{name}** loaded."
     return (f"Personal model for **{name}** from {metrics['moments']} moments. {metrics['scheme'].capitalize()} error on "
             f"your moments (MAE): **personal {metrics['personal_mae']:.2f}**, generic {metrics['generic_mae']:.2f}.")
@@ -391,10 +408,11 @@ class Handlers:
                 f"It stops by itself after {CALIBRATION_S:.0f} s."), gr.Timer(active=True), state
 
     def on_calibrate_tick(self, pid, state):
-        if state is None or state.calibration_progress() is None:
+        progress = None if state is None else state.calibration_progress()
+        if progress is None:
             return gr.skip(), gr.Timer(active=False), gr.skip(), state
-        c = state.calibration_progress()
-        if state.now() - state.calibrator.t0 < CALIBRATION_S:
+        c, elapsed = progress
+        if elapsed < CALIBRATION_S:
             return (f"⏺ Calibrating… {c['vision']} face frames, {c['audio']} voice windows so far", gr.Timer(active=True), gr.skip(), state)
         msg, md, state = self.on_calibrate_stop(pid, state)
         return msg, gr.Timer(active=False), md, state
@@ -452,10 +470,11 @@ class Handlers:
         error beside the generic model's; then use it."""
         if state is None:
             return "⚠️ the session has not started yet: reload the page", gr.skip(), gr.skip(), gr.skip(), gr.skip(), state
+        name = state.fusion_name  # the method selected when the fit started (the user may switch meanwhile)
         try:
             prof = self._profile(pid)
             split = prof.split()
-            generic = state.generic_model()
+            generic = self.studio.engine.fusion(name)
             cfg = self.studio.personal_cfg
             metrics = cross_validate(generic, split, cfg, progress=lambda i, n: progress(i / (n + 1), desc="held-out error"))
             progress(1.0, desc="fitting on all moments")
@@ -463,12 +482,12 @@ class Handlers:
             model = fit_personal(generic, split, cfg)
             metrics["fit_seconds"] = time.perf_counter() - t0
             prof.save_personal(model, metrics)
-            state.set_personal(state.fusion_name, model)
+            state.set_personal(model.name, model)
             up = state.set_use_personal(True)
-        except (PersonalError, ProfileError, OSError) as err:
+        except (PersonalError, ProfileError, OSError, KeyError) as err:
             return f"⚠️ {err}", gr.skip(), gr.skip(), gr.skip(), gr.skip(), state
-        return (f"✓ Fitted in {metrics['fit_seconds']:.1f} s and switched to it.", personal_md(state, prof), gr.update(value="personal"),
-                feed_payload(up, src="personal"), readout_html(up), state)
+        return (f"✓ {name}: fitted in {metrics['fit_seconds']:.1f} s (the held-out error took {metrics['seconds']:.1f} s) and switched to it.",
+                personal_md(state, prof), gr.update(value="personal"), feed_payload(up, src="personal"), readout_html(up), state)
 
     def on_model_choice(self, choice, pid, state):
         if state is None:
@@ -500,7 +519,8 @@ class Handlers:
             return "Choose an exported profile file first.", gr.skip(), gr.skip(), gr.skip(), state
         try:
             prof = self._profile(pid)
-            got = prof.import_file(file if isinstance(file, str) else getattr(file, "name", file))
+            got = prof.import_file(file if isinstance(file, str) else getattr(file, "name", file),
+                                   configs=shipped_configs(self.studio.engine.checkpoints))
         except (ProfileError, OSError) as err:
             return f"⚠️ not imported: {err}", gr.skip(), gr.skip(), gr.skip(), state
         if state is not None:
@@ -509,7 +529,8 @@ class Handlers:
             for name in got["personal"]:
                 state.set_personal(name, prof.load_personal(name)[0])
         msg = (f"✓ Imported {got['moments_added']} moments" + (f" ({got['moments_skipped']} already here)" if got["moments_skipped"] else "")
-               + (", the baseline" if got["baseline"] else "") + (f", personal models for {', '.join(got['personal'])}" if got["personal"] else "") + ".")
+               + (", the baseline" if got["baseline"] else "") + (f", personal models for {', '.join(got['personal'])}" if got["personal"] else "") + "."
+               + (f" Kept this profile's own {', '.join(got['kept'])} (delete it to take the imported one)." if got["kept"] else ""))
         return msg, prof.moments(), baseline_md(state.baseline if state else None), personal_md(state, prof), state
 
     def on_delete_all(self, pid, state):
@@ -627,8 +648,11 @@ def build(studio: Studio) -> gr.Blocks:
                             if not moments:
                                 gr.Markdown("No labelled moments yet.", elem_id="moments-empty")
                                 return
-                            gr.Markdown(f"**{len(moments)} labelled moment(s)**", elem_id="moments-count")
-                            for r in reversed(moments[-50:]):
+                            shown = moments[-MAX_LISTED:]
+                            more = f" (the {len(shown)} newest are listed; delete older ones with **Delete my data** or in the profile folder)" \
+                                if len(shown) < len(moments) else ""
+                            gr.Markdown(f"**{len(moments)} labelled moment(s)**{more}", elem_id="moments-count")
+                            for r in reversed(shown):
                                 with gr.Row(elem_classes="mm-moment"):
                                     gr.Markdown(moment_line(r))
                                     btn = gr.Button("Delete", size="sm", scale=0, min_width=90, key=f"del-{r['clip_id']}", elem_classes="mm-delete")
@@ -664,7 +688,7 @@ def build(studio: Studio) -> gr.Blocks:
         with gr.Tab("Model card"):
             gr.Markdown(studio.card, elem_id="card")
 
-        profile = gr.BrowserState(None, storage_key="mmdemo-profile")
+        profile = gr.BrowserState(None, storage_key="mmdemo-profile", secret=studio.browser_secret())
         cal_timer = gr.Timer(1.0, active=False)
         timer = gr.Timer(1.0)
         timer.tick(lambda: (studio.status(), gr.Timer(active=not studio.ready.is_set())), outputs=[model_status, timer], show_progress="hidden")
@@ -676,7 +700,8 @@ def build(studio: Studio) -> gr.Blocks:
             lambda: gr.Timer(active=False), outputs=[cal_timer])
         cal_reset.click(h.on_baseline_reset, inputs=[profile, state], outputs=[cal_msg, base_md, state], show_progress="hidden")
         label_btn.click(h.on_label, inputs=[label_value, keep_clip, profile, moments_state, state], outputs=[label_msg, moments_state])
-        fit_btn.click(h.on_fit, inputs=[profile, state], outputs=[fit_msg, pers_md, model_choice, live, readout, state])
+        fit_btn.click(h.on_fit, inputs=[profile, state], outputs=[fit_msg, pers_md, model_choice, live, readout, state],
+                      concurrency_limit=1, concurrency_id="fit")  # one fit at a time: the live sessions keep the rest of the CPU
         model_choice.input(h.on_model_choice, inputs=[model_choice, profile, state], outputs=[fit_msg, live, readout, status, state],
                            show_progress="hidden")
         export_btn.click(h.on_export, inputs=[profile], outputs=[profile_msg, export_file])

@@ -140,15 +140,18 @@ def _load_people(sources: list[Path], dims: dict[str, int]) -> list[tuple[str, l
     people = []
     for src in sources:
         if src.is_dir():
-            prof = Profile(src.parent.parent, src.name, dims) if (src / "labels.csv").exists() else None
-            if prof is None:
-                raise PersonalError(f"{src}: not a profile folder (no labels.csv)")
+            if not (src / "moments").exists():
+                raise PersonalError(f"{src}: not a profile folder (no moments/)")
+            prof = Profile(src.parent.parent, src.name, dims)
             sp = prof.split()
             rows = [{"clip_id": i, "text": t} for i, t in zip(sp.ids, sp.text)]
-            people.append((prof.id, rows, sp.feats, sp.labels))
+            people.append((prof.person, rows, sp.feats, sp.labels))
         else:
             parsed = read_profile_file(src, dims)
-            people.append((str(parsed["info"].get("profile") or src.stem), parsed["moments"], parsed["feats"], parsed["labels"]))
+            person = parsed["info"].get("person")
+            if not isinstance(person, str) or not person.isalnum():
+                raise PersonalError(f"{src}: the profile names no person")
+            people.append((person[:32], parsed["moments"], parsed["feats"], parsed["labels"]))
     return people
 
 
@@ -157,10 +160,16 @@ def merge(sources: list[str | Path], out: str | Path, *, dims: dict[str, int] | 
     from .encoders import DIMS
 
     dims = dims or dict(DIMS)
-    people = _load_people([Path(s) for s in sources], dims)
+    people = [p for p in _load_people([Path(s) for s in sources], dims) if len(p[1])]  # a profile without moments adds no one
     ids = [p[0] for p in people]
     if len(set(ids)) != len(ids):
         raise PersonalError("the same person appears twice; merge each profile once")
+    seen: dict[str, str] = {}
+    for person, moments, _, _ in people:
+        for r in moments:
+            other = seen.setdefault(r["clip_id"], person)
+            if other != person:  # one moment imported into two people's profiles: it would span two splits
+                raise PersonalError(f"moment {r['clip_id']} is in the profiles of two people ({other[:8]}, {person[:8]}); remove it from one")
     if len(people) < 3:
         raise PersonalError(f"{len(people)} person(s): person-independent train/valid/test splits need at least 3 people")
     split = split_by_group(ids, valid=valid, test=test, salt="mmdemo-personal")

@@ -215,6 +215,7 @@ class Session:
         # what the models read over the last seconds, for "label this moment"
         self.recent: dict[str, deque[tuple[float, np.ndarray]]] = {m: deque(maxlen=256) for m in ("vision", "audio")}
         self.moment_audio = AudioRing(self.cfg.moment_s)
+        self.last_audio_t: float | None = None
         self.notes: dict[str, list[str]] = {m: [] for m in MODALITIES}  # face and voice: from the latest encoding
         self.typed_notes: list[str] = []  # about the typed text (cut, ...): until the text changes
         self.words_notes: list[str] = []  # from embedding the current words (long text, ...): replaced on each recompute
@@ -318,6 +319,7 @@ class Session:
             self._track_utterances(frames, probs, t)  # before the ring takes the chunk: it holds the pre-roll
             self.ring.push(frames)
             self.moment_audio.push(frames)
+            self.last_audio_t = t
             self.samples_in += len(frames)
             self.probs.extend(probs.tolist())
             if len(x16):
@@ -438,10 +440,13 @@ class Session:
         with self._lock:
             self.calibrator = Calibrator(self.engine.neutral, self.now() if t is None else t)
 
-    def calibration_progress(self) -> dict[str, int] | None:
-        """Samples collected so far per calibrated modality (None: not calibrating)."""
+    def calibration_progress(self, t: float | None = None) -> tuple[dict[str, int], float] | None:
+        """(samples collected so far per calibrated modality, seconds since the start); None when
+        no calibration is running."""
         with self._lock:
-            return None if self.calibrator is None else self.calibrator.counts()
+            if self.calibrator is None:
+                return None
+            return self.calibrator.counts(), (self.now() if t is None else t) - self.calibrator.t0
 
     def finish_calibration(self, t: float | None = None) -> Baseline:
         """The baseline from what was seen and heard since :meth:`start_calibration`; it replaces
@@ -468,6 +473,8 @@ class Session:
             self.face_smoother.reset()
             self.face_label.reset()
             self.features["vision"] = None
+            for buf in self.recent.values():  # a moment never mixes readings with and without these offsets
+                buf.clear()
             if self.speaker_norm is not None:
                 self.speaker_norm.reset()
                 self.norm_updated_at = -10**12
@@ -508,7 +515,8 @@ class Session:
                 feats[m] = np.mean(xs, axis=0).astype(np.float32) if xs else np.zeros(DIMS[m], np.float32)
             audio = frame = None
             if keep_clip:
-                audio = self.moment_audio.last(seconds) if self.moment_audio.filled else None
+                fresh = self.last_audio_t is not None and t - self.last_audio_t <= seconds
+                audio = self.moment_audio.last(seconds) if self.moment_audio.filled and fresh else None
                 frame = self.last_frame if self.last_frame_t is not None and t - self.last_frame_t <= seconds else None
             return Moment(feats, pres, text=self.words_text if pres["text"] else "", seconds=seconds, audio=audio, frame=frame)
 

@@ -9,15 +9,19 @@ imported on purpose.
 The moments are kept in the project's feature-folder format (what
 :meth:`mmdemo.data.FeatureDataset.from_folder` and ``python -m mmdemo.train --data`` read):
 
-    labels.csv    clip_id, label, split, text, video_id (= the person), created, seconds, clip
-    text.npy audio.npy vision.npy   (N, D) float32, row i = row i of labels.csv; an all-zero row =
-                  the modality was absent in that moment
+    moments/      a link to the current generation folder, which holds
+        labels.csv    clip_id, label, split, text, video_id (= the person), created, seconds, clip
+        text.npy audio.npy vision.npy   (N, D) float32, row i = row i of labels.csv; an all-zero
+                      row = the modality was absent in that moment
     clips/<clip_id>/audio.wav, frame.jpg   only when the user ticked "keep the raw clip"
     baseline.safetensors                   the neutral-baseline offsets (+ what was measured)
     personal/<fusion>/                     personal models (a checkpoint folder each)
 
-Every change happens under an exclusive file lock and replaces files atomically, so two tabs (or two
-processes) of one person append and delete without losing each other's moments.
+Every change happens under an exclusive file lock and writes a new generation folder, then switches
+the ``moments`` link to it in one atomic step: two tabs (or two processes) of one person append and
+delete without losing each other's moments, and a crash or a full disk half-way leaves the previous
+generation whole. The person in ``video_id`` and in exports is a one-way hash of the profile id:
+an exported file never carries the id that opens the profile.
 
 A profile exports to one ``.safetensors`` file: moments, baseline and personal models as tensors,
 everything else as JSON in the file's metadata (format ``mmdemo-profile/1``); importing checks the
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import os
@@ -37,7 +42,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +101,8 @@ def _atomic_write(path: Path, write) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -110,6 +117,9 @@ class Profile:
         if not isinstance(profile_id, str) or not PROFILE_ID.match(profile_id):
             raise ProfileError("not a profile id (32 hex digits)")
         self.id = profile_id
+        # who the moments are of, in files that leave this folder (labels.csv's video_id, exports): a
+        # one-way hash of the id, so an exported file never carries the id that opens the profile
+        self.person = hashlib.sha256(f"mmdemo-person:{profile_id}".encode()).hexdigest()[:16]
         self.dims = {m: int(dims[m]) for m in MODALITIES}
         self.folder = Path(root) / "profiles" / profile_id
 
@@ -126,55 +136,82 @@ class Profile:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
+    @property
+    def dataset_folder(self) -> Path:
+        """The moments as a feature folder (``python -m mmdemo.train --data`` reads it)."""
+        return self.folder / "moments"
+
+    def _current(self) -> Path | None:
+        link = self.dataset_folder
+        return link.resolve() if link.is_symlink() and link.resolve().is_dir() else None
+
     def _read(self) -> tuple[list[dict], dict[str, np.ndarray]]:
-        csv_path = self.folder / "labels.csv"
-        if not csv_path.exists():
-            return [], {m: np.zeros((0, d), np.float32) for m, d in self.dims.items()}
-        with open(csv_path, newline="", encoding="utf-8") as f:
+        d = self._current()
+        if d is None:
+            return [], {m: np.zeros((0, dim), np.float32) for m, dim in self.dims.items()}
+        with open(d / "labels.csv", newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
         arrays = {}
-        for m, d in self.dims.items():
-            x = np.load(self.folder / f"{m}.npy", allow_pickle=False)
-            if x.shape != (len(rows), d):
-                raise ProfileError(f"{self.folder}: {m}.npy has shape {x.shape}, expected ({len(rows)}, {d}); the profile is damaged")
+        for m, dim in self.dims.items():
+            x = np.load(d / f"{m}.npy", allow_pickle=False)
+            if x.shape != (len(rows), dim):
+                raise ProfileError(f"{d}: {m}.npy has shape {x.shape}, expected ({len(rows)}, {dim}); the profile is damaged")
             arrays[m] = x.astype(np.float32)
         return rows, arrays
 
     def _write(self, rows: list[dict], arrays: dict[str, np.ndarray]) -> None:
-        for m, x in arrays.items():
-            _atomic_write(self.folder / f"{m}.npy", lambda f, x=x: np.save(f, np.asarray(x, np.float32), allow_pickle=False))
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k, "") for k in COLUMNS})
-        _atomic_write(self.folder / "labels.csv", lambda f: f.write(buf.getvalue().encode("utf-8")))
+        """A new generation of the four files in a folder of its own, then one atomic switch of the
+        ``moments`` link: a crash or a full disk half-way leaves the previous generation whole."""
+        new = self.folder / f"moments-{secrets.token_hex(6)}"
+        new.mkdir(mode=0o700)
+        try:
+            for m, x in arrays.items():
+                _atomic_write(new / f"{m}.npy", lambda f, x=x: np.save(f, np.asarray(x, np.float32), allow_pickle=False))
+            buf = io.StringIO()
+            w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: r.get(k, "") for k in COLUMNS})
+            _atomic_write(new / "labels.csv", lambda f: f.write(buf.getvalue().encode("utf-8")))
+            tmp = self.folder / f".moments-{secrets.token_hex(6)}"
+            os.symlink(new.name, tmp)
+            os.replace(tmp, self.dataset_folder)
+        except BaseException:
+            shutil.rmtree(new, ignore_errors=True)
+            raise
+        for old in self.folder.glob("moments-*"):  # earlier generations (and any a crash left behind)
+            if old != new:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def _rows_and_arrays(self) -> tuple[list[dict], dict[str, np.ndarray]]:
+        if self._current() is None:
+            return [], {m: np.zeros((0, dim), np.float32) for m, dim in self.dims.items()}
+        with self.locked():
+            return self._read()
+
+    @staticmethod
+    def _listing(rows: list[dict], arrays: dict[str, np.ndarray]) -> list[dict]:
+        return [dict(r, label=float(r["label"]), present=[m for m in MODALITIES if np.any(arrays[m][i] != 0)]) for i, r in enumerate(rows)]
+
+    @staticmethod
+    def _as_split(rows: list[dict], arrays: dict[str, np.ndarray]):
+        from .data import Split
+
+        return Split(feats=arrays, present={m: np.any(x != 0, axis=1) for m, x in arrays.items()},
+                     labels=np.array([float(r["label"]) for r in rows], np.float32),
+                     ids=np.array([r["clip_id"] for r in rows]), text=np.array([r["text"] for r in rows]))
 
     def moments(self) -> list[dict]:
         """The labelled moments, oldest first: one dict per moment (labels.csv's columns, label as
         float, ``present`` as a list of modalities)."""
-        if not (self.folder / "labels.csv").exists():
-            return []
-        with self.locked():
-            rows, arrays = self._read()
-        out = []
-        for i, r in enumerate(rows):
-            present = [m for m in MODALITIES if np.any(arrays[m][i] != 0)]
-            out.append(dict(r, label=float(r["label"]), present=present))
-        return out
-
-    def __len__(self) -> int:
-        return len(self.moments())
+        return self._listing(*self._rows_and_arrays())
 
     def split(self):
         """All moments as one :class:`mmdemo.data.Split` (presence from the all-zero rows)."""
-        from .data import Split
+        return self._as_split(*self._rows_and_arrays())
 
-        with self.locked():
-            rows, arrays = self._read()
-        return Split(feats=arrays, present={m: np.any(x != 0, axis=1) for m, x in arrays.items()},
-                     labels=np.array([float(r["label"]) for r in rows], np.float32),
-                     ids=np.array([r["clip_id"] for r in rows]), text=np.array([r["text"] for r in rows]))
+    def __len__(self) -> int:
+        return len(self.moments())
 
     # ------------------------------------------------------------------ changes
     def add(self, moment: Moment, label: float, *, keep_clip: bool = False) -> str:
@@ -204,9 +241,13 @@ class Profile:
             if keep_clip and (moment.audio is not None or moment.frame is not None):
                 clip = self._write_clip(clip_id, moment)
             rows.append({"clip_id": clip_id, "label": f"{label:g}", "split": "train", "text": moment.text[:MAX_TEXT],
-                         "video_id": self.id, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                         "video_id": self.person, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                          "seconds": f"{moment.seconds:.1f}", "clip": clip})
-            self._write(rows, {m: np.concatenate([arrays[m], feats[m][None]]) for m in MODALITIES})
+            try:
+                self._write(rows, {m: np.concatenate([arrays[m], feats[m][None]]) for m in MODALITIES})
+            except BaseException:
+                shutil.rmtree(self.folder / "clips" / clip_id, ignore_errors=True)  # no clip without its moment
+                raise
         return clip_id
 
     def _write_clip(self, clip_id: str, moment: Moment) -> str:
@@ -233,12 +274,15 @@ class Profile:
             self._write([rows[i] for i in keep], {m: arrays[m][keep] for m in MODALITIES})
 
     def delete_all(self) -> None:
-        """Everything of this profile, from disk."""
+        """Everything of this profile, from disk, under the lock (a tab writing at the same moment
+        waits, then starts an empty profile). Only the empty lock file stays: removing it would let
+        a tab that is waiting on it and a new one write at the same time."""
+        if not self.folder.exists():
+            return
         with self.locked():
             for p in self.folder.iterdir():
                 if p.name != ".lock":
-                    shutil.rmtree(p) if p.is_dir() else p.unlink()
-        shutil.rmtree(self.folder, ignore_errors=True)
+                    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
     # ------------------------------------------------------------------ baseline and personal models
     def save_baseline(self, baseline: Baseline | None) -> None:
@@ -306,8 +350,9 @@ class Profile:
         from safetensors.torch import save_file
 
         path = Path(path)
-        split = self.split()
-        rows = self.moments()
+        with self.locked():  # one consistent reading, even with another tab writing
+            rows, arrays = self._read()
+        split, rows = self._as_split(rows, arrays), self._listing(rows, arrays)
         tensors = {"moments/labels": torch.from_numpy(split.labels.copy())}
         for m in MODALITIES:
             tensors[f"moments/{m}"] = torch.from_numpy(split.feats[m].copy())
@@ -319,18 +364,20 @@ class Profile:
             model, metrics = self.load_personal(name)
             tensors |= {f"personal/{name}/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
             personal[name] = {"config": asdict(model.cfg), "metrics": metrics}
-        info = {"profile": self.id, "dims": self.dims, "exported": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        info = {"person": self.person, "dims": self.dims, "exported": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "moments": [{k: r[k] for k in ("clip_id", "text", "created", "seconds")} for r in rows],
                 "baseline": None if baseline is None else baseline.to_json(), "personal": personal}
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(path), metadata={"format": FORMAT, "info": json.dumps(info)})
         return path
 
-    def import_file(self, path: str | Path) -> dict:
+    def import_file(self, path: str | Path, configs: dict[str, dict] | None = None) -> dict:
         """Merge an exported profile into this one: its moments are added (ids already here are
-        skipped), its baseline and personal models replace this profile's. Everything is checked
-        before anything is written; returns what was taken."""
-        parsed = read_profile_file(path, self.dims)
+        skipped); its baseline and personal models are taken where this profile has none (this
+        profile's own are never overwritten: delete them first to take the imported ones).
+        Everything is checked before anything is written (``configs``: the settings a personal
+        model of each method must have, default the shipped checkpoints'); returns what was taken."""
+        parsed = read_profile_file(path, self.dims, configs)
         added = 0
         with self.locked():
             rows, arrays = self._read()
@@ -341,16 +388,20 @@ class Profile:
             for i in new:
                 r = parsed["moments"][i]
                 rows.append({"clip_id": r["clip_id"], "label": f"{parsed['labels'][i]:g}", "split": "train", "text": r["text"],
-                             "video_id": self.id, "created": r["created"], "seconds": r["seconds"], "clip": ""})
+                             "video_id": self.person, "created": r["created"], "seconds": r["seconds"], "clip": ""})
             if new:
                 self._write(rows, {m: np.concatenate([arrays[m], parsed["feats"][m][new]]) for m in MODALITIES})
             added = len(new)
-        if parsed["baseline"] is not None:
+        took_baseline = parsed["baseline"] is not None and self.load_baseline() is None
+        if took_baseline:
             self.save_baseline(parsed["baseline"])
-        for model, metrics in parsed["personal"].values():
-            self.save_personal(model, metrics)
-        return {"moments_added": added, "moments_skipped": len(parsed["moments"]) - added,
-                "baseline": parsed["baseline"] is not None, "personal": sorted(parsed["personal"])}
+        have = set(self.personal_fusions())
+        took = sorted(n for n in parsed["personal"] if n not in have)
+        for name in took:
+            self.save_personal(*parsed["personal"][name])
+        return {"moments_added": added, "moments_skipped": len(parsed["moments"]) - added, "baseline": took_baseline,
+                "personal": took, "kept": sorted(([("baseline")] if parsed["baseline"] is not None and not took_baseline else [])
+                                                 + [n for n in parsed["personal"] if n in have])}
 
 
 PROFILE_CLIP = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
@@ -371,14 +422,47 @@ def _metadata(blob: bytes) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
-def read_profile_file(path: str | Path, dims: dict[str, int]) -> dict:
+METRIC_KEYS = {"moments": int, "scheme": str, "generic_mae": float, "personal_mae": float, "seconds": float, "fit_seconds": float}
+
+
+def clean_metrics(d) -> dict:
+    """A personal model's metrics with known keys and types only (they come from files)."""
+    out = {}
+    for k, typ in METRIC_KEYS.items():
+        v = d.get(k) if isinstance(d, dict) else None
+        if typ is str and isinstance(v, str):
+            out[k] = v[:40]
+        elif typ is not str and isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v):
+            out[k] = typ(v)
+    return out
+
+
+def shipped_configs(checkpoints: str | Path | None = None) -> dict[str, dict]:
+    """Each shipped fusion method's settings: a personal model must have exactly these (a file
+    cannot make the app build a model of any other size)."""
+    from .checkpoint import read_config
+
+    root = Path(checkpoints or REPO / "checkpoints") / "fusion"
+    return {p.name: read_config(p)["config"] for p in sorted(root.iterdir()) if (p / "config.json").exists()} if root.exists() else {}
+
+
+def read_profile_file(path: str | Path, dims: dict[str, int], configs: dict[str, dict] | None = None) -> dict:
     """Parse and check an exported profile strictly. Returns moments (rows), labels, feats, baseline
-    and personal models ({fusion: (model, metrics)}). Raises :class:`ProfileError` with the reason."""
+    and personal models ({fusion: (model, metrics)}). Raises :class:`ProfileError` with the reason,
+    whatever is wrong with the file."""
+    try:
+        return _read_profile_file(Path(path), dims, shipped_configs() if configs is None else configs)
+    except ProfileError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any other surprise in a file from elsewhere is a malformed file
+        raise ProfileError(f"the profile file is malformed ({type(err).__name__}: {str(err)[:120]})") from None
+
+
+def _read_profile_file(path: Path, dims: dict[str, int], configs: dict[str, dict]) -> dict:
     from safetensors.torch import load as load_tensors
 
     from .fusion import FusionConfig, create_fusion, list_fusions
 
-    path = Path(path)
     try:
         size = path.stat().st_size
     except OSError as err:
@@ -394,6 +478,8 @@ def read_profile_file(path: str | Path, dims: dict[str, int]) -> dict:
         tensors = load_tensors(blob)
     except Exception as err:  # noqa: BLE001
         raise ProfileError(f"the profile file is damaged ({type(err).__name__})") from None
+    if not isinstance(info, dict):
+        raise ProfileError("the profile file's description is not an object")
     if info.get("dims") != dims:
         raise ProfileError(f"the profile was made with feature sizes {info.get('dims')}; this installation's encoders give {dims}")
     moments = info.get("moments")
@@ -426,18 +512,25 @@ def read_profile_file(path: str | Path, dims: dict[str, int]) -> dict:
     baseline = None
     offsets = {k.split("/", 1)[1]: tensors.pop(k).numpy() for k in [k for k in tensors if k.startswith("baseline/")]}
     if offsets or info.get("baseline") is not None:
+        if not isinstance(info.get("baseline"), dict):
+            raise ProfileError("the profile's baseline has no description")
         try:
-            baseline = Baseline.from_parts(offsets, info.get("baseline") or {}, dims)
-        except (ValueError, TypeError, KeyError) as err:
+            baseline = Baseline.from_parts(offsets, info["baseline"], dims)
+        except (ValueError, TypeError, KeyError, AttributeError) as err:
             raise ProfileError(f"the profile's baseline is invalid ({err})") from None
     personal = {}
-    known = {f.name for f in fields(FusionConfig)}
-    for name, spec in dict(info.get("personal") or {}).items():
+    specs = info.get("personal") or {}
+    if not isinstance(specs, dict):
+        raise ProfileError("the profile's personal models are not described as an object")
+    for name, spec in specs.items():
         if name not in list_fusions():
             raise ProfileError(f"the profile has a personal model for {str(name)[:40]!r}, which this installation does not know")
-        cfg = dict(spec.get("config") or {})
-        if set(cfg) - known:
-            raise ProfileError(f"the personal {name} model has settings this version does not know: {sorted(set(cfg) - known)}")
+        if not isinstance(spec, dict) or not isinstance(spec.get("config"), dict):
+            raise ProfileError(f"the personal {name} model has no settings")
+        cfg = spec["config"]
+        if name not in configs or cfg != configs[name]:
+            # only the shipped settings: a file must not make the app build a model of any size
+            raise ProfileError(f"the personal {name} model was made for other settings than this installation's {name} model")
         model = create_fusion(name, dims=dims, cfg=FusionConfig(**cfg))
         prefix = f"personal/{name}/"
         state = {k[len(prefix):]: tensors.pop(k) for k in [k for k in tensors if k.startswith(prefix)]}
@@ -447,7 +540,7 @@ def read_profile_file(path: str | Path, dims: dict[str, int]) -> dict:
             raise ProfileError(f"the personal {name} model does not fit this installation ({str(err)[:200]})") from None
         if not all(torch.isfinite(v).all() for v in model.state_dict().values()):
             raise ProfileError(f"the personal {name} model holds NaN or inf")
-        personal[name] = (model.eval(), dict(spec.get("metrics") or {}))
+        personal[name] = (model.eval(), clean_metrics(spec.get("metrics")))
     if tensors:
         raise ProfileError(f"the profile file holds unexpected entries: {sorted(tensors)[:5]}")
     return {"moments": rows, "labels": labels, "feats": feats, "baseline": baseline, "personal": personal, "info": info}

@@ -183,7 +183,7 @@ def test_calibrate_label_fit_switch_export_and_import(server, media, tmp_path):
         page.locator("#personalise").screenshot(path=str(ARTIFACTS / "moments.png"))
         # 3. fit, switch to the personal model and back
         page.locator("#fit-btn").click()
-        page.wait_for_function("document.querySelector('#fit-msg').innerText.includes('Fitted')", timeout=120000)
+        page.wait_for_function("document.querySelector('#fit-msg').innerText.includes('fitted in')", timeout=120000)
         assert "personal" in page.locator("#personal-info").inner_text().lower()
         page.wait_for_function("document.querySelector('#readout').innerText.includes('(personal)')", timeout=30000)
         page.locator("#model-choice").get_by_text("generic").click()

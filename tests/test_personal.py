@@ -45,12 +45,37 @@ def test_moments_are_stored_in_the_project_dataset_format(profile):
     profile.add(moment(present=("text",), seed=9), label=2)
     rows = profile.moments()
     assert [r["clip_id"] for r in rows[:3]] == ids and rows[3]["present"] == ["text"]
-    ds = load_dataset(profile.folder)  # what python -m mmdemo.train --data reads
+    ds = load_dataset(profile.dataset_folder)  # what python -m mmdemo.train --data reads
     tr = ds.splits["train"]
     assert len(tr) == 4 and list(tr.labels) == [-1.5, -0.5, 0.5, 2.0]
     assert tr.present["vision"].tolist() == [True, True, True, False]
     np.testing.assert_allclose(tr.feats["audio"][1], moment(seed=1).features["audio"], rtol=1e-6)
-    assert (profile.folder / "labels.csv").read_text().splitlines()[0].startswith("clip_id,label,split,text,video_id")
+    assert (profile.dataset_folder / "labels.csv").read_text().splitlines()[0].startswith("clip_id,label,split,text,video_id")
+    assert profile.id not in (profile.dataset_folder / "labels.csv").read_text()  # the person is a hash, not the id
+
+
+def test_a_write_that_fails_half_way_leaves_the_previous_moments_whole(profile, monkeypatch):
+    profile.add(moment(seed=1), label=1)
+    before = profile.split()
+    calls = []
+    real = np.save
+
+    def flaky(f, x, **kw):
+        calls.append(1)
+        if len(calls) == 2:  # the second of the four files: a full disk, say
+            raise OSError(28, "No space left on device")
+        return real(f, x, **kw)
+
+    monkeypatch.setattr(np, "save", flaky)
+    with pytest.raises(OSError):
+        profile.add(moment(seed=2), label=2)
+    monkeypatch.setattr(np, "save", real)
+    after = profile.split()
+    assert len(after) == 1 and after.ids[0] == before.ids[0]
+    np.testing.assert_array_equal(after.feats["text"], before.feats["text"])
+    assert len(list(profile.folder.glob("moments-*"))) == 1  # the half-written generation is gone
+    profile.add(moment(seed=3), label=-1)  # and the profile goes on
+    assert len(profile.moments()) == 2
 
 
 def test_bad_moments_are_refused_with_a_reason_and_nothing_is_written(profile):
@@ -134,7 +159,8 @@ def test_a_profile_exports_to_one_file_and_imports_whole(profile, generic, tmp_p
     path = profile.export(tmp_path / "me.safetensors")
     other = Profile(tmp_path / "other", new_profile_id(), DIMS)
     got = other.import_file(path)
-    assert got == {"moments_added": 10, "moments_skipped": 0, "baseline": True, "personal": ["weighted"]}
+    assert got == {"moments_added": 10, "moments_skipped": 0, "baseline": True, "personal": ["weighted"], "kept": []}
+    assert profile.id not in path.read_bytes().decode("latin-1")  # the file never carries the id that opens the profile
     np.testing.assert_array_equal(other.split().feats["text"], profile.split().feats["text"])
     assert [r["label"] for r in other.moments()] == [r["label"] for r in profile.moments()]
     b = other.load_baseline()
@@ -142,8 +168,9 @@ def test_a_profile_exports_to_one_file_and_imports_whole(profile, generic, tmp_p
     assert b.skipped == {"audio": "no speech during the calibration"} and b.readings["vision"]["before"] == -1.0
     sp = profile.split()
     np.testing.assert_allclose(predict(other.load_personal("weighted")[0], sp), predict(profile.load_personal("weighted")[0], sp), atol=1e-6)
-    again = other.import_file(path)  # the same file twice: nothing doubles
+    again = other.import_file(path)  # the same file twice: nothing doubles, this profile's own models stay
     assert again["moments_added"] == 0 and again["moments_skipped"] == 10 and len(other.moments()) == 10
+    assert again["baseline"] is False and again["personal"] == [] and again["kept"] == ["baseline", "weighted"]
 
 
 def _tamper(path: Path, out: Path, fn) -> Path:
@@ -157,8 +184,28 @@ def _tamper(path: Path, out: Path, fn) -> Path:
     return out
 
 
+def _edit_info(fn):
+    def f(h):
+        info = json.loads(h["__metadata__"]["info"])
+        h["__metadata__"]["info"] = json.dumps(fn(info))
+    return f
+
+
+TYPE_CASES = {
+    "info is a list": lambda info: [info],
+    "personal is a string": lambda info: info | {"personal": "weighted"},
+    "a personal entry is a number": lambda info: info | {"personal": {"weighted": 3}},
+    "a setting of the wrong type": lambda info: info | {"personal": {"weighted": info["personal"]["weighted"] | {
+        "config": info["personal"]["weighted"]["config"] | {"hidden": "big"}}}},
+    "a huge model": lambda info: info | {"personal": {"weighted": info["personal"]["weighted"] | {
+        "config": info["personal"]["weighted"]["config"] | {"tensor_dim": 1000, "hidden": 4096}}}},
+    "baseline is a list": lambda info: info | {"baseline": [1, 2]},
+    "moments are not objects": lambda info: info | {"moments": ["x"] * len(info["moments"])},
+}
+
+
 @pytest.mark.parametrize("case", ["garbage", "empty", "pickle", "foreign safetensors", "wrong format", "wrong dims",
-                                  "bad label", "extra tensor", "unknown method", "truncated"])
+                                  "bad label", "extra tensor", "unknown method", "truncated", *TYPE_CASES])
 def test_a_corrupt_or_foreign_profile_is_refused_and_nothing_changes(profile, generic, tmp_path, case):
     import pickle
 
@@ -200,11 +247,21 @@ def test_a_corrupt_or_foreign_profile_is_refused_and_nothing_changes(profile, ge
         save_t(tensors, str(bad), metadata=meta)
     elif case == "truncated":
         bad.write_bytes(good.read_bytes()[:-200])
+    elif case in TYPE_CASES:
+        _tamper(good, bad, _edit_info(TYPE_CASES[case]))
     target = Profile(tmp_path / "target", new_profile_id(), DIMS)
     target.add(moment(seed=77), label=1)
     with pytest.raises(ProfileError):
         target.import_file(bad)
     assert len(target.moments()) == 1 and target.load_baseline() is None and target.personal_fusions() == []
+
+
+def test_imported_metrics_keep_known_keys_and_types_only():
+    from mmdemo.profile import clean_metrics
+
+    assert clean_metrics({"moments": 10}) == {"moments": 10}
+    assert clean_metrics({"moments": "ten", "scheme": 3, "generic_mae": float("nan"), "personal_mae": 0.5, "evil": 1}) == {"personal_mae": 0.5}
+    assert clean_metrics([1, 2]) == {}
 
 
 def test_read_profile_file_checks_shapes_against_the_encoders(profile, generic, tmp_path):
@@ -313,6 +370,12 @@ def test_profiles_of_many_people_merge_into_a_person_independent_folder(tmp_path
         merge(files[:2], tmp_path / "two")
     with pytest.raises(PersonalError, match="twice"):
         merge([files[1], files[1], files[2]], tmp_path / "dup")
+    # a moment imported into another person's profile would put it in two people's splits
+    carrier = Profile(tmp_path / "root", new_profile_id(), DIMS)
+    carrier.add(moment(seed=99), label=0)
+    carrier.import_file(files[1])
+    with pytest.raises(PersonalError, match="profiles of two people"):
+        merge([files[1], carrier.folder, files[2], files[3]], tmp_path / "mixed")
 
 
 def test_the_merge_and_train_command_line(tmp_path, capsys):

@@ -79,7 +79,7 @@ def test_a_biased_face_is_corrected_by_the_neutral_baseline(engine):
         s.start_calibration(t=2.0)
         _frames(s, frames, 2.0)
         baseline = s.finish_calibration(t=4.0)
-        assert "vision" in baseline.offsets and baseline.samples["vision"] >= 10
+        assert "vision" in baseline.offsets and baseline.samples["vision"] >= 5  # the face is read up to 5 times a second
         assert "audio" not in baseline.offsets and "no speech" in baseline.skipped["audio"]  # no microphone: face only
         after = _frames(s, frames, 5.0)[-1].unimodal["vision"]
         readings[who] = (before, after, baseline.readings["vision"])
@@ -195,8 +195,9 @@ def test_the_calibrate_and_personalise_flow(handlers, tmp_path):
     # a calibration with the camera on and no microphone
     msg, timer, s = h.on_calibrate_start(s)
     assert "Calibrating" in msg
-    for f in jittered_frames(astronaut(), seconds=1.0, fps=10, seed=0):
-        h.on_frame(f, s)
+    t0 = s.now()
+    for i, f in enumerate(jittered_frames(astronaut(), seconds=1.0, fps=10, seed=0)):
+        s.push_frame(f, t=t0 + 0.25 * i)  # 2.5 s of camera (the face is read at most 5 times a second)
     msg, md, s = h.on_calibrate_stop(pid, s)
     assert "saved in your profile" in msg and "face: offset from" in md and "voice: not calibrated" in md
     # eight moments with different labels and words
@@ -243,4 +244,33 @@ def test_the_calibrate_and_personalise_flow(handlers, tmp_path):
     assert "another tab" in msg
     msg, moments, base, pers, s3 = h.on_delete_all(other, s3)
     assert moments == [] and s3.baseline is None and not s3.personal
-    assert not Path(h.studio.profile(other).folder).exists()
+    folder = h.studio.profile(other).folder
+    assert [p.name for p in folder.iterdir()] == [".lock"]  # everything gone; the empty lock file keeps other tabs safe
+
+
+def test_profiles_survive_a_restart_of_the_app(tmp_path):
+    """The key the browsers keep their profile ids with lives in the data folder: a restarted app
+    reads the same ids (a random key per start would cut every user off their profile)."""
+    a = studio_app.Studio(DEFAULT_CHECKPOINTS, "cpu", data_dir=tmp_path)
+    b = studio_app.Studio(DEFAULT_CHECKPOINTS, "cpu", data_dir=tmp_path)
+    assert a.browser_secret() == b.browser_secret() and len(a.browser_secret()) >= 32
+    assert (tmp_path / ".browser-secret").stat().st_mode & 0o077 == 0  # readable by the app's user only
+
+
+def test_partial_metrics_of_an_imported_model_do_not_break_the_panel(handlers, tmp_path):
+    from mmdemo.personal import PersonalConfig, fit_personal
+    from mmdemo.profile import Profile, new_profile_id
+    from tests.test_personal import moment
+
+    from mmdemo.encoders import DIMS
+
+    src = Profile(tmp_path, new_profile_id(), DIMS)
+    for i in range(8):
+        src.add(moment(seed=i), label=(i % 7) - 3)
+    src.save_personal(fit_personal(handlers.studio.engine.fusion("weighted"), src.split(), PersonalConfig(steps=3)), {"moments": 8})
+    path = src.export(tmp_path / "partial.safetensors")
+    pid, s = _tab(handlers)
+    msg, moments, base, pers, s = handlers.on_import(str(path), pid, s)
+    assert msg.startswith("✓") and "Personal model for **weighted** loaded" in pers
+    pid2, s2, _, listed, load_msg, pers2, _ = handlers.on_profile_load(pid, handlers.on_load()[0])
+    assert load_msg == "" and len(listed) == 8 and "weighted" in s2.personal
