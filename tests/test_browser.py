@@ -84,16 +84,22 @@ def _start_streams(page):
     page.locator("#mic button.record-button").click()
 
 
+def _streaming_page(p, profile, media, server):
+    """A browser on the app with the fake webcam and microphone streaming."""
+    ctx = _browser(p, profile, media)
+    page = ctx.new_page()
+    page.goto(server["url"], wait_until="load")
+    _start_streams(page)
+    return ctx, page
+
+
 def test_live_session_in_a_real_browser(server, media, tmp_path):
     from playwright.sync_api import sync_playwright
 
     assert server["startup_s"] < 60, "the app should answer within seconds (models load lazily)"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        ctx = _browser(p, tmp_path / "profile-a", media)
-        page = ctx.new_page()
-        page.goto(server["url"], wait_until="load")
-        _start_streams(page)
+        ctx, page = _streaming_page(p, tmp_path / "profile-a", media, server)
         streaming_from = time.time()
         page.locator("#text textarea").press_sequentially("What a wonderful day", delay=30)
         # the plots update live
@@ -153,10 +159,7 @@ def test_calibrate_label_fit_switch_export_and_import(server, media, tmp_path):
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        ctx = _browser(p, tmp_path / "me", media)
-        page = ctx.new_page()
-        page.goto(server["url"], wait_until="load")
-        _start_streams(page)
+        ctx, page = _streaming_page(p, tmp_path / "me", media, server)
         page.wait_for_function("document.querySelector('#status').innerText.includes('face: present')", timeout=60000)
         page.locator("#personalise").get_by_text("Calibrate & personalise").first.click()
         page.wait_for_function("document.querySelector('#profile-info').innerText.includes('Profile')", timeout=30000)

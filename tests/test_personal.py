@@ -352,13 +352,20 @@ def test_folds_are_leave_one_out_then_ten_fold():
 # ---------------------------------------------------------------- many people -> one corpus
 
 
-def test_profiles_of_many_people_merge_into_a_person_independent_folder(tmp_path, generic):
-    files = []
-    for k in range(5):
+def _people(tmp_path, n: int, per: int, *, folders: bool = False) -> list:
+    """Profiles of ``n`` people with ``per`` labelled moments each: exported files (every other
+    one a profile folder with ``folders``)."""
+    out = []
+    for k in range(n):
         p = Profile(tmp_path / "root", new_profile_id(), DIMS)
-        for i in range(4):
-            p.add(moment(seed=10 * k + i), label=i - 1)
-        files.append(p.export(tmp_path / f"person{k}.safetensors") if k % 2 else p.folder)
+        for i in range(per):
+            p.add(moment(seed=10 * k + i), label=i % 7 - 3)
+        out.append(p.folder if folders and k % 2 == 0 else p.export(tmp_path / f"person{k}.safetensors"))
+    return out
+
+
+def test_profiles_of_many_people_merge_into_a_person_independent_folder(tmp_path, generic):
+    files = _people(tmp_path, 5, 4, folders=True)
     summary = merge(files, tmp_path / "merged")
     assert summary["people"] == 5 and summary["moments"] == 20 and all(summary["people_per_split"][s] >= 1 for s in ("train", "valid", "test"))
     ds = load_dataset(tmp_path / "merged")
@@ -381,12 +388,7 @@ def test_profiles_of_many_people_merge_into_a_person_independent_folder(tmp_path
 def test_the_merge_and_train_command_line(tmp_path, capsys):
     from mmdemo.personal import main
 
-    files = []
-    for k in range(4):
-        p = Profile(tmp_path / "root", new_profile_id(), DIMS)
-        for i in range(6):
-            p.add(moment(seed=10 * k + i), label=i - 2.5)
-        files.append(str(p.export(tmp_path / f"p{k}.safetensors")))
+    files = [str(f) for f in _people(tmp_path, 4, 6)]
     assert main(["merge", *files, "--out", str(tmp_path / "m")]) == 0
     assert "merged 4 people, 24 moments" in capsys.readouterr().out
     assert main(["train", "--data", str(tmp_path / "m"), "--out", str(tmp_path / "runs")]) == 0

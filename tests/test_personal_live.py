@@ -2,7 +2,6 @@
 (photos, espeak-ng speech, known labels), live sessions, the app's handlers. Slow."""
 
 import copy
-from pathlib import Path
 
 import numpy as np
 import pytest
