@@ -47,9 +47,9 @@ class PersonalError(ValueError):
 
 @dataclass(frozen=True)
 class PersonalConfig:
-    steps: int = 100  # full-batch Adam steps
+    steps: int = 150  # full-batch Adam steps
     lr: float = 3e-3
-    anchor: float = 0.3  # L2-SP strength: sum of squared distances of the parameters from the shipped ones
+    anchor: float = 1.0  # L2-SP strength: sum of squared distances of the parameters from the shipped ones
     min_moments: int = 8
     loo_max: int = 24  # up to this many moments the error is leave-one-out, beyond it 10-fold
 
