@@ -4,6 +4,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")  # onnxruntime's native telemetry (see tests/test_offline.py)
+# users' profiles (and the app's profile key) of every app the tests start go to a temporary folder,
+# never into the home folder of whoever runs the tests
+import tempfile  # noqa: E402
+
+os.environ.setdefault("MMDEMO_DATA_DIR", tempfile.mkdtemp(prefix="mmdemo-test-userdata-"))
 
 import socket  # noqa: E402
 
