@@ -57,14 +57,26 @@ def main() -> None:
     ap.add_argument("--fps", type=float, default=10.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--time-constants", default="", help="extra rows: the smoothing with these time constants (s), e.g. 0.35,0.7,1.0")
+    ap.add_argument("--face-intervals", default="0,0.2",
+                    help="extra rows: the face read at most every this many seconds (0 = every frame), with each smoothing")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "face_stability.json"))
     args = ap.parse_args()
     engine = Engine(device="cpu")
     engine.warmup()
     raw_cfg = replace(engine.config, face_smooth_s=0.0, face_label_margin=0.0)
     variants = {"smoothed": None, "raw": raw_cfg}
-    for tau in (float(t) for t in args.time_constants.split(",") if t.strip()):
-        variants[f"smoothed, {tau:g} s"] = replace(engine.config, face_smooth_s=tau)
+    taus = [None] + [float(t) for t in args.time_constants.split(",") if t.strip()]
+    for every in [None] + [float(t) for t in args.face_intervals.split(",") if t.strip()]:
+        for tau in taus:
+            if every is None and tau is None:
+                continue
+            cfg, label = engine.config, "smoothed"
+            if tau is not None:
+                cfg, label = replace(cfg, face_smooth_s=tau), f"{label}, {tau:g} s"
+            if every is not None:
+                cfg = replace(cfg, face_interval_s=every)
+                label += ", face read every frame" if every <= 0 else f", face read at most {1 / every:g}/s"
+            variants[label] = cfg
     rows, t0 = [], time.time()
     for set_name, (folder, size) in SETS.items():
         folder = Path(args.data) / folder
@@ -98,6 +110,7 @@ def main() -> None:
         print(f"| {r['set']} | {r['variant']} | {r['videos']} | {r['label_changes_per_s']:.2f} / {r['label_changes_per_s_p90']:.2f} | "
               f"{r['sign_changes_per_s']:.2f} | {r['max_from_mean_median']:.2f} | {100 * r['within_0.3']:.0f}% |")
     env = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "seconds": time.time() - t0, "face_smooth_s": engine.config.face_smooth_s,
+           "face_interval_s": engine.config.face_interval_s,
            "date": time.strftime("%Y-%m-%d"), "per_set": args.per_set, "video_seconds": args.seconds, "fps": args.fps, "seed": args.seed}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"env": env, "rows": rows}, indent=2) + "\n")

@@ -36,6 +36,7 @@ from .contributions import explain
 from .device import resolve_device
 from .encoders import DIMS, FaceEncoder, StreamingVAD, Transcriber, VoiceEncoder, WordsEncoder
 from .encoders.face import FER_CLASSES
+from .encoders.egemaps import EgemapsStream
 from .encoders.voice import FRAME
 from .fusion import Fusion, list_fusions
 from .profile import Moment
@@ -51,12 +52,14 @@ DEFAULT_CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 class PipelineConfig:
     voice_window_s: float = 2.4  # eGeMAPS window: the length of the clips the voice model learned from (none shorter is read)
     voice_hop_s: float = 0.5  # recompute the voice features at most this often
+    voice_stream: bool = True  # eGeMAPS descriptors computed once per sample (one openSMILE stream per session), functionals per window; False = openSMILE over the whole window at every hop
     voice_ttl_s: float = 1.0  # voice features count this long after they were computed
     face_ttl_s: float = 0.5  # a face not seen for this long is absent
     face_interval_s: float = 0.0  # read the face at most this often (frames in between only update; 0.2 halves the face CPU at 10 frames/s); 0 = every frame
     face_smooth_s: float = 0.5  # time constant of the face feature's moving average (about a 1 s window; 0 = raw frames)
     face_label_margin: float = 0.15  # the drawn expression changes only when another one leads by this much
     camera_timeout_s: float = 2.0  # no frame for this long: the camera is off
+    torch_threads: int | None = 1  # on the CPU: torch's threads (process-wide). Live models run one sample at a time, where a second thread spins and buys no time; None keeps torch's default
     speech_threshold: float = 0.5  # VAD probability that starts an utterance
     silence_threshold: float = 0.35  # ... and under which a frame counts as silence
     utterance_silence_s: float = 0.6  # silence that closes an utterance
@@ -124,6 +127,8 @@ class Engine:
         self.checkpoints = Path(checkpoints) if checkpoints else DEFAULT_CHECKPOINTS
         self.device = resolve_device(device)
         self.config = config
+        if self.device.type == "cpu" and config.torch_threads:
+            torch.set_num_threads(config.torch_threads)
         overlay = self.checkpoints / "words" / "encoder.safetensors"
         self.face = FaceEncoder()
         self.voice = VoiceEncoder(threshold=config.speech_threshold)
@@ -225,6 +230,8 @@ class Session:
         self.vad = StreamingVAD()
         self.ring = AudioRing(self.cfg.voice_window_s)
         self.samples_in = 0  # 16 kHz samples heard in this session
+        self.egemaps: EgemapsStream | None = None  # the voice descriptors' stream (cfg.voice_stream), from sample egemaps_start
+        self.egemaps_start = 0
         # per-speaker statistics of this session's voice (None: the models read raw features)
         self.speaker_norm = SpeakerNorm(engine.voice_prior, **engine.voice_norm) if engine.voice_prior is not None else None
         self.norm_updated_at = -10**12
@@ -239,6 +246,7 @@ class Session:
         self.silent_frames = 0
         self.asr_running: tuple[float, Future] | None = None
         self.asr_cpu_ms = 0.0  # CPU of in-line transcriptions (blocking_asr) not yet reported in an update
+        self.asr_wall_ms = 0.0  # ... and their time
         self.asr_waiting: deque[tuple[float, np.ndarray]] = deque(maxlen=self.cfg.max_pending_asr)
         # words
         self.typed = ""
@@ -249,6 +257,7 @@ class Session:
         # the last answer of the models and what it was computed from
         self._answer_key: tuple | None = None
         self._answer: tuple[dict, dict] | None = None
+        self._alone: dict[str, tuple] = {}  # modality -> (its model, the feature it read, its answer)
 
     # ---------------------------------------------------------------- inputs
     def now(self) -> float:
@@ -317,6 +326,10 @@ class Session:
             frames, probs = self.vad.push(x16)
             vad_ms, vad_cpu = 1000 * (time.perf_counter() - t0), 1000 * (time.process_time() - c0)
             self._track_utterances(frames, probs, t)  # before the ring takes the chunk: it holds the pre-roll
+            if self.cfg.voice_stream and len(frames):
+                if self.egemaps is None:
+                    self.egemaps, self.egemaps_start = EgemapsStream(keep_s=self.cfg.voice_window_s + 2.0), self.samples_in
+                self.egemaps.push(frames)
             self.ring.push(frames)
             self.moment_audio.push(frames)
             self.last_audio_t = t
@@ -335,7 +348,11 @@ class Session:
                 t1, c1 = time.perf_counter(), time.process_time()
                 window = self.ring.last()
                 win_probs = np.asarray(self.probs, dtype=np.float32)[-(len(window) // FRAME) :]
-                res = self.engine.voice.encode(window, probs=win_probs)
+                if self.egemaps is not None:
+                    start = self.samples_in - len(window) - self.egemaps_start
+                    res = self.engine.voice.encode_stream(window, win_probs, self.egemaps, start)
+                else:
+                    res = self.engine.voice.encode(window, probs=win_probs)
                 self.last_voice_t = t
                 if res.present:
                     if self.calibrator is not None:
@@ -394,6 +411,7 @@ class Session:
             self._close_utterance(t)
             self.resampler, self.vad = None, StreamingVAD()
             self.ring = AudioRing(self.cfg.voice_window_s)
+            self.close_audio_stream()
             if self.speaker_norm is not None:  # a new stream may be another microphone or another person
                 self.speaker_norm.reset()
                 self.norm_updated_at = -10**12
@@ -405,6 +423,18 @@ class Session:
             self.moment_audio = AudioRing(self.cfg.moment_s)
             self.reasons["audio"] = "microphone stopped"
             return self.update(t, stage_ms={})
+
+    def close_audio_stream(self) -> None:
+        """Ends this session's openSMILE stream (a new one starts with the next audio)."""
+        if self.egemaps is not None:
+            self.egemaps.close()
+            self.egemaps = None
+
+    def close(self) -> None:
+        """The session is over: frees what runs beside it (its openSMILE stream). It is also
+        freed when the session is garbage-collected."""
+        with self._lock:
+            self.close_audio_stream()
 
     def stop_camera(self, t: float | None = None) -> Update:
         with self._lock:
@@ -593,11 +623,12 @@ class Session:
                 self._words_key = None
         if self.asr_running is None and self.asr_waiting:
             t, audio = self.asr_waiting.popleft()
-            c0 = time.process_time()
+            c0, t0 = time.process_time(), time.perf_counter()
             self.asr_running = (t, self.engine.asr_pool.submit(self.engine.transcriber.transcribe, audio))
             if self.blocking_asr:
                 self.asr_running[1].result()
                 self.asr_cpu_ms += 1000 * (time.process_time() - c0)  # in line: nothing else ran meanwhile
+                self.asr_wall_ms += 1000 * (time.perf_counter() - t0)
                 self._pump_asr()
 
     def _words(self, t: float) -> float:
@@ -643,7 +674,16 @@ class Session:
         alone = {}
         with torch.inference_mode():
             for m, uni in self.engine.unimodal().items():
-                alone[m] = float(uni({m: feats[m]}).prediction) if present[m] and m in feats else None
+                if not (present[m] and m in feats):
+                    alone[m] = None
+                    continue
+                # a modality's own model changes its answer only with that modality's feature
+                # (the same object: identity, as in update())
+                hit = self._alone.get(m)
+                if hit is None or hit[0] is not uni or hit[1] is not self.features[m][0]:
+                    hit = (uni, self.features[m][0], float(uni({m: feats[m]}).prediction))
+                    self._alone[m] = hit
+                alone[m] = hit[2]
         return e, alone
 
     def update(self, t: float | None = None, *, stage_ms: dict[str, float] | None = None, cpu_ms: dict[str, float] | None = None) -> Update:
@@ -654,6 +694,7 @@ class Session:
             self._pump_asr()
             if self.asr_cpu_ms:
                 cpu["asr"], self.asr_cpu_ms = self.asr_cpu_ms, 0.0
+                timings["asr"], self.asr_wall_ms = self.asr_wall_ms, 0.0
             c_words = time.process_time()
             words_ms = self._words(t)
             if words_ms:
@@ -673,7 +714,7 @@ class Session:
                 e, alone = self._answer_for(model, present)
                 self._answer_key, self._answer = key, (e, alone)
             timings["fusion"], cpu["fusion"] = 1000 * (time.perf_counter() - t1), 1000 * (time.process_time() - c1)
-            timings["total"] = sum(v for k, v in timings.items() if k != "total") + 1000 * (t1 - t_start)
+            timings["total"] = sum(v for k, v in timings.items() if k not in ("total", "asr")) + 1000 * (t1 - t_start)
             cpu["total"] = sum(v for k, v in cpu.items() if k not in ("total", "asr"))
             self.notes["text"] = self.typed_notes + self.words_notes
             if self.asr_note is not None and t - self.asr_note[0] <= self.cfg.asr_note_s:

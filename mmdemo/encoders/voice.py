@@ -7,6 +7,10 @@ comes from the Silero VAD ONNX model that ships inside faster-whisper, evaluated
 :class:`StreamingVAD` evaluates a stream frame by frame with the model's 64-sample context, so a
 live stream costs the same per chunk however long it runs. Silence or noise only -> absent.
 
+Live sessions compute openSMILE's frame-level descriptors once per sample on a stream and the
+functionals of each window from them (:mod:`mmdemo.encoders.egemaps`); files and training
+extraction run openSMILE over the whole segment.
+
 openSMILE is under audEERING's research licence (non-commercial use; public demos allowed).
 """
 
@@ -19,6 +23,7 @@ import numpy as np
 
 from ..audio import SAMPLE_RATE, clipped_share, level_dbfs
 from .base import Encoder, EncoderResult, Lazy
+from .egemaps import FEATURE_NAMES, EgemapsStream, functionals
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +108,7 @@ class VoiceEncoder(Encoder):
         _SMILE.get()
 
     def feature_names(self) -> list[str]:
-        return list(_SMILE.get().feature_names)
+        return list(FEATURE_NAMES)
 
     def check(self, audio: np.ndarray, probs: np.ndarray | None = None) -> tuple[str, dict, np.ndarray | None]:
         """The cheap part of :meth:`encode`: (why this audio has no usable voice or "", info, VAD
@@ -138,6 +143,23 @@ class VoiceEncoder(Encoder):
         segment = audio[a:b]
         with _SMILE_LOCK:
             values = np.array(_SMILE.get().process_signal(segment, SAMPLE_RATE).to_numpy(dtype=np.float32).reshape(-1))
+        return self._result(values, info)
+
+    def encode_stream(self, audio: np.ndarray, probs: np.ndarray, stream: EgemapsStream, start: int) -> EncoderResult:
+        """:meth:`encode` of the window ``audio`` whose first sample is sample ``start`` of
+        ``stream``, from the descriptors the stream already computed (no openSMILE run here): the
+        live path. Within a tolerance of :meth:`encode` (the window's edge frames saw the audio around it)."""
+        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+        reason, info, probs = self.check(audio, probs)
+        if reason:
+            return EncoderResult.absent(self.modality, reason, **info)
+        a, b = speech_span(probs, self.threshold)
+        frames = stream.window(start + a, start + min(b, len(audio)))
+        values = functionals(frames)
+        info["frames"] = len(frames)
+        return self._result(values, info)
+
+    def _result(self, values: np.ndarray, info: dict) -> EncoderResult:
         if values.shape != (self.dim,) or not np.all(np.isfinite(values)):
             return EncoderResult.absent(self.modality, "voice features could not be computed for this audio", **info)
         return EncoderResult(self.modality, values, "", info)
