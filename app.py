@@ -43,7 +43,7 @@ from mmdemo.clip import analyse_clip  # noqa: E402
 from mmdemo.encoders import DIMS  # noqa: E402
 from mmdemo.media import MediaError  # noqa: E402
 from mmdemo.personal import PersonalConfig, PersonalError, cross_validate, fit_personal  # noqa: E402
-from mmdemo.pipeline import DEFAULT_CHECKPOINTS, Engine, Session, Update  # noqa: E402
+from mmdemo.pipeline import DEFAULT_CHECKPOINTS, Engine, PipelineConfig, Session, Update, config_with  # noqa: E402
 from mmdemo.profile import PROFILE_ID, Profile, ProfileError, data_root, new_profile_id, shipped_configs  # noqa: E402
 
 log = logging.getLogger("mmdemo.app")
@@ -65,8 +65,8 @@ MAX_LISTED = 200  # labelled moments listed with a delete button each  # clip-an
 class Studio:
     """What the app shares between users: the engine (read-only models) and its loading status."""
 
-    def __init__(self, checkpoints: Path, device: str | None, data_dir: str | Path | None = None):
-        self.engine = Engine(checkpoints, device=device)
+    def __init__(self, checkpoints: Path, device: str | None, data_dir: str | Path | None = None, config: PipelineConfig | None = None):
+        self.engine = Engine(checkpoints, device=device, config=config or PipelineConfig())
         self.data_dir = data_dir  # where profiles live (None: MMDEMO_DATA_DIR or ~/.local/share/mmdemo)
         self.personal_cfg = PersonalConfig()
         self.fusions = self.engine.available_fusions()
@@ -278,6 +278,11 @@ CSS = assets.text("app.css")
 
 
 # ============================================================================ handlers
+
+
+def close_session(session: Session | None) -> None:
+    if session is not None:
+        session.close()
 
 
 class Handlers:
@@ -601,7 +606,7 @@ def build(studio: Studio) -> gr.Blocks:
     h = Handlers(studio)
 
     with gr.Blocks(title="mmdemo · live multimodal sentiment", delete_cache=(300, 600)) as demo:
-        state = gr.State(None)
+        state = gr.State(None, delete_callback=close_session)  # a closed tab's session frees its audio stream at once
         gr.Markdown("# mmdemo · live multimodal sentiment\nFace, voice and words → sentiment on the CMU-MOSI scale "
                     "(−3 strongly negative … +3 strongly positive), and how much each modality contributed.")
         with gr.Tab("Live"):
@@ -887,11 +892,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--checkpoints", type=Path, default=Path(os.environ.get("MMDEMO_CHECKPOINTS", DEFAULT_CHECKPOINTS)))
     ap.add_argument("--data-dir", default=os.environ.get("MMDEMO_DATA_DIR"),
                     help="where users' profiles (labelled moments, baselines, personal models) are stored (default ~/.local/share/mmdemo)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a live-pipeline setting (mmdemo.pipeline.PipelineConfig), e.g. --set face_interval_s=0 --set voice_stream=false")
     args = ap.parse_args(argv)
+    try:
+        config = config_with(args.set)
+    except ValueError as err:
+        raise SystemExit(f"--set: {err}") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "urllib3", "faster_whisper"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    studio = Studio(args.checkpoints, args.device, args.data_dir)
+    studio = Studio(args.checkpoints, args.device, args.data_dir, config)
     demo = build(studio)
     threading.Thread(target=studio.warm_up, name="mmdemo-warmup", daemon=True).start()
     demo.queue(default_concurrency_limit=8)

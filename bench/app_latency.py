@@ -9,7 +9,7 @@ a processed frame appears, the page decodes the bar from it and records now - ca
 latency from the frame leaving the camera to its update on the page (the plot point arrives in
 the same message). Frames the app drops when it is behind are not counted as updates.
 
-    python bench/app_latency.py [--sessions 1,4] [--seconds 30] [--device cpu]
+    python bench/app_latency.py [--sessions 1,4] [--seconds 30] [--device cpu] [--before]
 Writes bench/results/app_latency.json. Needs chromium, ffmpeg, espeak-ng, sox (README).
 """
 
@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 from tests.helpers import free_port  # noqa: E402
 from tests.media import astronaut  # noqa: E402
 
+BEFORE = ["face_interval_s=0", "face_smooth_s=0.5", "voice_stream=false", "torch_threads=none"]  # the pipeline before the CPU cuts
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
 BITS = 32
@@ -167,42 +168,52 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--silent-mic", action="store_true", help="the microphone plays silence (no speech to transcribe)")
+    ap.add_argument("--before", action="store_true",
+                    help="first run the app as it was before the CPU cuts (face every frame, openSMILE over every voice window, torch's "
+                         "default threads), then as it is: a before/after table from one run")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "app_latency.json"))
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     m = media(tmp, silent=args.silent_mic)
-    port = free_port()
     env = dict(os.environ, GRADIO_TEMP_DIR=str(tmp / "gradio"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
-    log = open(tmp / "app.log", "w")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port), "--device", args.device], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        for _ in range(600):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.2)
-        time.sleep(10)  # let the models finish loading
-        results = []
-        for n in [int(x) for x in args.sessions.split(",")]:
-            rows = run(f"http://127.0.0.1:{port}/", n, args.seconds, m)
-            results += rows
-            for r in rows:
-                print(f"{n} session(s): {r['updates_per_s']:.1f} updates/s ({r['frame_updates_per_s']:.1f} from frames), "
-                      f"frame -> plot p50 {r['latency_p50_ms']} ms p95 {r['latency_p95_ms']} ms ({r['latency_n']} frames); "
-                      f"p50 parts: to handler {r['to_handler_p50_ms']}, handler {r['handler_p50_ms']}, to page {r['to_page_p50_ms']} ms; "
-                      f"plot redraw {r['plot_redraw_ms']} ms, {r['redraws_per_s']:.1f}/s", flush=True)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-    print("\n| sessions | updates/s per session | of which frames | frame -> plot p50 ms | p95 ms |\n|---|---|---|---|---|")
-    for n in sorted({r["sessions"] for r in results}):
-        rows = [r for r in results if r["sessions"] == n]
-        mean = lambda k: np.mean([r[k] for r in rows if r[k] is not None])  # noqa: E731
-        print(f"| {n} | {mean('updates_per_s'):.1f} | {mean('frame_updates_per_s'):.1f} | {mean('latency_p50_ms'):.0f} | {mean('latency_p95_ms'):.0f} |")
+    variants = ([("before", BEFORE)] if args.before else []) + [("now", [])]
+    results = []
+    for variant, settings in variants:
+        port = free_port()
+        log = open(tmp / f"app-{variant}.log", "w")
+        cmd = [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--device", args.device]
+        for item in settings:
+            cmd += ["--set", item]
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            for _ in range(600):
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    time.sleep(0.2)
+            time.sleep(10)  # let the models finish loading
+            for n in [int(x) for x in args.sessions.split(",")]:
+                rows = [r | {"variant": variant} for r in run(f"http://127.0.0.1:{port}/", n, args.seconds, m)]
+                results += rows
+                for r in rows:
+                    print(f"{variant}, {n} session(s): {r['updates_per_s']:.1f} updates/s ({r['frame_updates_per_s']:.1f} from frames), "
+                          f"frame -> plot p50 {r['latency_p50_ms']} ms p95 {r['latency_p95_ms']} ms ({r['latency_n']} frames); "
+                          f"p50 parts: to handler {r['to_handler_p50_ms']}, handler {r['handler_p50_ms']}, to page {r['to_page_p50_ms']} ms; "
+                          f"plot redraw {r['plot_redraw_ms']} ms, {r['redraws_per_s']:.1f}/s", flush=True)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    print("\n| app | sessions | updates/s per session | of which frames | frame -> plot p50 ms | p95 ms |\n|---|---|---|---|---|---|")
+    for variant, _ in variants:
+        for n in sorted({r["sessions"] for r in results}):
+            rows = [r for r in results if r["sessions"] == n and r["variant"] == variant]
+            mean = lambda k: np.mean([r[k] for r in rows if r[k] is not None])  # noqa: E731
+            print(f"| {variant} | {n} | {mean('updates_per_s'):.1f} | {mean('frame_updates_per_s'):.1f} | {mean('latency_p50_ms'):.0f} | {mean('latency_p95_ms'):.0f} |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "device": args.device, "cpus": os.cpu_count(), "seconds": args.seconds, "microphone": "silence" if args.silent_mic else "speech", "results": results}, indent=2) + "\n")
+    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "device": args.device, "cpus": os.cpu_count(), "seconds": args.seconds, "microphone": "silence" if args.silent_mic else "speech",
+                               "variants": dict(variants), "results": results}, indent=2) + "\n")
     print(f"wrote {out}")
 
 

@@ -63,7 +63,7 @@ def main() -> None:
     args = ap.parse_args()
     engine = Engine(device="cpu")
     engine.warmup()
-    raw_cfg = replace(engine.config, face_smooth_s=0.0, face_label_margin=0.0)
+    raw_cfg = replace(engine.config, face_smooth_s=0.0, face_label_margin=0.0, face_interval_s=0.0)  # every frame, as it comes
     variants = {"smoothed": None, "raw": raw_cfg}
     taus = [None] + [float(t) for t in args.time_constants.split(",") if t.strip()]
     for every in [None] + [float(t) for t in args.face_intervals.split(",") if t.strip()]:

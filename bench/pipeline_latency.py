@@ -2,8 +2,8 @@
 
 Simulated live input, fed as fast as the pipeline takes it: webcam frames at 10 fps (the
 astronaut photo on a 640x480 canvas: a real face every frame) and microphone audio in 0.5 s hops
-(48 kHz int16 espeak-ng speech with pauses, so utterances open, close and get transcribed in the
-background). Sessions of 1, 10 and 30 minutes of input; for each, p50/p95 of every stage and of the
+(48 kHz int16 espeak-ng speech with pauses, so utterances open, close and get transcribed; here in
+line, so that each CPU-second is counted where it was spent, and left out of the latencies). Sessions of 1, 10 and 30 minutes of input; for each, p50/p95 of every stage and of the
 whole update, the p50 of the first and the last minute (flat cost = equal), the process memory
 before and after, and the CPU cost as CPU-seconds per second of session (per stage, and for the
 whole process with speech recognition): a ratio comparable across machines, unlike milliseconds.
@@ -12,6 +12,7 @@ CPU, and CUDA when present (--device).
     python bench/pipeline_latency.py                 # 1, 10, 30 minutes
     python bench/pipeline_latency.py --minutes 1,3   # quicker
     python bench/pipeline_latency.py --concurrent 1,4 --seconds 60
+    python bench/pipeline_latency.py --minutes 0.5 --before   # before/after the CPU cuts, one run
 
 --concurrent N runs N sessions at once in real time, one thread each, as N users of one server
 would: frames come every 1/fps s; a session that is still busy when its next frame is due skips
@@ -50,6 +51,14 @@ from mmdemo.pipeline import DEFAULT_CHECKPOINTS, Engine, PipelineConfig  # noqa:
 
 STAGES = ("face", "vad", "voice", "words", "fusion", "total")
 CPU_STAGES = ("face", "vad", "voice", "words", "fusion")
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), platform.processor())
+    except OSError:
+        return platform.processor()
 
 
 def rss_mb() -> float:
@@ -96,6 +105,7 @@ def run_session(engine: Engine, fusion: str, minutes: float, frame: np.ndarray, 
         cpu_rows.append(up.cpu_ms)
         t += 1 / fps
     s.wait_for_transcripts()
+    s.close()
     c_run = time.process_time() - c_run
     out = {"minutes": minutes, "updates": len(rows), "rss_mb_start": rss0, "rss_mb_end": rss_mb(), "history": len(s.history),
            "transcript_chars": len(s.update(t).transcript)}
@@ -147,6 +157,7 @@ def run_concurrent(engine: Engine, fusion: str, n: int, seconds: float, frame: n
                 next_frame = due + 1 / fps
             else:
                 time.sleep(min(next_frame, next_audio) - now)
+        s.close()
 
     threads = [threading.Thread(target=user, args=(i,)) for i in range(n)]
     for th in threads:
@@ -162,19 +173,19 @@ def run_concurrent(engine: Engine, fusion: str, n: int, seconds: float, frame: n
 def print_cpu_table(results: list[dict]) -> None:
     keys = [*CPU_STAGES, "stages", "speech recognition", "rest", "whole process"]
     print("\nCPU-seconds per second of session (process CPU of all threads; comparable across machines):\n")
-    print("| device | session | " + " | ".join(keys) + " |\n|" + "---|" * (len(keys) + 2))
+    print("| device | pipeline | session | " + " | ".join(keys) + " |\n|" + "---|" * (len(keys) + 3))
     for r in results:
         if "cpu_s_per_s" in r:
-            print(f"| {r['device']} | {r['minutes']:g} min | " + " | ".join(f"{r['cpu_s_per_s'][k]:.3f}" for k in keys) + " |")
+            print(f"| {r['device']} | {r['variant']} | {r['minutes']:g} min | " + " | ".join(f"{r['cpu_s_per_s'][k]:.3f}" for k in keys) + " |")
 
 
 def print_table(results: list[dict]) -> None:
-    head = "| device | session | updates | " + " | ".join(f"{s} p50/p95 ms" for s in STAGES) + " | total p50 first/last min | RSS MB start/end |"
-    print("\n" + head + "\n|" + "---|" * (len(STAGES) + 5))
+    head = "| device | pipeline | session | updates | " + " | ".join(f"{s} p50/p95 ms" for s in STAGES) + " | total p50 first/last min | RSS MB start/end |"
+    print("\n" + head + "\n|" + "---|" * (len(STAGES) + 6))
     for r in results:
         if "sessions" in r:
             continue
-        cells = [r["device"], f"{r['minutes']:g} min", str(r["updates"])]
+        cells = [r["device"], r["variant"], f"{r['minutes']:g} min", str(r["updates"])]
         cells += [f"{r[s]['p50']:.1f} / {r[s]['p95']:.1f}" if r[s]["p50"] is not None else "-" for s in STAGES]
         cells += [f"{r['total_p50_first_min']:.1f} / {r['total_p50_last_min']:.1f}", f"{r['rss_mb_start']:.0f} / {r['rss_mb_end']:.0f}"]
         print("| " + " | ".join(cells) + " |")
@@ -192,8 +203,12 @@ def main() -> None:
     ap.add_argument("--checkpoints", type=Path, default=DEFAULT_CHECKPOINTS)
     ap.add_argument("--face-interval", type=float, default=None,
                     help="read the face at most this often, seconds (default: the pipeline's; 0 = every frame, as before)")
+    ap.add_argument("--before", action="store_true",
+                    help="first run the pipeline as it was before the CPU cuts (face every frame, openSMILE over every voice window, "
+                         "torch's default threads), then as it is: a before/after table from one run")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "pipeline_latency.json"))
     args = ap.parse_args()
+    default_threads = torch.get_num_threads()
     devices = [args.device] if args.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     tmp = Path(tempfile.mkdtemp())
     ckpt = args.checkpoints
@@ -205,25 +220,31 @@ def main() -> None:
         print(f"no trained checkpoints in {args.checkpoints}: timing untrained models of the same size")
     frame, loop = media(tmp)
     results = []
+    now = PipelineConfig() if args.face_interval is None else replace(PipelineConfig(), face_interval_s=args.face_interval)
+    before = replace(PipelineConfig(), face_interval_s=0.0, face_smooth_s=0.5, voice_stream=False, torch_threads=None)
+    variants = ([("before", before)] if args.before else []) + [("now", now)]
     for device in devices:
-        config = PipelineConfig() if args.face_interval is None else replace(PipelineConfig(), face_interval_s=args.face_interval)
-        engine = Engine(ckpt, device=device, config=config)
-        t0 = time.perf_counter()
-        engine.warmup(args.fusion)
-        load_s = time.perf_counter() - t0
-        if args.concurrent:
-            for n in [int(x) for x in args.concurrent.split(",")]:
-                r = run_concurrent(engine, args.fusion, n, args.seconds, frame, loop, args.fps, args.hop) | {"device": device}
+        for variant, config in variants:
+            if config.torch_threads is None:
+                torch.set_num_threads(default_threads)
+            engine = Engine(ckpt, device=device, config=config)
+            t0 = time.perf_counter()
+            engine.warmup(args.fusion)
+            load_s = time.perf_counter() - t0
+            tag = {"device": device, "variant": variant, "torch_threads": torch.get_num_threads()}
+            if args.concurrent:
+                for n in [int(x) for x in args.concurrent.split(",")]:
+                    r = run_concurrent(engine, args.fusion, n, args.seconds, frame, loop, args.fps, args.hop) | tag
+                    results.append(r)
+                    print(f"{device} {variant}: {n} session(s) at once: updates/s per session {min(r['updates_per_s']):.1f}-{max(r['updates_per_s']):.1f} "
+                          f"(frames {min(r['frame_updates_per_s']):.1f}-{max(r['frame_updates_per_s']):.1f}); frame due -> update p50 "
+                          f"{r['frame_latency_p50_ms']:.1f} ms p95 {r['frame_latency_p95_ms']:.1f} ms", flush=True)
+                continue
+            for minutes in [float(m) for m in args.minutes.split(",")]:
+                r = run_session(engine, args.fusion, minutes, frame, loop, args.fps, args.hop) | tag | {"load_s": load_s}
                 results.append(r)
-                print(f"{device} {n} session(s) at once: updates/s per session {min(r['updates_per_s']):.1f}-{max(r['updates_per_s']):.1f} "
-                      f"(frames {min(r['frame_updates_per_s']):.1f}-{max(r['frame_updates_per_s']):.1f}); frame due -> update p50 "
-                      f"{r['frame_latency_p50_ms']:.1f} ms p95 {r['frame_latency_p95_ms']:.1f} ms", flush=True)
-            continue
-        for minutes in [float(m) for m in args.minutes.split(",")]:
-            r = run_session(engine, args.fusion, minutes, frame, loop, args.fps, args.hop) | {"device": device, "load_s": load_s}
-            results.append(r)
-            print(f"{device} {minutes:g} min: {r['updates']} updates, total p50 {r['total']['p50']:.1f} ms p95 {r['total']['p95']:.1f} ms; "
-                  f"first/last minute p50 {r['total_p50_first_min']:.1f}/{r['total_p50_last_min']:.1f} ms; RSS {r['rss_mb_start']:.0f}->{r['rss_mb_end']:.0f} MB", flush=True)
+                print(f"{device} {variant} {minutes:g} min: {r['updates']} updates, total p50 {r['total']['p50']:.1f} ms p95 {r['total']['p95']:.1f} ms; "
+                      f"first/last minute p50 {r['total_p50_first_min']:.1f}/{r['total_p50_last_min']:.1f} ms; RSS {r['rss_mb_start']:.0f}->{r['rss_mb_end']:.0f} MB", flush=True)
     if any("sessions" not in r for r in results):
         print_table(results)
         print_cpu_table(results)
@@ -231,7 +252,9 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     env = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "python": platform.python_version(),
            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "trained_checkpoints": trained,
-           "fps": args.fps, "hop_s": args.hop, "fusion": args.fusion, "face_interval_s": config.face_interval_s, "date": time.strftime("%Y-%m-%d")}
+           "fps": args.fps, "hop_s": args.hop, "fusion": args.fusion, "machine": platform.processor() or platform.machine(),
+           "cpu_model": cpu_model(), "variants": {v: {k: getattr(c, k) for k in ("face_interval_s", "face_smooth_s", "voice_stream", "torch_threads")} for v, c in variants},
+           "date": time.strftime("%Y-%m-%d")}
     out.write_text(json.dumps({"env": env, "results": results}, indent=2) + "\n")
     print(f"wrote {out}")
 

@@ -55,8 +55,8 @@ class PipelineConfig:
     voice_stream: bool = True  # eGeMAPS descriptors computed once per sample (one openSMILE stream per session), functionals per window; False = openSMILE over the whole window at every hop
     voice_ttl_s: float = 1.0  # voice features count this long after they were computed
     face_ttl_s: float = 0.5  # a face not seen for this long is absent
-    face_interval_s: float = 0.0  # read the face at most this often (frames in between only update; 0.2 halves the face CPU at 10 frames/s); 0 = every frame
-    face_smooth_s: float = 0.5  # time constant of the face feature's moving average (about a 1 s window; 0 = raw frames)
+    face_interval_s: float = 0.2  # read the face at most this often (5/s at 10 frames/s: frames in between only update, half the face CPU); 0 = every frame
+    face_smooth_s: float = 0.7  # time constant of the face feature's moving average (0 = raw frames); 0.7 s read 5 times a second is as steady as 0.5 s read every frame (bench/face_stability.py)
     face_label_margin: float = 0.15  # the drawn expression changes only when another one leads by this much
     camera_timeout_s: float = 2.0  # no frame for this long: the camera is off
     torch_threads: int | None = 1  # on the CPU: torch's threads (process-wide). Live models run one sample at a time, where a second thread spins and buys no time; None keeps torch's default
@@ -74,6 +74,35 @@ class PipelineConfig:
     max_pending_asr: int = 2  # utterances waiting for speech recognition (per session); older ones are dropped
     max_text_chars: int = 10000  # longer typed text is cut (and the update says so)
     moment_s: float = 5.0  # "label this moment" takes the features (and, if kept, the audio) of the last this many seconds
+
+
+def config_with(settings: list[str] | tuple[str, ...], base: PipelineConfig = PipelineConfig()) -> PipelineConfig:
+    """``base`` with ``KEY=VALUE`` settings (``face_interval_s=0``, ``voice_stream=false``,
+    ``torch_threads=none``), each parsed as its field's type; a ValueError names a bad one."""
+    from dataclasses import fields, replace
+
+    kinds = {f.name: type(getattr(base, f.name)) for f in fields(base)}
+    changes: dict = {}
+    for item in settings:
+        key, sep, raw = str(item).partition("=")
+        key, raw = key.strip(), raw.strip()
+        if not sep or key not in kinds:
+            raise ValueError(f"{str(item)[:80]!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(kinds))}")
+        kind = kinds[key]
+        try:
+            if raw.lower() in ("none", "null") and key == "torch_threads":
+                changes[key] = None
+            elif kind is bool:
+                if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(raw)
+                changes[key] = raw.lower() in ("true", "1", "yes")
+            elif kind in (int, type(None)):
+                changes[key] = int(raw)
+            else:
+                changes[key] = kind(raw)
+        except ValueError:
+            raise ValueError(f"{key}={raw[:40]!r}: not a valid {kind.__name__ if kind is not type(None) else 'int'}") from None
+    return replace(base, **changes)
 
 
 @dataclass

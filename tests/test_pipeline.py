@@ -404,3 +404,35 @@ def test_reading_the_face_five_times_a_second_stays_within_tolerance(speech48):
     ds = np.array([abs(a.shapley[m] - b.shapley[m]) for a, b in both for m in a.shapley])
     assert dp.mean() < 0.05 and dp.max() < 0.2, (dp.mean(), dp.max())
     assert ds.mean() < 0.05 and ds.max() < 0.2, (ds.mean(), ds.max())
+
+
+def test_pipeline_settings_from_the_command_line():
+    from mmdemo.pipeline import config_with
+
+    c = config_with(["face_interval_s=0", "voice_stream=false", "torch_threads=none", "history=100"])
+    assert (c.face_interval_s, c.voice_stream, c.torch_threads, c.history) == (0.0, False, None, 100)
+    assert config_with([]) == PipelineConfig()
+    for bad in ("nope=1", "face_interval_s", "voice_stream=maybe", "history=1.5", "face_smooth_s=fast"):
+        with pytest.raises(ValueError, match=bad.split("=")[0]):
+            config_with([bad])
+
+
+def test_a_closed_session_frees_its_voice_stream_and_live_models_use_one_thread(engine, speech48):
+    import gc
+
+    s = engine.session("weighted")
+    for i in range(0, 48000 * 3, 24000):
+        s.push_audio(speech48[i : i + 24000], 48000, t=i / 48000)
+    assert s.egemaps is not None and s.egemaps.done > 100
+    s.close()
+    assert s.egemaps is None
+    s.push_audio(speech48[:24000], 48000, t=4.0)  # audio after close: a new stream starts
+    assert s.egemaps is not None
+    del s
+    gc.collect()
+    threads = torch.get_num_threads()
+    try:
+        Engine(device="cpu", config=PipelineConfig(torch_threads=1))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
