@@ -23,6 +23,7 @@ import html  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import shutil  # noqa: E402
+import secrets  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -32,6 +33,7 @@ from pathlib import Path  # noqa: E402
 
 import cv2  # noqa: E402
 import gradio as gr  # noqa: E402
+from fastapi import Request  # noqa: E402 - comes with gradio; resolves the WebRTC route's annotation
 import numpy as np  # noqa: E402
 import plotly  # noqa: E402
 import plotly.graph_objects as go  # noqa: E402
@@ -65,8 +67,19 @@ MAX_LISTED = 200  # labelled moments listed with a delete button each  # clip-an
 class Studio:
     """What the app shares between users: the engine (read-only models) and its loading status."""
 
-    def __init__(self, checkpoints: Path, device: str | None, data_dir: str | Path | None = None, config: PipelineConfig | None = None):
+    def __init__(self, checkpoints: Path, device: str | None, data_dir: str | Path | None = None, config: PipelineConfig | None = None,
+                 transport: str = "http"):
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, not {transport!r}")
         self.engine = Engine(checkpoints, device=device, config=config or PipelineConfig())
+        self.transport = transport
+        # WebRTC: a page's offer names its session by a random token handed to that page only
+        self.rtc_sessions: weakref.WeakValueDictionary[str, Session] = weakref.WeakValueDictionary()
+        self.rtc = None
+        if transport == "webrtc":
+            from mmdemo.webrtc import RtcBridge
+
+            self.rtc = RtcBridge(rtc_payload)
         self.data_dir = data_dir  # where profiles live (None: MMDEMO_DATA_DIR or ~/.local/share/mmdemo)
         self.personal_cfg = PersonalConfig()
         self.fusions = self.engine.available_fusions()
@@ -74,6 +87,34 @@ class Studio:
         self.error: str | None = None
         self.metrics = {n: _read_json(checkpoints / "fusion" / n / "metrics.json") for n in self.fusions}
         self.card = (checkpoints / "README.md").read_text() if (checkpoints / "README.md").exists() else "No model card found."
+
+    def rtc_token(self, session: Session) -> str:
+        token = secrets.token_hex(16)
+        self.rtc_sessions[token] = session
+        return token
+
+    def mount_rtc(self, app) -> None:
+        """Adds the WebRTC signalling route (POST mmdemo/rtc/offer) to the running Gradio app."""
+        from fastapi.responses import JSONResponse
+
+        from mmdemo.webrtc import RtcError
+
+        async def offer(request: Request):
+            try:
+                body = await request.json()
+            except Exception:  # noqa: BLE001
+                return JSONResponse({"error": "the body must be JSON"}, status_code=400)
+            token = body.get("token") if isinstance(body, dict) else None
+            session = self.rtc_sessions.get(token) if isinstance(token, str) else None
+            if session is None:
+                return JSONResponse({"error": "unknown or expired session: reload the page"}, status_code=404)
+            try:
+                return JSONResponse(await self.rtc.answer(body, session))
+            except RtcError as err:
+                return JSONResponse({"error": str(err)}, status_code=400)
+
+        app.add_api_route("/mmdemo/rtc/offer", offer, methods=["POST"])
+        app.router.routes.insert(0, app.router.routes.pop())  # before Gradio's catch-all routes
 
     def warm_up(self) -> None:
         try:
@@ -113,7 +154,8 @@ class Studio:
             return f"⚠️ Models failed to load: {html.escape(self.error)}"
         if not self.ready.is_set():
             return "⏳ Loading models (face, voice, words, speech recognition)… the first updates may be slow."
-        return f"✓ Models ready ({self.engine.device.type}). Allow camera and microphone access, then press Record."
+        start = "press Start camera and microphone" if self.transport == "webrtc" else "allow camera and microphone access, then press Record"
+        return f"✓ Models ready ({self.engine.device.type}). To begin, {start}."
 
 
 def _read_json(path: Path) -> dict:
@@ -129,12 +171,22 @@ def _read_json(path: Path) -> dict:
 def feed_payload(up: Update, *, src: str = "", reset: bool = False, recv: float | None = None) -> str:
     """The light update the live plots extend themselves with (one point). ``src`` says which
     input caused it (frame, audio, text, fusion), for the latency benchmark."""
-    return json.dumps({"src": src,
+    return json.dumps(feed_dict(up, src=src, reset=reset, recv=recv))
+
+
+def feed_dict(up: Update, *, src: str = "", reset: bool = False, recv: float | None = None) -> dict:
+    return ({"src": src,
         "t": round(up.t, 3), "pred": round(up.prediction, 4), "base": round(up.baseline, 4), "fusion": up.fusion,
         "any": up.any_present, "shap": {m: round(v, 4) for m, v in up.shapley.items()},
         "w": None if up.weights is None else {m: round(v, 4) for m, v in up.weights.items()},
         "recv": None if recv is None else recv * 1000, "sent": time.time() * 1000, "reset": reset,
     })
+
+
+def rtc_payload(session: Session, up: Update, src: str) -> dict:
+    """One data-channel message of the WebRTC transport: what the HTTP path's outputs carry."""
+    return {"feed": feed_dict(up, src=src), "readout": readout_html(up), "status": status_html(up), "transcript": up.transcript,
+            "box": list(up.face_box) if up.face_box else None, "expression": up.face_expression}
 
 
 def readout_html(up: Update | None) -> str:
@@ -178,7 +230,7 @@ def status_html(up: Update | None) -> str:
         rows += [f"<div class='mm-note'>ℹ️ {html.escape(n)}</div>" for n in up.notes[:4]]
         if up.timings_ms:
             rows.append(f"<div class='mm-note'>update {up.timings_ms.get('total', 0):.0f} ms</div>")
-    return "".join(rows)
+    return "<div class='mm-status-rows'>" + "".join(rows) + "</div>"
 
 
 def warn_html(message: str) -> str:
@@ -274,6 +326,12 @@ LIVE_TEMPLATE = "<div class='mm-live'><div class='mm-live-plot'></div></div>"
 # Runs once in the browser (assets/live_plot.js): builds the figure, then extends it with each
 # one-point payload (Plotly.extendTraces) instead of receiving whole figures.
 LIVE_JS = assets.text("live_plot.js").replace("__COLORS__", json.dumps(COLORS))
+RTC_TEMPLATE = ("<div class='mm-rtc'><div class='mm-rtc-view'><video class='mm-rtc-video' autoplay muted playsinline></video>"
+                "<canvas class='mm-rtc-overlay'></canvas></div><div class='mm-rtc-bar'>"
+                "<button class='mm-rtc-start'>Start camera and microphone</button> <button class='mm-rtc-stop' disabled>Stop</button> "
+                "<span class='mm-rtc-state'></span></div></div>")
+RTC_JS = assets.text("webrtc.js")
+TRANSPORTS = ("http", "webrtc")
 CSS = assets.text("app.css")
 
 
@@ -304,10 +362,11 @@ class Handlers:
         try:
             s = self.studio.engine.session()
             up = s.update()
-            return s, feed_payload(up, reset=True), readout_html(None), status_html(up), gr.update(value=s.fusion_name)
+            token = self.studio.rtc_token(s) if self.studio.rtc is not None else ""
+            return s, feed_payload(up, reset=True), readout_html(None), status_html(up), gr.update(value=s.fusion_name), token
         except Exception as err:  # noqa: BLE001
             log.warning("session could not start: %s", err)
-            return None, gr.update(), readout_html(None), warn_html(str(err)), gr.update()
+            return None, gr.update(), readout_html(None), warn_html(str(err)), gr.update(), ""
 
     def on_frame(self, frame, state):
         recv = time.time()
@@ -612,10 +671,12 @@ def build(studio: Studio) -> gr.Blocks:
         with gr.Tab("Live"):
             with gr.Row():
                 with gr.Column(scale=2, min_width=320):
+                    webrtc = studio.transport == "webrtc"  # one switch: the camera and microphone over WebRTC, or Gradio's streaming
+                    rtc = gr.HTML("", html_template=RTC_TEMPLATE, js_on_load=RTC_JS, elem_id="rtc", visible=webrtc)
                     cam = gr.Image(sources=["webcam"], streaming=True, type="numpy", label="webcam", elem_id="cam", height=240,
-                                   webcam_options=gr.WebcamOptions(mirror=True, constraints=WEBCAM))
-                    annotated = gr.HTML(frame_html(None, None), elem_id="frame", js_on_load=None)
-                    mic = gr.Audio(sources=["microphone"], streaming=True, type="filepath", label="microphone", elem_id="mic")
+                                   webcam_options=gr.WebcamOptions(mirror=True, constraints=WEBCAM), visible=not webrtc)
+                    annotated = gr.HTML(frame_html(None, None), elem_id="frame", js_on_load=None, visible=not webrtc)
+                    mic = gr.Audio(sources=["microphone"], streaming=True, type="filepath", label="microphone", elem_id="mic", visible=not webrtc)
                     text = gr.Textbox(label="type (words count with what you say)", lines=2, max_length=20000, elem_id="text",
                                       placeholder="e.g. I really enjoyed this!")
                     transcript = gr.Textbox(label="what you said (Whisper tiny.en)", interactive=False, lines=3, elem_id="transcript")
@@ -697,7 +758,7 @@ def build(studio: Studio) -> gr.Blocks:
         cal_timer = gr.Timer(1.0, active=False)
         timer = gr.Timer(1.0)
         timer.tick(lambda: (studio.status(), gr.Timer(active=not studio.ready.is_set())), outputs=[model_status, timer], show_progress="hidden")
-        demo.load(h.on_load, outputs=[state, live, readout, status, fusion]).then(
+        demo.load(h.on_load, outputs=[state, live, readout, status, fusion, rtc]).then(
             h.on_profile_load, inputs=[profile, state], outputs=[profile, state, base_md, moments_state, profile_msg, pers_md, profile_md])
         cal_start.click(h.on_calibrate_start, inputs=[state], outputs=[cal_msg, cal_timer, state], show_progress="hidden")
         cal_timer.tick(h.on_calibrate_tick, inputs=[profile, state], outputs=[cal_msg, cal_timer, base_md, state], show_progress="hidden")
@@ -892,6 +953,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--checkpoints", type=Path, default=Path(os.environ.get("MMDEMO_CHECKPOINTS", DEFAULT_CHECKPOINTS)))
     ap.add_argument("--data-dir", default=os.environ.get("MMDEMO_DATA_DIR"),
                     help="where users' profiles (labelled moments, baselines, personal models) are stored (default ~/.local/share/mmdemo)")
+    ap.add_argument("--transport", choices=TRANSPORTS, default=os.environ.get("MMDEMO_TRANSPORT", "http"),
+                    help="how the camera and microphone reach the server: Gradio's HTTP streaming (default; works everywhere, "
+                         "Spaces included) or WebRTC (lower latency; needs a direct connection: a LAN or this machine)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a live-pipeline setting (mmdemo.pipeline.PipelineConfig), e.g. --set face_interval_s=0 --set voice_stream=false")
     args = ap.parse_args(argv)
@@ -900,13 +964,19 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as err:
         raise SystemExit(f"--set: {err}") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("httpx", "urllib3", "faster_whisper"):
+    for noisy in ("httpx", "urllib3", "faster_whisper", "aioice", "aiortc"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    studio = Studio(args.checkpoints, args.device, args.data_dir, config)
+    studio = Studio(args.checkpoints, args.device, args.data_dir, config, transport=args.transport)
     demo = build(studio)
     threading.Thread(target=studio.warm_up, name="mmdemo-warmup", daemon=True).start()
     demo.queue(default_concurrency_limit=8)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=parse_auth(args.auth), **LAUNCH)
+    if studio.rtc is None:
+        demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=parse_auth(args.auth), **LAUNCH)
+        return
+    app, _, _ = demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=parse_auth(args.auth),
+                            prevent_thread_lock=True, **LAUNCH)
+    studio.mount_rtc(app)
+    demo.block_thread()
 
 
 if __name__ == "__main__":

@@ -50,6 +50,10 @@ function draw() {
 function push() {
   if (!props.value) return;
   let d; try { d = JSON.parse(props.value); } catch (e) { return; }
+  feed(d);
+}
+// one point: from this component's value (HTTP streaming) or from the WebRTC data channel (webrtc.js)
+function feed(d) {
   if (d.reset) {
     window.mmLive.ema = null; window.mmLive.lastT = -1;
     for (let i = 0; i < 8; i++) { pending.x[i] = []; pending.y[i] = []; }  // nothing of the old session is drawn
@@ -81,5 +85,6 @@ if (typeof Plotly === 'undefined') {
   el.innerHTML = '<p>plotly.js did not load: live plots are unavailable.</p>';
 } else {
   init();
+  window.mmLive.feed = feed;
   watch('value', push);
 }

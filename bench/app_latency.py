@@ -2,14 +2,19 @@
 browser to its point on the plot, with 1 and with 4 concurrent sessions, in headless Chromium.
 
 Each session is a real browser page streaming a webcam and a microphone to the app. The webcam is
-a canvas stream (getUserMedia is replaced in the page) that draws a real face photo at 15 fps with
+a canvas stream (getUserMedia is replaced in the page) that draws a real face photo at the frame
+rate and size the page asks for (15 fps when it names none) with
 the capture time written in a bar of black and white blocks at the bottom of every frame; the
 microphone is Chromium's fake device playing espeak-ng speech. When the app's annotated frame for
 a processed frame appears, the page decodes the bar from it and records now - capture time: the
 latency from the frame leaving the camera to its update on the page (the plot point arrives in
 the same message). Frames the app drops when it is behind are not counted as updates.
 
-    python bench/app_latency.py [--sessions 1,4] [--seconds 30] [--device cpu] [--before]
+    python bench/app_latency.py [--sessions 1,4] [--seconds 30] [--device cpu] [--before] [--transports http,webrtc]
+
+With --transport webrtc the app sends back, with each result, the RTP timestamp of the frame it is
+for; the page notes when each frame left the encoder (an encoded-frame transform) and which canvas
+frame it was, so the same latency is measured: canvas frame drawn -> its point drawn on the plot.
 Writes bench/results/app_latency.json. Needs chromium, ffmpeg, espeak-ng, sox (README).
 """
 
@@ -42,13 +47,13 @@ BITS = 32
 PROBE = """
 (() => {
   const BITS = %(bits)d, BAR_SHARE = 0.05;
-  let W = 640, H = 480;
-  window.mmProbe = {lat: [], parts: [], frames: 0};
+  let W = 640, H = 480, FPS = 15, timer = null;
+  window.mmProbe = {lat: [], parts: [], frames: 0, drawn: [], enc: []};
   const face = new Image();
   face.src = '%(face)s';
   const canvas = document.createElement('canvas');
   const ctx = canvas.getContext('2d');
-  setInterval(() => {
+  const tick = () => {
     if (canvas.width !== W) { canvas.width = W; canvas.height = H; }
     const BAR = Math.round(H * BAR_SHARE);
     ctx.fillStyle = '#777'; ctx.fillRect(0, 0, W, H);
@@ -59,16 +64,46 @@ PROBE = """
       ctx.fillRect(i * W / BITS, H - BAR, W / BITS, BAR);
     }
     window.mmProbe.frames++;
-  }, 1000 / 15);
-  const stream = canvas.captureStream(15);
+    window.mmProbe.drawn.push(Date.now());
+    if (window.mmProbe.drawn.length > 20000) window.mmProbe.drawn.shift();
+  };
+  timer = setInterval(tick, 1000 / FPS);
+  const stream = canvas.captureStream();  // a frame whenever the canvas is drawn
   const original = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
   // the page's requested size (the app asks for one), like a real camera honouring constraints
   const ideal = (v, d) => (v && typeof v === 'object') ? (v.ideal || v.exact || d) : (v || d);
-  navigator.mediaDevices.getUserMedia = (c) => {
+  navigator.mediaDevices.getUserMedia = async (c) => {
     if (!(c && c.video)) return original(c);
     W = ideal(c.video.width, 640); H = ideal(c.video.height, 480);
-    return Promise.resolve(stream);
+    const fps = ideal(c.video.frameRate, 15);
+    if (fps !== FPS) { FPS = fps; clearInterval(timer); timer = setInterval(tick, 1000 / FPS); }
+    if (!c.audio) return stream;
+    const mic = await original({audio: c.audio});  // camera and microphone in one request (the WebRTC page)
+    return new MediaStream([...stream.getVideoTracks(), ...mic.getAudioTracks()]);
   };
+  // WebRTC: note when each video frame leaves the encoder, by its RTP timestamp (the server sends
+  // back the timestamp of the frame each result is for)
+  const Native = window.RTCPeerConnection;
+  if (Native) {
+    window.RTCPeerConnection = function (cfg) {
+      const pc = new Native(Object.assign({}, cfg || {}, {encodedInsertableStreams: true}));
+      const addTrack = pc.addTrack.bind(pc);
+      pc.addTrack = (track, ...streams) => {
+        const sender = addTrack(track, ...streams);
+        const {readable, writable} = sender.createEncodedStreams();
+        readable.pipeThrough(new TransformStream({transform(frame, ctl) {
+          if (track.kind === 'video') {
+            window.mmProbe.enc.push([frame.timestamp, Date.now()]);
+            if (window.mmProbe.enc.length > 20000) window.mmProbe.enc.shift();
+          }
+          ctl.enqueue(frame);
+        }})).pipeTo(writable);
+        return sender;
+      };
+      return pc;
+    };
+    window.RTCPeerConnection.prototype = Native.prototype;
+  }
   const read = document.createElement('canvas');
   function decode(img) {
     read.width = img.naturalWidth; read.height = img.naturalHeight;
@@ -162,6 +197,81 @@ def run(url: str, n: int, seconds: float, m: dict) -> list[dict]:
     return out
 
 
+def rtc_latencies(frames: list, enc: list, drawn: list, draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Frame -> plot latencies of the WebRTC page. ``frames``: [rtp timestamp, arrival, server
+    receive, server send] per result; ``enc``: [rtp timestamp, time] per encoded frame; ``drawn``:
+    the canvas camera's frame times. The browser may add a constant offset to RTP timestamps on the
+    wire: the offset that matches the most results is used. Capture = the last canvas frame drawn
+    before the encoder took it."""
+    if not frames or not enc:
+        return np.zeros(0), np.zeros((0, 3))
+    enc_ts = {int(ts) % 2**32: t for ts, t in enc}
+    counts: dict[int, int] = {}
+    for pts, *_ in frames[:50]:
+        for ts in list(enc_ts)[-3000:]:
+            off = (int(pts) - ts) % 2**32
+            counts[off] = counts.get(off, 0) + 1
+    offset = max(counts, key=counts.get)
+    drawn = np.asarray(drawn, dtype=float)
+    lat, parts = [], []
+    for pts, arrived, recv, sent in frames:
+        t_enc = enc_ts.get((int(pts) - offset) % 2**32)
+        if t_enc is None or recv is None or sent is None:
+            continue
+        i = np.searchsorted(drawn, t_enc, side="right") - 1
+        k = np.searchsorted(draws, arrived)
+        if i < 0 or k >= len(draws):
+            continue
+        captured = drawn[i]
+        lat.append(draws[k] - captured)
+        parts.append([recv - captured, sent - recv, arrived - sent])
+    return np.asarray(lat, dtype=float), np.asarray(parts, dtype=float).reshape(-1, 3)
+
+
+def run_rtc(url: str, n: int, seconds: float, m: dict) -> list[dict]:
+    """As :func:`run`, for the app started with --transport webrtc."""
+    from playwright.sync_api import sync_playwright
+
+    out = []
+    probe = PROBE % {"bits": BITS, "face": m["face"]}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
+                                    args=ARGS + [f"--use-file-for-fake-audio-capture={m['audio']}"])
+        pages = []
+        for _ in range(n):
+            ctx = browser.new_context(permissions=["camera", "microphone"], viewport={"width": 1280, "height": 1000})
+            page = ctx.new_page()
+            page.add_init_script(probe)
+            page.goto(url, wait_until="load")
+            page.wait_for_function("window.mmRtc !== undefined && window.mmLive !== undefined && window.mmLive.feed !== undefined", timeout=60000)
+            page.wait_for_function("document.querySelector('#rtc') && document.querySelector('#rtc .mm-rtc-start') !== null", timeout=60000)
+            pages.append(page)
+        for page in pages:
+            page.wait_for_timeout(1000)  # the session token arrives with the page's load event
+            page.locator("#rtc .mm-rtc-start").click()
+        for page in pages:
+            page.wait_for_function("window.mmRtc.state === 'WebRTC: connected'", timeout=60000)
+        time.sleep(5)  # warm-up
+        marks = [page.evaluate("[window.mmLive.points, window.mmLive.framePlots.length, window.mmRtc.frames.length]") for page in pages]
+        marks_t = time.time() * 1000
+        time.sleep(seconds)
+        for page, (p0, f0, r0) in zip(pages, marks):
+            pts, plots, frames, enc, drawn, draws, draw_ms = page.evaluate(
+                "[window.mmLive.points, window.mmLive.framePlots.length, window.mmRtc.frames, window.mmProbe.enc, window.mmProbe.drawn, "
+                "window.mmLive.draws, window.mmLive.drawMs]")
+            lat, parts = rtc_latencies(frames[r0:], enc, drawn, np.array(draws, dtype=float))
+            out.append({"sessions": n, "updates_per_s": (pts - p0) / seconds, "frame_updates_per_s": (plots - f0) / seconds,
+                        "latency_n": int(lat.size),
+                        "latency_p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
+                        "latency_p95_ms": float(np.percentile(lat, 95)) if lat.size else None,
+                        "to_handler_p50_ms": float(np.median(parts[:, 0])) if len(parts) else None,
+                        "handler_p50_ms": float(np.median(parts[:, 1])) if len(parts) else None,
+                        "to_page_p50_ms": float(np.median(parts[:, 2])) if len(parts) else None,
+                        "plot_redraw_ms": draw_ms, "redraws_per_s": float(np.sum(np.array(draws, dtype=float) > marks_t)) / seconds})
+        browser.close()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sessions", default="1,4")
@@ -171,17 +281,19 @@ def main() -> None:
     ap.add_argument("--before", action="store_true",
                     help="first run the app as it was before the CPU cuts (face every frame, openSMILE over every voice window, torch's "
                          "default threads), then as it is: a before/after table from one run")
+    ap.add_argument("--transports", default="http,webrtc", help="the app's transports to measure (python app.py --transport)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "app_latency.json"))
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     m = media(tmp, silent=args.silent_mic)
     env = dict(os.environ, GRADIO_TEMP_DIR=str(tmp / "gradio"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
-    variants = ([("before", BEFORE)] if args.before else []) + [("now", [])]
+    variants = ([("before", BEFORE, "http")] if args.before else []) + [("now", [], t) for t in args.transports.split(",")]
     results = []
-    for variant, settings in variants:
+    for variant, settings, transport in variants:
+        variant = f"{variant}, {transport}"
         port = free_port()
         log = open(tmp / f"app-{variant}.log", "w")
-        cmd = [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--device", args.device]
+        cmd = [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--device", args.device, "--transport", transport]
         for item in settings:
             cmd += ["--set", item]
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -194,7 +306,8 @@ def main() -> None:
                     time.sleep(0.2)
             time.sleep(10)  # let the models finish loading
             for n in [int(x) for x in args.sessions.split(",")]:
-                rows = [r | {"variant": variant} for r in run(f"http://127.0.0.1:{port}/", n, args.seconds, m)]
+                measure = run_rtc if transport == "webrtc" else run
+                rows = [r | {"variant": variant} for r in measure(f"http://127.0.0.1:{port}/", n, args.seconds, m)]
                 results += rows
                 for r in rows:
                     print(f"{variant}, {n} session(s): {r['updates_per_s']:.1f} updates/s ({r['frame_updates_per_s']:.1f} from frames), "
@@ -205,7 +318,7 @@ def main() -> None:
             proc.terminate()
             proc.wait(timeout=30)
     print("\n| app | sessions | updates/s per session | of which frames | frame -> plot p50 ms | p95 ms |\n|---|---|---|---|---|---|")
-    for variant, _ in variants:
+    for variant in dict.fromkeys(r["variant"] for r in results):
         for n in sorted({r["sessions"] for r in results}):
             rows = [r for r in results if r["sessions"] == n and r["variant"] == variant]
             mean = lambda k: np.mean([r[k] for r in rows if r[k] is not None])  # noqa: E731
@@ -213,7 +326,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "device": args.device, "cpus": os.cpu_count(), "seconds": args.seconds, "microphone": "silence" if args.silent_mic else "speech",
-                               "variants": dict(variants), "results": results}, indent=2) + "\n")
+                               "variants": {f"{v}, {t}": st for v, st, t in variants}, "results": results}, indent=2) + "\n")
     print(f"wrote {out}")
 
 

@@ -44,14 +44,13 @@ def media(tmp_path_factory):
     return {"video": y4m, "audio": speech}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def _serve(tmp_path_factory, *extra):
     port = free_port()
     temp = tmp_path_factory.mktemp("gradio-temp")
     env = dict(os.environ, GRADIO_TEMP_DIR=str(temp), MMDEMO_CHUNK_MAX_AGE_S=str(CHUNK_AGE_S), MMDEMO_DATA_DIR=str(tmp_path_factory.mktemp("userdata")), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
     log = open(tmp_path_factory.mktemp("log") / "app.log", "w")
     t0 = time.time()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port), "--device", "cpu"], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--port", str(port), "--device", "cpu", *extra], cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     while time.time() - t0 < 120:
@@ -67,6 +66,16 @@ def server(tmp_path_factory):
     proc.wait(timeout=30)
     text = open(log.name).read()
     assert "Traceback" not in text, text[-3000:]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    yield from _serve(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def rtc_server(tmp_path_factory):
+    yield from _serve(tmp_path_factory, "--transport", "webrtc")
 
 
 def _browser(p, profile, media):
@@ -206,4 +215,37 @@ def test_calibrate_label_fit_switch_export_and_import(server, media, tmp_path):
         page.wait_for_function("document.querySelector('#profile-msg').innerText.includes('Imported 0 moments')", timeout=30000)
         assert f"({len(labels) - 1} already here)" in page.locator("#profile-msg").inner_text()
         page.screenshot(path=str(ARTIFACTS / "personalise.png"), full_page=True)
+        ctx.close()
+
+
+def test_the_webrtc_transport_streams_camera_and_microphone(rtc_server, media, tmp_path):
+    """python app.py --transport webrtc: the page sends its camera and microphone as WebRTC media
+    tracks and draws every result from the data channel: plot, readout, status, face box and
+    transcript; Stop ends the connection and the session hears it."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        ctx = _browser(p, tmp_path / "profile", media)
+        page = ctx.new_page()
+        page.goto(rtc_server["url"], wait_until="load")
+        page.wait_for_function("window.mmRtc !== undefined && window.mmLive !== undefined && window.mmLive.feed !== undefined", timeout=60000)
+        assert not page.locator("#cam").is_visible() and not page.locator("#mic").is_visible()  # one transport at a time
+        page.wait_for_function("document.querySelector('#rtc .mm-rtc-start') && !document.querySelector('#rtc .mm-rtc-start').disabled")
+        page.wait_for_timeout(1000)  # the session token comes with the page's load event
+        page.locator("#rtc .mm-rtc-start").click()
+        page.wait_for_function("window.mmRtc.state === 'WebRTC: connected' || window.mmRtc.error !== null", timeout=60000)
+        assert page.evaluate("window.mmRtc.error") is None
+        page.wait_for_function("window.mmRtc.frames.length >= 20", timeout=60000)
+        page.wait_for_function("document.querySelector('#status').innerText.includes('face: present')", timeout=30000)
+        page.wait_for_function("document.querySelector('#status').innerText.includes('voice: present')", timeout=60000)
+        page.wait_for_function("document.querySelector('#transcript textarea').value.length > 5", timeout=90000)
+        assert page.evaluate("window.mmLive.points") >= 20
+        assert page.locator("#readout").inner_text().strip().startswith(("+", "-", "−"))
+        frames = page.evaluate("window.mmRtc.frames.length")
+        page.locator("#rtc .mm-rtc-stop").click()
+        page.wait_for_function("window.mmRtc.state === 'stopped'")
+        page.wait_for_timeout(1500)
+        assert page.evaluate("window.mmRtc.frames.length") - frames <= 3  # nothing arrives after Stop (bar what was in flight)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "webrtc.png"))
         ctx.close()

@@ -35,7 +35,12 @@ class Biased:
         return getattr(self.inner, name)
 
     def encode(self, *args, **kwargs):
-        res = self.inner.encode(*args, **kwargs)
+        return self._biased(self.inner.encode(*args, **kwargs))
+
+    def encode_stream(self, *args, **kwargs):  # the live voice path
+        return self._biased(self.inner.encode_stream(*args, **kwargs))
+
+    def _biased(self, res):
         if res.present:
             res.feature = (res.feature + self.bias).astype(np.float32)
         return res

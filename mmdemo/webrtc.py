@@ -1,0 +1,246 @@
+"""Live input over WebRTC: the browser sends its camera and microphone as media tracks (aiortc
+decodes them here) and gets every update back over a data channel, beside Gradio's HTTP streaming.
+
+Gradio streams a webcam as JPEG uploads through its queue and returns each result over
+server-sent events: each frame pays an upload, a queue hop and an event. WebRTC carries the frames
+as video (encoded once, paced, no request per frame) and the results over an SCTP data channel on
+the same connection. This module is the server half and never imports gradio: :class:`RtcBridge`
+answers an SDP offer for one live :class:`~mmdemo.pipeline.Session` and feeds it. Video: only the
+newest decoded frame is processed (a frame that arrives while the session is busy replaces the
+waiting one), at most ``max_fps`` a second. Audio: 48 kHz Opus decoded to PCM, handed to the
+session every ``audio_chunk_s``. The pipeline runs in worker threads, never in the event loop.
+
+``aiortc`` is in requirements.txt. Connections on a LAN or localhost need no
+internet; across networks WebRTC needs a STUN/TURN server (not configured here), which is why the
+HTTP path stays the default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .pipeline import Session, Update
+
+log = logging.getLogger(__name__)
+
+MAX_SDP = 64 * 1024  # an SDP offer from a browser is a few kB
+
+
+class RtcError(ValueError):
+    """A bad offer (shown to the caller)."""
+
+
+def audio_samples(frame) -> tuple[np.ndarray, int]:
+    """Mono float32 in [-1, 1] and the sample rate of a decoded av.AudioFrame (packed or planar,
+    int16 or float)."""
+    raw = frame.to_ndarray()
+    channels = len(frame.layout.channels)
+    x = raw.reshape(channels, -1).T if frame.format.is_planar else raw.reshape(-1, channels)
+    x = x.astype(np.float32)
+    if np.issubdtype(raw.dtype, np.integer):
+        x /= 32768.0
+    return x.mean(axis=1), int(frame.sample_rate)
+
+
+class _Link:
+    """One browser's connection: its peer connection, session, data channel and pending media."""
+
+    def __init__(self, bridge: RtcBridge, pc, session: Session):
+        self.bridge, self.pc, self.session = bridge, pc, session
+        self.channel = None
+        self.latest = None  # the newest video frame not yet processed
+        self.video_busy = False
+        self.last_video = 0.0
+        self.audio: list[np.ndarray] = []
+        self.audio_rate = 48000
+        self.audio_busy = False
+        self.last_audio_key, self.last_audio_sent = None, 0.0
+        self.tasks: set[asyncio.Task] = set()
+        self.frames_in = self.frames_done = 0
+        self.closed = False
+
+    def spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def send(self, update: Update, src: str, **extra) -> None:
+        ch = self.channel
+        if ch is None or ch.readyState != "open":
+            return
+        try:
+            ch.send(json.dumps(self.bridge.payload(self.session, update, src) | extra))
+        except Exception as err:  # noqa: BLE001 - a closing channel: the next message or close() tells
+            log.debug("data channel send failed: %s", err)
+
+    async def run_video(self, track) -> None:
+        from aiortc.mediastreams import MediaStreamError
+
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                break
+            self.frames_in += 1
+            self.latest = frame  # a frame still waiting is replaced: the newest is what matters
+            if not self.video_busy:
+                self.video_busy = True
+                self.spawn(self.process_video())
+        if not self.closed:
+            up = await self.bridge.run(self.session.stop_camera)
+            self.send(up, "camera-stop")
+
+    async def process_video(self) -> None:
+        try:
+            while self.latest is not None and not self.closed:
+                wait = self.bridge.min_frame_gap_s - (time.monotonic() - self.last_video)
+                if wait > 0:
+                    await asyncio.sleep(wait)  # meanwhile newer frames replace this one
+                frame, self.latest = self.latest, None
+                recv = time.time()
+                self.last_video = time.monotonic()
+                img = await self.bridge.run(frame.to_ndarray, format="rgb24")
+                up = await self.bridge.run(self.session.push_frame, img)
+                self.frames_done += 1
+                self.send(up, "frame", pts=frame.pts, recv=recv * 1000, size=[int(img.shape[1]), int(img.shape[0])])
+        except Exception as err:  # noqa: BLE001 - one bad frame must not end the stream
+            log.warning("webrtc frame skipped: %s", err)
+        finally:
+            self.video_busy = False
+
+    async def run_audio(self, track) -> None:
+        from aiortc.mediastreams import MediaStreamError
+
+        pending = 0
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                break
+            x, sr = audio_samples(frame)
+            if sr != self.audio_rate:
+                self.audio, pending, self.audio_rate = [], 0, sr
+            self.audio.append(x)
+            pending += len(x)
+            if pending >= self.bridge.audio_chunk_s * sr and not self.audio_busy:
+                chunk, self.audio, pending = np.concatenate(self.audio), [], 0
+                self.audio_busy = True
+                self.spawn(self.process_audio(chunk, sr))
+        if not self.closed:
+            up = await self.bridge.run(self.session.stop_audio)
+            self.send(up, "audio-stop")
+
+    async def process_audio(self, chunk: np.ndarray, sr: int) -> None:
+        try:
+            up = await self.bridge.run(self.session.push_audio, chunk, sr)
+            # the page hears of an audio chunk when the answer changed, else every audio_report_s:
+            # most chunks fall between two voice hops and change nothing
+            key = (round(up.prediction, 4), tuple(up.present.values()), up.transcript)
+            now = time.monotonic()
+            if key != self.last_audio_key or now - self.last_audio_sent >= self.bridge.audio_report_s:
+                self.last_audio_key, self.last_audio_sent = key, now
+                self.send(up, "audio")
+        except Exception as err:  # noqa: BLE001
+            log.warning("webrtc audio skipped: %s", err)
+        finally:
+            self.audio_busy = False
+
+    async def close(self) -> None:
+        """Ends the connection; the session hears that its camera and microphone stopped (what it
+        still had to transcribe is transcribed) and lives on for the page's other inputs."""
+        if self.closed:
+            return
+        self.closed = True
+        current = asyncio.current_task()
+        for task in list(self.tasks):
+            if task is not current:
+                task.cancel()
+        self.bridge.links.discard(self)
+        await self.pc.close()
+        for stop in (self.session.stop_camera, self.session.stop_audio):
+            try:
+                await self.bridge.run(stop)
+            except Exception as err:  # noqa: BLE001
+                log.warning("closing a webrtc session: %s", err)
+
+
+class RtcBridge:
+    """Answers WebRTC offers for live sessions. ``payload(session, update, src)`` makes the
+    data-channel message of an update (a dict; ``pts`` and ``recv`` are added for frames)."""
+
+    def __init__(self, payload: Callable[[Session, Update, str], dict], *, max_connections: int = 16, max_fps: float = 12.0,
+                 audio_chunk_s: float = 0.1, audio_report_s: float = 0.5, connect_timeout_s: float = 30.0, workers: int = 4):
+        self.payload = payload
+        self.max_connections = max_connections
+        self.min_frame_gap_s = 1.0 / max_fps
+        self.audio_chunk_s = audio_chunk_s
+        self.audio_report_s = audio_report_s
+        self.connect_timeout_s = connect_timeout_s
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mmdemo-rtc")
+        self.links: set[_Link] = set()
+
+    async def run(self, fn, *args, **kwargs):
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.pool, lambda: fn(*args, **kwargs))
+
+    async def answer(self, offer: dict, session: Session) -> dict:
+        """The SDP answer to a browser's offer ({"sdp", "type": "offer"}) for ``session``."""
+        from aiortc import RTCPeerConnection, RTCSessionDescription
+
+        if not isinstance(offer, dict) or offer.get("type") != "offer" or not isinstance(offer.get("sdp"), str):
+            raise RtcError("expected {'sdp': ..., 'type': 'offer'}")
+        if len(offer["sdp"]) > MAX_SDP:
+            raise RtcError("the offer is too large")
+        if "\nm=" not in offer["sdp"]:
+            raise RtcError("the offer could not be answered: it offers no media")
+        for old in [lk for lk in self.links if lk.session is session]:
+            await old.close()  # a page that starts again replaces its own connection
+        if len(self.links) >= self.max_connections:
+            raise RtcError(f"too many live connections ({self.max_connections}); try again later")
+        pc = RTCPeerConnection()
+        link = _Link(self, pc, session)
+        self.links.add(link)
+
+        @pc.on("datachannel")
+        def on_datachannel(channel):
+            link.channel = channel
+
+        @pc.on("track")
+        def on_track(track):
+            if track.kind == "video":
+                link.spawn(link.run_video(track))
+            elif track.kind == "audio":
+                link.spawn(link.run_audio(track))
+
+        @pc.on("connectionstatechange")
+        async def on_state():
+            if pc.connectionState in ("failed", "closed"):
+                await link.close()
+
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer["sdp"], type="offer"))
+            await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as err:  # noqa: BLE001 - an unusable offer: say so, keep nothing
+            await link.close()
+            raise RtcError(f"the offer could not be answered: {err}") from None
+        link.spawn(self._expire(link))
+        return {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
+
+    async def _expire(self, link: _Link) -> None:
+        """A connection that does not come up within connect_timeout_s is dropped."""
+        await asyncio.sleep(self.connect_timeout_s)
+        if link.pc.connectionState != "connected":
+            await link.close()
+
+    def stats(self) -> list[dict]:
+        return [{"frames_in": lk.frames_in, "frames_done": lk.frames_done, "state": lk.pc.connectionState} for lk in self.links]
+
+    async def close(self) -> None:
+        await asyncio.gather(*(lk.close() for lk in list(self.links)), return_exceptions=True)

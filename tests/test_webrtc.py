@@ -1,0 +1,148 @@
+"""The WebRTC transport's server half (mmdemo.webrtc): a Python WebRTC client on this machine sends a
+face video and speech as media tracks; the session reads them and the results come back over the
+data channel. No browser (tests/test_browser.py has the browser test)."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import json
+
+import numpy as np
+import pytest
+
+from mmdemo.audio import resample
+from tests.media import astronaut, speech_16k
+
+av = pytest.importorskip("av")
+pytest.importorskip("aiortc")
+
+
+def test_audio_frames_of_every_layout_become_mono_float():
+    from mmdemo.webrtc import audio_samples
+
+    x = (np.sin(np.linspace(0, 20, 960)) * 16000).astype(np.int16)
+    packed = av.AudioFrame.from_ndarray(np.stack([x, x]).T.reshape(1, -1), format="s16", layout="stereo")
+    packed.sample_rate = 48000
+    mono, sr = audio_samples(packed)
+    assert sr == 48000 and mono.shape == (960,) and np.allclose(mono, x / 32768.0, atol=1e-6)
+    planar = av.AudioFrame.from_ndarray(np.stack([x, x]).astype(np.float32) / 32768.0, format="fltp", layout="stereo")
+    planar.sample_rate = 16000
+    mono2, sr2 = audio_samples(planar)
+    assert sr2 == 16000 and np.allclose(mono2, mono, atol=1e-6)
+
+
+def _bridge():
+    from mmdemo.webrtc import RtcBridge
+
+    return RtcBridge(lambda session, up, src: {"src": src, "pred": up.prediction, "present": up.present}, max_connections=2)
+
+
+def test_bad_offers_are_refused_with_a_reason(engine_cpu):
+    from mmdemo.webrtc import RtcError
+
+    bridge, session = _bridge(), engine_cpu.session("weighted")
+
+    async def go():
+        for bad in (None, {}, {"type": "answer", "sdp": "v=0"}, {"type": "offer", "sdp": 3}, {"type": "offer", "sdp": "x" * 70000}):
+            with pytest.raises(RtcError):
+                await bridge.answer(bad, session)
+        with pytest.raises(RtcError, match="could not be answered"):
+            await bridge.answer({"type": "offer", "sdp": "v=0\r\nnot sdp at all\r\n"}, session)
+        assert not bridge.links  # nothing kept of a refused offer
+
+    asyncio.run(go())
+
+
+@pytest.fixture(scope="module")
+def engine_cpu():
+    from mmdemo.pipeline import DEFAULT_CHECKPOINTS, Engine
+
+    return Engine(DEFAULT_CHECKPOINTS, device="cpu")
+
+
+def test_a_client_streams_face_and_speech_and_gets_results(engine_cpu, tmp_path):
+    from aiortc import AudioStreamTrack, RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
+
+    face = np.ascontiguousarray(astronaut()[::2, ::2])
+    speech = (resample(np.concatenate([speech_16k(tmp_path), np.zeros(16000, np.float32)]), 16000, 48000) * 32767).astype(np.int16)
+
+    class Camera(VideoStreamTrack):
+        async def recv(self):
+            pts, time_base = await self.next_timestamp()
+            frame = av.VideoFrame.from_ndarray(face, format="rgb24")
+            frame.pts, frame.time_base = pts, time_base
+            return frame
+
+    class Microphone(AudioStreamTrack):
+        pos = 0
+
+        async def recv(self):
+            await asyncio.sleep(0.02)
+            n = 960
+            chunk = np.take(speech, np.arange(self.pos, self.pos + n), mode="wrap")
+            self.pos += n
+            frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = 48000, self.pos, fractions.Fraction(1, 48000)
+            return frame
+
+    bridge, session = _bridge(), engine_cpu.session("weighted")
+    messages: list[dict] = []
+
+    async def go():
+        client = RTCPeerConnection()
+        channel = client.createDataChannel("results")
+        channel.on("message", lambda m: messages.append(json.loads(m)))
+        client.addTrack(Camera())
+        client.addTrack(Microphone())
+        await client.setLocalDescription(await client.createOffer())
+        answer = await bridge.answer({"sdp": client.localDescription.sdp, "type": "offer"}, session)
+        await client.setRemoteDescription(RTCSessionDescription(**answer))
+        for _ in range(400):  # at most 40 s on a slow machine
+            frames = [m for m in messages if m["src"] == "frame"]
+            if len(frames) >= 15 and any(m["present"]["audio"] for m in messages):
+                break
+            await asyncio.sleep(0.1)
+        stats = bridge.stats()
+        await client.close()
+        for _ in range(100):
+            if not bridge.links:
+                break
+            await asyncio.sleep(0.1)
+        await bridge.close()
+        return stats
+
+    stats = asyncio.run(go())
+    frames = [m for m in messages if m["src"] == "frame"]
+    assert len(frames) >= 15, (len(messages), stats)
+    assert all(isinstance(m["pts"], int) and m["size"][0] > 0 and m["recv"] > 0 for m in frames)
+    assert frames[-1]["present"]["vision"]  # the face was read from the video track
+    assert any(m["present"]["audio"] for m in messages)  # and the voice from the audio track
+    assert stats[0]["frames_in"] >= stats[0]["frames_done"] >= 15  # frames that came while busy were skipped, never queued
+    assert not bridge.links  # the client hung up: the connection is gone ...
+    assert session.egemaps is None and session.reasons["audio"] == "microphone stopped"  # ... and the session heard it
+
+
+def test_a_connection_that_never_comes_up_is_dropped(engine_cpu):
+    from aiortc import RTCPeerConnection
+
+    from mmdemo.webrtc import RtcBridge
+
+    bridge = RtcBridge(lambda s, u, src: {}, connect_timeout_s=0.5)
+    session = engine_cpu.session("weighted")
+
+    async def go():
+        client = RTCPeerConnection()  # offers a data channel, then never answers the server's ICE checks
+        client.createDataChannel("results")
+        await client.setLocalDescription(await client.createOffer())
+        sdp = client.localDescription.sdp
+        await client.close()
+        await bridge.answer({"sdp": sdp, "type": "offer"}, session)
+        assert len(bridge.links) == 1
+        for _ in range(100):
+            if not bridge.links:
+                break
+            await asyncio.sleep(0.1)
+        assert not bridge.links
+
+    asyncio.run(go())
