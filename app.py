@@ -75,6 +75,7 @@ class Studio:
         self.transport = transport
         # WebRTC: a page's offer names its session by a random token handed to that page only
         self.rtc_sessions: weakref.WeakValueDictionary[str, Session] = weakref.WeakValueDictionary()
+        self.live: weakref.WeakValueDictionary[str, Session] = weakref.WeakValueDictionary()  # Gradio session hash -> its live session
         self.rtc = None
         if transport == "webrtc":
             from mmdemo.webrtc import RtcBridge
@@ -100,9 +101,22 @@ class Studio:
         from mmdemo.webrtc import RtcError
 
         async def offer(request: Request):
+            # anyone who can reach the port can post here (Gradio's --auth covers its own routes only):
+            # the body is capped before it is read, and only a page's own session token opens anything
             try:
-                body = await request.json()
-            except Exception:  # noqa: BLE001
+                size = int(request.headers.get("content-length", "0"))
+            except ValueError:
+                size = -1
+            if not 0 < size <= MAX_OFFER_BYTES:
+                return JSONResponse({"error": f"the offer must be a JSON body of at most {MAX_OFFER_BYTES} bytes"}, status_code=413)
+            raw = b""
+            async for part in request.stream():
+                raw += part
+                if len(raw) > MAX_OFFER_BYTES:
+                    return JSONResponse({"error": "the offer is too large"}, status_code=413)
+            try:
+                body = json.loads(raw)
+            except ValueError:
                 return JSONResponse({"error": "the body must be JSON"}, status_code=400)
             token = body.get("token") if isinstance(body, dict) else None
             session = self.rtc_sessions.get(token) if isinstance(token, str) else None
@@ -332,6 +346,7 @@ RTC_TEMPLATE = ("<div class='mm-rtc'><div class='mm-rtc-view'><video class='mm-r
                 "<span class='mm-rtc-state'></span></div></div>")
 RTC_JS = assets.text("webrtc.js")
 TRANSPORTS = ("http", "webrtc")
+MAX_OFFER_BYTES = 128 * 1024  # a browser's SDP offer is a few kB
 CSS = assets.text("app.css")
 
 
@@ -339,8 +354,10 @@ CSS = assets.text("app.css")
 
 
 def close_session(session: Session | None) -> None:
+    """Frees what a session runs beside it (its openSMILE stream), in a thread of its own: Gradio
+    calls this on its event loop."""
     if session is not None:
-        session.close()
+        threading.Thread(target=session.close, name="mmdemo-close-session", daemon=True).start()
 
 
 class Handlers:
@@ -358,9 +375,15 @@ class Handlers:
     def session_of(self, state: Session | None, fusion: str | None = None) -> Session:
         return state if state is not None else self.studio.engine.session(fusion or None)
 
-    def on_load(self):
+    def on_unload(self, request: gr.Request = None):
+        """The tab closed: its session frees its openSMILE stream now (Gradio drops the state an hour later)."""
+        close_session(self.studio.live.pop(getattr(request, "session_hash", None), None))
+
+    def on_load(self, request: gr.Request = None):
         try:
             s = self.studio.engine.session()
+            if getattr(request, "session_hash", None):
+                self.studio.live[request.session_hash] = s
             up = s.update()
             token = self.studio.rtc_token(s) if self.studio.rtc is not None else ""
             return s, feed_payload(up, reset=True), readout_html(None), status_html(up), gr.update(value=s.fusion_name), token
@@ -758,6 +781,7 @@ def build(studio: Studio) -> gr.Blocks:
         cal_timer = gr.Timer(1.0, active=False)
         timer = gr.Timer(1.0)
         timer.tick(lambda: (studio.status(), gr.Timer(active=not studio.ready.is_set())), outputs=[model_status, timer], show_progress="hidden")
+        demo.unload(h.on_unload)
         demo.load(h.on_load, outputs=[state, live, readout, status, fusion, rtc]).then(
             h.on_profile_load, inputs=[profile, state], outputs=[profile, state, base_md, moments_state, profile_msg, pers_md, profile_md])
         cal_start.click(h.on_calibrate_start, inputs=[state], outputs=[cal_msg, cal_timer, state], show_progress="hidden")

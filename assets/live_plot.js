@@ -1,12 +1,48 @@
 // The live plots of mmdemo's studio (runs in the browser, loaded by app.py with gr.HTML(js_on_load=...)).
 // Builds the figure once, then extends it with each one-point payload (Plotly.extendTraces)
-// instead of receiving whole figures; keeps the last 600 points.
+// instead of receiving whole figures; keeps the last 600 points. A Plotly redraw of the figure
+// costs tens of ms, so redraws are batched (see gap()); meanwhile each new point is drawn at once on
+// a transparent canvas over the sentiment panel (the "live edge": the prediction's dot and the
+// smoothed line's segment, at their places on the axes), until the next redraw takes them in.
+// The time axis is set here, not autoranged: the last 60 s and LEAD s ahead, where new points land.
 const el = element.querySelector('.mm-live-plot');
 const C = __COLORS__;  // filled in by app.py
 const L = {text: 'words', audio: 'voice', vision: 'face'};
 const M = ['text', 'audio', 'vision'];
 const N = 600;
-window.mmLive = {points: 0, latencies: [], framePlots: [], draws: [], fusion: null, ema: null, lastT: -1};
+window.mmLive = {points: 0, latencies: [], framePlots: [], draws: [], shown: [], fusion: null, ema: null, lastT: -1};
+const WINDOW = 60, LEAD = 4;
+let edge = null, edgePoints = [], tmax = 0;
+function edgeCanvas() {
+  if (edge && edge.isConnected) return edge;
+  edge = document.createElement('canvas');
+  edge.className = 'mm-live-edge';
+  el.parentElement.style.position = 'relative';
+  el.parentElement.appendChild(edge);
+  return edge;
+}
+function drawEdge() {
+  // the points not yet in the figure, on the canvas over it (Plotly's own axis mapping)
+  const fl = el._fullLayout;
+  if (!fl || !fl.xaxis || !fl.yaxis || !fl.xaxis.l2p) return false;
+  const cv = edgeCanvas();
+  if (cv.width !== el.clientWidth || cv.height !== el.clientHeight) { cv.width = el.clientWidth; cv.height = el.clientHeight; }
+  cv.style.left = el.offsetLeft + 'px'; cv.style.top = el.offsetTop + 'px';
+  const g = cv.getContext('2d');
+  g.clearRect(0, 0, cv.width, cv.height);
+  const xa = fl.xaxis, ya = fl.yaxis;
+  const X = t => xa._offset + xa.l2p(t), Y = v => ya._offset + ya.l2p(Math.max(-3.1, Math.min(3.1, v)));
+  const right = xa._offset + xa._length;
+  let prev = lastDrawn;
+  for (const q of edgePoints) {
+    if (X(q.t) > right) break;
+    if (prev) { g.strokeStyle = '#111'; g.lineWidth = 2; g.beginPath(); g.moveTo(X(prev.t), Y(prev.ema)); g.lineTo(X(q.t), Y(q.ema)); g.stroke(); }
+    g.fillStyle = '#555'; g.beginPath(); g.arc(X(q.t), Y(q.pred), 2, 0, 2 * Math.PI); g.fill();
+    prev = q;
+  }
+  return true;
+}
+let lastDrawn = null;  // the newest point the figure itself shows
 function init() {
   const traces = [
     {x: [], y: [], mode: 'markers', name: 'prediction', marker: {size: 4, color: '#555'}, xaxis: 'x', yaxis: 'y'},
@@ -19,7 +55,7 @@ function init() {
   const band = (y0, y1, c) => ({type: 'rect', xref: 'paper', yref: 'y', x0: 0, x1: 1, y0: y0, y1: y1, fillcolor: c, line: {width: 0}, layer: 'below'});
   const layout = {
     height: 580, margin: {l: 45, r: 10, t: 20, b: 55}, showlegend: true, legend: {orientation: 'h', y: -0.14},
-    xaxis: {title: {text: 'time (s)'}, anchor: 'y3'},
+    xaxis: {title: {text: 'time (s)'}, anchor: 'y3', autorange: false, range: [0, WINDOW + LEAD]},
     yaxis: {domain: [0.58, 1], range: [-3.1, 3.1], title: {text: 'sentiment'}},
     yaxis2: {domain: [0.24, 0.54], title: {text: 'Shapley'}, zeroline: true},
     yaxis3: {domain: [0, 0.18], range: [0, 1], title: {text: 'weights'}},
@@ -27,6 +63,8 @@ function init() {
     annotations: [],
   };
   Plotly.newPlot(el, traces, layout, {displayModeBar: false, responsive: true});
+  edgePoints = []; lastDrawn = null; tmax = 0;
+  if (edge) edge.getContext('2d').clearRect(0, 0, edge.width, edge.height);
 }
 const pending = {x: [[], [], [], [], [], [], [], []], y: [[], [], [], [], [], [], [], []]};
 // raw points (one SVG node each, the costly part of a redraw) for the last 15 s; lines for 60 s
@@ -39,8 +77,14 @@ function draw() {
   scheduled = false;
   if (!pending.x[0].length) return;
   const t0 = performance.now();
+  const drawn = edgePoints.length;
+  const lo = Math.max(0, tmax - WINDOW);
+  el.layout.xaxis.range = [lo, lo + WINDOW + LEAD];  // taken by the redraw extendTraces makes
   Plotly.extendTraces(el, {x: pending.x, y: pending.y}, [0, 1, 2, 3, 4, 5, 6, 7], KEEP);
   for (let i = 0; i < 8; i++) { pending.x[i] = []; pending.y[i] = []; }
+  if (drawn) lastDrawn = edgePoints[drawn - 1];
+  edgePoints = edgePoints.slice(drawn);
+  drawEdge();
   lastDraw = performance.now();
   drawMs = 0.8 * drawMs + 0.2 * (lastDraw - t0);
   window.mmLive.drawMs = drawMs;
@@ -65,6 +109,12 @@ function feed(d) {
   window.mmLive.ema = window.mmLive.ema === null ? d.pred : a * d.pred + (1 - a) * window.mmLive.ema;
   const ys = [d.pred, window.mmLive.ema].concat(M.map(m => d.shap[m]), M.map(m => d.w ? d.w[m] : null));
   for (let i = 0; i < 8; i++) { pending.x[i].push(d.t); pending.y[i].push(ys[i]); }
+  tmax = Math.max(tmax, d.t);
+  edgePoints.push({t: d.t, pred: d.pred, ema: window.mmLive.ema});
+  if (drawEdge()) {
+    window.mmLive.shown.push(Date.now());
+    if (window.mmLive.shown.length > 5000) window.mmLive.shown.shift();
+  }
   if (!scheduled) {
     scheduled = true;
     const wait = gap() - (performance.now() - lastDraw);

@@ -71,9 +71,13 @@ function gathered(conn) {
 
 async function start() {
   if (pc) return;
-  const token = props.value;
-  if (!token) { say('the session is not ready yet: try again in a moment'); return; }
   startBtn.disabled = true;
+  for (let i = 0; i < 150 && !props.value; i++) {  // the session token arrives with the page's load event
+    say('waiting for the session…');
+    await new Promise(r => setTimeout(r, 100));
+  }
+  const token = props.value;
+  if (!token) { startBtn.disabled = false; say('the session is not ready: reload the page'); return; }
   try {
     say('asking for the camera and microphone…');
     stream = await navigator.mediaDevices.getUserMedia({
@@ -117,6 +121,8 @@ function stop(why) {
   say(typeof why === 'string' ? why : 'stopped');
 }
 
+watch('value', () => { window.mmRtc.ready = !!props.value; });
+window.mmRtc.ready = !!props.value;
 startBtn.addEventListener('click', start);
 stopBtn.addEventListener('click', () => stop('stopped'));
 window.addEventListener('beforeunload', () => { if (pc) pc.close(); });

@@ -172,15 +172,18 @@ def run(url: str, n: int, seconds: float, m: dict) -> list[dict]:
         marks_t = time.time() * 1000
         time.sleep(seconds)
         for page, (p0, f0, l0) in zip(pages, marks):
-            pts, plots, probes, parts, draws, draw_ms = page.evaluate(
-                "[window.mmLive.points, window.mmLive.framePlots.length, window.mmProbe.lat, window.mmProbe.parts, window.mmLive.draws, window.mmLive.drawMs]")
-            # a frame's point is on the plot at the first redraw after its update reached the page
+            pts, plots, probes, parts, draws, shown, draw_ms = page.evaluate(
+                "[window.mmLive.points, window.mmLive.framePlots.length, window.mmProbe.lat, window.mmProbe.parts, window.mmLive.draws, "
+                "window.mmLive.shown, window.mmLive.drawMs]")
+            # a frame's point is on the plot at the first drawing after its update reached the page:
+            # the canvas edge over the plot draws it at once, or a redraw of the figure takes it in
+            on_plot = np.sort(np.array(draws + shown, dtype=float))
             draws = np.array(draws, dtype=float)
             lat = []
             for arrived, captured in probes[l0:]:
-                k = np.searchsorted(draws, arrived)
-                if k < len(draws):
-                    lat.append(draws[k] - captured)
+                k = np.searchsorted(on_plot, arrived)
+                if k < len(on_plot):
+                    lat.append(on_plot[k] - captured)
             lat = np.array(lat, dtype=float)
             parts = np.array(parts[-len(lat):] if len(lat) else [], dtype=float).reshape(-1, 3)
             out.append({"sessions": n, "updates_per_s": (pts - p0) / seconds, "frame_updates_per_s": (plots - f0) / seconds,
@@ -197,7 +200,7 @@ def run(url: str, n: int, seconds: float, m: dict) -> list[dict]:
     return out
 
 
-def rtc_latencies(frames: list, enc: list, drawn: list, draws: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def rtc_latencies(frames: list, enc: list, drawn: list, on_plot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Frame -> plot latencies of the WebRTC page. ``frames``: [rtp timestamp, arrival, server
     receive, server send] per result; ``enc``: [rtp timestamp, time] per encoded frame; ``drawn``:
     the canvas camera's frame times. The browser may add a constant offset to RTP timestamps on the
@@ -219,11 +222,11 @@ def rtc_latencies(frames: list, enc: list, drawn: list, draws: np.ndarray) -> tu
         if t_enc is None or recv is None or sent is None:
             continue
         i = np.searchsorted(drawn, t_enc, side="right") - 1
-        k = np.searchsorted(draws, arrived)
-        if i < 0 or k >= len(draws):
+        k = np.searchsorted(on_plot, arrived)
+        if i < 0 or k >= len(on_plot):
             continue
         captured = drawn[i]
-        lat.append(draws[k] - captured)
+        lat.append(on_plot[k] - captured)
         parts.append([recv - captured, sent - recv, arrived - sent])
     return np.asarray(lat, dtype=float), np.asarray(parts, dtype=float).reshape(-1, 3)
 
@@ -247,7 +250,7 @@ def run_rtc(url: str, n: int, seconds: float, m: dict) -> list[dict]:
             page.wait_for_function("document.querySelector('#rtc') && document.querySelector('#rtc .mm-rtc-start') !== null", timeout=60000)
             pages.append(page)
         for page in pages:
-            page.wait_for_timeout(1000)  # the session token arrives with the page's load event
+            page.wait_for_function("window.mmRtc.ready === true", timeout=60000)  # the session token arrived
             page.locator("#rtc .mm-rtc-start").click()
         for page in pages:
             page.wait_for_function("window.mmRtc.state === 'WebRTC: connected'", timeout=60000)
@@ -256,10 +259,10 @@ def run_rtc(url: str, n: int, seconds: float, m: dict) -> list[dict]:
         marks_t = time.time() * 1000
         time.sleep(seconds)
         for page, (p0, f0, r0) in zip(pages, marks):
-            pts, plots, frames, enc, drawn, draws, draw_ms = page.evaluate(
+            pts, plots, frames, enc, drawn, draws, shown, draw_ms = page.evaluate(
                 "[window.mmLive.points, window.mmLive.framePlots.length, window.mmRtc.frames, window.mmProbe.enc, window.mmProbe.drawn, "
-                "window.mmLive.draws, window.mmLive.drawMs]")
-            lat, parts = rtc_latencies(frames[r0:], enc, drawn, np.array(draws, dtype=float))
+                "window.mmLive.draws, window.mmLive.shown, window.mmLive.drawMs]")
+            lat, parts = rtc_latencies(frames[r0:], enc, drawn, np.sort(np.array(draws + shown, dtype=float)))
             out.append({"sessions": n, "updates_per_s": (pts - p0) / seconds, "frame_updates_per_s": (plots - f0) / seconds,
                         "latency_n": int(lat.size),
                         "latency_p50_ms": float(np.percentile(lat, 50)) if lat.size else None,

@@ -261,6 +261,7 @@ class Session:
         self.samples_in = 0  # 16 kHz samples heard in this session
         self.egemaps: EgemapsStream | None = None  # the voice descriptors' stream (cfg.voice_stream), from sample egemaps_start
         self.egemaps_start = 0
+        self.egemaps_failed = False  # the stream broke once: this session reads windows one by one
         # per-speaker statistics of this session's voice (None: the models read raw features)
         self.speaker_norm = SpeakerNorm(engine.voice_prior, **engine.voice_norm) if engine.voice_prior is not None else None
         self.norm_updated_at = -10**12
@@ -355,10 +356,8 @@ class Session:
             frames, probs = self.vad.push(x16)
             vad_ms, vad_cpu = 1000 * (time.perf_counter() - t0), 1000 * (time.process_time() - c0)
             self._track_utterances(frames, probs, t)  # before the ring takes the chunk: it holds the pre-roll
-            if self.cfg.voice_stream and len(frames):
-                if self.egemaps is None:
-                    self.egemaps, self.egemaps_start = EgemapsStream(keep_s=self.cfg.voice_window_s + 2.0), self.samples_in
-                self.egemaps.push(frames)
+            if self.cfg.voice_stream and not self.egemaps_failed and len(frames):
+                self._stream_audio(frames)
             self.ring.push(frames)
             self.moment_audio.push(frames)
             self.last_audio_t = t
@@ -377,10 +376,10 @@ class Session:
                 t1, c1 = time.perf_counter(), time.process_time()
                 window = self.ring.last()
                 win_probs = np.asarray(self.probs, dtype=np.float32)[-(len(window) // FRAME) :]
-                if self.egemaps is not None:
-                    start = self.samples_in - len(window) - self.egemaps_start
+                start = self.samples_in - len(window) - self.egemaps_start
+                if self.egemaps is not None and start >= 0:
                     res = self.engine.voice.encode_stream(window, win_probs, self.egemaps, start)
-                else:
+                else:  # no stream (turned off, or openSMILE failed) or it began inside this window
                     res = self.engine.voice.encode(window, probs=win_probs)
                 self.last_voice_t = t
                 if res.present:
@@ -452,6 +451,23 @@ class Session:
             self.moment_audio = AudioRing(self.cfg.moment_s)
             self.reasons["audio"] = "microphone stopped"
             return self.update(t, stage_ms={})
+
+    def _stream_audio(self, frames: np.ndarray) -> None:
+        """Hands the chunk to this session's openSMILE stream, starting one when there is none (it
+        begins with the audio the ring already holds, so windows and stream stay aligned). If
+        openSMILE fails, the session says so once and reads each window with openSMILE instead."""
+        try:
+            if self.egemaps is None:
+                held = self.ring.last(self.ring.filled / SAMPLE_RATE) if self.ring.filled else np.zeros(0, np.float32)
+                self.egemaps, self.egemaps_start = EgemapsStream(keep_s=self.cfg.voice_window_s + 2.0), self.samples_in - len(held)
+                self.egemaps.push(held)
+            if self.egemaps.broken:
+                raise RuntimeError("its thread stopped")
+            self.egemaps.push(frames)
+        except Exception as err:  # noqa: BLE001 - the voice goes on the slower way
+            log.warning("the openSMILE stream failed (%s): reading each voice window on its own from now on", err)
+            self.close_audio_stream()
+            self.egemaps_failed = True
 
     def close_audio_stream(self) -> None:
         """Ends this session's openSMILE stream (a new one starts with the next audio)."""

@@ -69,7 +69,12 @@ class _Link:
     def spawn(self, coro) -> None:
         task = asyncio.ensure_future(coro)
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("webrtc: %s", task.exception())
 
     def send(self, update: Update, src: str, **extra) -> None:
         ch = self.channel
@@ -124,7 +129,11 @@ class _Link:
                 frame = await track.recv()
             except MediaStreamError:
                 break
-            x, sr = audio_samples(frame)
+            try:
+                x, sr = audio_samples(frame)
+            except Exception as err:  # noqa: BLE001 - one odd frame must not end the stream
+                log.warning("webrtc audio frame skipped: %s", err)
+                continue
             if sr != self.audio_rate:
                 self.audio, pending, self.audio_rate = [], 0, sr
             self.audio.append(x)
@@ -162,13 +171,15 @@ class _Link:
         for task in list(self.tasks):
             if task is not current:
                 task.cancel()
-        self.bridge.links.discard(self)
-        await self.pc.close()
-        for stop in (self.session.stop_camera, self.session.stop_audio):
-            try:
-                await self.bridge.run(stop)
-            except Exception as err:  # noqa: BLE001
-                log.warning("closing a webrtc session: %s", err)
+        try:
+            await self.pc.close()
+            for stop in (self.session.stop_camera, self.session.stop_audio):
+                try:
+                    await self.bridge.run(stop)
+                except Exception as err:  # noqa: BLE001
+                    log.warning("closing a webrtc session: %s", err)
+        finally:
+            self.bridge.links.discard(self)  # last: a link in links is not closed yet
 
 
 class RtcBridge:
@@ -192,7 +203,7 @@ class RtcBridge:
 
     async def answer(self, offer: dict, session: Session) -> dict:
         """The SDP answer to a browser's offer ({"sdp", "type": "offer"}) for ``session``."""
-        from aiortc import RTCPeerConnection, RTCSessionDescription
+        from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
         if not isinstance(offer, dict) or offer.get("type") != "offer" or not isinstance(offer.get("sdp"), str):
             raise RtcError("expected {'sdp': ..., 'type': 'offer'}")
@@ -204,7 +215,9 @@ class RtcBridge:
             await old.close()  # a page that starts again replaces its own connection
         if len(self.links) >= self.max_connections:
             raise RtcError(f"too many live connections ({self.max_connections}); try again later")
-        pc = RTCPeerConnection()
+        # no ICE servers: aiortc would otherwise ask Google's public STUN server on every offer (the
+        # app never phones home; on a LAN or this machine the host candidates connect)
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         link = _Link(self, pc, session)
         self.links.add(link)
 

@@ -48,6 +48,7 @@ def _guard(fn, kind):
 socket.socket.connect = _guard(socket.socket.connect, "connect")
 socket.socket.connect_ex = _guard(socket.socket.connect_ex, "connect")
 socket.getaddrinfo = _guard(socket.getaddrinfo, "getaddrinfo")
+socket.gethostbyname = _guard(socket.gethostbyname, "gethostbyname")  # aioice resolves STUN servers with it
 
 
 @pytest.fixture(autouse=True)

@@ -231,8 +231,7 @@ def test_the_webrtc_transport_streams_camera_and_microphone(rtc_server, media, t
         page.wait_for_function("window.mmRtc !== undefined && window.mmLive !== undefined && window.mmLive.feed !== undefined", timeout=60000)
         assert not page.locator("#cam").is_visible() and not page.locator("#mic").is_visible()  # one transport at a time
         page.wait_for_function("document.querySelector('#rtc .mm-rtc-start') && !document.querySelector('#rtc .mm-rtc-start').disabled")
-        page.wait_for_timeout(1000)  # the session token comes with the page's load event
-        page.locator("#rtc .mm-rtc-start").click()
+        page.locator("#rtc .mm-rtc-start").click()  # it waits for the session token if the page is still loading
         page.wait_for_function("window.mmRtc.state === 'WebRTC: connected' || window.mmRtc.error !== null", timeout=60000)
         assert page.evaluate("window.mmRtc.error") is None
         page.wait_for_function("window.mmRtc.frames.length >= 20", timeout=60000)

@@ -130,6 +130,7 @@ def _voice_model():
     return engine, uni
 
 
+@pytest.mark.slow
 def test_streamed_windows_stay_within_tolerance_of_one_shot_windows(sentences):
     """encode_stream (the live path) vs encode (openSMILE over the window) on the windows of a
     stream of speech with pauses: the same presence, and the voice model's answer within the
@@ -164,6 +165,7 @@ def test_streamed_windows_stay_within_tolerance_of_one_shot_windows(sentences):
     assert np.max(d_long) < 0.6, np.max(d_long)
 
 
+@pytest.mark.slow
 def test_a_session_reads_the_voice_from_its_stream_within_tolerance(speech48_long):
     """The pipeline with voice_stream (default) vs openSMILE per window: fused prediction and the
     voice's contribution within the stated tolerance on average (single windows of short

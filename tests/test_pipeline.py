@@ -424,10 +424,11 @@ def test_a_closed_session_frees_its_voice_stream_and_live_models_use_one_thread(
     for i in range(0, 48000 * 3, 24000):
         s.push_audio(speech48[i : i + 24000], 48000, t=i / 48000)
     assert s.egemaps is not None and s.egemaps.done > 100
+    stream = s.egemaps
     s.close()
-    assert s.egemaps is None
-    s.push_audio(speech48[:24000], 48000, t=4.0)  # audio after close: a new stream starts
-    assert s.egemaps is not None
+    assert s.egemaps is None and not stream._thread.is_alive()  # its openSMILE thread ended
+    s.push_audio(speech48[:24000], 48000, t=4.0)  # audio after close: a new stream starts, with the audio the session holds
+    assert s.egemaps is not None and s.egemaps.written == s.samples_in - s.egemaps_start >= 2.4 * 16000
     del s
     gc.collect()
     threads = torch.get_num_threads()
@@ -436,3 +437,18 @@ def test_a_closed_session_frees_its_voice_stream_and_live_models_use_one_thread(
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
+
+
+def test_the_voice_goes_on_when_the_openSMILE_stream_fails(engine, speech48, monkeypatch, caplog):
+    import mmdemo.pipeline as pipeline
+
+    class Broken:
+        def __init__(self, *a, **k):
+            raise RuntimeError("no openSMILE today")
+
+    monkeypatch.setattr(pipeline, "EgemapsStream", Broken)
+    s = engine.session("weighted")
+    ups = [s.push_audio(speech48[i : i + 24000], 48000, t=i / 48000) for i in range(0, len(speech48), 24000)]
+    assert s.egemaps is None and s.egemaps_failed
+    assert any(u.present["audio"] for u in ups)  # read window by window instead
+    assert sum("openSMILE stream failed" in r.message for r in caplog.records) == 1  # said once

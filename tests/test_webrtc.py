@@ -61,8 +61,9 @@ def engine_cpu():
     return Engine(DEFAULT_CHECKPOINTS, device="cpu")
 
 
+@pytest.mark.slow
 def test_a_client_streams_face_and_speech_and_gets_results(engine_cpu, tmp_path):
-    from aiortc import AudioStreamTrack, RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
+    from aiortc import AudioStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 
     face = np.ascontiguousarray(astronaut()[::2, ::2])
     speech = (resample(np.concatenate([speech_16k(tmp_path), np.zeros(16000, np.float32)]), 16000, 48000) * 32767).astype(np.int16)
@@ -90,7 +91,7 @@ def test_a_client_streams_face_and_speech_and_gets_results(engine_cpu, tmp_path)
     messages: list[dict] = []
 
     async def go():
-        client = RTCPeerConnection()
+        client = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         channel = client.createDataChannel("results")
         channel.on("message", lambda m: messages.append(json.loads(m)))
         client.addTrack(Camera())
@@ -105,8 +106,8 @@ def test_a_client_streams_face_and_speech_and_gets_results(engine_cpu, tmp_path)
             await asyncio.sleep(0.1)
         stats = bridge.stats()
         await client.close()
-        for _ in range(100):
-            if not bridge.links:
+        for _ in range(150):  # the server sees the hang-up, tells the session, then forgets the link
+            if not bridge.links and session.reasons["audio"] == "microphone stopped":
                 break
             await asyncio.sleep(0.1)
         await bridge.close()
@@ -124,7 +125,7 @@ def test_a_client_streams_face_and_speech_and_gets_results(engine_cpu, tmp_path)
 
 
 def test_a_connection_that_never_comes_up_is_dropped(engine_cpu):
-    from aiortc import RTCPeerConnection
+    from aiortc import RTCConfiguration, RTCPeerConnection
 
     from mmdemo.webrtc import RtcBridge
 
@@ -132,7 +133,7 @@ def test_a_connection_that_never_comes_up_is_dropped(engine_cpu):
     session = engine_cpu.session("weighted")
 
     async def go():
-        client = RTCPeerConnection()  # offers a data channel, then never answers the server's ICE checks
+        client = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # offers a data channel, then never answers the server's ICE checks
         client.createDataChannel("results")
         await client.setLocalDescription(await client.createOffer())
         sdp = client.localDescription.sdp
@@ -146,3 +147,31 @@ def test_a_connection_that_never_comes_up_is_dropped(engine_cpu):
         assert not bridge.links
 
     asyncio.run(go())
+
+
+def test_the_signalling_route_refuses_what_it_should(tmp_path):
+    """POST /mmdemo/rtc/offer (app.py --transport webrtc): only a page's own session token opens a
+    connection; no body, a huge body, not JSON, an unknown token: refused with a reason."""
+    import app as studio_app
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from mmdemo.pipeline import DEFAULT_CHECKPOINTS
+
+    studio = studio_app.Studio(DEFAULT_CHECKPOINTS, "cpu", data_dir=tmp_path, transport="webrtc")
+    web = FastAPI()
+    studio.mount_rtc(web)
+    client = TestClient(web)
+    url = "/mmdemo/rtc/offer"
+    assert client.post(url, content=b"").status_code == 413
+    assert client.post(url, content=b"x" * (studio_app.MAX_OFFER_BYTES + 1)).status_code == 413
+    r = client.post(url, content=b"{not json")
+    assert r.status_code == 400 and "JSON" in r.json()["error"]
+    r = client.post(url, json={"token": "0" * 32, "sdp": "v=0", "type": "offer"})
+    assert r.status_code == 404 and "reload" in r.json()["error"]
+    session = studio.engine.session("weighted")
+    token = studio.rtc_token(session)
+    r = client.post(url, json={"token": token, "sdp": "v=0\r\n", "type": "offer"})  # a known session, a useless offer
+    assert r.status_code == 400 and "no media" in r.json()["error"]
+    with pytest.raises(ValueError):
+        studio_app.Studio(DEFAULT_CHECKPOINTS, "cpu", data_dir=tmp_path, transport="carrier-pigeon")

@@ -14,8 +14,9 @@ voiced/unvoiced spectral sets, the voice-quality set and the frame energy.
 cFunctionalPeaks2 rising/falling slopes and peaks per second, cFunctionalSegments nonX/eqX, Leq in
 dBp), in float32 as openSMILE computes. On the frames of one segment it reproduces openSMILE's
 one-shot functionals (tests/test_egemaps.py); on a stream the frames at a window's edges differ
-slightly (they saw audio before the window, and the last ~80 ms are still in openSMILE's
-look-ahead), which the tests bound on the voice model's output.
+slightly (they saw audio before the window, and the newest audio is still in openSMILE's
+look-ahead: a window reads frames up to LAG_FRAMES = 140 ms before the newest audio), which the
+tests bound on the voice model's output.
 """
 
 from __future__ import annotations
@@ -328,14 +329,26 @@ class _Frames:
 
 
 def _shutdown(smile, thread: threading.Thread) -> None:
+    """End of input, then (once openSMILE's thread has finished) free the instance. Collected from
+    any thread: from openSMILE's own thread it can only end the input; elsewhere the wait happens in
+    a helper thread, so nobody blocks on it."""
     if thread.is_alive():
         try:
             smile.external_audio_source_set_eoi("extsource")
         except Exception:  # noqa: BLE001
             pass
+    if threading.current_thread() is thread:
+        return  # its run() returns after the end of input; the instance is left to process exit
+
+    def free() -> None:
         thread.join(timeout=5)
-    if not thread.is_alive():
-        smile.free()
+        if not thread.is_alive():
+            smile.free()
+
+    if thread.is_alive():
+        threading.Thread(target=free, name="mmdemo-egemaps-free", daemon=True).start()
+    else:
+        free()
 
 
 class EgemapsStream:
@@ -368,11 +381,16 @@ class EgemapsStream:
     def done(self) -> int:
         return self.frames.done
 
+    @property
+    def broken(self) -> bool:
+        """openSMILE's thread ended while the stream is open (it failed)."""
+        return self.frames.closed and self._finalizer.alive
+
     def push(self, audio: np.ndarray, timeout: float = 10.0) -> None:
         """Hands samples to openSMILE. Its input is a ring buffer: a long signal goes in pieces,
         each once openSMILE has made room (an error if it makes none for ``timeout`` seconds)."""
         if not self._finalizer.alive or self.frames.closed:
-            return  # closed: nothing listens any more
+            return  # closed (or failed: see broken): nothing listens any more
         audio = np.asarray(audio, np.float32).reshape(-1)
         step = SR  # at most 1 s at a time (the ring holds 6 s)
         for i in range(0, len(audio), step):
@@ -411,8 +429,17 @@ class EgemapsStream:
             return f.buf[np.arange(first, last + 1) % f.keep].copy()
 
     def close(self) -> None:
-        """Ends the stream: openSMILE finishes what it was given, its thread stops, memory is freed."""
-        self._finalizer()
+        """Ends the stream: openSMILE finishes what it was given (every frame is in ``frames`` when
+        this returns), its thread stops, the instance is freed."""
+        if not self._finalizer.detach():
+            return  # closed before
+        try:
+            self._smile.external_audio_source_set_eoi("extsource")
+        except Exception:  # noqa: BLE001
+            pass
+        self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self._smile.free()
 
 
 def frames_once(audio: np.ndarray) -> np.ndarray:
