@@ -323,8 +323,11 @@ def run_extraction(src: Path, labels: Path, *, modalities=MODALITIES, id_col: st
                    group_col: str | None = "speaker", valid: float = 0.1, test: float = 0.2, fps: float = 5.0,
                    max_frames: int = 300, transcribe: bool = True, limit_per_split: int | None = None,
                    cache: Path | None = None, resume: bool = True, device: str | None = None,
-                   words_overlay: Path | None = None, progress: bool = True) -> tuple[FeatureDataset, dict, list[dict]]:
-    """Extract a corpus: returns (dataset, summary of what each encoder found, broken files)."""
+                   words_overlay: Path | None = None, progress: bool = True, ray: str | None = None, workers: int | None = None,
+                   item_timeout_s: float = 600.0) -> tuple[FeatureDataset, dict, list[dict]]:
+    """Extract a corpus: returns (dataset, summary of what each encoder found, broken files).
+    ``ray``: "local" (Ray on this machine) or a cluster address: the work goes to Ray actors
+    (:mod:`mmdemo.distributed`), ``workers`` of them, each item at most ``item_timeout_s``."""
     modalities = tuple(modalities)
     items, skipped = read_items(src, labels, id_col=id_col, label_col=label_col, text_col=text_col, path_col=path_col,
                                 split_col=split_col, group_col=group_col, limit_per_split=limit_per_split)
@@ -339,10 +342,16 @@ def run_extraction(src: Path, labels: Path, *, modalities=MODALITIES, id_col: st
     resumed = sum(it.id in parts.done for it in items)
     if resumed and progress:
         print(f"resuming: {resumed} clips already extracted in {folder}")
-    extractor = Extractor(modalities, fps=fps, max_frames=max_frames, transcribe=transcribe, device=device, words_overlay=words_overlay)
+    kwargs = {"modalities": modalities, "fps": fps, "max_frames": max_frames, "transcribe": transcribe, "device": device, "words_overlay": words_overlay}
     t0 = time.perf_counter()
     chunk = 512 if modalities == ("text",) else 64  # text alone: big batches, sorted by length inside
-    feats, errors = extract(items, extractor, parts, chunk=chunk, progress=progress)
+    if ray:
+        from .distributed import ray_extract
+
+        feats, errors = ray_extract(items, kwargs, parts, address=None if ray == "local" else ray, workers=workers,
+                                    item_timeout_s=item_timeout_s, chunk=chunk, progress=progress)
+    else:
+        feats, errors = extract(items, Extractor(**kwargs), parts, chunk=chunk, progress=progress)
     seconds = time.perf_counter() - t0
     summary = summarize(items, feats, modalities, errors) | {"skipped_rows": dict(skipped), "seconds": seconds, "resumed": resumed}
     meta = {"source": str(src), "labels": str(labels), "label_column": label_col, "modalities": list(modalities),
@@ -373,6 +382,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-resume", action="store_true", help="ignore an existing cache")
     ap.add_argument("--device", default=None, help="auto, cpu or cuda")
     ap.add_argument("--words-overlay", type=Path, help="fine-tuned text-encoder layers (checkpoints/words)")
+    ap.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                    help="distribute over Ray: alone, Ray on this machine; with an address (ray://head:10001 or auto), a running cluster "
+                         "(pip install -r requirements-ray.txt)")
+    ap.add_argument("--workers", type=int, help="Ray workers (default: one per CPU of the cluster)")
+    ap.add_argument("--item-timeout", type=float, default=600.0, help="with --ray: seconds one file may take before it is reported and skipped")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -389,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
         text_col=args.text_column or None, path_col=args.path_column, split_col=args.split_column,
         group_col=args.group_column, valid=args.valid, test=args.test, fps=args.fps, max_frames=args.max_frames,
         transcribe=not args.no_transcribe, limit_per_split=args.limit_per_split, cache=args.cache,
-        resume=not args.no_resume, device=args.device, words_overlay=args.words_overlay, progress=not args.quiet)
+        resume=not args.no_resume, device=args.device, words_overlay=args.words_overlay, progress=not args.quiet,
+        ray=args.ray, workers=args.workers, item_timeout_s=args.item_timeout)
     if summary["resumed"] and args.quiet:
         print(f"resuming: {summary['resumed']} clips already extracted")
     ds.save(args.out)
