@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 
 RAY_HINT = "the Ray path needs Ray: pip install -r requirements-ray.txt"
 ROOT = Path(__file__).resolve().parents[1]
-OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "ORT_DISABLE_TELEMETRY": "1"}
+# offline everywhere; RAY_USAGE_STATS_ENABLED=0: Ray would otherwise report usage to its makers
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "ORT_DISABLE_TELEMETRY": "1", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def _ray():
@@ -66,6 +67,8 @@ class _Worker:
 
 def start(address: str | None = None, *, num_cpus: int | None = None):
     """Ray, local (``address`` None: this machine's CPUs, no dashboard) or a running cluster."""
+    for k, v in OFFLINE.items():
+        os.environ.setdefault(k, v)  # before Ray starts its processes (they inherit them)
     ray = _ray()
     if ray.is_initialized():
         return ray
@@ -79,11 +82,12 @@ def start(address: str | None = None, *, num_cpus: int | None = None):
 
 def ray_extract(items: list[Item], extractor_kwargs: dict, cache: PartCache, *, address: str | None = None, workers: int | None = None,
                 cpus_per_worker: float | None = None, gpus_per_worker: float = 0.0, item_timeout_s: float = 600.0, chunk: int = 64,
-                progress: bool = True, make=Extractor) -> tuple[dict[str, ItemFeatures], list[dict]]:
+                progress: bool = True, make=Extractor, stats: dict | None = None) -> tuple[dict[str, ItemFeatures], list[dict]]:
     """Features of every item (cached ones reused) on Ray actors; returns (features by id, errors),
     as :func:`mmdemo.extract.extract` does. An item that raises, takes longer than
     ``item_timeout_s`` or kills its worker is reported and skipped; a lost worker is replaced.
-    ``make``: the extractor class (its ``media(item)`` and ``words.encode_batch(texts)``)."""
+    ``make``: the extractor class (its ``media(item)`` and ``words.encode_batch(texts)``);
+    ``stats``, when given, gets the seconds spent starting the workers and extracting."""
     ray = start(address)
     from ray.exceptions import RayActorError, RayTaskError
 
@@ -105,8 +109,10 @@ def ray_extract(items: list[Item], extractor_kwargs: dict, cache: PartCache, *, 
     errors: list[dict] = []
     if not todo:
         return {it.id: cache.done[it.id] for it in items if it.id in cache.done}, errors
+    t_start = time.perf_counter()
     actors = [new_actor() for _ in range(min(n, len(todo)))]
     ray.get([a.ready.remote() for a in actors])  # models loaded everywhere before the clock runs
+    t_work = time.perf_counter()
     idle = list(actors)
     inflight: dict = {}  # ref -> (item, actor, started)
     queue = list(todo)
@@ -181,6 +187,8 @@ def ray_extract(items: list[Item], extractor_kwargs: dict, cache: PartCache, *, 
         bar.close()
         for a in actors:
             ray.kill(a, no_restart=True)
+    if stats is not None:
+        stats.update(startup_s=t_work - t_start, work_s=time.perf_counter() - t_work, workers=len(actors), cpus_per_worker=cpus)
     if timing:
         log.info("extraction time (ray): %s", ", ".join(f"{k} {v:.1f}" for k, v in timing.items()))
     return {it.id: cache.done[it.id] for it in items if it.id in cache.done}, errors
