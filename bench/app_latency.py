@@ -146,24 +146,45 @@ def media(d: Path, silent: bool = False) -> dict:
     return {"audio": d / "speech.wav", "face": "data:image/png;base64," + base64.b64encode(png.tobytes()).decode()}
 
 
+def _open(p, url: str, n: int, m: dict, ready: str):
+    """A headless Chromium with ``n`` pages of the app, the probe in each, loaded until ``ready``."""
+    probe = PROBE % {"bits": BITS, "face": m["face"]}
+    browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
+                                args=ARGS + [f"--use-file-for-fake-audio-capture={m['audio']}"])
+    pages = []
+    for _ in range(n):
+        ctx = browser.new_context(permissions=["camera", "microphone"], viewport={"width": 1280, "height": 1000})
+        page = ctx.new_page()
+        page.add_init_script(probe)
+        page.goto(url, wait_until="load")
+        page.wait_for_function(ready, timeout=60000)
+        pages.append(page)
+    return browser, pages
+
+
+def _row(n: int, seconds: float, points: int, frame_points: int, lat: np.ndarray, parts: np.ndarray, draws: list, draw_ms: float,
+         since_ms: float) -> dict:
+    return {"sessions": n, "updates_per_s": points / seconds, "frame_updates_per_s": frame_points / seconds,
+            "latency_n": int(lat.size),
+            "latency_p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
+            "latency_p95_ms": float(np.percentile(lat, 95)) if lat.size else None,
+            # where the time goes (medians): capture -> handler start (browser encode, upload or
+            # WebRTC transport, queue, decode), handler, handler end -> page
+            "to_handler_p50_ms": float(np.median(parts[:, 0])) if len(parts) else None,
+            "handler_p50_ms": float(np.median(parts[:, 1])) if len(parts) else None,
+            "to_page_p50_ms": float(np.median(parts[:, 2])) if len(parts) else None,
+            "plot_redraw_ms": draw_ms, "redraws_per_s": float(np.sum(np.array(draws, dtype=float) > since_ms)) / seconds}
+
+
 def run(url: str, n: int, seconds: float, m: dict) -> list[dict]:
     from playwright.sync_api import sync_playwright
 
     out = []
-    probe = PROBE % {"bits": BITS, "face": m["face"]}
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
-                                    args=ARGS + [f"--use-file-for-fake-audio-capture={m['audio']}"])
-        pages = []
-        for _ in range(n):
-            ctx = browser.new_context(permissions=["camera", "microphone"], viewport={"width": 1280, "height": 1000})
-            page = ctx.new_page()
-            page.add_init_script(probe)
-            page.goto(url, wait_until="load")
-            page.wait_for_function("window.mmLive !== undefined && typeof Plotly !== 'undefined'", timeout=60000)
+        browser, pages = _open(p, url, n, m, "window.mmLive !== undefined && typeof Plotly !== 'undefined'")
+        for page in pages:
             page.locator("#cam").get_by_text("Click to Access Webcam").click()
             page.wait_for_function("document.querySelector('#cam video') && document.querySelector('#cam video').videoWidth > 0", timeout=60000)
-            pages.append(page)
         for page in pages:
             page.locator("#cam button.capture-button").click()
             page.locator("#mic button.record-button").click()
@@ -178,7 +199,6 @@ def run(url: str, n: int, seconds: float, m: dict) -> list[dict]:
             # a frame's point is on the plot at the first drawing after its update reached the page:
             # the canvas edge over the plot draws it at once, or a redraw of the figure takes it in
             on_plot = np.sort(np.array(draws + shown, dtype=float))
-            draws = np.array(draws, dtype=float)
             lat = []
             for arrived, captured in probes[l0:]:
                 k = np.searchsorted(on_plot, arrived)
@@ -186,16 +206,7 @@ def run(url: str, n: int, seconds: float, m: dict) -> list[dict]:
                     lat.append(on_plot[k] - captured)
             lat = np.array(lat, dtype=float)
             parts = np.array(parts[-len(lat):] if len(lat) else [], dtype=float).reshape(-1, 3)
-            out.append({"sessions": n, "updates_per_s": (pts - p0) / seconds, "frame_updates_per_s": (plots - f0) / seconds,
-                        "latency_n": int(lat.size),
-                        "latency_p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
-                        "latency_p95_ms": float(np.percentile(lat, 95)) if lat.size else None,
-                        # where the time goes (medians): capture -> handler start (browser encode,
-                        # upload, queue, decode), handler, handler end -> page
-                        "to_handler_p50_ms": float(np.median(parts[:, 0])) if len(parts) else None,
-                        "handler_p50_ms": float(np.median(parts[:, 1])) if len(parts) else None,
-                        "to_page_p50_ms": float(np.median(parts[:, 2])) if len(parts) else None,
-                        "plot_redraw_ms": draw_ms, "redraws_per_s": float(np.sum(draws > marks_t)) / seconds})
+            out.append(_row(n, seconds, pts - p0, plots - f0, lat, parts, draws, draw_ms, marks_t))
         browser.close()
     return out
 
@@ -236,19 +247,8 @@ def run_rtc(url: str, n: int, seconds: float, m: dict) -> list[dict]:
     from playwright.sync_api import sync_playwright
 
     out = []
-    probe = PROBE % {"bits": BITS, "face": m["face"]}
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
-                                    args=ARGS + [f"--use-file-for-fake-audio-capture={m['audio']}"])
-        pages = []
-        for _ in range(n):
-            ctx = browser.new_context(permissions=["camera", "microphone"], viewport={"width": 1280, "height": 1000})
-            page = ctx.new_page()
-            page.add_init_script(probe)
-            page.goto(url, wait_until="load")
-            page.wait_for_function("window.mmRtc !== undefined && window.mmLive !== undefined && window.mmLive.feed !== undefined", timeout=60000)
-            page.wait_for_function("document.querySelector('#rtc') && document.querySelector('#rtc .mm-rtc-start') !== null", timeout=60000)
-            pages.append(page)
+        browser, pages = _open(p, url, n, m, "window.mmRtc !== undefined && window.mmLive !== undefined && window.mmLive.feed !== undefined")
         for page in pages:
             page.wait_for_function("window.mmRtc.ready === true", timeout=60000)  # the session token arrived
             page.locator("#rtc .mm-rtc-start").click()
@@ -263,14 +263,7 @@ def run_rtc(url: str, n: int, seconds: float, m: dict) -> list[dict]:
                 "[window.mmLive.points, window.mmLive.framePlots.length, window.mmRtc.frames, window.mmProbe.enc, window.mmProbe.drawn, "
                 "window.mmLive.draws, window.mmLive.shown, window.mmLive.drawMs]")
             lat, parts = rtc_latencies(frames[r0:], enc, drawn, np.sort(np.array(draws + shown, dtype=float)))
-            out.append({"sessions": n, "updates_per_s": (pts - p0) / seconds, "frame_updates_per_s": (plots - f0) / seconds,
-                        "latency_n": int(lat.size),
-                        "latency_p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
-                        "latency_p95_ms": float(np.percentile(lat, 95)) if lat.size else None,
-                        "to_handler_p50_ms": float(np.median(parts[:, 0])) if len(parts) else None,
-                        "handler_p50_ms": float(np.median(parts[:, 1])) if len(parts) else None,
-                        "to_page_p50_ms": float(np.median(parts[:, 2])) if len(parts) else None,
-                        "plot_redraw_ms": draw_ms, "redraws_per_s": float(np.sum(np.array(draws, dtype=float) > marks_t)) / seconds})
+            out.append(_row(n, seconds, pts - p0, plots - f0, lat, parts, draws, draw_ms, marks_t))
         browser.close()
     return out
 

@@ -189,6 +189,14 @@ class Extractor:
         return out
 
 
+def attach_words(batch: list[ItemFeatures], texts: list[str | None], feats, reasons) -> None:
+    """The words features of a batch (from ``encode_batch(texts)``) into its items."""
+    for f, x, r, txt in zip(batch, feats, reasons, texts):
+        f.feats["text"] = None if r else np.array(x, dtype=np.float32)  # a copy: not a view into a shared batch array
+        f.reasons["text"] = r
+        f.transcript = f.transcript or (txt or "")
+
+
 def _has_text(item: Item) -> bool:
     return bool(item.text and item.text.strip())
 
@@ -270,10 +278,7 @@ def extract(items: list[Item], extractor: Extractor, cache: PartCache, *, chunk:
             t0 = time.perf_counter()
             feats, reasons = extractor.words.encode_batch(texts)
             timing["text_s"] += time.perf_counter() - t0
-            for f, x, r, txt in zip(batch, feats, reasons, texts):
-                f.feats["text"] = None if r else x
-                f.reasons["text"] = r
-                f.transcript = f.transcript or (txt or "")
+            attach_words(batch, texts, feats, reasons)
         cache.write(batch)
     bar.close()
     if timing:
@@ -324,7 +329,7 @@ def run_extraction(src: Path, labels: Path, *, modalities=MODALITIES, id_col: st
                    max_frames: int = 300, transcribe: bool = True, limit_per_split: int | None = None,
                    cache: Path | None = None, resume: bool = True, device: str | None = None,
                    words_overlay: Path | None = None, progress: bool = True, ray: str | None = None, workers: int | None = None,
-                   item_timeout_s: float = 600.0) -> tuple[FeatureDataset, dict, list[dict]]:
+                   item_timeout_s: float = 600.0, gpus_per_worker: float = 0.0) -> tuple[FeatureDataset, dict, list[dict]]:
     """Extract a corpus: returns (dataset, summary of what each encoder found, broken files).
     ``ray``: "local" (Ray on this machine) or a cluster address: the work goes to Ray actors
     (:mod:`mmdemo.distributed`), ``workers`` of them, each item at most ``item_timeout_s``."""
@@ -349,7 +354,7 @@ def run_extraction(src: Path, labels: Path, *, modalities=MODALITIES, id_col: st
         from .distributed import ray_extract
 
         feats, errors = ray_extract(items, kwargs, parts, address=None if ray == "local" else ray, workers=workers,
-                                    item_timeout_s=item_timeout_s, chunk=chunk, progress=progress)
+                                    gpus_per_worker=gpus_per_worker, item_timeout_s=item_timeout_s, chunk=chunk, progress=progress)
     else:
         feats, errors = extract(items, Extractor(**kwargs), parts, chunk=chunk, progress=progress)
     seconds = time.perf_counter() - t0
@@ -383,13 +388,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default=None, help="auto, cpu or cuda")
     ap.add_argument("--words-overlay", type=Path, help="fine-tuned text-encoder layers (checkpoints/words)")
     ap.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
-                    help="distribute over Ray: alone, Ray on this machine; with an address (ray://head:10001 or auto), a running cluster "
-                         "(pip install -r requirements-ray.txt)")
+                    help="distribute over Ray: alone, a fresh Ray on this machine; with an address (auto, or HEAD:6379 from a "
+                         "machine of the cluster), a running cluster (pip install -r requirements-ray.txt)")
     ap.add_argument("--workers", type=int, help="Ray workers (default: one per CPU of the cluster)")
+    ap.add_argument("--gpus-per-worker", type=float, default=0.0,
+                    help="with --ray on a cluster with GPUs: the GPU share each worker reserves (its encoders then run on CUDA)")
     ap.add_argument("--item-timeout", type=float, default=600.0, help="with --ray: seconds one file may take before it is reported and skipped")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not args.ray and (args.workers is not None or args.gpus_per_worker):
+        ap.error("--workers and --gpus-per-worker go with --ray")
+    if args.workers is not None and args.workers < 1:
+        ap.error("--workers must be at least 1")
 
     modalities = tuple(m.strip() for m in args.modalities.split(",") if m.strip())
     bad = set(modalities) - set(MODALITIES)
@@ -404,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         group_col=args.group_column, valid=args.valid, test=args.test, fps=args.fps, max_frames=args.max_frames,
         transcribe=not args.no_transcribe, limit_per_split=args.limit_per_split, cache=args.cache,
         resume=not args.no_resume, device=args.device, words_overlay=args.words_overlay, progress=not args.quiet,
-        ray=args.ray, workers=args.workers, item_timeout_s=args.item_timeout)
+        ray=args.ray, workers=args.workers, item_timeout_s=args.item_timeout, gpus_per_worker=args.gpus_per_worker)
     if summary["resumed"] and args.quiet:
         print(f"resuming: {summary['resumed']} clips already extracted")
     ds.save(args.out)

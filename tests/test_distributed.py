@@ -31,6 +31,8 @@ class Troubled(Extractor):
             os._exit(1)
         if item.id == "hang":
             time.sleep(3600)
+        if item.id == "bug":
+            raise TypeError("a bug, not a broken file")
         return super().media(item)
 
 
@@ -118,3 +120,16 @@ def test_a_dying_worker_and_a_hanging_file_are_reported_and_skipped(corpus, tmp_
     assert "died" in why["crash"] and "timed out" in why["hang"]
     again = PartCache(tmp_path / "cache", ("text", "audio", "vision"))  # the cache holds exactly the finished items
     assert set(again.done) == {"talk0", "photo"}
+
+
+def test_a_bug_in_a_worker_stops_the_run_and_keeps_what_finished(corpus, tmp_path, local_ray):
+    """As without Ray: an exception that is not a media error stops the run (it is not a broken
+    file to report); what finished before is in the cache."""
+    from mmdemo.distributed import ray_extract
+    from mmdemo.extract import Item, PartCache
+
+    items = [Item("photo", 2.0, corpus / "photo.jpg", None, "train", "a"), Item("bug", 0.0, corpus / "photo.jpg", None, "train", "b")]
+    cache = PartCache(tmp_path / "cache", ("vision",))
+    with pytest.raises(TypeError, match="a bug"):
+        ray_extract(items, {"modalities": ("vision",)}, cache, workers=1, chunk=1, progress=False, make=Troubled)
+    assert set(PartCache(tmp_path / "cache", ("vision",)).done) == {"photo"}
