@@ -785,8 +785,12 @@ def build(studio: Studio) -> gr.Blocks:
         demo.load(h.on_load, outputs=[state, live, readout, status, fusion, rtc]).then(
             h.on_profile_load, inputs=[profile, state], outputs=[profile, state, base_md, moments_state, profile_msg, pers_md, profile_md])
         cal_start.click(h.on_calibrate_start, inputs=[state], outputs=[cal_msg, cal_timer, state], show_progress="hidden")
-        cal_timer.tick(h.on_calibrate_tick, inputs=[profile, state], outputs=[cal_msg, cal_timer, base_md, state], show_progress="hidden")
-        cal_stop.click(h.on_calibrate_stop, inputs=[profile, state], outputs=[cal_msg, base_md, state], show_progress="hidden").then(
+        # the progress tick and Stop never run at once: a tick computed just before a Stop would
+        # otherwise arrive after it and show "Calibrating…" again (ticks take a millisecond)
+        cal_timer.tick(h.on_calibrate_tick, inputs=[profile, state], outputs=[cal_msg, cal_timer, base_md, state], show_progress="hidden",
+                       concurrency_limit=1, concurrency_id="calibration")
+        cal_stop.click(h.on_calibrate_stop, inputs=[profile, state], outputs=[cal_msg, base_md, state], show_progress="hidden",
+                       concurrency_limit=1, concurrency_id="calibration").then(
             lambda: gr.Timer(active=False), outputs=[cal_timer])
         cal_reset.click(h.on_baseline_reset, inputs=[profile, state], outputs=[cal_msg, base_md, state], show_progress="hidden")
         label_btn.click(h.on_label, inputs=[label_value, keep_clip, profile, moments_state, state], outputs=[label_msg, moments_state])
