@@ -107,10 +107,11 @@ def ray_bench(args) -> None:
     rows = []
     ex = Extractor(modalities)
     ex.face.warmup(), ex.voice.warmup(), ex.words.warmup(), ex.asr.warmup()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     extract(items, ex, PartCache(tmp / "c-one", modalities), progress=False)
-    one = time.perf_counter() - t0
-    rows.append({"path": "one process", "workers": 1, "items_per_s": len(items) / one, "startup_s": None})
+    one, cpu = time.perf_counter() - t0, time.process_time() - c0
+    # cores the single process keeps busy (CPU-seconds per second): how much room is left for workers
+    rows.append({"path": "one process", "workers": 1, "items_per_s": len(items) / one, "startup_s": None, "cores_busy": cpu / one})
     ray = start(None, num_cpus=os.cpu_count())
     for workers in (1, 2):
         stats: dict = {}
@@ -118,7 +119,8 @@ def ray_bench(args) -> None:
         rows.append({"path": "local Ray", "workers": workers, "items_per_s": len(items) / stats["work_s"], "startup_s": stats["startup_s"],
                      "cpus_per_worker": stats["cpus_per_worker"]})
     ray.shutdown()
-    print(f"{len(items)} clips of 3 s (face at 5 frames/s, voice, Whisper, words), {os.cpu_count()} CPUs\n")
+    print(f"{len(items)} clips of 3 s (face at 5 frames/s, voice, Whisper, words), {os.cpu_count()} CPUs; "
+          f"the single process kept {rows[0]['cores_busy']:.2f} cores busy\n")
     print("| path | workers | clips/s | vs one process | worker start-up (s) |\n|---|---|---|---|---|")
     for r in rows:
         start_s = "–" if r["startup_s"] is None else f"{r['startup_s']:.1f}"

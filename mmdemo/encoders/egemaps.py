@@ -328,10 +328,10 @@ class _Frames:
                 self.cond.notify_all()
 
 
-def _shutdown(smile, thread: threading.Thread) -> None:
-    """End of input, then (once openSMILE's thread has finished) free the instance. Collected from
-    any thread: from openSMILE's own thread it can only end the input; elsewhere the wait happens in
-    a helper thread, so nobody blocks on it."""
+def _shutdown(smile, thread: threading.Thread, wait: bool = False) -> None:
+    """End of input, then (once openSMILE's thread has finished) free the instance. ``wait``: here
+    (close()); else in a helper thread, as garbage collection may run this on any thread (from
+    openSMILE's own thread it can only end the input)."""
     if thread.is_alive():
         try:
             smile.external_audio_source_set_eoi("extsource")
@@ -341,14 +341,14 @@ def _shutdown(smile, thread: threading.Thread) -> None:
         return  # its run() returns after the end of input; the instance is left to process exit
 
     def free() -> None:
-        thread.join(timeout=5)
+        thread.join(timeout=10)
         if not thread.is_alive():
             smile.free()
 
-    if thread.is_alive():
-        threading.Thread(target=free, name="mmdemo-egemaps-free", daemon=True).start()
-    else:
+    if wait or not thread.is_alive():
         free()
+    else:
+        threading.Thread(target=free, name="mmdemo-egemaps-free", daemon=True).start()
 
 
 class EgemapsStream:
@@ -431,15 +431,8 @@ class EgemapsStream:
     def close(self) -> None:
         """Ends the stream: openSMILE finishes what it was given (every frame is in ``frames`` when
         this returns), its thread stops, the instance is freed."""
-        if not self._finalizer.detach():
-            return  # closed before
-        try:
-            self._smile.external_audio_source_set_eoi("extsource")
-        except Exception:  # noqa: BLE001
-            pass
-        self._thread.join(timeout=10)
-        if not self._thread.is_alive():
-            self._smile.free()
+        if self._finalizer.detach():  # else closed before
+            _shutdown(self._smile, self._thread, wait=True)
 
 
 def frames_once(audio: np.ndarray) -> np.ndarray:
