@@ -786,7 +786,7 @@ def build(studio: Studio) -> gr.Blocks:
             h.on_profile_load, inputs=[profile, state], outputs=[profile, state, base_md, moments_state, profile_msg, pers_md, profile_md])
         cal_start.click(h.on_calibrate_start, inputs=[state], outputs=[cal_msg, cal_timer, state], show_progress="hidden")
         # the progress tick and Stop never run at once: a tick computed just before a Stop would
-        # otherwise arrive after it and show "Calibrating…" again (ticks take a millisecond)
+        # otherwise arrive after it and show "Calibrating…" again (a tick only reads counters)
         cal_timer.tick(h.on_calibrate_tick, inputs=[profile, state], outputs=[cal_msg, cal_timer, base_md, state], show_progress="hidden",
                        concurrency_limit=1, concurrency_id="calibration")
         cal_stop.click(h.on_calibrate_stop, inputs=[profile, state], outputs=[cal_msg, base_md, state], show_progress="hidden",
