@@ -2,8 +2,8 @@
 // Builds the figure once, then extends it with each one-point payload (Plotly.extendTraces)
 // instead of receiving whole figures; keeps the last 600 points. A Plotly redraw of the figure
 // costs tens of ms, so redraws are batched (see gap()); meanwhile each new point is drawn at once on
-// a transparent canvas over the sentiment panel (the "live edge": the prediction's dot and the
-// smoothed line's segment, at their places on the axes), until the next redraw takes them in.
+// a transparent canvas over the figure (the "live edge": the prediction's dot, the smoothed line,
+// the contributions and the weights, at their places on the axes), until the next redraw takes them in.
 // The time axis is set here, not autoranged: the last 60 s and LEAD s ahead, where new points land.
 const el = element.querySelector('.mm-live-plot');
 const C = __COLORS__;  // filled in by app.py
@@ -22,7 +22,9 @@ function edgeCanvas() {
   return edge;
 }
 function drawEdge() {
-  // the points not yet in the figure, on the canvas over it (Plotly's own axis mapping)
+  // the points not yet in the figure, on the canvas over it (Plotly's own axis mapping): the
+  // prediction's dot and the smoothed line in the sentiment panel, each modality's contribution
+  // line and the top of each stacked weight
   const fl = el._fullLayout;
   if (!fl || !fl.xaxis || !fl.yaxis || !fl.xaxis.l2p) return false;
   const cv = edgeCanvas();
@@ -30,13 +32,32 @@ function drawEdge() {
   cv.style.left = el.offsetLeft + 'px'; cv.style.top = el.offsetTop + 'px';
   const g = cv.getContext('2d');
   g.clearRect(0, 0, cv.width, cv.height);
-  const xa = fl.xaxis, ya = fl.yaxis;
-  const X = t => xa._offset + xa.l2p(t), Y = v => ya._offset + ya.l2p(Math.max(-3.1, Math.min(3.1, v)));
+  const xa = fl.xaxis, X = t => xa._offset + xa.l2p(t);
+  const mapY = ax => {
+    if (!ax || !ax.l2p || !ax.range) return null;
+    const lo = Math.min(ax.range[0], ax.range[1]), hi = Math.max(ax.range[0], ax.range[1]);
+    return v => ax._offset + ax.l2p(Math.max(lo, Math.min(hi, v)));
+  };
+  const Y = mapY(fl.yaxis), Y2 = mapY(fl.yaxis2), Y3 = mapY(fl.yaxis3);
+  const seg = (x0, y0, x1, y1, color, width) => {
+    g.strokeStyle = color; g.lineWidth = width; g.beginPath(); g.moveTo(x0, y0); g.lineTo(x1, y1); g.stroke();
+  };
+  const stack = q => { let c = 0; return M.map(m => (c += (q.w && q.w[m] !== null && q.w[m] !== undefined) ? q.w[m] : 0)); };
   const right = xa._offset + xa._length;
   let prev = lastDrawn;
   for (const q of edgePoints) {
     if (X(q.t) > right) break;
-    if (prev) { g.strokeStyle = '#111'; g.lineWidth = 2; g.beginPath(); g.moveTo(X(prev.t), Y(prev.ema)); g.lineTo(X(q.t), Y(q.ema)); g.stroke(); }
+    if (prev) {
+      const x0 = X(prev.t), x1 = X(q.t);
+      seg(x0, Y(prev.ema), x1, Y(q.ema), '#111', 2);
+      if (Y2) for (const m of M) {
+        if (typeof prev.shap[m] === 'number' && typeof q.shap[m] === 'number') seg(x0, Y2(prev.shap[m]), x1, Y2(q.shap[m]), C[m], 1.5);
+      }
+      if (Y3 && prev.w && q.w) {
+        const a = stack(prev), b = stack(q);
+        M.forEach((m, i) => seg(x0, Y3(a[i]), x1, Y3(b[i]), C[m], 1));
+      }
+    }
     g.fillStyle = '#555'; g.beginPath(); g.arc(X(q.t), Y(q.pred), 2, 0, 2 * Math.PI); g.fill();
     prev = q;
   }
@@ -70,9 +91,10 @@ const pending = {x: [[], [], [], [], [], [], [], []], y: [[], [], [], [], [], []
 // raw points (one SVG node each, the costly part of a redraw) for the last 15 s; lines for 60 s
 const KEEP = {x: [150, N, N, N, N, N, N, N], y: [150, N, N, N, N, N, N, N]};
 let scheduled = false, lastDraw = 0, drawMs = 20;
-// Redraw as soon as a point arrives unless redraws would take more than two thirds of the page's
-// time: then points arriving meanwhile are drawn together in one call (slow machines, many points).
-const gap = () => Math.max(30, 1.5 * drawMs);
+// The canvas draws every new point of every panel at once, so the figure itself is redrawn about
+// once a second, and never for more than a tenth of the page's time: a redraw holds the page's
+// only thread (tens of ms), and a result arriving meanwhile would wait for it.
+const gap = () => Math.max(1000, 9 * drawMs);
 function draw() {
   scheduled = false;
   if (!pending.x[0].length) return;
@@ -110,7 +132,7 @@ function feed(d) {
   const ys = [d.pred, window.mmLive.ema].concat(M.map(m => d.shap[m]), M.map(m => d.w ? d.w[m] : null));
   for (let i = 0; i < 8; i++) { pending.x[i].push(d.t); pending.y[i].push(ys[i]); }
   tmax = Math.max(tmax, d.t);
-  edgePoints.push({t: d.t, pred: d.pred, ema: window.mmLive.ema});
+  edgePoints.push({t: d.t, pred: d.pred, ema: window.mmLive.ema, shap: d.shap || {}, w: d.w || null});
   if (drawEdge()) {
     window.mmLive.shown.push(Date.now());
     if (window.mmLive.shown.length > 5000) window.mmLive.shown.shift();

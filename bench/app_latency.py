@@ -173,6 +173,10 @@ def _row(n: int, seconds: float, points: int, frame_points: int, lat: np.ndarray
             "to_handler_p50_ms": float(np.median(parts[:, 0])) if len(parts) else None,
             "handler_p50_ms": float(np.median(parts[:, 1])) if len(parts) else None,
             "to_page_p50_ms": float(np.median(parts[:, 2])) if len(parts) else None,
+            # and their tails
+            "to_handler_p95_ms": float(np.percentile(parts[:, 0], 95)) if len(parts) else None,
+            "handler_p95_ms": float(np.percentile(parts[:, 1], 95)) if len(parts) else None,
+            "to_page_p95_ms": float(np.percentile(parts[:, 2], 95)) if len(parts) else None,
             "plot_redraw_ms": draw_ms, "redraws_per_s": float(np.sum(np.array(draws, dtype=float) > since_ms)) / seconds}
 
 

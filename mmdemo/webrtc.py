@@ -18,6 +18,7 @@ HTTP path stays the default.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -47,6 +48,55 @@ def audio_samples(frame) -> tuple[np.ndarray, int]:
     if np.issubdtype(raw.dtype, np.integer):
         x /= 32768.0
     return x.mean(axis=1), int(frame.sample_rate)
+
+
+@functools.cache
+def _frame_on_marker_buffer():
+    """aiortc's video jitter buffer, handing each frame on as soon as its last packet is in.
+
+    aiortc (1.16) knows a video frame is complete only when a packet of the *next* frame arrives,
+    so every frame waits one frame interval (33 ms at 30 frames/s) before it is decoded. The RTP
+    marker bit is set on the last packet of each video frame (RFC 7741 for VP8, RFC 6184 for
+    H.264): this buffer hands a frame on when the packets from the buffer's start up to a packet
+    with the marker bit are all in and all of one frame. Anything else (loss, reordering) is left
+    to aiortc's own logic, unchanged."""
+    from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+
+    class FrameOnMarker(JitterBuffer):
+        def add(self, packet):
+            pli, frame = super().add(packet)
+            if frame is None:
+                frame = self._first_complete()
+            return pli, frame
+
+        def _first_complete(self):
+            if self._origin is None:
+                return None
+            packets = []
+            for count in range(self.capacity):
+                p = self._packets[(self._origin + count) % self.capacity]
+                if p is None or (packets and p.timestamp != packets[0].timestamp):
+                    return None  # a gap, or the first frame's end was lost: aiortc's rule decides
+                packets.append(p)
+                if p.marker:
+                    self.remove(count + 1)
+                    return JitterFrame(data=b"".join(x._data for x in packets), timestamp=packets[0].timestamp)
+            return None
+
+    return FrameOnMarker
+
+
+def hand_frames_on_at_once(receiver) -> bool:
+    """Gives a video receiver :func:`_frame_on_marker_buffer`'s jitter buffer (before any packet
+    arrives). Returns False, leaving aiortc's own, when this aiortc keeps its buffer elsewhere."""
+    from aiortc.jitterbuffer import JitterBuffer
+
+    attr = "_RTCRtpReceiver__jitter_buffer"  # private to aiortc: checked, never assumed
+    old = getattr(receiver, attr, None)
+    if type(old) is not JitterBuffer or not old._is_video or old._origin is not None:
+        return False
+    setattr(receiver, attr, _frame_on_marker_buffer()(capacity=old.capacity, is_video=True))
+    return True
 
 
 class _Link:
@@ -228,6 +278,9 @@ class RtcBridge:
         @pc.on("track")
         def on_track(track):
             if track.kind == "video":
+                for t in pc.getTransceivers():
+                    if t.receiver.track is track and not hand_frames_on_at_once(t.receiver):
+                        log.info("webrtc: this aiortc's video jitter buffer was left as it is (a frame interval of delay)")
                 link.spawn(link.run_video(track))
             elif track.kind == "audio":
                 link.spawn(link.run_audio(track))

@@ -32,6 +32,74 @@ def test_audio_frames_of_every_layout_become_mono_float():
     assert sr2 == 16000 and np.allclose(mono2, mono, atol=1e-6)
 
 
+def _packets(frames, seq0=65530):
+    """RTP packets of video frames (a list of payload lists), the last packet of each frame marked;
+    sequence numbers wrap around 65535 on the way."""
+    from aiortc.rtp import RtpPacket
+
+    out, seq = [], seq0
+    for k, payloads in enumerate(frames):
+        for j, data in enumerate(payloads):
+            p = RtpPacket(payload_type=96, marker=int(j == len(payloads) - 1), sequence_number=seq % 65536, timestamp=3000 * k)
+            p._data = data
+            out.append(p)
+            seq += 1
+    return out
+
+
+def test_a_video_frame_is_handed_on_with_its_last_packet():
+    from aiortc.jitterbuffer import JitterBuffer
+
+    from mmdemo.webrtc import _frame_on_marker_buffer
+
+    frames = [[b"a1", b"a2", b"a3"], [b"b1"], [b"c1", b"c2"], [b"d1", b"d2"]]
+    pk = _packets(frames)
+    ours, aiortcs = _frame_on_marker_buffer()(capacity=128, is_video=True), JitterBuffer(capacity=128, is_video=True)
+    got, late = [], []
+    for i, p in enumerate(pk):
+        for buf, out in ((ours, got), (aiortcs, late)):
+            _, f = buf.add(p)
+            if f is not None:
+                out.append((i, f.data, f.timestamp))
+    # ours: each frame at its marked packet; aiortc's: only when the next frame begins
+    assert got == [(2, b"a1a2a3", 0), (3, b"b1", 3000), (5, b"c1c2", 6000), (7, b"d1d2", 9000)]
+    assert late == [(3, b"a1a2a3", 0), (4, b"b1", 3000), (6, b"c1c2", 6000)]
+
+    # reordered: the marked packet before the middle one; the frame leaves when it is whole
+    buf = _frame_on_marker_buffer()(capacity=128, is_video=True)
+    a = _packets([[b"x1", b"x2", b"x3"], [b"y1"]])
+    outs = [buf.add(p)[1] for p in (a[0], a[2], a[1], a[3])]
+    assert outs[0] is None and outs[1] is None and outs[2].data == b"x1x2x3" and outs[3].data == b"y1"
+
+    # a lost packet: the broken frame is never handed on (nor, here, what waits behind the gap:
+    # aiortc's own rule, which the NACKs and its buffer-full handling then serve)
+    buf = _frame_on_marker_buffer()(capacity=128, is_video=True)
+    a = _packets([[b"x1", b"x2", b"x3"], [b"y1", b"y2"], [b"z1"]])
+    assert [buf.add(p)[1] for p in (a[0], a[2], a[3], a[4], a[5])] == [None] * 5  # x2 lost
+
+
+def test_the_pinned_aiortc_takes_the_faster_jitter_buffer():
+    """If an aiortc upgrade moves its receiver's buffer, this fails instead of the app silently
+    keeping the frame interval of delay."""
+    from aiortc import RTCPeerConnection
+
+    from mmdemo.webrtc import _frame_on_marker_buffer, hand_frames_on_at_once
+
+    async def go():
+        pc = RTCPeerConnection()
+        try:
+            video = pc.addTransceiver("video", direction="recvonly")
+            audio = pc.addTransceiver("audio", direction="recvonly")
+            assert hand_frames_on_at_once(video.receiver)
+            assert isinstance(video.receiver._RTCRtpReceiver__jitter_buffer, _frame_on_marker_buffer())
+            assert not hand_frames_on_at_once(video.receiver)  # once
+            assert not hand_frames_on_at_once(audio.receiver)  # audio keeps its own
+        finally:
+            await pc.close()
+
+    asyncio.run(go())
+
+
 def _bridge():
     from mmdemo.webrtc import RtcBridge
 
