@@ -66,10 +66,11 @@ class _Worker:
         return self.extractor.words.encode_batch(texts)
 
 
-def start(address: str | None = None, *, num_cpus: int | None = None):
+def start(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None):
     """Ray: local (``address`` None: a fresh Ray on this machine's CPUs, bound to 127.0.0.1, no
     dashboard, whatever cluster may also run here) or a running cluster (``auto``, or HEAD:6379 from
-    a machine of the cluster). A failure to start or connect is a SystemExit with the reason."""
+    a machine of the cluster). A failure to start or connect is a SystemExit with the reason.
+    ``num_gpus``: the GPUs local Ray hands out (default: the ones Ray finds)."""
     for k, v in OFFLINE.items():
         os.environ.setdefault(k, v)  # before Ray starts its processes (they inherit them)
     ray = _ray()
@@ -80,8 +81,8 @@ def start(address: str | None = None, *, num_cpus: int | None = None):
         if address:
             ray.init(address=address, runtime_env=env, log_to_driver=False)
         else:
-            ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, runtime_env=env,
-                     log_to_driver=False, _node_ip_address="127.0.0.1")
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, num_gpus=num_gpus, include_dashboard=False,
+                     runtime_env=env, log_to_driver=False, _node_ip_address="127.0.0.1")
     except (ConnectionError, ValueError, RuntimeError) as err:
         raise SystemExit(f"Ray could not start{' at ' + address if address else ''}: {err}") from None
     return ray

@@ -9,12 +9,14 @@ import csv
 import json
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mmdemo.data import load_dataset
-from mmdemo.extract import Extractor
+from mmdemo.encoders import DIMS
+from mmdemo.extract import Extractor, Item, ItemFeatures, PartCache
 from mmdemo.extract import main as extract_main
 
 from tests.media import astronaut, espeak, video
@@ -34,6 +36,37 @@ class Troubled(Extractor):
         if item.id == "bug":
             raise TypeError("a bug, not a broken file")
         return super().media(item)
+
+
+class Recorder:
+    """Stands in for Extractor: notes its device and Ray's GPU ids when it starts (in ``note_dir``)
+    and with each item (beside the item's file)."""
+
+    def __init__(self, modalities=("vision",), *, device=None, note_dir=None, item_s=0.0, **_):
+        self.device, self.item_s = device, item_s
+        self.gpus = [str(g) for g in ray.get_gpu_ids()]
+        self.visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if note_dir:
+            (Path(note_dir) / f"worker-{os.getpid()}.json").write_text(json.dumps(self.note()))
+
+    def note(self) -> dict:
+        return {"pid": os.getpid(), "device": self.device, "gpus": self.gpus, "visible": self.visible}
+
+    def media(self, item: Item) -> ItemFeatures:
+        time.sleep(self.item_s)  # long enough for every worker to start and take some
+        (item.path.parent / f"{item.id}.json").write_text(json.dumps(self.note()))
+        return ItemFeatures(item.id, feats={"vision": np.full(DIMS["vision"], float(len(item.id)), np.float32)}, reasons={"vision": ""})
+
+
+def recorded(tmp_path, n):
+    """``n`` stand-in items for :class:`Recorder` (each notes what its worker had beside its file)."""
+    (tmp_path / "in").mkdir()
+    out = []
+    for i in range(n):
+        p = tmp_path / "in" / f"c{i}.jpg"
+        p.write_bytes(b"stand-in")
+        out.append(Item(f"c{i}", 0.0, p, None, "train", f"s{i}"))
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +166,14 @@ def test_a_bug_in_a_worker_stops_the_run_and_keeps_what_finished(corpus, tmp_pat
     with pytest.raises(TypeError, match="a bug"):
         ray_extract(items, {"modalities": ("vision",)}, cache, workers=1, chunk=1, progress=False, make=Troubled)
     assert set(PartCache(tmp_path / "cache", ("vision",)).done) == {"photo"}
+
+
+def test_a_gpu_share_on_a_cluster_without_gpus_runs_on_the_cpu(tmp_path, local_ray):
+    from mmdemo.distributed import ray_extract
+
+    items = recorded(tmp_path, 3)
+    feats, errors = ray_extract(items, {"modalities": ("vision",)}, PartCache(tmp_path / "cache", ("vision",)), workers=2,
+                                gpus_per_worker=1.0, progress=False, make=Recorder)
+    assert not errors and set(feats) == {it.id for it in items}
+    notes = [json.loads((it.path.parent / f"{it.id}.json").read_text()) for it in items]
+    assert all(n["device"] == "cpu" and n["gpus"] == [] for n in notes)
