@@ -81,8 +81,8 @@ async function start() {
   try {
     say('asking for the camera and microphone…');
     stream = await navigator.mediaDevices.getUserMedia({
-      // a face at arm's length is ~100 px: 320x240 is enough and cheap to encode; 30 frames/s because the
-      // receiver hands a frame on when the next one starts arriving (one frame interval of delay)
+      // a face at arm's length is ~100 px: 320x240 is enough and cheap to encode; 30 frames/s so that the
+      // newest frame, which the server takes whenever it is free, is at most 33 ms old
       video: {width: {ideal: 320}, height: {ideal: 240}, frameRate: {ideal: 30}},
       audio: {channelCount: 1, echoCancellation: true, noiseSuppression: false},
     });
