@@ -38,20 +38,28 @@ function drawEdge() {
     const lo = Math.min(ax.range[0], ax.range[1]), hi = Math.max(ax.range[0], ax.range[1]);
     return v => ax._offset + ax.l2p(Math.max(lo, Math.min(hi, v)));
   };
-  const Y = mapY(fl.yaxis), Y2 = mapY(fl.yaxis2), Y3 = mapY(fl.yaxis3);
+  const Y = mapY(fl.yaxis), Y2 = fl.yaxis2 && fl.yaxis2.l2p ? (v => fl.yaxis2._offset + fl.yaxis2.l2p(v)) : null, Y3 = mapY(fl.yaxis3);
+  if (!Y) return false;
   const seg = (x0, y0, x1, y1, color, width) => {
     g.strokeStyle = color; g.lineWidth = width; g.beginPath(); g.moveTo(x0, y0); g.lineTo(x1, y1); g.stroke();
   };
-  const stack = q => { let c = 0; return M.map(m => (c += (q.w && q.w[m] !== null && q.w[m] !== undefined) ? q.w[m] : 0)); };
+  const stack = q => { let c = 0; return M.map(m => (c += (q.w && typeof q.w[m] === 'number') ? q.w[m] : 0)); };
   const right = xa._offset + xa._length;
-  let prev = lastDrawn;
+  let prev = lastDrawn, all = true;
   for (const q of edgePoints) {
-    if (X(q.t) > right) break;
+    if (X(q.t) > right) { all = false; break; }
     if (prev) {
       const x0 = X(prev.t), x1 = X(q.t);
       seg(x0, Y(prev.ema), x1, Y(q.ema), '#111', 2);
-      if (Y2) for (const m of M) {
-        if (typeof prev.shap[m] === 'number' && typeof q.shap[m] === 'number') seg(x0, Y2(prev.shap[m]), x1, Y2(q.shap[m]), C[m], 1.5);
+      if (Y2) {
+        // the contributions' axis follows the data at each redraw: a value beyond its last range
+        // is cut at the panel's edge (not flattened onto it) until the next redraw re-ranges it
+        const ya2 = fl.yaxis2;
+        g.save(); g.beginPath(); g.rect(xa._offset, ya2._offset, xa._length, ya2._length); g.clip();
+        for (const m of M) {
+          if (typeof prev.shap[m] === 'number' && typeof q.shap[m] === 'number') seg(x0, Y2(prev.shap[m]), x1, Y2(q.shap[m]), C[m], 1.5);
+        }
+        g.restore();
       }
       if (Y3 && prev.w && q.w) {
         const a = stack(prev), b = stack(q);
@@ -61,7 +69,7 @@ function drawEdge() {
     g.fillStyle = '#555'; g.beginPath(); g.arc(X(q.t), Y(q.pred), 2, 0, 2 * Math.PI); g.fill();
     prev = q;
   }
-  return true;
+  return all;
 }
 let lastDrawn = null;  // the newest point the figure itself shows
 function init() {
@@ -132,7 +140,7 @@ function feed(d) {
   const ys = [d.pred, window.mmLive.ema].concat(M.map(m => d.shap[m]), M.map(m => d.w ? d.w[m] : null));
   for (let i = 0; i < 8; i++) { pending.x[i].push(d.t); pending.y[i].push(ys[i]); }
   tmax = Math.max(tmax, d.t);
-  edgePoints.push({t: d.t, pred: d.pred, ema: window.mmLive.ema, shap: d.shap || {}, w: d.w || null});
+  edgePoints.push({t: d.t, pred: d.pred, ema: window.mmLive.ema, shap: d.shap, w: d.w || null});
   if (drawEdge()) {
     window.mmLive.shown.push(Date.now());
     if (window.mmLive.shown.length > 5000) window.mmLive.shown.shift();

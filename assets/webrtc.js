@@ -54,7 +54,7 @@ function handle(m) {
   panel = m;
   if (!panelTimer) panelTimer = setTimeout(showPanel, 200);
   if (m.pts !== undefined) {
-    window.mmRtc.frames.push([m.pts, Date.now(), m.recv, m.feed ? m.feed.sent : null]);
+    window.mmRtc.frames.push([m.pts, Date.now(), m.recv, m.feed ? m.feed.sent : null, !!m.face_read]);
     if (window.mmRtc.frames.length > 5000) window.mmRtc.frames.shift();
     drawBox(m);
   }

@@ -37,6 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.pipeline_latency import cpu_model  # noqa: E402
 from tests.helpers import free_port  # noqa: E402
 from tests.media import astronaut  # noqa: E402
 
@@ -162,6 +163,19 @@ def _open(p, url: str, n: int, m: dict, ready: str):
     return browser, pages
 
 
+def _by_face(parts: np.ndarray) -> dict:
+    """WebRTC only (its messages say whether the frame's face was read): the handler's p50 / p95
+    for frames whose face was read and for the others, and the share of frames of each kind."""
+    if parts.shape[1] < 4 or not len(parts):
+        return {}
+    out = {"face_read_share": float(parts[:, 3].mean())}
+    for name, rows in (("face_read", parts[parts[:, 3] > 0]), ("no_face_read", parts[parts[:, 3] == 0])):
+        if len(rows):
+            out[f"handler_{name}_p50_ms"] = float(np.median(rows[:, 1]))
+            out[f"handler_{name}_p95_ms"] = float(np.percentile(rows[:, 1], 95))
+    return out
+
+
 def _row(n: int, seconds: float, points: int, frame_points: int, lat: np.ndarray, parts: np.ndarray, draws: list, draw_ms: float,
          since_ms: float) -> dict:
     return {"sessions": n, "updates_per_s": points / seconds, "frame_updates_per_s": frame_points / seconds,
@@ -177,6 +191,7 @@ def _row(n: int, seconds: float, points: int, frame_points: int, lat: np.ndarray
             "to_handler_p95_ms": float(np.percentile(parts[:, 0], 95)) if len(parts) else None,
             "handler_p95_ms": float(np.percentile(parts[:, 1], 95)) if len(parts) else None,
             "to_page_p95_ms": float(np.percentile(parts[:, 2], 95)) if len(parts) else None,
+            **_by_face(parts),
             "plot_redraw_ms": draw_ms, "redraws_per_s": float(np.sum(np.array(draws, dtype=float) > since_ms)) / seconds}
 
 
@@ -232,7 +247,7 @@ def rtc_latencies(frames: list, enc: list, drawn: list, on_plot: np.ndarray) -> 
     offset = max(counts, key=counts.get)
     drawn = np.asarray(drawn, dtype=float)
     lat, parts = [], []
-    for pts, arrived, recv, sent in frames:
+    for pts, arrived, recv, sent, *face in frames:
         t_enc = enc_ts.get((int(pts) - offset) % 2**32)
         if t_enc is None or recv is None or sent is None:
             continue
@@ -242,8 +257,8 @@ def rtc_latencies(frames: list, enc: list, drawn: list, on_plot: np.ndarray) -> 
             continue
         captured = drawn[i]
         lat.append(on_plot[k] - captured)
-        parts.append([recv - captured, sent - recv, arrived - sent])
-    return np.asarray(lat, dtype=float), np.asarray(parts, dtype=float).reshape(-1, 3)
+        parts.append([recv - captured, sent - recv, arrived - sent, float(bool(face and face[0]))])
+    return np.asarray(lat, dtype=float), np.asarray(parts, dtype=float).reshape(-1, 4)
 
 
 def run_rtc(url: str, n: int, seconds: float, m: dict) -> list[dict]:
@@ -325,7 +340,7 @@ def main() -> None:
             print(f"| {variant} | {n} | {mean('updates_per_s'):.1f} | {mean('frame_updates_per_s'):.1f} | {mean('latency_p50_ms'):.0f} | {mean('latency_p95_ms'):.0f} |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "device": args.device, "cpus": os.cpu_count(), "seconds": args.seconds, "microphone": "silence" if args.silent_mic else "speech",
+    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "device": args.device, "cpus": os.cpu_count(), "cpu_model": cpu_model(), "seconds": args.seconds, "microphone": "silence" if args.silent_mic else "speech",
                                "variants": {f"{v}, {t}": st for v, st, t in variants}, "results": results}, indent=2) + "\n")
     print(f"wrote {out}")
 

@@ -57,20 +57,41 @@ def _frame_on_marker_buffer():
     aiortc (1.16) knows a video frame is complete only when a packet of the *next* frame arrives,
     so every frame waits one frame interval (33 ms at 30 frames/s) before it is decoded. The RTP
     marker bit is set on the last packet of each video frame (RFC 7741 for VP8, RFC 6184 for
-    H.264): this buffer hands a frame on when the packets from the buffer's start up to a packet
-    with the marker bit are all in and all of one frame. Anything else (loss, reordering) is left
-    to aiortc's own logic, unchanged."""
+    H.264): this buffer hands a frame on when the packets from where the next frame must start up
+    to a packet with the marker bit are all in and all of one frame. Anything else is left to
+    aiortc's own rule, unchanged: the first frame, a gap (loss, reordering), and whatever follows
+    aiortc's resets (a packet far out of order, a full buffer), until aiortc's rule has handed a
+    frame on again. Packets of a frame already handed on (browsers pad the video stream with
+    empty packets of the last frame's timestamp) are dropped, and an empty frame is never handed
+    on (an empty packet would end the decoder's stream)."""
     from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 
     class FrameOnMarker(JitterBuffer):
+        _start = None  # sequence number where the next frame starts (known after a frame left)
+        _handed = None  # RTP timestamp of the last frame handed on
+
         def add(self, packet):
             pli, frame = super().add(packet)
             if frame is None:
+                self._drop_handed()
                 frame = self._first_complete()
+            if frame is not None:
+                self._handed, self._start = frame.timestamp, self._origin
+                self._drop_handed()
+                if not frame.data:
+                    frame = None
             return pli, frame
 
+        def _drop_handed(self):
+            while self._handed is not None and self._origin is not None:
+                p = self._packets[self._origin % self.capacity]
+                if p is None or p.timestamp != self._handed:
+                    return
+                self.remove(1)
+                self._start = self._origin
+
         def _first_complete(self):
-            if self._origin is None:
+            if self._origin is None or self._origin != self._start:
                 return None
             packets = []
             for count in range(self.capacity):
@@ -164,7 +185,8 @@ class _Link:
                 img = await self.bridge.run(frame.to_ndarray, format="rgb24")
                 up = await self.bridge.run(self.session.push_frame, img)
                 self.frames_done += 1
-                self.send(up, "frame", pts=frame.pts, recv=recv * 1000, size=[int(img.shape[1]), int(img.shape[0])])
+                self.send(up, "frame", pts=frame.pts, recv=recv * 1000, size=[int(img.shape[1]), int(img.shape[0])],
+                          face_read="face" in up.timings_ms)
         except Exception as err:  # noqa: BLE001 - one bad frame must not end the stream
             log.warning("webrtc frame skipped: %s", err)
         finally:
@@ -279,7 +301,14 @@ class RtcBridge:
         def on_track(track):
             if track.kind == "video":
                 for t in pc.getTransceivers():
-                    if t.receiver.track is track and not hand_frames_on_at_once(t.receiver):
+                    if t.receiver.track is not track:
+                        continue
+                    try:
+                        swapped = hand_frames_on_at_once(t.receiver)
+                    except Exception as err:  # noqa: BLE001 - an aiortc that changed inside: keep its own buffer
+                        log.warning("webrtc: could not swap the video jitter buffer (%s)", err)
+                        swapped = False
+                    if not swapped:
                         log.info("webrtc: this aiortc's video jitter buffer was left as it is (a frame interval of delay)")
                 link.spawn(link.run_video(track))
             elif track.kind == "audio":

@@ -95,7 +95,9 @@ def corpus(tmp_path_factory):
 def local_ray():
     from mmdemo.distributed import start
 
-    r = start(None, num_cpus=2)
+    if ray.is_initialized():
+        ray.shutdown()
+    r = start(None, num_cpus=2, num_gpus=0)  # none, even on a machine with a GPU: the tests expect CPU workers
     yield r
     r.shutdown()
 

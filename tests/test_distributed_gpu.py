@@ -24,9 +24,11 @@ def two_gpus():
 
     if ray.is_initialized():
         ray.shutdown()
-    r = start(None, num_cpus=2, num_gpus=2)
-    yield r
-    r.shutdown()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("CUDA_VISIBLE_DEVICES", raising=False)  # Ray refuses two GPUs when it names fewer
+        r = start(None, num_cpus=2, num_gpus=2)
+        yield r
+        r.shutdown()
 
 
 def test_gpu_workers_get_one_gpu_each_and_run_on_cuda(tmp_path, two_gpus):

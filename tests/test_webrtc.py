@@ -47,35 +47,72 @@ def _packets(frames, seq0=65530):
     return out
 
 
+def _feed(buf, packets):
+    """What the buffer hands on: (index of the packet that completed it, data, timestamp) each."""
+    out = []
+    for i, p in enumerate(packets):
+        _, f = buf.add(p)
+        if f is not None:
+            out.append((i, f.data, f.timestamp))
+    return out
+
+
+def _padding(after, seq):
+    """An empty packet with the timestamp of a frame already sent (browsers pad video this way)."""
+    from aiortc.rtp import RtpPacket
+
+    p = RtpPacket(payload_type=96, marker=0, sequence_number=seq % 65536, timestamp=after.timestamp)
+    p._data = b""
+    return p
+
+
 def test_a_video_frame_is_handed_on_with_its_last_packet():
     from aiortc.jitterbuffer import JitterBuffer
 
     from mmdemo.webrtc import _frame_on_marker_buffer
 
-    frames = [[b"a1", b"a2", b"a3"], [b"b1"], [b"c1", b"c2"], [b"d1", b"d2"]]
-    pk = _packets(frames)
-    ours, aiortcs = _frame_on_marker_buffer()(capacity=128, is_video=True), JitterBuffer(capacity=128, is_video=True)
-    got, late = [], []
-    for i, p in enumerate(pk):
-        for buf, out in ((ours, got), (aiortcs, late)):
-            _, f = buf.add(p)
-            if f is not None:
-                out.append((i, f.data, f.timestamp))
-    # ours: each frame at its marked packet; aiortc's: only when the next frame begins
-    assert got == [(2, b"a1a2a3", 0), (3, b"b1", 3000), (5, b"c1c2", 6000), (7, b"d1d2", 9000)]
-    assert late == [(3, b"a1a2a3", 0), (4, b"b1", 3000), (6, b"c1c2", 6000)]
+    def ours():
+        return _frame_on_marker_buffer()(capacity=128, is_video=True)
+
+    pk = _packets([[b"a1", b"a2", b"a3"], [b"b1"], [b"c1", b"c2"], [b"d1", b"d2"]])  # sequence numbers wrap on the way
+    # aiortc's own: each frame only when the next one begins; ours: the first frames so too (where
+    # a frame starts is known once one has left), then each at its marked packet
+    assert _feed(JitterBuffer(capacity=128, is_video=True), pk) == [(3, b"a1a2a3", 0), (4, b"b1", 3000), (6, b"c1c2", 6000)]
+    assert _feed(ours(), pk) == [(3, b"a1a2a3", 0), (4, b"b1", 3000), (5, b"c1c2", 6000), (7, b"d1d2", 9000)]
 
     # reordered: the marked packet before the middle one; the frame leaves when it is whole
-    buf = _frame_on_marker_buffer()(capacity=128, is_video=True)
-    a = _packets([[b"x1", b"x2", b"x3"], [b"y1"]])
-    outs = [buf.add(p)[1] for p in (a[0], a[2], a[1], a[3])]
-    assert outs[0] is None and outs[1] is None and outs[2].data == b"x1x2x3" and outs[3].data == b"y1"
+    a = _packets([[b"w1"], [b"x1", b"x2", b"x3"], [b"y1"]])
+    assert _feed(ours(), [a[0], a[1], a[3], a[2], a[4]]) == [(1, b"w1", 0), (3, b"x1x2x3", 3000), (4, b"y1", 6000)]
 
-    # a lost packet: the broken frame is never handed on (nor, here, what waits behind the gap:
-    # aiortc's own rule, which the NACKs and its buffer-full handling then serve)
-    buf = _frame_on_marker_buffer()(capacity=128, is_video=True)
-    a = _packets([[b"x1", b"x2", b"x3"], [b"y1", b"y2"], [b"z1"]])
-    assert [buf.add(p)[1] for p in (a[0], a[2], a[3], a[4], a[5])] == [None] * 5  # x2 lost
+    # a lost packet: the broken frame is never handed on early (aiortc's rule, its NACKs and its
+    # buffer-full handling take it from there)
+    a = _packets([[b"w1"], [b"x1", b"x2", b"x3"], [b"y1", b"y2"], [b"z1"]])
+    assert _feed(ours(), [a[0], a[1], a[3], a[4], a[5], a[6]]) == [(1, b"w1", 0)]  # x2 lost
+
+
+def test_padding_and_late_packets_never_make_a_frame():
+    """Browsers pad video with empty packets of the last frame's timestamp: after that frame left,
+    they must not become an (empty) frame, which would end the decoder's stream; a packet far out
+    of order (aiortc then restarts its buffer there) must not be handed on again."""
+    from mmdemo.webrtc import _frame_on_marker_buffer
+
+    def ours():
+        return _frame_on_marker_buffer()(capacity=128, is_video=True)
+
+    w, x = _packets([[b"w1"], [b"x1"]])
+    pad = _padding(x, x.sequence_number + 1)
+    y = _packets([[b"y1", b"y2"]], seq0=x.sequence_number + 2)
+    for p in y:
+        p.timestamp = 6000
+    want = [(1, b"w1", 0), (2, b"x1", 3000), (4, b"y1y2", 6000)]
+    assert _feed(ours(), [w, x, pad, y[0], y[1]]) == want
+    assert _feed(ours(), [w, x, y[0], pad, y[1]]) == want
+
+    frames = _packets([[f"f{k}".encode()] for k in range(150)])
+    late = frames[20]  # a retransmission 129 packets late
+    got = _feed(ours(), frames + [late] + _packets([[b"g1"], [b"g2"]], seq0=frames[-1].sequence_number + 1))
+    assert [d for _, d, _ in got[:149]] == [f"f{k}".encode() for k in range(149)]
+    assert b"f20" not in [d for _, d, _ in got[149:]]
 
 
 def test_the_pinned_aiortc_takes_the_faster_jitter_buffer():
@@ -133,6 +170,8 @@ def engine_cpu():
 def test_a_client_streams_face_and_speech_and_gets_results(engine_cpu, tmp_path):
     from aiortc import AudioStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 
+    from mmdemo.webrtc import _frame_on_marker_buffer
+
     face = np.ascontiguousarray(astronaut()[::2, ::2])
     speech = (resample(np.concatenate([speech_16k(tmp_path), np.zeros(16000, np.float32)]), 16000, 48000) * 32767).astype(np.int16)
 
@@ -166,6 +205,10 @@ def test_a_client_streams_face_and_speech_and_gets_results(engine_cpu, tmp_path)
         client.addTrack(Microphone())
         await client.setLocalDescription(await client.createOffer())
         answer = await bridge.answer({"sdp": client.localDescription.sdp, "type": "offer"}, session)
+        # the server's video receiver hands frames on with their last packet (swapped on the track event)
+        (link,) = bridge.links
+        buffers = {t.kind: type(t.receiver._RTCRtpReceiver__jitter_buffer) for t in link.pc.getTransceivers()}
+        assert buffers["video"] is _frame_on_marker_buffer() and buffers["audio"] is not _frame_on_marker_buffer()
         await client.setRemoteDescription(RTCSessionDescription(**answer))
         for _ in range(400):  # at most 40 s on a slow machine
             frames = [m for m in messages if m["src"] == "frame"]
