@@ -37,7 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.pipeline_latency import cpu_model  # noqa: E402
+from bench.machine import cpu_model  # noqa: E402
 from tests.helpers import free_port  # noqa: E402
 from tests.media import astronaut  # noqa: E402
 

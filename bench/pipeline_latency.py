@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from bench.machine import cpu_model  # noqa: E402
 from mmdemo.audio import resample  # noqa: E402
 from mmdemo.checkpoint import save_fusion  # noqa: E402
 from mmdemo.encoders import DIMS  # noqa: E402
@@ -52,13 +53,6 @@ from mmdemo.pipeline import DEFAULT_CHECKPOINTS, Engine, PipelineConfig  # noqa:
 STAGES = ("face", "vad", "voice", "words", "fusion", "total")
 CPU_STAGES = ("face", "vad", "voice", "words", "fusion")
 
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            return next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), platform.processor())
-    except OSError:
-        return platform.processor()
 
 
 def rss_mb() -> float:

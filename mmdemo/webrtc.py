@@ -65,22 +65,28 @@ def _frame_on_marker_buffer():
     empty packets of the last frame's timestamp) are dropped, and an empty frame is never handed
     on (an empty packet would end the decoder's stream)."""
     from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+    from aiortc.utils import uint16_add
 
     class FrameOnMarker(JitterBuffer):
         _start = None  # sequence number where the next frame starts (known after a frame left)
         _handed = None  # RTP timestamp of the last frame handed on
 
         def add(self, packet):
+            if (self._handed is not None and self._origin is not None and packet.timestamp == self._handed
+                    and 0 < uint16_add(self._origin, -packet.sequence_number) < 32768):
+                return False, None  # a late copy of the frame just handed on (aiortc might restart its buffer there)
             pli, frame = super().add(packet)
-            if frame is None:
-                self._drop_handed()
-                frame = self._first_complete()
-            if frame is not None:
+            while True:
+                if frame is None:
+                    self._drop_handed()
+                    frame = self._first_complete()
+                    if frame is None:
+                        return pli, None
                 self._handed, self._start = frame.timestamp, self._origin
                 self._drop_handed()
-                if not frame.data:
-                    frame = None
-            return pli, frame
+                if frame.data:
+                    return pli, frame
+                frame = None  # padding that aiortc's rule made a frame: dropped; a whole frame behind it may leave now
 
         def _drop_handed(self):
             while self._handed is not None and self._origin is not None:

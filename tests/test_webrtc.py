@@ -32,7 +32,7 @@ def test_audio_frames_of_every_layout_become_mono_float():
     assert sr2 == 16000 and np.allclose(mono2, mono, atol=1e-6)
 
 
-def _packets(frames, seq0=65530):
+def _packets(frames, seq0=65530, ts0=0):
     """RTP packets of video frames (a list of payload lists), the last packet of each frame marked;
     sequence numbers wrap around 65535 on the way."""
     from aiortc.rtp import RtpPacket
@@ -40,7 +40,7 @@ def _packets(frames, seq0=65530):
     out, seq = [], seq0
     for k, payloads in enumerate(frames):
         for j, data in enumerate(payloads):
-            p = RtpPacket(payload_type=96, marker=int(j == len(payloads) - 1), sequence_number=seq % 65536, timestamp=3000 * k)
+            p = RtpPacket(payload_type=96, marker=int(j == len(payloads) - 1), sequence_number=seq % 65536, timestamp=ts0 + 3000 * k)
             p._data = data
             out.append(p)
             seq += 1
@@ -107,6 +107,18 @@ def test_padding_and_late_packets_never_make_a_frame():
     want = [(1, b"w1", 0), (2, b"x1", 3000), (4, b"y1y2", 6000)]
     assert _feed(ours(), [w, x, pad, y[0], y[1]]) == want
     assert _feed(ours(), [w, x, y[0], pad, y[1]]) == want
+
+    # padding that arrives after the next frame is whole: dropped, and that frame leaves at once
+    f = _packets([[b"f0"], [b"f1"]], seq0=100)
+    g = _packets([[b"g0", b"g1"]], seq0=103, ts0=6000)
+    assert _feed(ours(), [f[0], f[1], g[0], g[1], _padding(f[1], 102)]) == [(1, b"f0", 0), (2, b"f1", 3000), (4, b"g0g1", 6000)]
+
+    # a late copy of an early packet of a long keyframe, just after the keyframe left: ignored
+    # (aiortc would take it for a stream restart, clear its buffer and stall)
+    key = _packets([[b"a"], [b"k%d" % i for i in range(150)]], seq0=1000)
+    after = _packets([[b"n1"], [b"n2"], [b"n3"]], seq0=1151, ts0=6000)
+    got = _feed(_frame_on_marker_buffer()(capacity=512, is_video=True), key + [key[11]] + after)  # aiortc's size for video
+    assert [d for _, d, _ in got] == [b"a", b"".join(b"k%d" % i for i in range(150)), b"n1", b"n2", b"n3"]
 
     frames = _packets([[f"f{k}".encode()] for k in range(150)])
     late = frames[20]  # a retransmission 129 packets late
