@@ -8,7 +8,7 @@ const overlay = element.querySelector('.mm-rtc-overlay');
 const startBtn = element.querySelector('.mm-rtc-start');
 const stopBtn = element.querySelector('.mm-rtc-stop');
 const state = element.querySelector('.mm-rtc-state');
-let pc = null, stream = null;
+let pc = null, stream = null, dc = null, stopped = null;
 window.mmRtc = {messages: 0, frames: [], state: 'idle', error: null};
 
 function say(text) { state.textContent = text; window.mmRtc.state = text; }
@@ -52,6 +52,11 @@ function handle(m) {
   window.mmRtc.messages += 1;
   if (m.feed && window.mmLive && window.mmLive.feed) window.mmLive.feed(m.feed);
   panel = m;
+  if (m.src === 'stopped') {  // the server's last word: shown at once
+    clearTimeout(panelTimer); showPanel(); drawBox(m);
+    if (stopped) stopped();
+    return;
+  }
   if (!panelTimer) panelTimer = setTimeout(showPanel, 200);
   if (m.pts !== undefined) {
     window.mmRtc.frames.push([m.pts, Date.now(), m.recv, m.feed ? m.feed.sent : null, !!m.face_read]);
@@ -88,7 +93,7 @@ async function start() {
     });
     video.srcObject = stream;
     pc = new RTCPeerConnection({iceServers: []});
-    const dc = pc.createDataChannel('results', {ordered: true, maxRetransmits: 0});
+    dc = pc.createDataChannel('results', {ordered: true, maxRetransmits: 0});
     dc.onmessage = e => { try { handle(JSON.parse(e.data)); } catch (err) { console.warn('mmdemo: bad message', err); } };
     pc.addEventListener('connectionstatechange', () => {
       say('WebRTC: ' + pc.connectionState);
@@ -112,9 +117,15 @@ async function start() {
   }
 }
 
-function stop(why) {
-  if (pc) { pc.close(); pc = null; }
+async function stop(why) {
   if (stream) { for (const t of stream.getTracks()) t.stop(); stream = null; }
+  if (why === 'stopped' && pc && dc && dc.readyState === 'open') {
+    // ask the server for its last update (camera and microphone stopped) before hanging up
+    say('stopping…'); stopBtn.disabled = true;
+    await new Promise(resolve => { stopped = resolve; dc.send(JSON.stringify({stop: true})); setTimeout(resolve, 3000); });
+    stopped = null;
+  }
+  if (pc) { pc.close(); pc = null; dc = null; }
   video.srcObject = null;
   overlay.getContext('2d').clearRect(0, 0, overlay.width, overlay.height);
   startBtn.disabled = false; stopBtn.disabled = true;

@@ -393,12 +393,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, help="Ray workers (default: one per CPU of the cluster)")
     ap.add_argument("--gpus-per-worker", type=float, default=0.0,
                     help="with --ray on a cluster with GPUs: the GPU share each worker reserves (its encoders then run on CUDA)")
-    ap.add_argument("--item-timeout", type=float, default=600.0, help="with --ray: seconds one file may take before it is reported and skipped")
+    ap.add_argument("--item-timeout", type=float, help="with --ray: seconds one file may take before it is reported and skipped (default 600)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if not args.ray and (args.workers is not None or args.gpus_per_worker):
-        ap.error("--workers and --gpus-per-worker go with --ray")
+    if not args.ray and (args.workers is not None or args.gpus_per_worker or args.item_timeout is not None):
+        ap.error("--workers, --gpus-per-worker and --item-timeout go with --ray")
+    if args.item_timeout is not None and args.item_timeout <= 0:
+        ap.error("--item-timeout must be positive")
     if args.workers is not None and args.workers < 1:
         ap.error("--workers must be at least 1")
 
@@ -415,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         group_col=args.group_column, valid=args.valid, test=args.test, fps=args.fps, max_frames=args.max_frames,
         transcribe=not args.no_transcribe, limit_per_split=args.limit_per_split, cache=args.cache,
         resume=not args.no_resume, device=args.device, words_overlay=args.words_overlay, progress=not args.quiet,
-        ray=args.ray, workers=args.workers, item_timeout_s=args.item_timeout, gpus_per_worker=args.gpus_per_worker)
+        ray=args.ray, workers=args.workers, item_timeout_s=args.item_timeout or 600.0, gpus_per_worker=args.gpus_per_worker)
     if summary["resumed"] and args.quiet:
         print(f"resuming: {summary['resumed']} clips already extracted")
     ds.save(args.out)

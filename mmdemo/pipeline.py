@@ -445,6 +445,7 @@ class Session:
                 self.norm_updated_at = -10**12
             self.probs.clear()
             self.in_speech = False
+            self.level = -100.0  # no microphone: the level bar empties
             self.last_voice_t = -1e9
             self.features["audio"] = None
             self.recent["audio"].clear()

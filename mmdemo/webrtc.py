@@ -142,6 +142,7 @@ class _Link:
         self.tasks: set[asyncio.Task] = set()
         self.frames_in = self.frames_done = 0
         self.closed = False
+        self.stopping = False  # the page pressed Stop: no more media is read or reported
 
     def spawn(self, coro) -> None:
         task = asyncio.ensure_future(coro)
@@ -155,7 +156,7 @@ class _Link:
 
     def send(self, update: Update, src: str, **extra) -> None:
         ch = self.channel
-        if ch is None or ch.readyState != "open":
+        if ch is None or ch.readyState != "open" or (self.stopping and src != "stopped"):
             return
         try:
             ch.send(json.dumps(self.bridge.payload(self.session, update, src) | extra))
@@ -175,13 +176,13 @@ class _Link:
             if not self.video_busy:
                 self.video_busy = True
                 self.spawn(self.process_video())
-        if not self.closed:
+        if not (self.closed or self.stopping):
             up = await self.bridge.run(self.session.stop_camera)
             self.send(up, "camera-stop")
 
     async def process_video(self) -> None:
         try:
-            while self.latest is not None and not self.closed:
+            while self.latest is not None and not (self.closed or self.stopping):
                 wait = self.bridge.min_frame_gap_s - (time.monotonic() - self.last_video)
                 if wait > 0:
                     await asyncio.sleep(wait)  # meanwhile newer frames replace this one
@@ -216,11 +217,11 @@ class _Link:
                 self.audio, pending, self.audio_rate = [], 0, sr
             self.audio.append(x)
             pending += len(x)
-            if pending >= self.bridge.audio_chunk_s * sr and not self.audio_busy:
+            if pending >= self.bridge.audio_chunk_s * sr and not self.audio_busy and not self.stopping:
                 chunk, self.audio, pending = np.concatenate(self.audio), [], 0
                 self.audio_busy = True
                 self.spawn(self.process_audio(chunk, sr))
-        if not self.closed:
+        if not (self.closed or self.stopping):
             up = await self.bridge.run(self.session.stop_audio)
             self.send(up, "audio-stop")
 
@@ -238,6 +239,32 @@ class _Link:
             log.warning("webrtc audio skipped: %s", err)
         finally:
             self.audio_busy = False
+
+    async def stop(self) -> None:
+        """The page pressed Stop (a ``{"stop": true}`` message): no more media is read; the session
+        hears that its camera and microphone stopped (what it still had to transcribe is
+        transcribed) and the page gets that last update, ``src`` "stopped", before it hangs up."""
+        if self.stopping or self.closed:
+            return
+        self.stopping = True
+        self.latest = None
+        for _ in range(500):  # a frame or chunk being read finishes first (else its answer would follow the stop)
+            if not (self.video_busy or self.audio_busy):
+                break
+            await asyncio.sleep(0.01)
+        await self.bridge.run(self.session.stop_camera)
+        up = await self.bridge.run(self.session.stop_audio)
+        self.send(up, "stopped")
+
+    def on_message(self, message) -> None:
+        try:
+            asked = json.loads(message) if isinstance(message, str) and len(message) < 1024 else None
+        except ValueError:
+            asked = None
+        if isinstance(asked, dict) and asked.get("stop") is True:
+            self.spawn(self.stop())
+        else:
+            log.debug("webrtc: ignored a data-channel message")
 
     async def close(self) -> None:
         """Ends the connection; the session hears that its camera and microphone stopped (what it
@@ -302,6 +329,7 @@ class RtcBridge:
         @pc.on("datachannel")
         def on_datachannel(channel):
             link.channel = channel
+            channel.on("message", link.on_message)
 
         @pc.on("track")
         def on_track(track):

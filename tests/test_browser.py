@@ -243,6 +243,8 @@ def test_the_webrtc_transport_streams_camera_and_microphone(rtc_server, media, t
         frames = page.evaluate("window.mmRtc.frames.length")
         page.locator("#rtc .mm-rtc-stop").click()
         page.wait_for_function("window.mmRtc.state === 'stopped'")
+        status = page.locator("#status").inner_text()  # the server's last word, shown before hanging up
+        assert "camera stopped" in status and "microphone stopped" in status, status
         page.wait_for_timeout(1500)
         assert page.evaluate("window.mmRtc.frames.length") - frames <= 3  # nothing arrives after Stop (bar what was in flight)
         ARTIFACTS.mkdir(parents=True, exist_ok=True)

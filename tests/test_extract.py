@@ -108,3 +108,9 @@ def test_bad_arguments_are_refused(tmp_path):
         extract_main([str(tmp_path), "--out", str(tmp_path / "x.npz")])
     with pytest.raises(SystemExit):
         extract_main([str(tmp_path), "--out", str(tmp_path / "x.npz"), "--modalities", "smell"])
+    # the Ray options without --ray, or out of range: refused before anything starts
+    for extra in (["--workers", "2"], ["--gpus-per-worker", "1"], ["--item-timeout", "30"], ["--ray", "--item-timeout", "0"],
+                  ["--ray", "--workers", "0"]):
+        with pytest.raises(SystemExit) as err:
+            extract_main([str(tmp_path), "--out", str(tmp_path / "x.npz")] + extra)
+        assert err.value.code == 2, extra

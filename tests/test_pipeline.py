@@ -213,7 +213,8 @@ def test_voice_waits_for_the_window_it_learned_from(engine, speech48):
     for k in range(4, 6):
         up = s.push_audio(x[k * 24000 : (k + 1) * 24000], 48000, t=0.5 * k)
     assert up.present["audio"], up.reasons
-    s.stop_audio(t=3.0)
+    assert up.audio_level_dbfs > -60  # speech
+    assert s.stop_audio(t=3.0).audio_level_dbfs == -100.0  # no microphone: no level shown
     up = s.push_audio(x[:24000], 48000, t=3.5)
     assert "warming up" in up.reasons["audio"]  # a new microphone stream starts over
 

@@ -228,21 +228,33 @@ def test_a_client_streams_face_and_speech_and_gets_results(engine_cpu, tmp_path)
                 break
             await asyncio.sleep(0.1)
         stats = bridge.stats()
+        # Stop: the server reads no more media and answers with the session's last update
+        channel.send(json.dumps({"stop": True}))
+        for _ in range(100):
+            if any(m["src"] == "stopped" for m in messages):
+                break
+            await asyncio.sleep(0.1)
+        n_stopped = len(messages)
+        await asyncio.sleep(0.5)
+        after_stop = messages[n_stopped:]
         await client.close()
         for _ in range(150):  # the server sees the hang-up, tells the session, then forgets the link
             if not bridge.links and session.reasons["audio"] == "microphone stopped":
                 break
             await asyncio.sleep(0.1)
         await bridge.close()
-        return stats
+        return stats, after_stop
 
-    stats = asyncio.run(go())
+    stats, after_stop = asyncio.run(go())
     frames = [m for m in messages if m["src"] == "frame"]
     assert len(frames) >= 15, (len(messages), stats)
     assert all(isinstance(m["pts"], int) and m["size"][0] > 0 and m["recv"] > 0 for m in frames)
     assert frames[-1]["present"]["vision"]  # the face was read from the video track
     assert any(m["present"]["audio"] for m in messages)  # and the voice from the audio track
     assert stats[0]["frames_in"] >= stats[0]["frames_done"] >= 15  # frames that came while busy were skipped, never queued
+    (last,) = [m for m in messages if m["src"] == "stopped"]
+    assert not last["present"]["vision"] and not last["present"]["audio"]  # Stop: camera and microphone stopped
+    assert after_stop == []  # and nothing after it, though the client still sent media
     assert not bridge.links  # the client hung up: the connection is gone ...
     assert session.egemaps is None and session.reasons["audio"] == "microphone stopped"  # ... and the session heard it
 
