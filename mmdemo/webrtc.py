@@ -172,6 +172,8 @@ class _Link:
             except MediaStreamError:
                 break
             self.frames_in += 1
+            if self.stopping:
+                continue  # Stop was pressed: frames still in flight are not read
             self.latest = frame  # a frame still waiting is replaced: the newest is what matters
             if not self.video_busy:
                 self.video_busy = True
