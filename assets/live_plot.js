@@ -11,7 +11,7 @@ const L = {text: 'words', audio: 'voice', vision: 'face'};
 const M = ['text', 'audio', 'vision'];
 const N = 600;
 window.mmLive = {points: 0, latencies: [], framePlots: [], draws: [], shown: [], fusion: null, ema: null, lastT: -1};
-const WINDOW = 60, LEAD = 4;
+const WINDOW = 60, LEAD = 8;
 let edge = null, edgePoints = [], tmax = 0;
 function edgeCanvas() {
   if (edge && edge.isConnected) return edge;
@@ -21,17 +21,19 @@ function edgeCanvas() {
   el.parentElement.appendChild(edge);
   return edge;
 }
-function drawEdge() {
+let edgeDone = 0;  // how many of edgePoints the canvas shows
+function drawEdge(full) {
   // the points not yet in the figure, on the canvas over it (Plotly's own axis mapping): the
   // prediction's dot and the smoothed line in the sentiment panel, each modality's contribution
-  // line and the top of each stacked weight
+  // line and the top of each stacked weight. The axes change only when the figure is redrawn, so
+  // between redraws only the new points are drawn (full: start again, after a redraw or a resize)
   const fl = el._fullLayout;
   if (!fl || !fl.xaxis || !fl.yaxis || !fl.xaxis.l2p) return false;
   const cv = edgeCanvas();
-  if (cv.width !== el.clientWidth || cv.height !== el.clientHeight) { cv.width = el.clientWidth; cv.height = el.clientHeight; }
+  if (cv.width !== el.clientWidth || cv.height !== el.clientHeight) { cv.width = el.clientWidth; cv.height = el.clientHeight; full = true; }
   cv.style.left = el.offsetLeft + 'px'; cv.style.top = el.offsetTop + 'px';
   const g = cv.getContext('2d');
-  g.clearRect(0, 0, cv.width, cv.height);
+  if (full || edgeDone > edgePoints.length) { g.clearRect(0, 0, cv.width, cv.height); edgeDone = 0; }
   const xa = fl.xaxis, X = t => xa._offset + xa.l2p(t);
   const mapY = ax => {
     if (!ax || !ax.l2p || !ax.range) return null;
@@ -45,8 +47,9 @@ function drawEdge() {
   };
   const stack = q => { let c = 0; return M.map(m => (c += (q.w && typeof q.w[m] === 'number') ? q.w[m] : 0)); };
   const right = xa._offset + xa._length;
-  let prev = lastDrawn, all = true;
-  for (const q of edgePoints) {
+  let prev = edgeDone ? edgePoints[edgeDone - 1] : lastDrawn, all = true;
+  for (let i = edgeDone; i < edgePoints.length; i++) {
+    const q = edgePoints[i];
     if (X(q.t) > right) { all = false; break; }
     if (prev) {
       const x0 = X(prev.t), x1 = X(q.t);
@@ -67,7 +70,7 @@ function drawEdge() {
       }
     }
     g.fillStyle = '#555'; g.beginPath(); g.arc(X(q.t), Y(q.pred), 2, 0, 2 * Math.PI); g.fill();
-    prev = q;
+    prev = q; edgeDone = i + 1;
   }
   return all;
 }
@@ -92,17 +95,19 @@ function init() {
     annotations: [],
   };
   Plotly.newPlot(el, traces, layout, {displayModeBar: false, responsive: true});
-  edgePoints = []; lastDrawn = null; tmax = 0;
+  edgePoints = []; lastDrawn = null; tmax = 0; edgeDone = 0;
   if (edge) edge.getContext('2d').clearRect(0, 0, edge.width, edge.height);
 }
 const pending = {x: [[], [], [], [], [], [], [], []], y: [[], [], [], [], [], [], [], []]};
 // raw points (one SVG node each, the costly part of a redraw) for the last 15 s; lines for 60 s
 const KEEP = {x: [150, N, N, N, N, N, N, N], y: [150, N, N, N, N, N, N, N]};
 let scheduled = false, lastDraw = 0, drawMs = 20;
-// The canvas draws every new point of every panel at once, so the figure itself is redrawn about
-// once a second, and never for more than a tenth of the page's time: a redraw holds the page's
-// only thread (tens of ms), and a result arriving meanwhile would wait for it.
-const gap = () => Math.max(1000, 9 * drawMs);
+// The canvas draws every new point of every panel at once, so the figure itself is redrawn only
+// every few seconds (1-6 s: never for more than a fortieth of the page's time), and LEAD s ahead
+// leave room for the points of the seconds in between. A redraw holds the page's only thread
+// (around 100 ms on a busy 2-core machine): a result arriving meanwhile waits for it, so at a
+// redraw a second, one result in ten was held back, enough to set the 95th percentile's latency.
+const gap = () => Math.min(6000, Math.max(1000, 40 * drawMs));
 function draw() {
   scheduled = false;
   if (!pending.x[0].length) return;
@@ -114,7 +119,7 @@ function draw() {
   for (let i = 0; i < 8; i++) { pending.x[i] = []; pending.y[i] = []; }
   if (drawn) lastDrawn = edgePoints[drawn - 1];
   edgePoints = edgePoints.slice(drawn);
-  drawEdge();
+  drawEdge(true);
   lastDraw = performance.now();
   drawMs = 0.8 * drawMs + 0.2 * (lastDraw - t0);
   window.mmLive.drawMs = drawMs;
@@ -141,7 +146,7 @@ function feed(d) {
   for (let i = 0; i < 8; i++) { pending.x[i].push(d.t); pending.y[i].push(ys[i]); }
   tmax = Math.max(tmax, d.t);
   edgePoints.push({t: d.t, pred: d.pred, ema: window.mmLive.ema, shap: d.shap, w: d.w || null});
-  if (drawEdge()) {
+  if (drawEdge(false)) {
     window.mmLive.shown.push(Date.now());
     if (window.mmLive.shown.length > 5000) window.mmLive.shown.shift();
   }
@@ -153,6 +158,7 @@ function feed(d) {
   if (window.mmLive.fusion !== null && window.mmLive.fusion !== d.fusion) {
     const anns = (el.layout.annotations || []).concat([{x: d.t, y: 3, xref: 'x', yref: 'y', text: d.fusion, showarrow: true, arrowhead: 0, ay: -18, font: {size: 10}}]);
     Plotly.relayout(el, {annotations: anns.slice(-8)});
+    edgeDone = Infinity;  // the figure was laid out again: the next point redraws the whole edge
   }
   window.mmLive.fusion = d.fusion;
   window.mmLive.points += 1;

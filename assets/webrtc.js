@@ -9,7 +9,7 @@ const startBtn = element.querySelector('.mm-rtc-start');
 const stopBtn = element.querySelector('.mm-rtc-stop');
 const state = element.querySelector('.mm-rtc-state');
 let pc = null, stream = null, dc = null, stopped = null;
-window.mmRtc = {messages: 0, frames: [], state: 'idle', error: null};
+window.mmRtc = {messages: 0, frames: [], faces: [], state: 'idle', error: null};
 
 function say(text) { state.textContent = text; window.mmRtc.state = text; }
 
@@ -20,7 +20,7 @@ function replace(selector, html) {
 
 function drawBox(m) {
   const w = video.clientWidth, h = video.clientHeight;
-  overlay.width = w; overlay.height = h;
+  if (overlay.width !== w || overlay.height !== h) { overlay.width = w; overlay.height = h; }  // (a resize reallocates it)
   const g = overlay.getContext('2d');
   g.clearRect(0, 0, w, h);
   if (!m.box || !m.size) return;
@@ -61,6 +61,10 @@ function handle(m) {
   if (m.pts !== undefined) {
     window.mmRtc.frames.push([m.pts, Date.now(), m.recv, m.feed ? m.feed.sent : null, !!m.face_read]);
     if (window.mmRtc.frames.length > 5000) window.mmRtc.frames.shift();
+    drawBox(m);
+  } else if (m.face_pts !== undefined) {  // a face read beside the frames: its box and label
+    window.mmRtc.faces.push([m.face_pts, Date.now(), m.recv, m.feed ? m.feed.sent : null]);
+    if (window.mmRtc.faces.length > 5000) window.mmRtc.faces.shift();
     drawBox(m);
   }
 }

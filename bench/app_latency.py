@@ -278,13 +278,25 @@ def run_rtc(url: str, n: int, seconds: float, m: dict) -> list[dict]:
         marks_t = time.time() * 1000
         time.sleep(seconds)
         for page, (p0, f0, r0) in zip(pages, marks):
-            pts, plots, frames, enc, drawn, draws, shown, draw_ms = page.evaluate(
-                "[window.mmLive.points, window.mmLive.framePlots.length, window.mmRtc.frames, window.mmProbe.enc, window.mmProbe.drawn, "
-                "window.mmLive.draws, window.mmLive.shown, window.mmLive.drawMs]")
-            lat, parts = rtc_latencies(frames[r0:], enc, drawn, np.sort(np.array(draws + shown, dtype=float)))
-            out.append(_row(n, seconds, pts - p0, plots - f0, lat, parts, draws, draw_ms, marks_t))
+            pts, plots, frames, faces, enc, drawn, draws, shown, draw_ms = page.evaluate(
+                "[window.mmLive.points, window.mmLive.framePlots.length, window.mmRtc.frames, window.mmRtc.faces, window.mmProbe.enc, "
+                "window.mmProbe.drawn, window.mmLive.draws, window.mmLive.shown, window.mmLive.drawMs]")
+            on_plot = np.sort(np.array(draws + shown, dtype=float))
+            lat, parts = rtc_latencies(frames[r0:], enc, drawn, on_plot)
+            row = _row(n, seconds, pts - p0, plots - f0, lat, parts, draws, draw_ms, marks_t)
+            # faces read apart from the frames (face_apart): a frame's face reaches the plot in
+            # an update of its own; its latency is the age of the face the plot shows when it changes
+            face_lat, _ = rtc_latencies([f for f in faces if f[1] >= marks_t], enc, drawn, on_plot)
+            row |= {"face_updates_per_s": sum(f[1] >= marks_t for f in faces) / seconds, "face_latency_n": int(face_lat.size),
+                    "face_latency_p50_ms": float(np.percentile(face_lat, 50)) if face_lat.size else None,
+                    "face_latency_p95_ms": float(np.percentile(face_lat, 95)) if face_lat.size else None}
+            out.append(row)
         browser.close()
     return out
+
+
+def _label(variant: str, settings: list[str], transport: str) -> str:
+    return f"{variant}, {transport}" + ("".join(f", {x}" for x in settings) if variant == "now" else "")
 
 
 def main() -> None:
@@ -296,16 +308,19 @@ def main() -> None:
     ap.add_argument("--before", action="store_true",
                     help="first run the app as it was before the CPU cuts (face every frame, openSMILE over every voice window, torch's "
                          "default threads), then as it is: a before/after table from one run")
-    ap.add_argument("--transports", default="http,webrtc", help="the app's transports to measure (python app.py --transport)")
+    ap.add_argument("--transports", default="http,webrtc",
+                    help="the app's transports to measure (python app.py --transport), each optionally with settings for the app's "
+                         "--set: 'webrtc+face_apart=false' is the WebRTC app reading faces in line with the frames")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "app_latency.json"))
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     m = media(tmp, silent=args.silent_mic)
     env = dict(os.environ, GRADIO_TEMP_DIR=str(tmp / "gradio"), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
-    variants = ([("before", BEFORE, "http")] if args.before else []) + [("now", [], t) for t in args.transports.split(",")]
+    variants = ([("before", BEFORE, "http")] if args.before else []) + [
+        ("now", t.split("+")[1:], t.split("+")[0]) for t in args.transports.split(",")]
     results = []
     for variant, settings, transport in variants:
-        variant = f"{variant}, {transport}"
+        variant = _label(variant, settings, transport)
         port = free_port()
         log = open(tmp / f"app-{variant}.log", "w")
         cmd = [sys.executable, str(ROOT / "app.py"), "--port", str(port), "--device", args.device, "--transport", transport]
@@ -332,16 +347,20 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-    print("\n| app | sessions | updates/s per session | of which frames | frame -> plot p50 ms | p95 ms |\n|---|---|---|---|---|---|")
+    print("\n| app | sessions | updates/s per session | of which frames | frame -> plot p50 ms | p95 ms | face -> plot p50 / p95 ms |\n"
+          "|---|---|---|---|---|---|---|")
     for variant in dict.fromkeys(r["variant"] for r in results):
         for n in sorted({r["sessions"] for r in results}):
             rows = [r for r in results if r["sessions"] == n and r["variant"] == variant]
             mean = lambda k: np.mean([r[k] for r in rows if r[k] is not None])  # noqa: E731
-            print(f"| {variant} | {n} | {mean('updates_per_s'):.1f} | {mean('frame_updates_per_s'):.1f} | {mean('latency_p50_ms'):.0f} | {mean('latency_p95_ms'):.0f} |")
+            face = (f"{mean('face_latency_p50_ms'):.0f} / {mean('face_latency_p95_ms'):.0f}"
+                    if any(r.get("face_latency_p50_ms") is not None for r in rows) else "in line")
+            print(f"| {variant} | {n} | {mean('updates_per_s'):.1f} | {mean('frame_updates_per_s'):.1f} | {mean('latency_p50_ms'):.0f} | "
+                  f"{mean('latency_p95_ms'):.0f} | {face} |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "device": args.device, "cpus": os.cpu_count(), "cpu_model": cpu_model(), "seconds": args.seconds, "microphone": "silence" if args.silent_mic else "speech",
-                               "variants": {f"{v}, {t}": st for v, st, t in variants}, "results": results}, indent=2) + "\n")
+                               "variants": {_label(v, st, t): st for v, st, t in variants}, "results": results}, indent=2) + "\n")
     print(f"wrote {out}")
 
 

@@ -56,6 +56,7 @@ class PipelineConfig:
     voice_ttl_s: float = 1.0  # voice features count this long after they were computed
     face_ttl_s: float = 0.5  # a face not seen for this long is absent
     face_interval_s: float = 0.2  # read the face at most this often (5/s at 10 frames/s: frames in between only update, half the face CPU); 0 = every frame
+    face_apart: bool = True  # WebRTC: a frame's update never waits for a face read; the read runs beside the frames and its update follows (mmdemo.webrtc)
     face_smooth_s: float = 0.7  # time constant of the face feature's moving average (0 = raw frames); 0.7 s read 5 times a second is as steady as 0.5 s read every frame (bench/face_stability.py)
     face_label_margin: float = 0.15  # the drawn expression changes only when another one leads by this much
     camera_timeout_s: float = 2.0  # no frame for this long: the camera is off
@@ -241,6 +242,8 @@ class Session:
         self.last_frame_t: float | None = None
         self.last_face_t: float | None = None  # when the face models last found a face
         self.last_frame: np.ndarray | None = None  # the newest frame (kept only to store a moment's clip)
+        self.camera_runs = 0  # how many times the camera stopped (a face read across a stop is dropped)
+        self.last_t = -float("inf")  # time of the newest update
         # calibration and personal models (see mmdemo.calibration, mmdemo.personal)
         self.baseline: Baseline | None = None
         self.calibrator: Calibrator | None = None
@@ -299,24 +302,43 @@ class Session:
             self.fusion_name, self.model = name, model
             return self.update(stage_ms={}) if recompute else None
 
-    def push_frame(self, frame, t: float | None = None) -> Update:
+    def face_due(self, t: float | None = None) -> bool:
+        """Whether :meth:`push_frame` would read the face of a frame arriving at ``t``: the face
+        was not read less than ``face_interval_s`` ago (a frame without a face does not count)."""
         t = self.now() if t is None else t
         with self._lock:
-            if (self.cfg.face_interval_s > 0 and self.features["vision"] is not None and self.last_face_t is not None
-                    and 0 <= t - self.last_face_t < self.cfg.face_interval_s):
+            return not (self.cfg.face_interval_s > 0 and self.features["vision"] is not None and self.last_face_t is not None
+                        and 0 <= t - self.last_face_t < self.cfg.face_interval_s)
+
+    def push_frame(self, frame, t: float | None = None, *, read_face: bool | None = None) -> Update:
+        """A camera frame. The face models read it when :meth:`face_due` (``read_face`` None), always
+        (True) or never (False: the frame keeps the camera alive and gives an update at once; a
+        transport that reads faces apart, see mmdemo.webrtc, then asks for the read itself).
+        A read that finishes after :meth:`stop_camera` is dropped."""
+        t = self.now() if t is None else t
+        with self._lock:
+            if read_face is False or (read_face is None and not self.face_due(t)):
                 # the face was read less than face_interval_s ago: this frame keeps the camera alive
                 # and gives an update, the face models skip it (the face feature is a moving average
                 # over about a second: a few frames a second carry it)
-                self.last_frame_t = t
-                self.last_frame = np.asarray(frame)
+                if self.last_frame_t is None or t >= self.last_frame_t:
+                    self.last_frame_t = t
+                    self.last_frame = np.asarray(frame)
                 return self.update(t, stage_ms={})
+            camera = self.camera_runs
         t0, c0 = time.perf_counter(), time.process_time()
         res = self.engine.face.encode(frame)
         ms, cpu = 1000 * (time.perf_counter() - t0), 1000 * (time.process_time() - c0)
         with self._lock:
-            self.last_frame_t = t
+            # a face read apart from its frame's update (read_face True) finishes after later
+            # frames' updates: its update comes at the newest time, so the history never runs backwards
+            t_up = max(t, self.last_t) if read_face else t
+            if camera != self.camera_runs:  # the camera stopped while this frame was read
+                return self.update(t_up, stage_ms={"face": ms}, cpu_ms={"face": cpu})
+            if self.last_frame_t is None or t >= self.last_frame_t:
+                self.last_frame_t = t
+                self.last_frame = np.asarray(frame)
             self.last_face_t = t if res.present else None  # a frame without a face: the next one is read
-            self.last_frame = np.asarray(frame)
             if res.present:
                 raw = res.feature
                 if self.calibrator is not None:
@@ -335,7 +357,7 @@ class Session:
                 self.face_box = self.face_expression = None
             self.reasons["vision"] = res.reason
             self.notes["vision"] = res.info.get("notes", [])
-            return self.update(t, stage_ms={"face": ms}, cpu_ms={"face": cpu})
+            return self.update(t_up, stage_ms={"face": ms}, cpu_ms={"face": cpu})
 
     def push_audio(self, chunk, sample_rate: int, t: float | None = None) -> Update:
         t0, c0 = time.perf_counter(), time.process_time()
@@ -491,6 +513,7 @@ class Session:
             self.face_label.reset()
             self.last_frame_t = self.last_face_t = None
             self.last_frame = None
+            self.camera_runs += 1  # a face being read now belongs to the stopped camera
             self.recent["vision"].clear()
             self.reasons["vision"] = "camera stopped"
             return self.update(t, stage_ms={})
@@ -785,4 +808,5 @@ class Session:
                 audio_level_dbfs=self.level, notes=notes, timings_ms=timings, cpu_ms=cpu, personal=personal is not None,
             )
             self.history.append(up)
+            self.last_t = max(self.last_t, t)
             return up

@@ -134,6 +134,7 @@ class _Link:
         self.channel = None
         self.latest = None  # the newest video frame not yet processed
         self.video_busy = False
+        self.face_busy = False  # a face is being read apart from the frames (PipelineConfig.face_apart)
         self.last_video = 0.0
         self.audio: list[np.ndarray] = []
         self.audio_rate = 48000
@@ -192,14 +193,37 @@ class _Link:
                 recv = time.time()
                 self.last_video = time.monotonic()
                 img = await self.bridge.run(frame.to_ndarray, format="rgb24")
-                up = await self.bridge.run(self.session.push_frame, img)
+                size = [int(img.shape[1]), int(img.shape[0])]
+                if self.session.cfg.face_apart:
+                    # the frame's update does not wait for the face models (20-120 ms here, most of
+                    # a frame's time): when a read is due and none is running, this frame's face is
+                    # read beside the next frames, and its own update follows
+                    t = self.session.now()
+                    read = not self.face_busy and self.session.face_due(t)
+                    up = await self.bridge.run(self.session.push_frame, img, t, read_face=False)
+                    if read and not (self.closed or self.stopping):
+                        self.face_busy = True
+                        self.spawn(self.read_face(img, t, frame.pts, recv, size))
+                else:
+                    up = await self.bridge.run(self.session.push_frame, img)
+                    read = "face" in up.timings_ms
                 self.frames_done += 1
-                self.send(up, "frame", pts=frame.pts, recv=recv * 1000, size=[int(img.shape[1]), int(img.shape[0])],
-                          face_read="face" in up.timings_ms)
+                self.send(up, "frame", pts=frame.pts, recv=recv * 1000, size=size, face_read=read)
         except Exception as err:  # noqa: BLE001 - one bad frame must not end the stream
             log.warning("webrtc frame skipped: %s", err)
         finally:
             self.video_busy = False
+
+    async def read_face(self, img: np.ndarray, t: float, pts, recv: float, size: list[int]) -> None:
+        """Reads the face of the frame of time ``t`` and sends its update (``src`` "face";
+        ``face_pts``: the RTP timestamp of the frame it read)."""
+        try:
+            up = await self.bridge.run(self.session.push_frame, img, t, read_face=True)
+            self.send(up, "face", face_pts=pts, recv=recv * 1000, size=size)
+        except Exception as err:  # noqa: BLE001 - one bad frame must not end the stream
+            log.warning("webrtc face read skipped: %s", err)
+        finally:
+            self.face_busy = False
 
     async def run_audio(self, track) -> None:
         from aiortc.mediastreams import MediaStreamError
@@ -251,7 +275,7 @@ class _Link:
         self.stopping = True
         self.latest = None
         for _ in range(500):  # a frame or chunk being read finishes first (else its answer would follow the stop)
-            if not (self.video_busy or self.audio_busy):
+            if not (self.video_busy or self.audio_busy or self.face_busy):
                 break
             await asyncio.sleep(0.01)
         await self.bridge.run(self.session.stop_camera)

@@ -235,6 +235,7 @@ def test_the_webrtc_transport_streams_camera_and_microphone(rtc_server, media, t
         page.wait_for_function("window.mmRtc.state === 'WebRTC: connected' || window.mmRtc.error !== null", timeout=60000)
         assert page.evaluate("window.mmRtc.error") is None
         page.wait_for_function("window.mmRtc.frames.length >= 20", timeout=60000)
+        page.wait_for_function("window.mmRtc.faces.length >= 3", timeout=30000)  # faces are read beside the frames
         page.wait_for_function("document.querySelector('#status').innerText.includes('face: present')", timeout=30000)
         page.wait_for_function("document.querySelector('#status').innerText.includes('voice: present')", timeout=60000)
         page.wait_for_function("document.querySelector('#transcript textarea').value.length > 5", timeout=90000)
@@ -250,3 +251,46 @@ def test_the_webrtc_transport_streams_camera_and_microphone(rtc_server, media, t
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "webrtc.png"))
         ctx.close()
+
+
+EDGE_ALPHA = """([t, y]) => {
+  // how opaque the live edge's canvas is at the point (t, y) of the sentiment panel
+  const el = document.querySelector('.mm-live-plot'), fl = el._fullLayout, cv = document.querySelector('.mm-live-edge');
+  const x = Math.round(fl.xaxis._offset + fl.xaxis.l2p(t)), py = Math.round(fl.yaxis._offset + fl.yaxis.l2p(y));
+  return Math.max(...Array.from(cv.getContext('2d').getImageData(x - 1, py - 1, 3, 3).data).filter((_, i) => i % 4 === 3));
+}"""
+
+
+def test_the_live_plot_shows_each_point_at_once_and_the_figure_takes_them_in(server, tmp_path):
+    """Each new point is drawn at once on the canvas over the figure (only the new ones: the edge
+    is not redrawn whole for each point); the figure's own redraw, a second or more later, takes
+    them in and the canvas lets go of them."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(server["url"], wait_until="load")
+        page.wait_for_function("window.mmLive !== undefined && window.mmLive.feed !== undefined && typeof Plotly !== 'undefined'", timeout=60000)
+        page.evaluate("window.mmLive.feed({reset: true})")
+
+        def point(t, y):
+            shown = page.evaluate("window.mmLive.shown.length")
+            page.evaluate("([t, y]) => window.mmLive.feed({src: 'test', t: t, pred: y, base: 0, fusion: 'weighted', any: true, "
+                          "shap: {text: y / 2, audio: 0, vision: 0}, w: {text: 0.5, audio: 0.3, vision: 0.2}, sent: Date.now()})", [t, y])
+            assert page.evaluate("window.mmLive.shown.length") == shown + 1  # drawn in the same call
+
+        draws = page.evaluate("window.mmLive.draws.length")
+        point(0.5, 0.0)  # the first point is redrawn at once: the next redraw is a second or more away
+        page.wait_for_function(f"window.mmLive.draws.length > {draws}", timeout=10000)
+        for i, y in enumerate((2.0, -2.0, 2.0)):
+            point(1.0 + i, y)
+            assert page.evaluate(EDGE_ALPHA, [1.0 + i, y]) > 200  # the new point's dot
+        assert page.evaluate(EDGE_ALPHA, [1.0, 2.0]) > 200  # the earlier ones stay
+        assert page.evaluate(EDGE_ALPHA, [1.0, -2.0]) == 0  # nothing where no point is
+        page.wait_for_function("document.querySelector('.mm-live-plot').data[0].x.length >= 4", timeout=10000)  # the figure's redraw
+        assert page.evaluate("document.querySelector('.mm-live-plot').data[0].x") == [0.5, 1.0, 2.0, 3.0]
+        assert page.evaluate(EDGE_ALPHA, [2.0, -2.0]) == 0  # the figure shows it now, the canvas does not
+        point(4.0, -2.0)
+        assert page.evaluate(EDGE_ALPHA, [4.0, -2.0]) > 200
+        browser.close()

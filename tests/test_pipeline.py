@@ -407,11 +407,52 @@ def test_reading_the_face_five_times_a_second_stays_within_tolerance(speech48):
     assert ds.mean() < 0.05 and ds.max() < 0.2, (ds.mean(), ds.max())
 
 
+def test_a_face_read_apart_from_the_frames(engine, monkeypatch):
+    """push_frame(read_face=False) never waits for the face models; read_face=True reads even
+    within face_interval_s, and its update never goes back in time; a read that finishes after the
+    camera stopped is dropped."""
+    s = engine.session("concat")
+    reads = []
+    real = engine.face.encode
+    monkeypatch.setattr(engine.face, "encode", lambda f: reads.append(1) or real(f))
+    face = astronaut()
+    up = s.push_frame(face, t=0.0, read_face=False)
+    assert reads == [] and "face" not in up.timings_ms and not up.present["vision"]
+    assert s.last_frame_t == 0.0 and s.face_due(0.05)  # the camera is alive; no face read yet
+    s.set_text("fine", t=0.3)  # a later update (as audio chunks and frames are, while a face is read)
+    up = s.push_frame(face, t=0.1, read_face=True)
+    assert reads == [1] and up.present["vision"] and "face" in up.timings_ms
+    assert up.t == 0.3 and s.features["vision"][1] == 0.1  # the update at the newest time, the feature at its frame's
+    assert [u.t for u in s.history] == sorted(u.t for u in s.history)
+    assert not s.face_due(0.2) and s.face_due(0.31)  # read 0.1 s ago: not due within face_interval_s
+    s.push_frame(face, t=0.2, read_face=True)  # asked for: read even so
+    assert len(reads) == 2
+    assert s.push_frame(face, t=0.25).timings_ms.get("face") is None and len(reads) == 2  # the interval rule (read_face None)
+    # a read across a stop: the camera stopped while the models read its frame
+    gate, entered = threading.Event(), threading.Event()
+
+    def slow(f):
+        entered.set()
+        gate.wait(10)
+        return real(f)
+
+    monkeypatch.setattr(engine.face, "encode", slow)
+    out = []
+    worker = threading.Thread(target=lambda: out.append(s.push_frame(face, t=0.4, read_face=True)))
+    worker.start()
+    assert entered.wait(10)
+    s.stop_camera(t=0.45)
+    gate.set()
+    worker.join(10)
+    assert not out[0].present["vision"] and s.features["vision"] is None and s.face_box is None
+    assert s.last_frame_t is None  # nothing of the stopped camera came back
+
+
 def test_pipeline_settings_from_the_command_line():
     from mmdemo.pipeline import config_with
 
-    c = config_with(["face_interval_s=0", "voice_stream=false", "torch_threads=none", "history=100"])
-    assert (c.face_interval_s, c.voice_stream, c.torch_threads, c.history) == (0.0, False, None, 100)
+    c = config_with(["face_interval_s=0", "voice_stream=false", "torch_threads=none", "history=100", "face_apart=false"])
+    assert (c.face_interval_s, c.voice_stream, c.torch_threads, c.history, c.face_apart) == (0.0, False, None, 100, False)
     assert config_with([]) == PipelineConfig()
     for bad in ("nope=1", "face_interval_s", "voice_stream=maybe", "history=1.5", "face_smooth_s=fast"):
         with pytest.raises(ValueError, match=bad.split("=")[0]):

@@ -152,7 +152,8 @@ def test_the_pinned_aiortc_takes_the_faster_jitter_buffer():
 def _bridge():
     from mmdemo.webrtc import RtcBridge
 
-    return RtcBridge(lambda session, up, src: {"src": src, "pred": up.prediction, "present": up.present}, max_connections=2)
+    return RtcBridge(lambda session, up, src: {"src": src, "pred": up.prediction, "present": up.present, "face_ms": up.timings_ms.get("face")},
+                     max_connections=2)
 
 
 def test_bad_offers_are_refused_with_a_reason(engine_cpu):
@@ -179,7 +180,8 @@ def engine_cpu():
 
 
 @pytest.mark.slow
-def test_a_client_streams_face_and_speech_and_gets_results(engine_cpu, tmp_path):
+@pytest.mark.parametrize("face_apart", [True, False])
+def test_a_client_streams_face_and_speech_and_gets_results(engine_cpu, tmp_path, face_apart):
     from aiortc import AudioStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 
     from mmdemo.webrtc import _frame_on_marker_buffer
@@ -206,7 +208,10 @@ def test_a_client_streams_face_and_speech_and_gets_results(engine_cpu, tmp_path)
             frame.sample_rate, frame.pts, frame.time_base = 48000, self.pos, fractions.Fraction(1, 48000)
             return frame
 
+    from dataclasses import replace
+
     bridge, session = _bridge(), engine_cpu.session("weighted")
+    session.cfg = replace(session.cfg, face_apart=face_apart)
     messages: list[dict] = []
 
     async def go():
@@ -250,6 +255,15 @@ def test_a_client_streams_face_and_speech_and_gets_results(engine_cpu, tmp_path)
     assert len(frames) >= 15, (len(messages), stats)
     assert all(isinstance(m["pts"], int) and m["size"][0] > 0 and m["recv"] > 0 for m in frames)
     assert frames[-1]["present"]["vision"]  # the face was read from the video track
+    faces = [m for m in messages if m["src"] == "face"]
+    if face_apart:  # no frame's update waited for the face models; each face read sent its own update
+        assert all(m["face_ms"] is None for m in frames)
+        assert faces and all(m["face_ms"] > 0 and m["present"]["vision"] for m in faces)
+        read = {m["pts"] for m in frames if m["face_read"]}
+        assert {m["face_pts"] for m in faces} <= read and len(faces) >= len(read) - 1  # the last may be cut by Stop
+    else:  # each frame's update came after its face was read, when one was due
+        assert not faces and any(m["face_ms"] for m in frames)
+        assert all(m["face_read"] == (m["face_ms"] is not None) for m in frames)
     assert any(m["present"]["audio"] for m in messages)  # and the voice from the audio track
     assert stats[0]["frames_in"] >= stats[0]["frames_done"] >= 15  # frames that came while busy were skipped, never queued
     (last,) = [m for m in messages if m["src"] == "stopped"]
