@@ -9,7 +9,7 @@ const el = element.querySelector('.mm-live-plot');
 const C = __COLORS__;  // filled in by app.py
 const L = {text: 'words', audio: 'voice', vision: 'face'};
 const M = ['text', 'audio', 'vision'];
-const N = 600;
+const N = 1200;  // points kept: 60 s at 20 updates/s
 window.mmLive = {points: 0, latencies: [], framePlots: [], draws: [], shown: [], fusion: null, ema: null, lastT: -1};
 const WINDOW = 60, LEAD = 8;
 let edge = null, edgePoints = [], tmax = 0;
@@ -95,15 +95,19 @@ function init() {
     annotations: [],
   };
   Plotly.newPlot(el, traces, layout, {displayModeBar: false, responsive: true});
+  // whenever Plotly draws the figure (a redraw, a relayout, a resize, a zoom) the axes may have
+  // moved: the next point redraws the whole edge
+  el.on('plotly_afterplot', () => { edgeDone = Infinity; });
   edgePoints = []; lastDrawn = null; tmax = 0; edgeDone = 0;
   if (edge) edge.getContext('2d').clearRect(0, 0, edge.width, edge.height);
 }
 const pending = {x: [[], [], [], [], [], [], [], []], y: [[], [], [], [], [], [], [], []]};
-// raw points (one SVG node each, the costly part of a redraw) for the last 15 s; lines for 60 s
-const KEEP = {x: [150, N, N, N, N, N, N, N], y: [150, N, N, N, N, N, N, N]};
+// raw points (one SVG node each, the costly part of a redraw): the last 300 (15-40 s); lines for 60 s
+const KEEP = {x: [300, N, N, N, N, N, N, N], y: [300, N, N, N, N, N, N, N]};
 let scheduled = false, lastDraw = 0, drawMs = 20;
 // The canvas draws every new point of every panel at once, so the figure itself is redrawn only
-// every few seconds (1-6 s: never for more than a fortieth of the page's time), and LEAD s ahead
+// every few seconds (1-6 s: for at most a fortieth of the page's time while a redraw takes under
+// 150 ms), and LEAD s ahead
 // leave room for the points of the seconds in between. A redraw holds the page's only thread
 // (around 100 ms on a busy 2-core machine): a result arriving meanwhile waits for it, so at a
 // redraw a second, one result in ten was held back, enough to set the 95th percentile's latency.
@@ -158,7 +162,6 @@ function feed(d) {
   if (window.mmLive.fusion !== null && window.mmLive.fusion !== d.fusion) {
     const anns = (el.layout.annotations || []).concat([{x: d.t, y: 3, xref: 'x', yref: 'y', text: d.fusion, showarrow: true, arrowhead: 0, ay: -18, font: {size: 10}}]);
     Plotly.relayout(el, {annotations: anns.slice(-8)});
-    edgeDone = Infinity;  // the figure was laid out again: the next point redraws the whole edge
   }
   window.mmLive.fusion = d.fusion;
   window.mmLive.points += 1;

@@ -9,7 +9,7 @@ const startBtn = element.querySelector('.mm-rtc-start');
 const stopBtn = element.querySelector('.mm-rtc-stop');
 const state = element.querySelector('.mm-rtc-state');
 let pc = null, stream = null, dc = null, stopped = null;
-window.mmRtc = {messages: 0, frames: [], faces: [], state: 'idle', error: null};
+window.mmRtc = {messages: 0, frames: [], faces: [], state: 'idle', error: null, lastWord: false};
 
 function say(text) { state.textContent = text; window.mmRtc.state = text; }
 
@@ -49,21 +49,23 @@ function showPanel() {
 }
 
 function handle(m) {
+  const arrived = Date.now();  // before the plot draws it (the app bench matches the two)
   window.mmRtc.messages += 1;
   if (m.feed && window.mmLive && window.mmLive.feed) window.mmLive.feed(m.feed);
   panel = m;
-  if (m.src === 'stopped') {  // the server's last word: shown at once
+  if ((m.src || (m.feed && m.feed.src)) === 'stopped') {  // the server's last word: shown at once
     clearTimeout(panelTimer); showPanel(); drawBox(m);
+    window.mmRtc.lastWord = true;
     if (stopped) stopped();
     return;
   }
   if (!panelTimer) panelTimer = setTimeout(showPanel, 200);
   if (m.pts !== undefined) {
-    window.mmRtc.frames.push([m.pts, Date.now(), m.recv, m.feed ? m.feed.sent : null, !!m.face_read]);
+    window.mmRtc.frames.push([m.pts, arrived, m.recv, m.feed ? m.feed.sent : null, !!m.face_read]);
     if (window.mmRtc.frames.length > 5000) window.mmRtc.frames.shift();
     drawBox(m);
   } else if (m.face_pts !== undefined) {  // a face read beside the frames: its box and label
-    window.mmRtc.faces.push([m.face_pts, Date.now(), m.recv, m.feed ? m.feed.sent : null]);
+    window.mmRtc.faces.push([m.face_pts, arrived, m.recv, m.feed ? m.feed.sent : null]);
     if (window.mmRtc.faces.length > 5000) window.mmRtc.faces.shift();
     drawBox(m);
   }

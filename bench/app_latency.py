@@ -230,21 +230,30 @@ def run(url: str, n: int, seconds: float, m: dict) -> list[dict]:
     return out
 
 
-def rtc_latencies(frames: list, enc: list, drawn: list, on_plot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def rtc_offset(frames: list, enc: list) -> int | None:
+    """The browser may add a constant offset to RTP timestamps on the wire: the offset that
+    matches the most of the first results to encoded frames."""
+    if not frames or not enc:
+        return None
+    counts: dict[int, int] = {}
+    recent = [int(ts) % 2**32 for ts, _ in enc[-3000:]]
+    for pts, *_ in frames[:50]:
+        for ts in recent:
+            off = (int(pts) - ts) % 2**32
+            counts[off] = counts.get(off, 0) + 1
+    return max(counts, key=counts.get)
+
+
+def rtc_latencies(frames: list, enc: list, drawn: list, on_plot: np.ndarray, offset: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Frame -> plot latencies of the WebRTC page. ``frames``: [rtp timestamp, arrival, server
     receive, server send] per result; ``enc``: [rtp timestamp, time] per encoded frame; ``drawn``:
     the canvas camera's frame times. The browser may add a constant offset to RTP timestamps on the
     wire: the offset that matches the most results is used. Capture = the last canvas frame drawn
     before the encoder took it."""
-    if not frames or not enc:
-        return np.zeros(0), np.zeros((0, 3))
+    offset = rtc_offset(frames, enc) if offset is None else offset
+    if not frames or offset is None:
+        return np.zeros(0), np.zeros((0, 4))
     enc_ts = {int(ts) % 2**32: t for ts, t in enc}
-    counts: dict[int, int] = {}
-    for pts, *_ in frames[:50]:
-        for ts in list(enc_ts)[-3000:]:
-            off = (int(pts) - ts) % 2**32
-            counts[off] = counts.get(off, 0) + 1
-    offset = max(counts, key=counts.get)
     drawn = np.asarray(drawn, dtype=float)
     lat, parts = [], []
     for pts, arrived, recv, sent, *face in frames:
@@ -274,22 +283,27 @@ def run_rtc(url: str, n: int, seconds: float, m: dict) -> list[dict]:
         for page in pages:
             page.wait_for_function("window.mmRtc.state === 'WebRTC: connected'", timeout=60000)
         time.sleep(5)  # warm-up
-        marks = [page.evaluate("[window.mmLive.points, window.mmLive.framePlots.length, window.mmRtc.frames.length]") for page in pages]
+        marks = [page.evaluate("[window.mmLive.points, window.mmLive.framePlots.length, window.mmRtc.frames.length, window.mmRtc.faces.length]")
+                 for page in pages]
         marks_t = time.time() * 1000
         time.sleep(seconds)
-        for page, (p0, f0, r0) in zip(pages, marks):
+        for page, (p0, f0, r0, q0) in zip(pages, marks):
             pts, plots, frames, faces, enc, drawn, draws, shown, draw_ms = page.evaluate(
                 "[window.mmLive.points, window.mmLive.framePlots.length, window.mmRtc.frames, window.mmRtc.faces, window.mmProbe.enc, "
                 "window.mmProbe.drawn, window.mmLive.draws, window.mmLive.shown, window.mmLive.drawMs]")
             on_plot = np.sort(np.array(draws + shown, dtype=float))
-            lat, parts = rtc_latencies(frames[r0:], enc, drawn, on_plot)
+            offset = rtc_offset(frames, enc)
+            lat, parts = rtc_latencies(frames[r0:], enc, drawn, on_plot, offset)
             row = _row(n, seconds, pts - p0, plots - f0, lat, parts, draws, draw_ms, marks_t)
-            # faces read apart from the frames (face_apart): a frame's face reaches the plot in
-            # an update of its own; its latency is the age of the face the plot shows when it changes
-            face_lat, _ = rtc_latencies([f for f in faces if f[1] >= marks_t], enc, drawn, on_plot)
-            row |= {"face_updates_per_s": sum(f[1] >= marks_t for f in faces) / seconds, "face_latency_n": int(face_lat.size),
+            # faces read apart from the frames (face_apart): a frame's face reaches the plot in an
+            # update of its own; its latency is the age of the face the plot shows when it changes,
+            # and its handler time the face read (counted from the frame's arrival)
+            face_lat, face_parts = rtc_latencies(faces[q0:], enc, drawn, on_plot, offset)
+            row |= {"face_updates_per_s": (len(faces) - q0) / seconds, "face_latency_n": int(face_lat.size),
                     "face_latency_p50_ms": float(np.percentile(face_lat, 50)) if face_lat.size else None,
-                    "face_latency_p95_ms": float(np.percentile(face_lat, 95)) if face_lat.size else None}
+                    "face_latency_p95_ms": float(np.percentile(face_lat, 95)) if face_lat.size else None,
+                    "face_handler_p50_ms": float(np.median(face_parts[:, 1])) if len(face_parts) else None,
+                    "face_handler_p95_ms": float(np.percentile(face_parts[:, 1], 95)) if len(face_parts) else None}
             out.append(row)
         browser.close()
     return out

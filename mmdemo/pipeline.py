@@ -56,7 +56,7 @@ class PipelineConfig:
     voice_ttl_s: float = 1.0  # voice features count this long after they were computed
     face_ttl_s: float = 0.5  # a face not seen for this long is absent
     face_interval_s: float = 0.2  # read the face at most this often (5/s at 10 frames/s: frames in between only update, half the face CPU); 0 = every frame
-    face_apart: bool = True  # WebRTC: a frame's update never waits for a face read; the read runs beside the frames and its update follows (mmdemo.webrtc)
+    face_apart: bool = True  # WebRTC: a frame's update does not wait for a face read; the read runs beside the frames (its own threads) and its update follows (mmdemo.webrtc)
     face_smooth_s: float = 0.7  # time constant of the face feature's moving average (0 = raw frames); 0.7 s read 5 times a second is as steady as 0.5 s read every frame (bench/face_stability.py)
     face_label_margin: float = 0.15  # the drawn expression changes only when another one leads by this much
     camera_timeout_s: float = 2.0  # no frame for this long: the camera is off
@@ -310,11 +310,16 @@ class Session:
             return not (self.cfg.face_interval_s > 0 and self.features["vision"] is not None and self.last_face_t is not None
                         and 0 <= t - self.last_face_t < self.cfg.face_interval_s)
 
-    def push_frame(self, frame, t: float | None = None, *, read_face: bool | None = None) -> Update:
+    def push_frame(self, frame, t: float | None = None, *, read_face: bool | None = None) -> Update | None:
         """A camera frame. The face models read it when :meth:`face_due` (``read_face`` None), always
         (True) or never (False: the frame keeps the camera alive and gives an update at once; a
         transport that reads faces apart, see mmdemo.webrtc, then asks for the read itself).
-        A read that finishes after :meth:`stop_camera` is dropped."""
+
+        Read apart (``read_face`` True or False), the update comes at ``t`` or at the newest
+        update's time if that is later, so the history never runs backwards (the read finishes,
+        and a frame's update may be run, after later updates); a face read apart counts as seen
+        when its read finished. A read apart that finishes after :meth:`stop_camera` is dropped:
+        None is returned."""
         t = self.now() if t is None else t
         with self._lock:
             if read_face is False or (read_face is None and not self.face_due(t)):
@@ -324,17 +329,15 @@ class Session:
                 if self.last_frame_t is None or t >= self.last_frame_t:
                     self.last_frame_t = t
                     self.last_frame = np.asarray(frame)
-                return self.update(t, stage_ms={})
+                return self.update(max(t, self.last_t) if read_face is False else t, stage_ms={})
             camera = self.camera_runs
         t0, c0 = time.perf_counter(), time.process_time()
         res = self.engine.face.encode(frame)
         ms, cpu = 1000 * (time.perf_counter() - t0), 1000 * (time.process_time() - c0)
         with self._lock:
-            # a face read apart from its frame's update (read_face True) finishes after later
-            # frames' updates: its update comes at the newest time, so the history never runs backwards
             t_up = max(t, self.last_t) if read_face else t
             if camera != self.camera_runs:  # the camera stopped while this frame was read
-                return self.update(t_up, stage_ms={"face": ms}, cpu_ms={"face": cpu})
+                return None if read_face else self.update(t_up, stage_ms={"face": ms}, cpu_ms={"face": cpu})
             if self.last_frame_t is None or t >= self.last_frame_t:
                 self.last_frame_t = t
                 self.last_frame = np.asarray(frame)
@@ -347,7 +350,7 @@ class Session:
                 self.recent["vision"].append((t, smooth))
                 if self.face_smoother.restarted:
                     self.face_label.reset()  # a face after a gap: neither average nor label carry over
-                self.features["vision"] = (smooth, t)
+                self.features["vision"] = (smooth, t_up)  # seen when read: a read apart took its time
                 self.face_box = res.info["box"]
                 self.face_expression = self.face_label.push(smooth[-len(FER_CLASSES) :])
             else:

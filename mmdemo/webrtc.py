@@ -8,7 +8,10 @@ the same connection. This module is the server half and never imports gradio: :c
 answers an SDP offer for one live :class:`~mmdemo.pipeline.Session` and feeds it. Video: only the
 newest decoded frame is processed (a frame that arrives while the session is busy replaces the
 waiting one), at most ``max_fps`` a second. Audio: 48 kHz Opus decoded to PCM, handed to the
-session every ``audio_chunk_s``. The pipeline runs in worker threads, never in the event loop.
+session every ``audio_chunk_s``. With ``PipelineConfig.face_apart`` (the default) a frame's update
+does not wait for the face models: a frame whose face is due is read in a thread of its own and
+that read sends its own update (``src`` "face"). The pipeline runs in worker threads, never in the
+event loop.
 
 ``aiortc`` is in requirements.txt. Connections on a LAN or localhost need no
 internet; across networks WebRTC needs a STUN/TURN server (not configured here), which is why the
@@ -197,11 +200,14 @@ class _Link:
                 if self.session.cfg.face_apart:
                     # the frame's update does not wait for the face models (20-120 ms here, most of
                     # a frame's time): when a read is due and none is running, this frame's face is
-                    # read beside the next frames, and its own update follows
-                    t = self.session.now()
-                    read = not self.face_busy and self.session.face_due(t)
-                    up = await self.bridge.run(self.session.push_frame, img, t, read_face=False)
-                    if read and not (self.closed or self.stopping):
+                    # read beside the next frames (in the bridge's face threads), and its own update follows
+                    session, t, free = self.session, self.session.now(), not self.face_busy
+
+                    def quick():  # in a worker: face_due takes the session's lock, never taken on the event loop
+                        return free and session.face_due(t), session.push_frame(img, t, read_face=False)
+
+                    read, up = await self.bridge.run(quick)
+                    if read and not (self.closed or self.stopping) and not self.face_busy:
                         self.face_busy = True
                         self.spawn(self.read_face(img, t, frame.pts, recv, size))
                 else:
@@ -218,8 +224,9 @@ class _Link:
         """Reads the face of the frame of time ``t`` and sends its update (``src`` "face";
         ``face_pts``: the RTP timestamp of the frame it read)."""
         try:
-            up = await self.bridge.run(self.session.push_frame, img, t, read_face=True)
-            self.send(up, "face", face_pts=pts, recv=recv * 1000, size=size)
+            up = await self.bridge.run_face(self.session.push_frame, img, t, read_face=True)
+            if up is not None:  # None: the camera stopped meanwhile
+                self.send(up, "face", face_pts=pts, recv=recv * 1000, size=size)
         except Exception as err:  # noqa: BLE001 - one bad frame must not end the stream
             log.warning("webrtc face read skipped: %s", err)
         finally:
@@ -318,7 +325,7 @@ class RtcBridge:
     data-channel message of an update (a dict; ``pts`` and ``recv`` are added for frames)."""
 
     def __init__(self, payload: Callable[[Session, Update, str], dict], *, max_connections: int = 16, max_fps: float = 12.0,
-                 audio_chunk_s: float = 0.1, audio_report_s: float = 0.5, connect_timeout_s: float = 30.0, workers: int = 4):
+                 audio_chunk_s: float = 0.1, audio_report_s: float = 0.5, connect_timeout_s: float = 30.0, workers: int = 4, face_workers: int = 2):
         self.payload = payload
         self.max_connections = max_connections
         self.min_frame_gap_s = 1.0 / max_fps
@@ -326,11 +333,18 @@ class RtcBridge:
         self.audio_report_s = audio_report_s
         self.connect_timeout_s = connect_timeout_s
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mmdemo-rtc")
+        # face reads apart from the frames (PipelineConfig.face_apart) have threads of their own, so
+        # that frames and audio never queue behind them
+        self.face_pool = ThreadPoolExecutor(max_workers=face_workers, thread_name_prefix="mmdemo-rtc-face")
         self.links: set[_Link] = set()
 
     async def run(self, fn, *args, **kwargs):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.pool, lambda: fn(*args, **kwargs))
+
+    async def run_face(self, fn, *args, **kwargs):
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.face_pool, lambda: fn(*args, **kwargs))
 
     async def answer(self, offer: dict, session: Session) -> dict:
         """The SDP answer to a browser's offer ({"sdp", "type": "offer"}) for ``session``."""

@@ -246,6 +246,7 @@ def test_the_webrtc_transport_streams_camera_and_microphone(rtc_server, media, t
         page.wait_for_function("window.mmRtc.state === 'stopped'")
         status = page.locator("#status").inner_text()  # the server's last word, shown before hanging up
         assert "camera stopped" in status and "microphone stopped" in status, status
+        assert page.evaluate("window.mmRtc.lastWord") is True  # that last update came (not the page's time-out)
         page.wait_for_timeout(1500)
         assert page.evaluate("window.mmRtc.frames.length") - frames <= 3  # nothing arrives after Stop (bar what was in flight)
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -253,18 +254,41 @@ def test_the_webrtc_transport_streams_camera_and_microphone(rtc_server, media, t
         ctx.close()
 
 
-EDGE_ALPHA = """([t, y]) => {
-  // how opaque the live edge's canvas is at the point (t, y) of the sentiment panel
-  const el = document.querySelector('.mm-live-plot'), fl = el._fullLayout, cv = document.querySelector('.mm-live-edge');
-  const x = Math.round(fl.xaxis._offset + fl.xaxis.l2p(t)), py = Math.round(fl.yaxis._offset + fl.yaxis.l2p(y));
-  return Math.max(...Array.from(cv.getContext('2d').getImageData(x - 1, py - 1, 3, 3).data).filter((_, i) => i % 4 === 3));
+EDGE_PROBE = """async () => {
+  // feeds points to the live plot right after a redraw of its figure, in one go (no timer of the
+  // page can run in between), and reads the canvas over the figure after each one
+  const el = document.querySelector('.mm-live-plot');
+  const mark = (t, y) => ({src: 'test', t: t, pred: y, base: 0, fusion: 'weighted', any: true, sent: Date.now(),
+                           shap: {text: y / 2, audio: 0, vision: 0}, w: {text: 0.5, audio: 0.3, vision: 0.2}});
+  const alpha = (t, y) => {
+    const fl = el._fullLayout, cv = document.querySelector('.mm-live-edge');
+    const x = Math.round(fl.xaxis._offset + fl.xaxis.l2p(t)), py = Math.round(fl.yaxis._offset + fl.yaxis.l2p(y));
+    return Math.max(...Array.from(cv.getContext('2d').getImageData(x - 1, py - 1, 3, 3).data).filter((_, i) => i % 4 === 3));
+  };
+  window.mmLive.feed({reset: true});
+  const draws = window.mmLive.draws.length;
+  window.mmLive.feed(mark(0.5, 0));  // the first point: the figure is redrawn at the next animation frame
+  while (window.mmLive.draws.length === draws) await new Promise(r => requestAnimationFrame(r));
+  const g = document.querySelector('.mm-live-edge').getContext('2d');
+  let arcs = 0;
+  const arc = g.arc.bind(g);
+  g.arc = (...a) => { arcs += 1; return arc(...a); };
+  const out = {steps: []};
+  for (const [t, y] of [[1, 2], [2, -2], [3, 2], [200, 2]]) {
+    const shown = window.mmLive.shown.length;
+    arcs = 0;
+    window.mmLive.feed(mark(t, y));
+    out.steps.push({shown: window.mmLive.shown.length - shown, arcs: arcs, here: alpha(t, y), first: alpha(1, 2), empty: alpha(1, -2)});
+  }
+  out.redrawn = window.mmLive.draws.length > draws + 1;  // (none in between: the next is a second or more away)
+  return out;
 }"""
 
 
 def test_the_live_plot_shows_each_point_at_once_and_the_figure_takes_them_in(server, tmp_path):
-    """Each new point is drawn at once on the canvas over the figure (only the new ones: the edge
-    is not redrawn whole for each point); the figure's own redraw, a second or more later, takes
-    them in and the canvas lets go of them."""
+    """Each new point is drawn at once on the canvas over the figure, and only the new one (the
+    edge is not redrawn whole for each point); a point past the figure's time axis waits for the
+    figure's redraw, which takes them all in, after which the canvas lets go of them."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -272,25 +296,15 @@ def test_the_live_plot_shows_each_point_at_once_and_the_figure_takes_them_in(ser
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.goto(server["url"], wait_until="load")
         page.wait_for_function("window.mmLive !== undefined && window.mmLive.feed !== undefined && typeof Plotly !== 'undefined'", timeout=60000)
-        page.evaluate("window.mmLive.feed({reset: true})")
-
-        def point(t, y):
-            shown = page.evaluate("window.mmLive.shown.length")
-            page.evaluate("([t, y]) => window.mmLive.feed({src: 'test', t: t, pred: y, base: 0, fusion: 'weighted', any: true, "
-                          "shap: {text: y / 2, audio: 0, vision: 0}, w: {text: 0.5, audio: 0.3, vision: 0.2}, sent: Date.now()})", [t, y])
-            assert page.evaluate("window.mmLive.shown.length") == shown + 1  # drawn in the same call
-
-        draws = page.evaluate("window.mmLive.draws.length")
-        point(0.5, 0.0)  # the first point is redrawn at once: the next redraw is a second or more away
-        page.wait_for_function(f"window.mmLive.draws.length > {draws}", timeout=10000)
-        for i, y in enumerate((2.0, -2.0, 2.0)):
-            point(1.0 + i, y)
-            assert page.evaluate(EDGE_ALPHA, [1.0 + i, y]) > 200  # the new point's dot
-        assert page.evaluate(EDGE_ALPHA, [1.0, 2.0]) > 200  # the earlier ones stay
-        assert page.evaluate(EDGE_ALPHA, [1.0, -2.0]) == 0  # nothing where no point is
-        page.wait_for_function("document.querySelector('.mm-live-plot').data[0].x.length >= 4", timeout=10000)  # the figure's redraw
-        assert page.evaluate("document.querySelector('.mm-live-plot').data[0].x") == [0.5, 1.0, 2.0, 3.0]
-        assert page.evaluate(EDGE_ALPHA, [2.0, -2.0]) == 0  # the figure shows it now, the canvas does not
-        point(4.0, -2.0)
-        assert page.evaluate(EDGE_ALPHA, [4.0, -2.0]) > 200
+        out = page.evaluate(EDGE_PROBE)
+        assert not out["redrawn"], out
+        steps = out["steps"]
+        for s in steps[:3]:
+            assert s["shown"] == 1 and s["arcs"] == 1 and s["here"] > 200, out  # drawn at once, alone
+            assert s["first"] > 200 and s["empty"] == 0, out  # the earlier points stay; nothing where none is
+        assert steps[3]["shown"] == 0 and steps[3]["arcs"] == 0, out  # 200 s: past the axis, not drawn yet
+        page.wait_for_function("document.querySelector('.mm-live-plot').data[0].x.includes(200)", timeout=10000)  # the figure's redraw
+        assert page.evaluate("document.querySelector('.mm-live-plot').data[0].x") == [0.5, 1, 2, 3, 200]
+        xr = page.evaluate("document.querySelector('.mm-live-plot')._fullLayout.xaxis.range")
+        assert xr[0] <= 200 <= xr[1]  # the time axis followed the newest point
         browser.close()

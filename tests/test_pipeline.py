@@ -420,9 +420,11 @@ def test_a_face_read_apart_from_the_frames(engine, monkeypatch):
     assert reads == [] and "face" not in up.timings_ms and not up.present["vision"]
     assert s.last_frame_t == 0.0 and s.face_due(0.05)  # the camera is alive; no face read yet
     s.set_text("fine", t=0.3)  # a later update (as audio chunks and frames are, while a face is read)
+    assert s.push_frame(face, t=0.05, read_face=False).t == 0.3  # a frame's update apart never goes back either
     up = s.push_frame(face, t=0.1, read_face=True)
     assert reads == [1] and up.present["vision"] and "face" in up.timings_ms
-    assert up.t == 0.3 and s.features["vision"][1] == 0.1  # the update at the newest time, the feature at its frame's
+    assert up.t == 0.3 and s.features["vision"][1] == 0.3  # the update at the newest time; the face seen when read
+    assert s.recent["vision"][-1][0] == 0.1  # what a labelled moment takes: at its frame's time
     assert [u.t for u in s.history] == sorted(u.t for u in s.history)
     assert not s.face_due(0.2) and s.face_due(0.31)  # read 0.1 s ago: not due within face_interval_s
     s.push_frame(face, t=0.2, read_face=True)  # asked for: read even so
@@ -444,7 +446,7 @@ def test_a_face_read_apart_from_the_frames(engine, monkeypatch):
     s.stop_camera(t=0.45)
     gate.set()
     worker.join(10)
-    assert not out[0].present["vision"] and s.features["vision"] is None and s.face_box is None
+    assert out == [None] and s.features["vision"] is None and s.face_box is None  # dropped: no update to send
     assert s.last_frame_t is None  # nothing of the stopped camera came back
 
 

@@ -176,7 +176,9 @@ def test_bad_offers_are_refused_with_a_reason(engine_cpu):
 def engine_cpu():
     from mmdemo.pipeline import DEFAULT_CHECKPOINTS, Engine
 
-    return Engine(DEFAULT_CHECKPOINTS, device="cpu")
+    engine = Engine(DEFAULT_CHECKPOINTS, device="cpu")
+    engine.warmup("weighted")  # as the app does before its first session
+    return engine
 
 
 @pytest.mark.slow
@@ -261,9 +263,8 @@ def test_a_client_streams_face_and_speech_and_gets_results(engine_cpu, tmp_path,
         assert faces and all(m["face_ms"] > 0 and m["present"]["vision"] for m in faces)
         read = {m["pts"] for m in frames if m["face_read"]}
         assert {m["face_pts"] for m in faces} <= read and len(faces) >= len(read) - 1  # the last may be cut by Stop
-    else:  # each frame's update came after its face was read, when one was due
-        assert not faces and any(m["face_ms"] for m in frames)
-        assert all(m["face_read"] == (m["face_ms"] is not None) for m in frames)
+    else:  # each frame's update came after its face was read, when one was due (at most every face_interval_s)
+        assert not faces and any(m["face_ms"] for m in frames) and any(m["face_ms"] is None for m in frames)
     assert any(m["present"]["audio"] for m in messages)  # and the voice from the audio track
     assert stats[0]["frames_in"] >= stats[0]["frames_done"] >= 15  # frames that came while busy were skipped, never queued
     (last,) = [m for m in messages if m["src"] == "stopped"]
