@@ -1,7 +1,7 @@
 // The live plots of mmdemo's studio (runs in the browser, loaded by app.py with gr.HTML(js_on_load=...)).
 // Builds the figure once, then extends it with each one-point payload (Plotly.extendTraces)
-// instead of receiving whole figures; keeps the last 600 points. A Plotly redraw of the figure
-// costs tens of ms, so redraws are batched (see gap()); meanwhile each new point is drawn at once on
+// instead of receiving whole figures; keeps the last N points. A Plotly redraw of the figure
+// costs 100 ms or more, so redraws are batched (see gap()); meanwhile each new point is drawn at once on
 // a transparent canvas over the figure (the "live edge": the prediction's dot, the smoothed line,
 // the contributions and the weights, at their places on the axes), until the next redraw takes them in.
 // The time axis is set here, not autoranged: the last 60 s and LEAD s ahead, where new points land.
@@ -107,10 +107,10 @@ const KEEP = {x: [300, N, N, N, N, N, N, N], y: [300, N, N, N, N, N, N, N]};
 let scheduled = false, lastDraw = 0, drawMs = 20;
 // The canvas draws every new point of every panel at once, so the figure itself is redrawn only
 // every few seconds (1-6 s: for at most a fortieth of the page's time while a redraw takes under
-// 150 ms), and LEAD s ahead
-// leave room for the points of the seconds in between. A redraw holds the page's only thread
-// (around 100 ms on a busy 2-core machine): a result arriving meanwhile waits for it, so at a
-// redraw a second, one result in ten was held back, enough to set the 95th percentile's latency.
+// 150 ms); LEAD s ahead on the time axis leave room for the points of the seconds in between. A
+// redraw holds the page's only thread (100-150 ms on a busy 2-core machine): a result arriving
+// meanwhile waits for it. At a redraw a second, one result in ten was held back, enough to set
+// the 95th percentile of the latency.
 const gap = () => Math.min(6000, Math.max(1000, 40 * drawMs));
 function draw() {
   scheduled = false;

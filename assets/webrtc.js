@@ -53,7 +53,7 @@ function handle(m) {
   window.mmRtc.messages += 1;
   if (m.feed && window.mmLive && window.mmLive.feed) window.mmLive.feed(m.feed);
   panel = m;
-  if ((m.src || (m.feed && m.feed.src)) === 'stopped') {  // the server's last word: shown at once
+  if ((m.feed && m.feed.src) === 'stopped') {  // the server's last word: shown at once
     clearTimeout(panelTimer); showPanel(); drawBox(m);
     window.mmRtc.lastWord = true;
     if (stopped) stopped();
@@ -82,6 +82,7 @@ function gathered(conn) {
 
 async function start() {
   if (pc) return;
+  window.mmRtc.lastWord = false;
   startBtn.disabled = true;
   for (let i = 0; i < 150 && !props.value; i++) {  // the session token arrives with the page's load event
     say('waiting for the session…');

@@ -236,9 +236,9 @@ def rtc_offset(frames: list, enc: list) -> int | None:
     if not frames or not enc:
         return None
     counts: dict[int, int] = {}
-    recent = [int(ts) % 2**32 for ts, _ in enc[-3000:]]
+    encoded = [int(ts) % 2**32 for ts, _ in enc]
     for pts, *_ in frames[:50]:
-        for ts in recent:
+        for ts in encoded:
             off = (int(pts) - ts) % 2**32
             counts[off] = counts.get(off, 0) + 1
     return max(counts, key=counts.get)

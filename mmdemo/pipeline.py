@@ -310,7 +310,7 @@ class Session:
             return not (self.cfg.face_interval_s > 0 and self.features["vision"] is not None and self.last_face_t is not None
                         and 0 <= t - self.last_face_t < self.cfg.face_interval_s)
 
-    def push_frame(self, frame, t: float | None = None, *, read_face: bool | None = None) -> Update | None:
+    def push_frame(self, frame, t: float | None = None, *, read_face: bool | None = None, camera: int | None = None) -> Update | None:
         """A camera frame. The face models read it when :meth:`face_due` (``read_face`` None), always
         (True) or never (False: the frame keeps the camera alive and gives an update at once; a
         transport that reads faces apart, see mmdemo.webrtc, then asks for the read itself).
@@ -318,8 +318,9 @@ class Session:
         Read apart (``read_face`` True or False), the update comes at ``t`` or at the newest
         update's time if that is later, so the history never runs backwards (the read finishes,
         and a frame's update may be run, after later updates); a face read apart counts as seen
-        when its read finished. A read apart that finishes after :meth:`stop_camera` is dropped:
-        None is returned."""
+        at that time too, not at its frame's (a slow read would make it look older than it is). A read apart of a frame that came before :meth:`stop_camera`
+        (``camera``: :attr:`camera_runs` when the frame came; by default when the read starts)
+        is dropped: None is returned."""
         t = self.now() if t is None else t
         with self._lock:
             if read_face is False or (read_face is None and not self.face_due(t)):
@@ -330,7 +331,7 @@ class Session:
                     self.last_frame_t = t
                     self.last_frame = np.asarray(frame)
                 return self.update(max(t, self.last_t) if read_face is False else t, stage_ms={})
-            camera = self.camera_runs
+            camera = self.camera_runs if camera is None else camera
         t0, c0 = time.perf_counter(), time.process_time()
         res = self.engine.face.encode(frame)
         ms, cpu = 1000 * (time.perf_counter() - t0), 1000 * (time.process_time() - c0)

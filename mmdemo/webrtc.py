@@ -204,12 +204,12 @@ class _Link:
                     session, t, free = self.session, self.session.now(), not self.face_busy
 
                     def quick():  # in a worker: face_due takes the session's lock, never taken on the event loop
-                        return free and session.face_due(t), session.push_frame(img, t, read_face=False)
+                        return free and session.face_due(t), session.camera_runs, session.push_frame(img, t, read_face=False)
 
-                    read, up = await self.bridge.run(quick)
+                    read, camera, up = await self.bridge.run(quick)
                     if read and not (self.closed or self.stopping) and not self.face_busy:
                         self.face_busy = True
-                        self.spawn(self.read_face(img, t, frame.pts, recv, size))
+                        self.spawn(self.read_face(img, t, camera, frame.pts, recv, size))
                 else:
                     up = await self.bridge.run(self.session.push_frame, img)
                     read = "face" in up.timings_ms
@@ -220,12 +220,12 @@ class _Link:
         finally:
             self.video_busy = False
 
-    async def read_face(self, img: np.ndarray, t: float, pts, recv: float, size: list[int]) -> None:
+    async def read_face(self, img: np.ndarray, t: float, camera: int, pts, recv: float, size: list[int]) -> None:
         """Reads the face of the frame of time ``t`` and sends its update (``src`` "face";
         ``face_pts``: the RTP timestamp of the frame it read)."""
         try:
-            up = await self.bridge.run_face(self.session.push_frame, img, t, read_face=True)
-            if up is not None:  # None: the camera stopped meanwhile
+            up = await self.bridge.run_face(self.session.push_frame, img, t, read_face=True, camera=camera)
+            if up is not None:  # None: the camera stopped since the frame came
                 self.send(up, "face", face_pts=pts, recv=recv * 1000, size=size)
         except Exception as err:  # noqa: BLE001 - one bad frame must not end the stream
             log.warning("webrtc face read skipped: %s", err)
@@ -412,4 +412,7 @@ class RtcBridge:
         return [{"frames_in": lk.frames_in, "frames_done": lk.frames_done, "state": lk.pc.connectionState} for lk in self.links]
 
     async def close(self) -> None:
+        """Closes every connection, then the worker threads (the bridge is not used again)."""
         await asyncio.gather(*(lk.close() for lk in list(self.links)), return_exceptions=True)
+        for pool in (self.pool, self.face_pool):
+            pool.shutdown(wait=False, cancel_futures=True)

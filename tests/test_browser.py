@@ -268,7 +268,11 @@ EDGE_PROBE = """async () => {
   window.mmLive.feed({reset: true});
   const draws = window.mmLive.draws.length;
   window.mmLive.feed(mark(0.5, 0));  // the first point: the figure is redrawn at the next animation frame
-  while (window.mmLive.draws.length === draws) await new Promise(r => requestAnimationFrame(r));
+  const until = Date.now() + 10000;
+  while (window.mmLive.draws.length === draws) {
+    if (Date.now() > until) return {error: 'the figure was not redrawn'};
+    await new Promise(r => requestAnimationFrame(r));
+  }
   const g = document.querySelector('.mm-live-edge').getContext('2d');
   let arcs = 0;
   const arc = g.arc.bind(g);
@@ -296,7 +300,9 @@ def test_the_live_plot_shows_each_point_at_once_and_the_figure_takes_them_in(ser
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.goto(server["url"], wait_until="load")
         page.wait_for_function("window.mmLive !== undefined && window.mmLive.feed !== undefined && typeof Plotly !== 'undefined'", timeout=60000)
+        page.wait_for_selector("#status .mm-chip", timeout=60000)  # the page's load handler ran (it resets the plot)
         out = page.evaluate(EDGE_PROBE)
+        assert "error" not in out, out
         assert not out["redrawn"], out
         steps = out["steps"]
         for s in steps[:3]:

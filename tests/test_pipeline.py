@@ -448,6 +448,12 @@ def test_a_face_read_apart_from_the_frames(engine, monkeypatch):
     worker.join(10)
     assert out == [None] and s.features["vision"] is None and s.face_box is None  # dropped: no update to send
     assert s.last_frame_t is None  # nothing of the stopped camera came back
+    # a frame that came before a stop whose read starts after it (queued): dropped as well
+    monkeypatch.setattr(engine.face, "encode", real)
+    runs = s.camera_runs
+    s.stop_camera(t=0.5)
+    assert s.push_frame(face, t=0.48, read_face=True, camera=runs) is None and s.features["vision"] is None
+    assert s.push_frame(face, t=0.6, read_face=True, camera=s.camera_runs).present["vision"]  # the camera's next frames are read
 
 
 def test_pipeline_settings_from_the_command_line():

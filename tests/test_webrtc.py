@@ -263,8 +263,8 @@ def test_a_client_streams_face_and_speech_and_gets_results(engine_cpu, tmp_path,
         assert faces and all(m["face_ms"] > 0 and m["present"]["vision"] for m in faces)
         read = {m["pts"] for m in frames if m["face_read"]}
         assert {m["face_pts"] for m in faces} <= read and len(faces) >= len(read) - 1  # the last may be cut by Stop
-    else:  # each frame's update came after its face was read, when one was due (at most every face_interval_s)
-        assert not faces and any(m["face_ms"] for m in frames) and any(m["face_ms"] is None for m in frames)
+    else:  # a frame's update came after its face was read, when one was due
+        assert not faces and any(m["face_ms"] for m in frames)
     assert any(m["present"]["audio"] for m in messages)  # and the voice from the audio track
     assert stats[0]["frames_in"] >= stats[0]["frames_done"] >= 15  # frames that came while busy were skipped, never queued
     (last,) = [m for m in messages if m["src"] == "stopped"]
