@@ -318,9 +318,10 @@ class Session:
         Read apart (``read_face`` True or False), the update comes at ``t`` or at the newest
         update's time if that is later, so the history never runs backwards (the read finishes,
         and a frame's update may be run, after later updates); a face read apart counts as seen
-        at that time too, not at its frame's (a slow read would make it look older than it is). A read apart of a frame that came before :meth:`stop_camera`
-        (``camera``: :attr:`camera_runs` when the frame came; by default when the read starts)
-        is dropped: None is returned."""
+        at that time too, not at its frame's (a slow read would make it look older than it is).
+        A read apart of a frame that came before :meth:`stop_camera` (``camera``:
+        :attr:`camera_runs` when the frame came; by default when the read starts) is dropped:
+        None is returned."""
         t = self.now() if t is None else t
         with self._lock:
             if read_face is False or (read_face is None and not self.face_due(t)):
@@ -337,7 +338,7 @@ class Session:
         ms, cpu = 1000 * (time.perf_counter() - t0), 1000 * (time.process_time() - c0)
         with self._lock:
             t_up = max(t, self.last_t) if read_face else t
-            if camera != self.camera_runs:  # the camera stopped while this frame was read
+            if camera != self.camera_runs:  # the camera stopped since this frame came
                 return None if read_face else self.update(t_up, stage_ms={"face": ms}, cpu_ms={"face": cpu})
             if self.last_frame_t is None or t >= self.last_frame_t:
                 self.last_frame_t = t

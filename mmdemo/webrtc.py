@@ -339,12 +339,10 @@ class RtcBridge:
         self.links: set[_Link] = set()
 
     async def run(self, fn, *args, **kwargs):
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.pool, lambda: fn(*args, **kwargs))
+        return await asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(fn, *args, **kwargs))
 
     async def run_face(self, fn, *args, **kwargs):
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.face_pool, lambda: fn(*args, **kwargs))
+        return await asyncio.get_running_loop().run_in_executor(self.face_pool, functools.partial(fn, *args, **kwargs))
 
     async def answer(self, offer: dict, session: Session) -> dict:
         """The SDP answer to a browser's offer ({"sdp", "type": "offer"}) for ``session``."""
