@@ -138,6 +138,7 @@ class _Link:
         self.latest = None  # the newest video frame not yet processed
         self.video_busy = False
         self.face_busy = False  # a face is being read apart from the frames (PipelineConfig.face_apart)
+        self.face_shown = False  # the last face update sent had a face
         self.last_video = 0.0
         self.audio: list[np.ndarray] = []
         self.audio_rate = 48000
@@ -225,7 +226,11 @@ class _Link:
         ``face_pts``: the RTP timestamp of the frame it read)."""
         try:
             up = await self.bridge.run_face(self.session.push_frame, img, t, read_face=True, camera=camera)
-            if up is not None:  # None: the camera stopped since the frame came
+            # None: the camera stopped since the frame came. A read that found no face while none
+            # was shown tells the page nothing the frames' updates do not (with no face in view,
+            # every frame is read: its updates would double the messages)
+            if up is not None and (up.present["vision"] or self.face_shown):
+                self.face_shown = up.present["vision"]
                 self.send(up, "face", face_pts=pts, recv=recv * 1000, size=size)
         except Exception as err:  # noqa: BLE001 - one bad frame must not end the stream
             log.warning("webrtc face read skipped: %s", err)

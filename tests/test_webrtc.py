@@ -274,6 +274,32 @@ def test_a_client_streams_face_and_speech_and_gets_results(engine_cpu, tmp_path,
     assert session.egemaps is None and session.reasons["audio"] == "microphone stopped"  # ... and the session heard it
 
 
+def test_face_reads_apart_send_an_update_only_when_it_tells_something(engine_cpu):
+    """With no face in view every frame's face is read; those reads send nothing while no face is
+    shown (the frames' updates say as much); a face, and the face going away, are sent."""
+    from mmdemo.webrtc import _Link
+
+    class Channel:
+        readyState = "open"
+        sent: list = []
+
+        def send(self, message):
+            self.sent.append(json.loads(message))
+
+    bridge, session = _bridge(), engine_cpu.session("weighted")
+    link = _Link(bridge, None, session)
+    link.channel = Channel()
+    black, face = np.zeros((240, 320, 3), np.uint8), np.ascontiguousarray(astronaut()[::2, ::2])
+
+    async def go():
+        for t, img in ((0.0, black), (0.1, black), (1.0, face), (2.0, black), (2.1, black)):
+            await link.read_face(img, t, session.camera_runs, int(t * 1000), 0.0, [320, 240])
+        await bridge.close()
+
+    asyncio.run(go())
+    assert [(m["face_pts"], m["present"]["vision"]) for m in link.channel.sent] == [(1000, True), (2000, False)]
+
+
 def test_a_connection_that_never_comes_up_is_dropped(engine_cpu):
     from aiortc import RTCConfiguration, RTCPeerConnection
 
