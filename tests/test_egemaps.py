@@ -5,6 +5,9 @@ from __future__ import annotations
 import copy
 import gc
 import os
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from dataclasses import replace
@@ -118,6 +121,27 @@ def test_the_stream_keeps_only_its_last_seconds_and_its_thread_ends():
     while any(th.name == "mmdemo-egemaps" and th.ident not in before for th in threading.enumerate()) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not [th for th in threading.enumerate() if th.name == "mmdemo-egemaps" and th.ident not in before]
+
+
+@pytest.mark.parametrize("left", ["open", "dropped"])
+def test_a_process_that_exits_with_a_stream_running_exits_cleanly(left):
+    # openSMILE's thread calls back into Python; at interpreter exit a daemon thread that does
+    # so is ended inside C++ and the process aborted ("FATAL: exception not rethrown", rc -6)
+    script = textwrap.dedent(f"""
+        import gc
+        import numpy as np
+        from mmdemo.encoders.egemaps import EgemapsStream
+        s = EgemapsStream()
+        s.push((np.random.default_rng(0).standard_normal(16000 * 5) * 0.1).astype(np.float32))
+        if {left == "dropped"}:
+            del s
+            gc.collect()
+        print("exiting")
+    """)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120,
+                          env=os.environ | {"PYTHONPATH": root})
+    assert proc.returncode == 0 and "exiting" in proc.stdout, proc.stderr[-2000:]
 
 
 def _voice_model():

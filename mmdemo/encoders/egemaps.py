@@ -21,6 +21,7 @@ tests bound on the voice model's output.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
@@ -326,6 +327,23 @@ class _Frames:
             with self.cond:
                 self.closed = True
                 self.cond.notify_all()
+            _THREADS.discard(threading.current_thread())
+
+
+# At interpreter exit a daemon thread that wants the GIL back is ended with pthread_exit. Inside
+# openSMILE's C++ (a frame callback through ctypes) that unwinding meets a catch-all and the
+# process aborts ("FATAL: exception not rethrown"). So no openSMILE thread may be running when
+# Python finalizes: every stream still open is closed at exit, and the exit waits for the threads.
+_STREAMS: "weakref.WeakSet[EgemapsStream]" = weakref.WeakSet()
+_THREADS: set[threading.Thread] = set()  # openSMILE threads and the helpers that free an instance
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    for stream in list(_STREAMS):
+        stream.close()
+    for thread in list(_THREADS):
+        thread.join(timeout=10)
 
 
 def _shutdown(smile, thread: threading.Thread, wait: bool = False) -> None:
@@ -344,11 +362,14 @@ def _shutdown(smile, thread: threading.Thread, wait: bool = False) -> None:
         thread.join(timeout=10)
         if not thread.is_alive():
             smile.free()
+        _THREADS.discard(threading.current_thread())
 
     if wait or not thread.is_alive():
         free()
     else:
-        threading.Thread(target=free, name="mmdemo-egemaps-free", daemon=True).start()
+        helper = threading.Thread(target=free, name="mmdemo-egemaps-free", daemon=True)
+        _THREADS.add(helper)
+        helper.start()
 
 
 class EgemapsStream:
@@ -374,8 +395,11 @@ class EgemapsStream:
         smile.external_sink_set_callback_ex("extsink", self.frames.on_frame)
         self._smile = smile
         self._thread = threading.Thread(target=self.frames.run, args=(smile,), name="mmdemo-egemaps", daemon=True)
+        _THREADS.add(self._thread)
         self._thread.start()
         self._finalizer = weakref.finalize(self, _shutdown, smile, self._thread)
+        self._finalizer.atexit = False  # _close_at_exit closes it and waits
+        _STREAMS.add(self)
 
     @property
     def done(self) -> int:
