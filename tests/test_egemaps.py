@@ -132,7 +132,9 @@ def test_a_process_that_exits_with_a_stream_running_exits_cleanly(left):
         import numpy as np
         from mmdemo.encoders.egemaps import EgemapsStream
         s = EgemapsStream()
-        s.push((np.random.default_rng(0).standard_normal(16000 * 5) * 0.1).astype(np.float32))
+        x = (np.random.default_rng(0).standard_normal(16000 * 30) * 0.1).astype(np.float32)
+        for i in range(0, len(x), 8000):  # 30 s in pieces: openSMILE has frames left to hand back at exit
+            s.push(x[i : i + 8000])
         if {left == "dropped"}:
             del s
             gc.collect()
@@ -140,7 +142,7 @@ def test_a_process_that_exits_with_a_stream_running_exits_cleanly(left):
     """)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120,
-                          env=os.environ | {"PYTHONPATH": root})
+                          env=os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))})
     assert proc.returncode == 0 and "exiting" in proc.stdout, proc.stderr[-2000:]
 
 

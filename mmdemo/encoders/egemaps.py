@@ -338,15 +338,32 @@ _STREAMS: "weakref.WeakSet[EgemapsStream]" = weakref.WeakSet()
 _THREADS: set[threading.Thread] = set()  # openSMILE threads and the helpers that free an instance
 
 
+EXIT_WAIT_S = 10.0  # at most this long in all for openSMILE's threads at exit (a stuck one is left)
+
+
+def _start(thread: threading.Thread) -> None:
+    _THREADS.add(thread)
+    try:
+        thread.start()
+    except BaseException:
+        _THREADS.discard(thread)
+        raise
+
+
 @atexit.register
 def _close_at_exit() -> None:
+    deadline = time.monotonic() + EXIT_WAIT_S
     for stream in list(_STREAMS):
-        stream.close()
+        try:
+            stream.close(timeout=max(0.0, deadline - time.monotonic()))
+        except Exception as err:  # noqa: BLE001 - the others are still closed
+            log.warning("closing an openSMILE stream at exit: %s", err)
     for thread in list(_THREADS):
-        thread.join(timeout=10)
+        if thread.ident is not None:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
 
-def _shutdown(smile, thread: threading.Thread, wait: bool = False) -> None:
+def _shutdown(smile, thread: threading.Thread, wait: bool = False, timeout: float = 10.0) -> None:
     """End of input, then (once openSMILE's thread has finished) free the instance. ``wait``: here
     (close()); else in a helper thread, as garbage collection may run this on any thread (from
     openSMILE's own thread it can only end the input)."""
@@ -359,17 +376,20 @@ def _shutdown(smile, thread: threading.Thread, wait: bool = False) -> None:
         return  # its run() returns after the end of input; the instance is left to process exit
 
     def free() -> None:
-        thread.join(timeout=10)
+        thread.join(timeout=timeout)
         if not thread.is_alive():
             smile.free()
-        _THREADS.discard(threading.current_thread())
+
+    def helper() -> None:
+        try:
+            free()
+        finally:
+            _THREADS.discard(threading.current_thread())
 
     if wait or not thread.is_alive():
         free()
     else:
-        helper = threading.Thread(target=free, name="mmdemo-egemaps-free", daemon=True)
-        _THREADS.add(helper)
-        helper.start()
+        _start(threading.Thread(target=helper, name="mmdemo-egemaps-free", daemon=True))
 
 
 class EgemapsStream:
@@ -395,8 +415,7 @@ class EgemapsStream:
         smile.external_sink_set_callback_ex("extsink", self.frames.on_frame)
         self._smile = smile
         self._thread = threading.Thread(target=self.frames.run, args=(smile,), name="mmdemo-egemaps", daemon=True)
-        _THREADS.add(self._thread)
-        self._thread.start()
+        _start(self._thread)
         self._finalizer = weakref.finalize(self, _shutdown, smile, self._thread)
         self._finalizer.atexit = False  # _close_at_exit closes it and waits
         _STREAMS.add(self)
@@ -452,11 +471,12 @@ class EgemapsStream:
                 return np.zeros((0, len(FRAME_NAMES)), F32)
             return f.buf[np.arange(first, last + 1) % f.keep].copy()
 
-    def close(self) -> None:
+    def close(self, timeout: float = 10.0) -> None:
         """Ends the stream: openSMILE finishes what it was given (every frame is in ``frames`` when
-        this returns), its thread stops, the instance is freed."""
+        this returns), its thread stops, the instance is freed (left to process exit if the thread
+        has not stopped within ``timeout`` seconds)."""
         if self._finalizer.detach():  # else closed before
-            _shutdown(self._smile, self._thread, wait=True)
+            _shutdown(self._smile, self._thread, wait=True, timeout=timeout)
 
 
 def frames_once(audio: np.ndarray) -> np.ndarray:
