@@ -55,6 +55,9 @@ class _Worker:
     def __init__(self, make, kwargs: dict):
         os.environ.update(OFFLINE)
         self.extractor = make(**kwargs)
+        warmup = getattr(self.extractor, "warmup", None)
+        if warmup is not None:  # the models load here, while the actor is "warming": items' time limits start after
+            warmup()
 
     def ready(self) -> bool:
         return True

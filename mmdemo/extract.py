@@ -144,6 +144,18 @@ class Extractor:
         self.words = WordsEncoder(device=device, overlay=words_overlay)
         self.asr = Transcriber(device=device)
 
+    def warmup(self) -> None:
+        """Loads the models this extractor's modalities need now (they load on first use otherwise):
+        a Ray worker does it before it takes items, so no item's time limit counts the loading."""
+        if "vision" in self.modalities:
+            self.face.warmup()
+        if "audio" in self.modalities:
+            self.voice.warmup()
+        if "text" in self.modalities:
+            self.words.warmup()
+            if self.transcribe:
+                self.asr.warmup()
+
     def media(self, item: Item) -> ItemFeatures:
         """Face and voice features (and a transcript when needed) of one clip. Raises MediaError
         for a broken file."""

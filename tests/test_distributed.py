@@ -179,3 +179,25 @@ def test_a_gpu_share_on_a_cluster_without_gpus_runs_on_the_cpu(tmp_path, local_r
     assert not errors and set(feats) == {it.id for it in items}
     notes = [json.loads((it.path.parent / f"{it.id}.json").read_text()) for it in items]
     assert all(n["device"] == "cpu" and n["gpus"] == [] for n in notes)
+
+
+class SlowToLoad(Recorder):
+    """A stand-in whose models take longer to load than an item may take."""
+
+    def warmup(self):
+        time.sleep(3.0)
+        self.warm = True
+
+    def media(self, item):
+        if not getattr(self, "warm", False):
+            raise TypeError("an item reached a worker before its models were loaded")
+        return super().media(item)
+
+
+def test_workers_load_their_models_before_the_item_time_limit_starts(tmp_path, local_ray):
+    from mmdemo.distributed import ray_extract
+
+    items = recorded(tmp_path, 3)
+    feats, errors = ray_extract(items, {"modalities": ("vision",)}, PartCache(tmp_path / "cache", ("vision",)), workers=1,
+                                item_timeout_s=2.0, progress=False, make=SlowToLoad)
+    assert not errors and set(feats) == {it.id for it in items}
