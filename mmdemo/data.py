@@ -4,7 +4,8 @@ On disk it is one ``.npz`` (loaded with ``allow_pickle=False``: nothing in it ca
 ``{split}/feat/{modality}`` float32 (N, D) or (N, T, D), ``{split}/present/{modality}`` bool (N,),
 ``{split}/labels`` float32 (N,), ``{split}/ids`` str (N,), optionally ``{split}/text`` str (N,) and,
 for a sequence modality with padding, ``{split}/steps/{modality}`` bool (N, T) (True = a real time
-step), and ``meta`` (a JSON string). Splits are ``train``, ``valid``, ``test``.
+step), optionally ``{split}/groups`` str (N,) (the recording, e.g. the video, each row comes from),
+and ``meta`` (a JSON string). Splits are ``train``, ``valid``, ``test``.
 
 The processed CMU-MOSI/MOSEI pickles of the MulT and MMSA releases (per split: 'text', 'audio',
 'vision', 'labels' or 'regression_labels', 'id', optional 'raw_text', 'audio_lengths',
@@ -39,6 +40,7 @@ class Split:
     ids: np.ndarray  # (N,) str
     text: np.ndarray | None = None  # (N,) str, raw transcript when known
     steps: dict[str, np.ndarray] = field(default_factory=dict)  # sequence modality -> (N, T) bool, True = real step
+    groups: np.ndarray | None = None  # (N,) str, the recording each row comes from (a video's id) when known
 
     def __post_init__(self) -> None:
         n = len(self.labels)
@@ -46,6 +48,8 @@ class Split:
         self.ids = np.asarray(self.ids).astype(str)
         if self.text is not None:
             self.text = np.asarray(self.text).astype(str)
+        if self.groups is not None:
+            self.groups = np.asarray(self.groups).astype(str)
         for m, x in self.feats.items():
             x = np.asarray(x, dtype=np.float32)
             if x.ndim not in (2, 3) or len(x) != n:
@@ -64,7 +68,7 @@ class Split:
             if s.shape != self.feats[m].shape[:2]:
                 raise ValueError(f"{m}: step mask of shape {s.shape}, expected {self.feats[m].shape[:2]}")
             self.steps[m] = s
-        for name, arr in (("ids", self.ids), ("text", self.text)):
+        for name, arr in (("ids", self.ids), ("text", self.text), ("groups", self.groups)):
             if arr is not None and len(arr) != n:
                 raise ValueError(f"{name} has {len(arr)} entries for {n} labels")
         if not np.all(np.isfinite(self.labels)):
@@ -81,6 +85,7 @@ class Split:
             ids=self.ids[index],
             text=None if self.text is None else self.text[index],
             steps={m: s[index] for m, s in self.steps.items()},
+            groups=None if self.groups is None else self.groups[index],
         )
 
 
@@ -129,6 +134,8 @@ class FeatureDataset:
             arrays[f"{s}/ids"] = sp.ids
             if sp.text is not None:
                 arrays[f"{s}/text"] = sp.text
+            if sp.groups is not None:
+                arrays[f"{s}/groups"] = sp.groups
         tmp = path.with_name(path.name + ".tmp.npz")
         np.savez_compressed(tmp, **arrays)
         tmp.replace(path)
@@ -157,6 +164,7 @@ class FeatureDataset:
                     ids=z[f"{s}/ids"],
                     text=z[f"{s}/text"] if f"{s}/text" in keys else None,
                     steps={m: z[f"{s}/steps/{m}"] for m in mods if f"{s}/steps/{m}" in keys},
+                    groups=z[f"{s}/groups"] if f"{s}/groups" in keys else None,
                 )
             return cls(splits, json.loads(str(z["meta"])))
 
@@ -209,12 +217,13 @@ class FeatureDataset:
             dup = next(i for i in ids if (ids == i).sum() > 1)
             raise ValueError(f"{csv_path}: clip_id {dup!r} appears more than once")
         text = np.array([r.get("text") or "" for r in rows])
+        groups = np.array([r["video_id"] for r in rows]) if "video_id" in rows[0] else None
         splits = {}
         for name in SPLITS:
             k = split == name
             splits[name] = Split(feats={m: x[k] for m, x in arrays.items()},
                                  present={m: np.abs(x[k]).sum(axis=1) > 0 for m, x in arrays.items()},
-                                 labels=labels[k], ids=ids[k], text=text[k])
+                                 labels=labels[k], ids=ids[k], text=text[k], groups=None if groups is None else groups[k])
         meta = {"source": folder.name}
         if "video_id" in rows[0]:
             meta["videos"] = len({r["video_id"] for r in rows})
@@ -308,6 +317,33 @@ def load_dataset(path: str | Path) -> FeatureDataset:
     if path.suffix in (".pkl", ".pickle"):
         return FeatureDataset.from_mosi_pickle(path)
     return FeatureDataset.load(path)
+
+
+def with_context(ds: FeatureDataset) -> FeatureDataset:
+    """Each row's vector features followed by the mean of its recording's rows (``groups``: the
+    segments of one video), per modality over the rows where that modality is present: the context
+    of the neighbouring utterances that bc-LSTM (Poria et al., ACL 2017) reads, given to any fusion
+    method as twice as many features. Labels are never read. A recording's mean includes the row
+    itself, so a single-segment video gets its own features as context."""
+    out = {}
+    for name, sp in ds.splits.items():
+        if sp.groups is None:
+            raise ValueError(f"split {name!r} has no groups (video ids): context needs to know which rows come from one recording")
+        seq = [m for m, x in sp.feats.items() if x.ndim != 2]
+        if seq:
+            raise ValueError(f"context is built for vector features; {', '.join(seq)} are sequences")
+        _, inv = np.unique(sp.groups, return_inverse=True)
+        feats = {}
+        for m, x in sp.feats.items():
+            w = sp.present[m].astype(np.float64)
+            total = np.zeros((inv.max() + 1 if len(inv) else 0, x.shape[1]))
+            count = np.zeros(len(total))
+            np.add.at(total, inv, np.where(w[:, None] > 0, x, 0.0))  # an absent row may hold anything
+            np.add.at(count, inv, w)
+            mean = total / np.maximum(count, 1.0)[:, None]
+            feats[m] = np.concatenate([x, mean[inv].astype(np.float32)], axis=1)
+        out[name] = Split(feats=feats, present=dict(sp.present), labels=sp.labels, ids=sp.ids, text=sp.text, groups=sp.groups)
+    return FeatureDataset(out, dict(ds.meta) | {"context": "the mean of each recording's rows"})
 
 
 def split_by_group(groups, *, valid: float = 0.1, test: float = 0.2, salt: str = "mmdemo") -> np.ndarray:

@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import save_fusion
-from .data import FeatureDataset, Split, load_dataset
+from .data import FeatureDataset, Split, load_dataset, with_context
 from .device import resolve_device
 from .fusion import Fusion, FusionConfig, create_fusion, list_fusions
 from .fusion.base import num_params
@@ -210,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mmdemo.train", description="Train fusion methods on a feature dataset.")
     ap.add_argument("--fusion", required=True, help=f"one of {', '.join(list_fusions())}, a comma list, or 'all'")
     ap.add_argument("--data", required=True, help="feature dataset: .npz from mmdemo, a MulT/MMSA CMU-MOSI .pkl, or a folder of labels.csv + <modality>.npy (cmu-mosi-trimodal-features)")
+    ap.add_argument("--context", action="store_true",
+                    help="add to each row's features the mean of its video's rows (the neighbouring utterances bc-LSTM reads; needs video ids, e.g. the video_id column of a feature folder)")
     ap.add_argument("--out", default="runs", help="output folder: one checkpoint folder per method + comparison")
     ap.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     ap.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
@@ -230,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"unknown fusion {n!r}; choose from {', '.join(list_fusions())} or all")
     try:
         data = load_dataset(args.data)
+        if args.context:
+            data = with_context(data)
     except (OSError, ValueError) as err:
         ap.error(str(err))
     empty = [s for s in ("train", "valid", "test") if len(data.splits[s]) == 0]
@@ -247,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         model, res, test = train_method(n, data, fcfg, tcfg, progress=not args.quiet)
         valid = evaluate(model, data.splits["valid"])
         metrics = {"test": test, "valid": valid, "best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "seconds": res.seconds}
-        provenance = {"data": str(args.data), "data_meta": data.meta, "train_config": asdict(tcfg)}
+        provenance = {"data": str(args.data), "context": args.context, "data_meta": data.meta, "train_config": asdict(tcfg)}
         save_fusion(model, out / n, extra={"metrics.json": jsonable(metrics), "provenance.json": jsonable(provenance)})
         rows.append({"method": n, "params": num_params(model), "epochs": res.epochs_run, "seconds_per_epoch": res.seconds_per_epoch, "test": test})
     table = comparison_markdown(rows)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mmdemo import trimodal
-from mmdemo.data import FeatureDataset, load_dataset
+from mmdemo.data import FeatureDataset, Split, load_dataset, with_context
 from mmdemo.fusion import FusionConfig
 from mmdemo.train import TrainConfig
 from mmdemo.train import main as train_main
@@ -132,8 +132,17 @@ def test_the_benchmark_chooses_on_valid_and_reports_seeds_ablations_and_readings
     assert ab["text"]["mae"][0] < ab["vision"]["mae"][0] and ab["text"]["corr"][0] > 0.5
     best = res["methods"][res["best"]]["chosen"]
     assert best["corr"][0] > 0.5 and best["mae"][0] < res["mean_baseline"]["mae"]
-    for section in ("beside MMSA", "Ablations", "What each method says", "Chosen configurations", "reference, not this run"):
+    for section in ("beside MMSA", "Ablations", "What each method says", "Chosen configurations", "reference, not this run", "With video context"):
         assert section in md
+    # video context: every method at its chosen configuration and the best on words alone, the given seeds
+    ctx = [(j, o) for j, o in read if j.context]
+    assert len(ctx) == (2 + 1) * 2 and all(j.test and j.seed in (1, 2) for j, _ in ctx)
+    assert all(j.fusion == split_fusion(res["methods"][j.method]["config"]) for j, _ in ctx)
+    assert set(res["context"]["methods"]) == {"concat", "weighted"} and res["context"]["words_alone"]["mae"][0] > 0
+
+
+def split_fusion(config: dict) -> dict:
+    return {k: config[k] for k in trimodal.FUSION_KEYS}
 
 
 @pytest.mark.slow
@@ -145,3 +154,64 @@ def test_quick_benchmark_on_the_real_folder(tmp_path):
     assert res["data"].startswith("1206/241/752")  # the release's split, as given
     assert set(res["targets"]) == {"concat", "weighted", "tensor", "best"} and res["targets"]["tensor"]["peer"] == "TFN"
     assert "Quick run" in (out / "trimodal.md").read_text()
+
+
+def test_context_is_the_mean_of_each_video_over_the_rows_where_a_modality_is_present(tmp_path):
+    folder = make_folder(tmp_path / "f")
+    a = np.load(folder / "audio.npy")
+    a[3] = 0.0  # absent there: it must not pull its video's mean toward zero
+    np.save(folder / "audio.npy", a)
+    ds = load_dataset(folder)
+    ctx = with_context(ds)
+    rows = list(csv.DictReader(open(folder / "labels.csv")))
+    raw = {m: np.load(folder / f"{m}.npy") for m in ("text", "audio", "vision")}
+    video = np.array([r["video_id"] for r in rows])
+    for s, sp in ctx.splits.items():
+        assert ctx.dims == {m: 2 * d for m, d in ds.dims.items()}
+        np.testing.assert_array_equal(sp.labels, ds.splits[s].labels)  # labels untouched
+        np.testing.assert_array_equal(sp.feats["text"][:, :12], ds.splits[s].feats["text"])  # own features first
+        for k, cid in enumerate(sp.ids):
+            i = [r["clip_id"] for r in rows].index(cid)
+            for m in ("text", "audio"):
+                same = (video == video[i]) & (np.abs(raw[m]).sum(axis=1) > 0)
+                np.testing.assert_allclose(sp.feats[m][k, raw[m].shape[1]:], raw[m][same].mean(axis=0), atol=1e-5)
+            assert sp.present["audio"][k] == ds.splits[s].present["audio"][k]
+    # the video ids survive a save and a load; a dataset without them cannot have context
+    path = ds.save(tmp_path / "d.npz")
+    np.testing.assert_array_equal(load_dataset(path).splits["test"].groups, ds.splits["test"].groups)
+    bare = FeatureDataset({s: Split(feats=dict(sp.feats), present=dict(sp.present), labels=sp.labels, ids=sp.ids) for s, sp in ds.splits.items()})
+    with pytest.raises(ValueError, match="no groups"):
+        with_context(bare)
+    seq = FeatureDataset({s: Split(feats={"text": np.zeros((len(sp), 4, 3), np.float32)}, present={}, labels=sp.labels, ids=sp.ids,
+                                   groups=sp.groups) for s, sp in ds.splits.items()})
+    with pytest.raises(ValueError, match="sequences"):
+        with_context(seq)
+
+
+def test_context_helps_when_sentiment_is_a_property_of_the_video(tmp_path):
+    """Each video has a sentiment of its own and every segment's words show it only faintly: the
+    video's mean shows it clearly, so a model given the context must do better on unseen videos."""
+    rng = np.random.default_rng(1)
+    n = 480
+    videos = np.arange(n) // 8
+    mood = rng.normal(0, 1.5, videos.max() + 1)
+    y = np.clip(mood[videos] + rng.normal(0, 0.3, n), -3, 3)
+    x = rng.normal(0, 1, (n, 6)).astype(np.float32)
+    x[:, 0] += 0.5 * mood[videos]
+    folder = tmp_path / "f"
+    folder.mkdir()
+    np.save(folder / "text.npy", x)
+    split = np.where(videos % 5 == 0, "test", np.where(videos % 5 == 1, "valid", "train"))
+    with open(folder / "labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["clip_id", "video_id", "label", "split"])
+        w.writerows([f"c{i}", f"v{videos[i]}", f"{y[i]:.4f}", split[i]] for i in range(n))
+    mae = {}
+    for flag in ([], ["--context"]):
+        out = tmp_path / ("ctx" if flag else "plain")
+        assert train_main(["--fusion", "concat", "--data", str(folder), "--out", str(out), "--epochs", "60", "--quiet"] + flag) == 0
+        row = [r for r in json.loads((out / "comparison.json").read_text()) if r["method"] == "concat"][0]
+        mae[bool(flag)] = row["test"]["mae"]
+    assert mae[True] < 0.8 * mae[False], mae
+    provenance = json.loads((tmp_path / "ctx" / "concat" / "provenance.json").read_text())
+    assert provenance["context"] is True
