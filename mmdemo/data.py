@@ -217,7 +217,12 @@ class FeatureDataset:
             dup = next(i for i in ids if (ids == i).sum() > 1)
             raise ValueError(f"{csv_path}: clip_id {dup!r} appears more than once")
         text = np.array([r.get("text") or "" for r in rows])
-        groups = np.array([r["video_id"] for r in rows]) if "video_id" in rows[0] else None
+        groups = None
+        if "video_id" in rows[0]:
+            groups = np.array([(r["video_id"] or "").strip() for r in rows])
+            if (groups == "").any():
+                raise ValueError(f"{csv_path}: clip {rows[int(np.argmax(groups == ''))]['clip_id']} has no video_id "
+                                 "(give every row its video, or leave the column out)")
         splits = {}
         for name in SPLITS:
             k = split == name
@@ -320,8 +325,9 @@ def load_dataset(path: str | Path) -> FeatureDataset:
 
 
 def with_context(ds: FeatureDataset) -> FeatureDataset:
-    """Each row's vector features followed by the mean of its recording's rows (``groups``: the
-    segments of one video), per modality over the rows where that modality is present: the context
+    """Each row's vector features followed by the mean of its recording's rows in its split
+    (``groups``: the segments of one video), per modality over the rows where that modality is
+    present (zeros where it is present in none; such a row is absent anyway): the context
     of the neighbouring utterances that bc-LSTM (Poria et al., ACL 2017) reads, given to any fusion
     method as twice as many features. Labels are never read. A recording's mean includes the row
     itself, so a single-segment video gets its own features as context."""

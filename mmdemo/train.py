@@ -143,9 +143,7 @@ def fit(model: Fusion, data: FeatureDataset, cfg: TrainConfig = TrainConfig(), *
             idx = order[s : s + cfg.batch_size]
             feats, avail, y, steps = train.take(idx)
             drop = (torch.rand(avail.shape, generator=gen) < cfg.modality_dropout).to(device)
-            shown = avail & ~drop
-            out = model(feats, {m: shown[:, j] for j, m in enumerate(model.modalities)}, steps)
-            loss = model.loss(out, y, feats=feats, available=avail, steps=steps)
+            loss = model.training_loss(feats, avail & ~drop, avail, y, steps)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:

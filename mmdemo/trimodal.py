@@ -75,7 +75,7 @@ MMSA = {
 }
 MMSA_HERE = Path(__file__).resolve().parents[1] / "bench" / "results" / "mmsa_reference.json"  # bench/mmsa_reference.py
 COUNTERPART = {"tensor": "TFN", "low_rank": "LMF", "late": "LF-DNN", "concat": "LF-DNN"}  # the others: the best MMSA row
-PUBLISHED = "bc-LSTM (Poria et al., ACL 2017) with these features: about 80% binary accuracy for text + audio + video, with context from the neighbouring utterances of the same video (the rows above use none; rows with context follow the ablations)"
+PUBLISHED = "bc-LSTM (Poria et al., ACL 2017) with these features: about 80% binary accuracy for text + audio + video, with context from the neighbouring utterances of the same video (the rows above use none)"
 NAMES = {"text": "words", "audio": "voice", "vision": "face"}
 
 
@@ -116,7 +116,8 @@ def subset(ds: FeatureDataset, modalities: tuple[str, ...]) -> FeatureDataset:
     from .data import Split
 
     return FeatureDataset({s: Split(feats={m: sp.feats[m] for m in modalities}, present={m: sp.present[m] for m in modalities},
-                                    labels=sp.labels, ids=sp.ids, text=sp.text, steps={m: st for m, st in sp.steps.items() if m in modalities})
+                                    labels=sp.labels, ids=sp.ids, text=sp.text, steps={m: st for m, st in sp.steps.items() if m in modalities},
+                                    groups=sp.groups)
                            for s, sp in ds.splits.items()}, dict(ds.meta))
 
 
@@ -245,17 +246,21 @@ def run(args) -> dict:
         context["best"] = min(context["methods"], key=lambda m: context["methods"][m]["valid_mae"])
     env = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "workers": args.workers, "torch_threads_per_worker": 1,
            "seconds": time.perf_counter() - t0, "date": time.strftime("%Y-%m-%d")}
-    here = None
-    if args.mmsa and Path(args.mmsa).exists():  # MMSA timed on this machine by bench/mmsa_reference.py
-        ref = json.loads(Path(args.mmsa).read_text())
-        here = {"env": ref["env"], "models": {n: {"s_per_epoch": float(np.mean([r["s_per_epoch"] for r in rs])),
-                                                  "mae": float(np.mean([r["test"]["MAE"] for r in rs])),
-                                                  "corr": float(np.mean([r["test"]["Corr"] for r in rs])),
-                                                  "epochs": float(np.mean([r["epochs"] for r in rs])), "seeds": [r["seed"] for r in rs]}
-                                              for n, rs in ref["models"].items()}}
-    return {"mmsa_here": here, "data": ds.describe(), "source": Path(data).name, "seeds": list(seeds), "select_seeds": list(range(args.select_seeds)),
+    return {"mmsa_here": mmsa_timed_here(args.mmsa), "data": ds.describe(), "source": Path(data).name, "seeds": list(seeds), "select_seeds": list(range(args.select_seeds)),
             "search_space": SEARCH, "configurations": len(configs), "max_epochs": args.epochs, "methods": results, "best": best,
             "ablations": ablations, "context": context, "mean_baseline": mean_baseline(ds), "mmsa": MMSA, "env": env, "quick": args.quick}
+
+
+def mmsa_timed_here(path) -> dict | None:
+    """MMSA timed on this machine by bench/mmsa_reference.py (None when that file is absent)."""
+    if not path or not Path(path).exists():
+        return None
+    ref = json.loads(Path(path).read_text())
+    return {"env": ref["env"], "models": {n: {"s_per_epoch": float(np.mean([r["s_per_epoch"] for r in rs])),
+                                              "mae": float(np.mean([r["test"]["MAE"] for r in rs])),
+                                              "corr": float(np.mean([r["test"]["Corr"] for r in rs])),
+                                              "epochs": float(np.mean([r["epochs"] for r in rs])), "seeds": [r["seed"] for r in rs]}
+                                          for n, rs in ref["models"].items()}}
 
 
 def _pm(s: dict, k: str, pct: bool = False) -> str:
@@ -310,7 +315,7 @@ def markdown(res: dict) -> str:
            "MMSA rows: measured on this file with MMSA's own default configurations (features fed as sequences of length 1), seeds "
            "1111-1115, on another machine of the same kind (`../shared/data/cmu-mosi-trimodal-features/README.md`). MMSA's MulT and "
            "EF-LSTM could not run on vectors; every mmdemo method runs on vectors and on sequences. "
-           f"Published context: {PUBLISHED}.", ""]
+           f"Published context: {PUBLISHED}{'; rows with video context follow the ablations' if res.get('context') else ''}.", ""]
     here = res.get("mmsa_here")
     if here:
         e = here["env"]

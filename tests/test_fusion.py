@@ -205,3 +205,44 @@ def test_subnetworks_learn_from_their_real_input_when_dropout_hides_it(build, na
     model.loss(model(feats, shown), torch.randn(8), feats=feats, available=avail).backward()
     assert feats["audio"].grad is None or feats["audio"].grad.abs().sum() == 0
 
+
+
+@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("kinds", [{}, {"text": "vec", "audio": "vec", "vision": "vec"}], ids=["seq", "vec"])
+def test_the_training_loss_is_the_loss_of_the_prediction_from_the_shown_modalities(build, name, kinds):
+    """A method may compute a training step's loss in fewer passes (late and weighted read every
+    real input once), but it must be the loss of a forward pass on the shown modalities, with the
+    same gradients (eval mode: no dropout noise in either), also with padding, sequences that are
+    nothing but padding, and NaN in rows the data does not have."""
+    torch.manual_seed(3)
+    feats = make_batch(kinds=kinds, batch=12, seq=4)
+    shown_pres = presence_patterns(DIMS, 12)  # row i shows the subset i % 8 (bit j = modality j)
+    shown = torch.stack([shown_pres[m] for m in DIMS], dim=1)
+    avail = shown.clone()
+    avail[::2] = True  # even rows: the data has every modality, dropout hid some
+    avail[9] = torch.tensor([True, True, False])  # shows text, has audio too
+    feats["audio"][1] = float("nan")  # row 1 has text only: what its other rows hold is never read
+    feats["vision"][1] = float("nan")
+    steps = None
+    if not kinds:  # sequences: padding, and text that is nothing but padding where hidden (row 2) and where shown (row 5)
+        steps = {m: torch.ones(12, 4, dtype=torch.bool) for m in DIMS}
+        steps["text"][7, 2:] = False
+        steps["text"][2] = False
+        steps["text"][5] = False
+    y = torch.randn(12)
+    grads = []
+    for how in ("forward + loss", "training_loss"):
+        model = build(name, seed=0).eval()
+        if how == "training_loss":
+            loss = model.training_loss(feats, shown, avail, y, steps)
+        else:
+            out = model(feats, {m: shown[:, j] for j, m in enumerate(model.modalities)}, steps)
+            loss = model.loss(out, y, feats=feats, available=avail, steps=steps)
+        loss.backward()
+        grads.append((float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (a, ga), (b, gb) = grads
+    assert a == pytest.approx(b, rel=1e-5, abs=1e-6) and a == a
+    assert set(ga) == set(gb)
+    for n in ga:
+        assert torch.isfinite(ga[n]).all(), n
+        assert torch.allclose(ga[n], gb[n], rtol=1e-4, atol=1e-6), n

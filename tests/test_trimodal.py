@@ -176,6 +176,14 @@ def test_context_is_the_mean_of_each_video_over_the_rows_where_a_modality_is_pre
                 same = (video == video[i]) & (np.abs(raw[m]).sum(axis=1) > 0)
                 np.testing.assert_allclose(sp.feats[m][k, raw[m].shape[1]:], raw[m][same].mean(axis=0), atol=1e-5)
             assert sp.present["audio"][k] == ds.splits[s].present["audio"][k]
+    # a video where a modality is present in no row: zeros there (those rows are absent anyway)
+    sp = ds.splits["train"]
+    none = sp.groups == sp.groups[0]
+    sp.present["vision"][none] = False
+    sp.feats["vision"][none] = np.nan
+    c = with_context(ds).splits["train"]
+    assert (c.feats["vision"][none, 9:] == 0).all() and np.isfinite(c.feats["vision"][~none]).all()
+    assert not c.present["vision"][none].any()
     # the video ids survive a save and a load; a dataset without them cannot have context
     path = ds.save(tmp_path / "d.npz")
     np.testing.assert_array_equal(load_dataset(path).splits["test"].groups, ds.splits["test"].groups)
@@ -186,6 +194,13 @@ def test_context_is_the_mean_of_each_video_over_the_rows_where_a_modality_is_pre
                                    groups=sp.groups) for s, sp in ds.splits.items()})
     with pytest.raises(ValueError, match="sequences"):
         with_context(seq)
+
+
+def test_a_feature_folder_with_a_row_without_its_video_says_so(tmp_path):
+    folder = make_folder(tmp_path / "f")
+    set_cell(folder / "labels.csv", 4, "video_id", "")
+    with pytest.raises(ValueError, match="no video_id"):
+        load_dataset(folder)
 
 
 def test_context_helps_when_sentiment_is_a_property_of_the_video(tmp_path):

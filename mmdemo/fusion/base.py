@@ -172,7 +172,8 @@ class Fusion(nn.Module):
 
     Subclasses implement ``fuse(x, mask)`` where ``x`` holds standardised features with absent
     entries zeroed and ``mask`` is ``(B, M)`` bool in ``self.modalities`` order; they may override
-    :meth:`loss` to add their own terms (reconstruction, per-sub-network losses).
+    :meth:`loss` to add their own terms (reconstruction, per-sub-network losses) and
+    :meth:`training_loss` to compute a training step's loss in fewer passes.
     """
 
     name: ClassVar[str] = ""
@@ -208,6 +209,14 @@ class Fusion(nn.Module):
         modalities the data really has (before modality dropout); methods use it and the full
         ``feats`` to train sub-networks or reconstructions on their real inputs."""
         return F.l1_loss(out.prediction, target)
+
+    def training_loss(self, feats: Features, shown: Tensor, available: Tensor, target: Tensor, steps: Steps | None = None) -> Tensor:
+        """The loss of one training step: the prediction from the ``shown`` modalities ((B, M) bool,
+        what modality dropout left of ``available``, so ``shown`` is within ``available``), scored
+        by :meth:`loss` with ``available`` ((B, M) bool, what the data has). A method may override
+        it to do the same in fewer passes."""
+        out = self(feats, {m: shown[:, j] for j, m in enumerate(self.modalities)}, steps)
+        return self.loss(out, target, feats=feats, available=available, steps=steps)
 
     @property
     def device(self) -> torch.device:

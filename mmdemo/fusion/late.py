@@ -45,19 +45,39 @@ class SubnetworkFusion(Fusion):
         return torch.stack([self.heads[m](self.encoders[m](x[m], steps[m])).squeeze(-1) for m in self.modalities], dim=1)
 
     def fuse(self, x: Features, mask: Tensor, steps: Steps) -> FusionOutput:
-        ys = self.unimodal(x, steps)  # (B, M)
+        return self.mix(self.unimodal(x, steps), mask, real=mask)
+
+    def mix(self, ys: Tensor, mask: Tensor, *, real: Tensor) -> FusionOutput:
+        """The fused prediction from the sub-networks' predictions ``ys`` (B, M) of the modalities in
+        ``mask`` (B, M): an absent modality's prediction gets weight 0, whatever it is. ``real``
+        (B, M) marks the predictions that read a real input (for :meth:`loss`)."""
         w = masked_softmax(self.logits().expand_as(ys), mask)  # (B, M)
         none = ~mask.any(dim=1)
         raw = (w * ys).sum(dim=1) + none * self.empty  # (B,)
-        return FusionOutput(self.bound(raw), w, {"unimodal": self.bound(ys)})
+        return FusionOutput(self.bound(raw), w, {"unimodal": self.bound(ys), "real": real})
+
+    def training_loss(self, feats: Features, shown: Tensor, available: Tensor, target: Tensor, steps: Steps | None = None) -> Tensor:
+        # One pass of the sub-networks over every real input serves both terms: the fused
+        # prediction mixes the shown modalities only (a hidden one gets weight 0, so reading its
+        # real input there changes nothing), and each sub-network's own loss reads its real input.
+        full, avail, st = self.prepare(feats, {m: available[:, i] for i, m in enumerate(self.modalities)}, steps)
+        out = self.mix(self.unimodal(full, st), avail & shown.to(avail.device).bool(), real=avail)
+        return self.loss(out, target, feats=feats, available=avail, steps=steps)
 
     def loss(self, out: FusionOutput, target: Tensor, *, feats: Features, available: Tensor, steps: Steps | None = None) -> Tensor:
         fused = F.l1_loss(out.prediction, target)
         # the sub-networks learn from the real input of every modality the data has, including the
-        # ones modality dropout hid from this step's fused prediction (one more pass of the
-        # sub-networks: training late/weighted costs about 1.4-1.8x per epoch on sequences)
-        full, avail, st = self.prepare(feats, {m: available[:, i] for i, m in enumerate(self.modalities)}, steps)
-        err = (self.bound(self.unimodal(full, st)) - target[:, None]).abs() * avail  # (B, M)
+        # ones modality dropout hid from this step's fused prediction: one more pass of the
+        # sub-networks when the fused pass did not read them all (a plain forward that modality
+        # dropout hid some from); :meth:`training_loss` reads them all in its one pass.
+        real = out.extras.get("real")
+        avail = available.to(out.prediction.device).bool()
+        if real is not None and not (avail & ~real).any():
+            uni_pred = out.extras["unimodal"]
+        else:
+            full, avail, st = self.prepare(feats, {m: available[:, i] for i, m in enumerate(self.modalities)}, steps)
+            uni_pred = self.bound(self.unimodal(full, st))
+        err = (uni_pred - target[:, None]).abs() * avail  # (B, M)
         uni = err.sum() / avail.sum().clamp_min(1)
         return fused + self.cfg.unimodal_weight * uni
 
