@@ -230,3 +230,13 @@ def test_context_helps_when_sentiment_is_a_property_of_the_video(tmp_path):
     assert mae[True] < 0.8 * mae[False], mae
     provenance = json.loads((tmp_path / "ctx" / "concat" / "provenance.json").read_text())
     assert provenance["context"] is True
+
+
+def test_the_train_cli_says_when_a_dataset_has_no_videos_for_context(tmp_path, capsys):
+    ds = load_dataset(make_folder(tmp_path / "f"))
+    bare = FeatureDataset({s: Split(feats=dict(sp.feats), present=dict(sp.present), labels=sp.labels, ids=sp.ids) for s, sp in ds.splits.items()})
+    path = bare.save(tmp_path / "bare.npz")
+    with pytest.raises(SystemExit):
+        train_main(["--fusion", "concat", "--data", str(path), "--context", "--out", str(tmp_path / "runs"), "--quiet"])
+    assert "no groups" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
