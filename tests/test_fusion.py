@@ -206,7 +206,6 @@ def test_subnetworks_learn_from_their_real_input_when_dropout_hides_it(build, na
     assert feats["audio"].grad is None or feats["audio"].grad.abs().sum() == 0
 
 
-
 @pytest.mark.parametrize("name", METHODS)
 @pytest.mark.parametrize("kinds", [{}, {"text": "vec", "audio": "vec", "vision": "vec"}], ids=["seq", "vec"])
 def test_the_training_loss_is_the_loss_of_the_prediction_from_the_shown_modalities(build, name, kinds):
