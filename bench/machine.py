@@ -2,13 +2,6 @@
 
 from __future__ import annotations
 
-import platform
+from mmdemo.device import cpu_model
 
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux: /proc/cpuinfo), else what the platform module says."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            return next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), platform.processor())
-    except OSError:
-        return platform.processor()
+__all__ = ["cpu_model"]

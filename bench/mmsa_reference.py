@@ -35,6 +35,16 @@ MODELS = ("lf_dnn", "tfn", "lmf", "mfn")
 NAMES = {"lf_dnn": "LF-DNN", "tfn": "TFN", "lmf": "LMF", "mfn": "MFN"}
 
 
+def cpu_model() -> str:
+    """The CPU's model name, as mmdemo.trimodal records it (this script imports nothing from mmdemo):
+    the trimodal benchmark uses these timings only when they come from its own CPU model."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), platform.processor())
+    except OSError:
+        return platform.processor()
+
+
 def mmsa_pickle(folder: Path, out: Path) -> Path:
     """The folder as the feature pickle MMSA reads: per split (N, 1, D) arrays, ids, raw text,
     regression labels and lengths of 1."""
@@ -126,7 +136,7 @@ def main() -> None:
     import MMSA
     import torch
 
-    env = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "threads": 1, "date": time.strftime("%Y-%m-%d"),
+    env = {"machine": platform.processor() or platform.machine(), "cpu": cpu_model(), "cpus": os.cpu_count(), "threads": 1, "date": time.strftime("%Y-%m-%d"),
            "mmsa": getattr(MMSA, "__version__", "2.2.1"), "torch": torch.__version__}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"env": env, "models": res}, indent=1) + "\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 
 import torch
 
@@ -22,3 +23,13 @@ def resolve_device(preference: str | None = None) -> torch.device:
         return torch.device(pref)
     except RuntimeError as err:
         raise ValueError(f"unknown device {preference!r}: use auto, cpu or cuda") from err
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what the platform module says: results
+    files record it, as speeds differ 2-3x between machines of one kind."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), platform.processor())
+    except OSError:
+        return platform.processor()

@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import FeatureDataset, load_dataset, with_context
+from .device import cpu_model
 from .fusion import FusionConfig, list_fusions
 from .metrics import jsonable
 from .train import TrainConfig, mean_baseline
@@ -74,6 +75,9 @@ MMSA = {
     "LMF": {"mae": (0.954, 0.007), "corr": (0.611, 0.003), "acc2_has0": 0.750, "acc2_non0": 0.767, "acc7": 0.311, "s_per_epoch": 0.54},
 }
 MMSA_HERE = Path(__file__).resolve().parents[1] / "bench" / "results" / "mmsa_reference.json"  # bench/mmsa_reference.py
+# MMSA's default batch sizes for MOSI (its config_regression.json): an epoch of the same number of steps
+MMSA_BATCH = {"LF-DNN": 128, "TFN": 32, "LMF": 64, "MFN": 128}
+TIMING_REPEATS = 3  # runs per chosen configuration in the timing pass (the median is reported)
 COUNTERPART = {"tensor": "TFN", "low_rank": "LMF", "late": "LF-DNN", "concat": "LF-DNN"}  # the others: the best MMSA row
 PUBLISHED = "bc-LSTM (Poria et al., ACL 2017) with these features: about 80% binary accuracy for text + audio + video, with context from the neighbouring utterances of the same video (the rows above use none)"
 NAMES = {"text": "words", "audio": "voice", "vision": "face"}
@@ -244,11 +248,31 @@ def run(args) -> dict:
         if len(runs_ctx) > len(methods):
             context["words_alone"] = summary(out[len(methods) * len(seeds):])
         context["best"] = min(context["methods"], key=lambda m: context["methods"][m]["valid_mae"])
-    env = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "workers": args.workers, "torch_threads_per_worker": 1,
-           "seconds": time.perf_counter() - t0, "date": time.strftime("%Y-%m-%d")}
+    # 5. speed: each chosen configuration timed alone (this process, one thread, none of this run's
+    # other jobs beside it), as bench/mmsa_reference.py times MMSA; the runs above shared the cores
+    if args.timing_epochs:
+        reps = seeds[:TIMING_REPEATS]
+        peer_batch = {m: MMSA_BATCH[COUNTERPART.get(m, best_mmsa())] for m in methods}
+        timed = [(m, "s_per_epoch_alone", chosen[m]) for m in methods]
+        timed += [(m, "s_per_epoch_peer_batch", chosen[m] | {"batch_size": peer_batch[m]}) for m in methods if peer_batch[m] != chosen[m]["batch_size"]]
+        jobs = [Job(m, mods, *split_config(c | {"patience": args.timing_epochs}, epochs=args.timing_epochs, seed=sd), seed=sd, test=False)
+                for m, _, c in timed for sd in reps]
+        out = run_all(jobs, data, 1, "timing (one run at a time)", not args.quiet)
+        for k, (m, key, _) in enumerate(timed):
+            results[m]["chosen"][key] = float(np.median([r["s_per_epoch"] for r in out[k * len(reps):(k + 1) * len(reps)]]))
+        for m in methods:  # the chosen batch is MMSA's: one configuration, timed once
+            results[m]["chosen"].setdefault("s_per_epoch_peer_batch", results[m]["chosen"]["s_per_epoch_alone"])
+    env = {"machine": platform.processor() or platform.machine(), "cpu": cpu_model(), "cpus": os.cpu_count(), "torch": torch_version(), "workers": args.workers, "torch_threads_per_worker": 1,
+           "seconds": time.perf_counter() - t0, "date": time.strftime("%Y-%m-%d"), "timing_epochs": args.timing_epochs, "timing_repeats": min(TIMING_REPEATS, len(seeds))}
     return {"mmsa_here": mmsa_timed_here(args.mmsa), "data": ds.describe(), "source": Path(data).name, "seeds": list(seeds), "select_seeds": list(range(args.select_seeds)),
             "search_space": SEARCH, "configurations": len(configs), "max_epochs": args.epochs, "methods": results, "best": best,
             "ablations": ablations, "context": context, "mean_baseline": mean_baseline(ds), "mmsa": MMSA, "env": env, "quick": args.quick}
+
+
+def torch_version() -> str:
+    import torch
+
+    return torch.__version__
 
 
 def mmsa_timed_here(path) -> dict | None:
@@ -268,17 +292,32 @@ def _pm(s: dict, k: str, pct: bool = False) -> str:
     return f"{100 * m:.1f} ± {100 * sd:.1f}" if pct else f"{m:.3f} ± {sd:.3f}"
 
 
+def mmsa_here(res: dict) -> dict | None:
+    """MMSA's timing from bench/mmsa_reference.py when it ran on this run's CPU model; else None
+    (a file from another machine, or one that did not record its CPU, says nothing about speed here)."""
+    here = res.get("mmsa_here")
+    cpu = res.get("env", {}).get("cpu")
+    return here if here and cpu and here["env"].get("cpu") == cpu else None
+
+
+def best_mmsa() -> str:
+    """The MMSA row with the lowest MAE: the counterpart of the methods MMSA has no version of."""
+    return min(MMSA, key=lambda k: MMSA[k]["mae"][0])
+
+
 def targets(res: dict) -> dict:
     """The comparison with MMSA per method (mean test MAE and Corr over seeds) and the best
     method's absolute targets."""
-    best_row = min(MMSA, key=lambda k: MMSA[k]["mae"][0])
     out = {}
     for m, r in res["methods"].items():
-        peer = COUNTERPART.get(m, best_row)
+        peer = COUNTERPART.get(m, best_mmsa())
         c = r["chosen"]
-        here = (res.get("mmsa_here") or {}).get("models", {}).get(peer)
+        here = (mmsa_here(res) or {}).get("models", {}).get(peer)
+        theirs = (here or MMSA[peer])["s_per_epoch"]
         out[m] = {"peer": peer, "mae_ok": c["mae"][0] <= MMSA[peer]["mae"][0], "corr_ok": c["corr"][0] >= MMSA[peer]["corr"][0],
-                  "speedup": (here or MMSA[peer])["s_per_epoch"] / c["s_per_epoch"], "speed_measured_here": here is not None}
+                  "speedup": theirs / c.get("s_per_epoch_alone", c["s_per_epoch"]), "speed_measured_here": here is not None}
+        if "s_per_epoch_peer_batch" in c:
+            out[m]["speedup_peer_batch"] = theirs / c["s_per_epoch_peer_batch"]
     b = res["methods"][res["best"]]["chosen"]
     out["best"] = {"mae_0.88": b["mae"][0] <= 0.88, "corr_0.66": b["corr"][0] >= 0.66, "acc2_non0_80": b["acc2_non0"][0] >= 0.80}
     return out
@@ -290,9 +329,10 @@ def markdown(res: dict) -> str:
     head = "| | MAE | Corr | Acc-2 has-0 | Acc-2 non-0 | F1 non-0 | Acc-7 | s/epoch | epochs | valid MAE |"
     sep = "|---|---|---|---|---|---|---|---|---|---|"
 
-    def row(name: str, s: dict) -> str:
+    def row(name: str, s: dict, alone: bool = False) -> str:
+        speed = s.get("s_per_epoch_alone", s["s_per_epoch"]) if alone else s["s_per_epoch"]
         return (f"| {name} | {_pm(s, 'mae')} | {_pm(s, 'corr')} | {_pm(s, 'acc2_has0', True)} | {_pm(s, 'acc2_non0', True)} | "
-                f"{_pm(s, 'f1_non0', True)} | {_pm(s, 'acc7', True)} | {s['s_per_epoch']:.3f} | {s['epochs']:.0f} | {s['valid_mae']:.3f} |")
+                f"{_pm(s, 'f1_non0', True)} | {_pm(s, 'acc7', True)} | {speed:.3f} | {s['epochs']:.0f} | {s['valid_mae']:.3f} |")
 
     md = ["## Fusion on real paired data: CMU-MOSI with words, voice and face features of the same moment", "",
           f"`python -m mmdemo.trimodal --data ../shared/data/cmu-mosi-trimodal-features --out results/` ({res['data']}; the "
@@ -301,36 +341,51 @@ def markdown(res: dict) -> str:
           f"per method, the defaults first, each trained with {len(res['select_seeds'])} seed(s); up to {res['max_epochs']} epochs, "
           "early stopping on valid MAE); the best method is the one with the lowest mean valid MAE over the reported seeds (last "
           "column). s/epoch: one training epoch and the valid pass, one CPU thread per run "
-          f"({res['env']['workers']} runs at a time on {res['env']['cpus']} cores, {res['env']['machine']}, {res['env']['date']}).", ""]
+          f"({res['env'].get('cpu') or res['env']['machine']}, {res['env']['cpus']} cores, {res['env']['date']}); "
+          + (f"in the first table, each chosen configuration timed alone after the rest of the run ({res['env']['timing_epochs']} epochs, "
+             f"median of {res['env']['timing_repeats']} runs; one run at a time, one thread, as MMSA is timed); in the other tables, "
+             f"from runs that shared the cores ({res['env']['workers']} at a time)." if res["env"].get("timing_epochs") else
+             f"from runs that shared the cores ({res['env']['workers']} at a time)."), ""]
     if res.get("quick"):
         md += ["**Quick run (CI): a handful of configurations and seeds, few epochs. The numbers say nothing about the methods.**", ""]
     md += ["### Every method (chosen configuration) beside MMSA 2.2.1 on the same file", "", head, sep]
     for m in sorted(res["methods"], key=lambda m: res["methods"][m]["chosen"]["mae"][0]):
-        md.append(row(f"mmdemo `{m}`{' (best on valid)' if m == res['best'] else ''}", res["methods"][m]["chosen"]))
+        md.append(row(f"mmdemo `{m}`{' (best on valid)' if m == res['best'] else ''}", res["methods"][m]["chosen"], alone=True))
+    timed_here = (mmsa_here(res) or {}).get("models", {})
     for name, r in MMSA.items():
+        speed = f"{timed_here[name]['s_per_epoch']:.3f} (timed here)" if name in timed_here else f"{r['s_per_epoch']:.2f}"
         md.append(f"| MMSA {name} (*reference, not this run*) | {r['mae'][0]:.3f} ± {r['mae'][1]:.3f} | {r['corr'][0]:.3f} ± {r['corr'][1]:.3f} | "
-                  f"{100 * r['acc2_has0']:.1f} | {100 * r['acc2_non0']:.1f} | - | {100 * r['acc7']:.1f} | {r['s_per_epoch']:.2f} | - | - |")
+                  f"{100 * r['acc2_has0']:.1f} | {100 * r['acc2_non0']:.1f} | - | {100 * r['acc7']:.1f} | {speed} | - | - |")
     mb = res["mean_baseline"]
     md += [f"| predict the train mean | {mb['mae']:.3f} | - | {100 * mb['acc2_has0']:.1f} | {100 * mb['acc2_non0']:.1f} | - | {100 * mb['acc7']:.1f} | - | - | - |", "",
            "MMSA rows: measured on this file with MMSA's own default configurations (features fed as sequences of length 1), seeds "
            "1111-1115, on another machine of the same kind (`../shared/data/cmu-mosi-trimodal-features/README.md`). MMSA's MulT and "
            "EF-LSTM could not run on vectors; every mmdemo method runs on vectors and on sequences. "
            f"Published context: {PUBLISHED}{'; rows with video context follow the ablations' if res.get('context') else ''}.", ""]
-    here = res.get("mmsa_here")
+    here = mmsa_here(res)
     if here:
         e = here["env"]
-        md += [f"MMSA timed on this machine (`bench/mmsa_reference.py`, MMSA {e['mmsa']}, torch {e['torch']}, one thread, {e['date']}; "
+        md += [f"MMSA timed on this machine (`bench/mmsa_reference.py`, {e['cpu']}, MMSA {e['mmsa']}, torch {e['torch']}, one thread, {e['date']}; "
                "seeds " + ", ".join(str(s) for s in next(iter(here["models"].values()))["seeds"]) + "): "
                + "; ".join(f"{n} {v['s_per_epoch']:.3f} s/epoch (MAE {v['mae']:.3f}, Corr {v['corr']:.3f}, {v['epochs']:.0f} epochs)"
                            for n, v in here["models"].items()) + ". The speed ratios below use these.", ""]
     else:
-        md += ["MMSA was not timed on this machine (`bench/mmsa_reference.py` not run): the speed ratios below divide the data "
-               "README's s/epoch by this run's, across machines that differ 2-3x in speed: indicative only.", ""]
-    md += ["| method | compared with | mean MAE at or below | mean Corr at or above | s/epoch ratio (MMSA / mmdemo) |", "|---|---|---|---|---|"]
+        other = res.get("mmsa_here")
+        why = (f"`bench/mmsa_reference.py` last ran on {other['env'].get('cpu') or 'a CPU it did not record'}, not on this run's CPU"
+               if other else "`bench/mmsa_reference.py` not run")
+        md += [f"MMSA was not timed on this machine ({why}): the speed ratios below divide the data README's s/epoch by this "
+               "run's, across machines that differ 2-3x in speed: indicative only.", ""]
+    md += ["| method | compared with | mean MAE at or below | mean Corr at or above | s/epoch ratio (MMSA / mmdemo) | at MMSA's batch size |",
+           "|---|---|---|---|---|---|"]
     for m in res["methods"]:
         t = tg[m]
+        where = "" if t["speed_measured_here"] else " (across machines)"
+        pb = f"{t['speedup_peer_batch']:.1f}x{where} (batch {MMSA_BATCH[t['peer']]})" if "speedup_peer_batch" in t else "-"
         md.append(f"| `{m}` | MMSA {t['peer']} | {'✓' if t['mae_ok'] else '✗'} | {'✓' if t['corr_ok'] else '✗'} | "
-                  f"{t['speedup']:.1f}x{'' if t['speed_measured_here'] else ' (across machines)'} |")
+                  f"{t['speedup']:.1f}x{where} | {pb} |")
+    if any("speedup_peer_batch" in tg[m] for m in res["methods"]):
+        md += ["", "s/epoch ratio: at the configuration chosen on valid (its batch size); at MMSA's batch size: the same configuration "
+               "with the counterpart's default batch size for MOSI, so that both epochs take the same number of steps."]
     b = tg["best"]
     md += ["", f"Best method on valid: `{res['best']}`. Targets for it: MAE ≤ 0.88 {'✓' if b['mae_0.88'] else '✗'}, Corr ≥ 0.66 "
            f"{'✓' if b['corr_0.66'] else '✗'}, Acc-2 non-0 ≥ 80 {'✓' if b['acc2_non0_80'] else '✗'}.", "",
@@ -406,8 +461,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default="", help="comma list (default: every registered method)")
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="runs at a time (one process, one thread each)")
     ap.add_argument("--mmsa", default=str(MMSA_HERE), help="MMSA timed on this machine by bench/mmsa_reference.py (used when the file exists)")
+    ap.add_argument("--timing-epochs", type=int, default=20, help="epochs of each chosen configuration timed alone for the speed ratios (0: skip; "
+                    "the ratios then use the s/epoch of runs that shared the cores)")
     ap.add_argument("--no-context", dest="context", action="store_false", help="skip the runs with video context (the setting of the published bc-LSTM numbers)")
-    ap.add_argument("--quick", action="store_true", help="2 configurations, 1 selection seed, 2 seeds, 3 epochs (CI)")
+    ap.add_argument("--quick", action="store_true", help="2 configurations, 1 selection seed, 2 seeds, 3 epochs, 2 timed epochs (CI)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     if not Path(args.data).is_dir():
@@ -417,9 +474,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         ap.error("--seeds: a comma list of integers")
     if args.quick:
-        args.search, args.select_seeds, args.seeds, args.epochs = 2, 1, args.seeds[:2], 3
+        args.search, args.select_seeds, args.seeds, args.epochs, args.timing_epochs = 2, 1, args.seeds[:2], 3, min(args.timing_epochs, 2)
     if args.search < 1 or args.select_seeds < 1 or not args.seeds or args.epochs < 1:
         ap.error("--search, --select-seeds, --seeds and --epochs need at least one")
+    if args.timing_epochs < 0:
+        ap.error("--timing-epochs: 0 (skip) or more")
     res = run(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -111,10 +111,11 @@ def test_the_benchmark_chooses_on_valid_and_reports_seeds_ablations_and_readings
     monkeypatch.setattr(trimodal, "run_job", spy)
     out = tmp_path / "out"
     assert trimodal.main(["--data", str(folder), "--out", str(out), "--methods", "concat,weighted", "--search", "3",
-                          "--select-seeds", "1", "--seeds", "1,2", "--epochs", "30", "--workers", "1", "--quiet"]) == 0
+                          "--select-seeds", "1", "--seeds", "1,2", "--epochs", "30", "--timing-epochs", "4", "--workers", "1", "--mmsa", str(tmp_path / "none.json"), "--quiet"]) == 0
     res = json.loads((out / "trimodal.json").read_text())
     md = (out / "trimodal.md").read_text()
-    search = [(j, o) for j, o in read if not j.test]
+    timing = [(j, o) for j, o in read if j.train["epochs"] == 4]
+    search = [(j, o) for j, o in read if not j.test and j.train["epochs"] != 4]
     assert len(search) == 2 * 3  # 2 methods x 3 configurations x 1 seed, then every other job is a reported run
     assert all("test" not in o and not j.readings for j, o in search)  # the search never reads the test fold
     assert all(j.seed in (1, 2) and "test" in o for j, o in read if j.test)  # reported runs: the given seeds, test read
@@ -139,6 +140,33 @@ def test_the_benchmark_chooses_on_valid_and_reports_seeds_ablations_and_readings
     assert len(ctx) == (2 + 1) * 2 and all(j.test and j.seed in (1, 2) for j, _ in ctx)
     assert all(j.fusion == split_fusion(res["methods"][j.method]["config"]) for j, _ in ctx)
     assert set(res["context"]["methods"]) == {"concat", "weighted"} and res["context"]["words_alone"]["mae"][0] > 0
+    # speed: each chosen configuration timed alone for the given epochs (no early stop), never reading test;
+    # the speed ratio divides by that time
+    alone = timing[:4]  # run first, one at a time; then the same at MMSA's batch size where the chosen one differs
+    peer_batch = timing[4:]
+    assert [(j.method, j.seed) for j, _ in alone] == [("concat", 1), ("concat", 2), ("weighted", 1), ("weighted", 2)]
+    assert all(j.train["batch_size"] == c_batch(res, j.method) for j, _ in alone)  # the chosen configuration
+    lf_dnn = trimodal.MMSA_BATCH["LF-DNN"]
+    assert [(j.method, j.seed) for j, _ in peer_batch] == [(m, sd) for m in ("concat", "weighted") if c_batch(res, m) != lf_dnn for sd in (1, 2)]
+    assert all(j.train["batch_size"] == lf_dnn for j, _ in peer_batch)  # the counterpart's batch size
+    for j, o in timing:
+        assert not j.test and "test" not in o and o["epochs"] == 4 and j.train["patience"] == 4
+        assert j.fusion == split_fusion(res["methods"][j.method]["config"])
+        assert {k: v for k, v in j.train.items() if k not in ("epochs", "patience", "seed", "device", "batch_size")} == \
+            {k: v for k, v in res["methods"][j.method]["config"].items() if k not in trimodal.FUSION_KEYS + ("patience", "batch_size")}
+    for m in ("concat", "weighted"):
+        c = res["methods"][m]["chosen"]
+        for key, runs in (("s_per_epoch_alone", alone), ("s_per_epoch_peer_batch", peer_batch if c_batch(res, m) != lf_dnn else alone)):
+            assert c[key] == pytest.approx(float(np.median([o["s_per_epoch"] for j, o in runs if j.method == m])))
+        peer = res["targets"][m]["peer"]
+        assert peer == "LF-DNN"
+        assert res["targets"][m]["speedup"] == pytest.approx(trimodal.MMSA[peer]["s_per_epoch"] / c["s_per_epoch_alone"])
+        assert res["targets"][m]["speedup_peer_batch"] == pytest.approx(trimodal.MMSA[peer]["s_per_epoch"] / c["s_per_epoch_peer_batch"])
+    assert "timed alone" in md
+
+
+def c_batch(res: dict, m: str) -> int:
+    return res["methods"][m]["config"]["batch_size"]
 
 
 def split_fusion(config: dict) -> dict:
@@ -240,3 +268,51 @@ def test_the_train_cli_says_when_a_dataset_has_no_videos_for_context(tmp_path, c
         train_main(["--fusion", "concat", "--data", str(path), "--context", "--out", str(tmp_path / "runs"), "--quiet"])
     assert "no groups" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_chosen_configuration_with_mmsas_batch_size_is_timed_once(tmp_path, monkeypatch):
+    folder = make_folder(tmp_path / "f", n=160)
+    read = []
+    real_run_job = trimodal.run_job
+    monkeypatch.setattr(trimodal, "run_job", lambda job: read.append(job) or real_run_job(job))
+    default_batch = TrainConfig().batch_size  # one configuration searched: the defaults are chosen
+    monkeypatch.setitem(trimodal.MMSA_BATCH, "LF-DNN", default_batch)  # concat's counterpart: the same batch size
+    monkeypatch.setitem(trimodal.MMSA_BATCH, "TFN", default_batch // 2)
+    monkeypatch.setitem(trimodal.COUNTERPART, "weighted", "TFN")  # weighted's: another one
+    out = tmp_path / "out"
+    assert trimodal.main(["--data", str(folder), "--out", str(out), "--methods", "concat,weighted", "--search", "1", "--select-seeds", "1",
+                          "--seeds", "1", "--epochs", "3", "--timing-epochs", "2", "--workers", "1", "--no-context",
+                          "--mmsa", str(tmp_path / "none.json"), "--quiet"]) == 0
+    res = json.loads((out / "trimodal.json").read_text())
+    timing = [(j.method, j.train["batch_size"]) for j in read if j.train["epochs"] == 2]
+    assert timing == [("concat", default_batch), ("weighted", default_batch), ("weighted", default_batch // 2)]
+    c, w = res["methods"]["concat"]["chosen"], res["methods"]["weighted"]["chosen"]
+    assert c["s_per_epoch_peer_batch"] == c["s_per_epoch_alone"] > 0  # timed once, used for both
+    assert w["s_per_epoch_peer_batch"] != w["s_per_epoch_alone"]
+    assert res["targets"]["concat"]["speedup_peer_batch"] == pytest.approx(res["targets"]["concat"]["speedup"])
+    assert res["targets"]["weighted"]["speedup_peer_batch"] == pytest.approx(trimodal.MMSA["TFN"]["s_per_epoch"] / w["s_per_epoch_peer_batch"])
+
+
+def test_without_the_timing_pass_and_with_mmsa_timed_on_another_cpu_the_ratios_say_so(tmp_path, monkeypatch):
+    folder = make_folder(tmp_path / "f", n=160)
+    read = []
+    real_run_job = trimodal.run_job
+    monkeypatch.setattr(trimodal, "run_job", lambda job: read.append(job) or real_run_job(job))
+    mmsa = tmp_path / "mmsa_reference.json"
+    mmsa.write_text(json.dumps({"env": {"cpu": "Some Other CPU", "mmsa": "2.2.1", "torch": "2.13.0", "date": "2026-01-01"},
+                                "models": {"LF-DNN": [{"seed": 1111, "test": {"MAE": 0.93, "Corr": 0.62}, "epochs": 10, "s_per_epoch": 99.0}]}}))
+    out = tmp_path / "out"
+    assert trimodal.main(["--data", str(folder), "--out", str(out), "--methods", "concat", "--search", "1", "--select-seeds", "1",
+                          "--seeds", "1", "--epochs", "3", "--timing-epochs", "0", "--workers", "1", "--no-context",
+                          "--mmsa", str(mmsa), "--quiet"]) == 0
+    res = json.loads((out / "trimodal.json").read_text())
+    md = (out / "trimodal.md").read_text()
+    assert len(read) == 1 + 2 + 6 and all(j.train["epochs"] == 3 for j in read)  # search, chosen + defaults, ablations: nothing timed alone
+    c = res["methods"]["concat"]["chosen"]
+    assert "s_per_epoch_alone" not in c and "speedup_peer_batch" not in res["targets"]["concat"]
+    # another CPU's MMSA timing is not used: the data README's, across machines
+    assert res["targets"]["concat"]["speedup"] == pytest.approx(trimodal.MMSA["LF-DNN"]["s_per_epoch"] / c["s_per_epoch"])
+    assert not res["targets"]["concat"]["speed_measured_here"]
+    assert "(across machines) | - |" in md and "last ran on Some Other CPU" in md and "shared the cores" in md
+    # the same file from this run's CPU is used
+    assert trimodal.mmsa_here(res | {"mmsa_here": {**res["mmsa_here"], "env": {**res["mmsa_here"]["env"], "cpu": res["env"]["cpu"]}}})
