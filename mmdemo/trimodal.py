@@ -293,11 +293,13 @@ def _pm(s: dict, k: str, pct: bool = False) -> str:
 
 
 def mmsa_here(res: dict) -> dict | None:
-    """MMSA's timing from bench/mmsa_reference.py when it ran on this run's CPU model; else None
-    (a file from another machine, or one that did not record its CPU, says nothing about speed here)."""
+    """MMSA's timing from bench/mmsa_reference.py when it ran on this run's CPU model on the same day;
+    else None (a file from another machine or day, or one that did not record its CPU, says nothing
+    about speed here: virtual machines of one kind report one CPU name and still differ 2-3x)."""
     here = res.get("mmsa_here")
-    cpu = res.get("env", {}).get("cpu")
-    return here if here and cpu and here["env"].get("cpu") == cpu else None
+    env = res.get("env", {})
+    ok = here and env.get("cpu") and here["env"].get("cpu") == env["cpu"] and here["env"].get("date") == env.get("date")
+    return here if ok else None
 
 
 def best_mmsa() -> str:
@@ -371,7 +373,8 @@ def markdown(res: dict) -> str:
                            for n, v in here["models"].items()) + ". The speed ratios below use these.", ""]
     else:
         other = res.get("mmsa_here")
-        why = (f"`bench/mmsa_reference.py` last ran on {other['env'].get('cpu') or 'a CPU it did not record'}, not on this run's CPU"
+        why = (f"`bench/mmsa_reference.py` last ran on {other['env'].get('cpu') or 'a CPU it did not record'} on "
+               f"{other['env'].get('date', 'a day it did not record')}, not on this run's CPU and day"
                if other else "`bench/mmsa_reference.py` not run")
         md += [f"MMSA was not timed on this machine ({why}): the speed ratios below divide the data README's s/epoch by this "
                "run's, across machines that differ 2-3x in speed: indicative only.", ""]

@@ -163,6 +163,8 @@ def test_the_benchmark_chooses_on_valid_and_reports_seeds_ablations_and_readings
         assert res["targets"][m]["speedup"] == pytest.approx(trimodal.MMSA[peer]["s_per_epoch"] / c["s_per_epoch_alone"])
         assert res["targets"][m]["speedup_peer_batch"] == pytest.approx(trimodal.MMSA[peer]["s_per_epoch"] / c["s_per_epoch_peer_batch"])
     assert "timed alone" in md
+    for m in ("concat", "weighted"):  # the first table shows the time measured alone
+        assert f"| mmdemo `{m}`" in md and f"| {res['methods'][m]['chosen']['s_per_epoch_alone']:.3f} |" in md.split(f"| mmdemo `{m}`")[1].split("\n")[0] + "|"
 
 
 def c_batch(res: dict, m: str) -> int:
@@ -272,19 +274,22 @@ def test_the_train_cli_says_when_a_dataset_has_no_videos_for_context(tmp_path, c
 
 def test_a_chosen_configuration_with_mmsas_batch_size_is_timed_once(tmp_path, monkeypatch):
     folder = make_folder(tmp_path / "f", n=160)
-    read = []
-    real_run_job = trimodal.run_job
-    monkeypatch.setattr(trimodal, "run_job", lambda job: read.append(job) or real_run_job(job))
     default_batch = TrainConfig().batch_size  # one configuration searched: the defaults are chosen
     monkeypatch.setitem(trimodal.MMSA_BATCH, "LF-DNN", default_batch)  # concat's counterpart: the same batch size
     monkeypatch.setitem(trimodal.MMSA_BATCH, "TFN", default_batch // 2)
     monkeypatch.setitem(trimodal.COUNTERPART, "weighted", "TFN")  # weighted's: another one
+    passes = []
+    real_run_all = trimodal.run_all
+    monkeypatch.setattr(trimodal, "run_all", lambda jobs, data, workers, desc, progress:
+                        passes.append((desc, workers, list(jobs))) or real_run_all(jobs, data, workers, desc, progress))
     out = tmp_path / "out"
     assert trimodal.main(["--data", str(folder), "--out", str(out), "--methods", "concat,weighted", "--search", "1", "--select-seeds", "1",
-                          "--seeds", "1", "--epochs", "3", "--timing-epochs", "2", "--workers", "1", "--no-context",
+                          "--seeds", "1", "--epochs", "3", "--timing-epochs", "2", "--workers", "2", "--no-context",
                           "--mmsa", str(tmp_path / "none.json"), "--quiet"]) == 0
+    assert [w for _, w, _ in passes[:-1]] == [2] * (len(passes) - 1) and passes[-1][:2] == ("timing (one run at a time)", 1)  # alone, last
     res = json.loads((out / "trimodal.json").read_text())
-    timing = [(j.method, j.train["batch_size"]) for j in read if j.train["epochs"] == 2]
+    timing = [(j.method, j.train["batch_size"]) for j in passes[-1][2]]
+    assert all(j.train["epochs"] == j.train["patience"] == 2 and not j.test for j in passes[-1][2])
     assert timing == [("concat", default_batch), ("weighted", default_batch), ("weighted", default_batch // 2)]
     c, w = res["methods"]["concat"]["chosen"], res["methods"]["weighted"]["chosen"]
     assert c["s_per_epoch_peer_batch"] == c["s_per_epoch_alone"] > 0  # timed once, used for both
@@ -314,5 +319,10 @@ def test_without_the_timing_pass_and_with_mmsa_timed_on_another_cpu_the_ratios_s
     assert res["targets"]["concat"]["speedup"] == pytest.approx(trimodal.MMSA["LF-DNN"]["s_per_epoch"] / c["s_per_epoch"])
     assert not res["targets"]["concat"]["speed_measured_here"]
     assert "(across machines) | - |" in md and "last ran on Some Other CPU" in md and "shared the cores" in md
-    # the same file from this run's CPU is used
-    assert trimodal.mmsa_here(res | {"mmsa_here": {**res["mmsa_here"], "env": {**res["mmsa_here"]["env"], "cpu": res["env"]["cpu"]}}})
+    # the same file from this run's CPU and day is used, in the ratios and in the table; without a CPU, or from another day, not
+    same = res | {"mmsa_here": {**res["mmsa_here"], "env": {**res["mmsa_here"]["env"], "cpu": res["env"]["cpu"], "date": res["env"]["date"]}}}
+    assert trimodal.mmsa_here(same) and trimodal.targets(same)["concat"]["speed_measured_here"]
+    assert trimodal.targets(same)["concat"]["speedup"] == pytest.approx(99.0 / c["s_per_epoch"])
+    assert "99.000 (timed here)" in trimodal.markdown(same)
+    for env in ({"cpu": None}, {"date": "2025-01-01"}):
+        assert trimodal.mmsa_here(same | {"mmsa_here": {**same["mmsa_here"], "env": {**same["mmsa_here"]["env"], **env}}}) is None
