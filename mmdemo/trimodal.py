@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .data import FeatureDataset, load_dataset, with_context
 from .device import cpu_model
@@ -262,17 +263,11 @@ def run(args) -> dict:
             results[m]["chosen"][key] = float(np.median([r["s_per_epoch"] for r in out[k * len(reps):(k + 1) * len(reps)]]))
         for m in methods:  # the chosen batch is MMSA's: one configuration, timed once
             results[m]["chosen"].setdefault("s_per_epoch_peer_batch", results[m]["chosen"]["s_per_epoch_alone"])
-    env = {"machine": platform.processor() or platform.machine(), "cpu": cpu_model(), "cpus": os.cpu_count(), "torch": torch_version(), "workers": args.workers, "torch_threads_per_worker": 1,
+    env = {"machine": platform.processor() or platform.machine(), "cpu": cpu_model(), "cpus": os.cpu_count(), "torch": torch.__version__, "workers": args.workers, "torch_threads_per_worker": 1,
            "seconds": time.perf_counter() - t0, "date": time.strftime("%Y-%m-%d"), "timing_epochs": args.timing_epochs, "timing_repeats": min(TIMING_REPEATS, len(seeds))}
     return {"mmsa_here": mmsa_timed_here(args.mmsa), "data": ds.describe(), "source": Path(data).name, "seeds": list(seeds), "select_seeds": list(range(args.select_seeds)),
             "search_space": SEARCH, "configurations": len(configs), "max_epochs": args.epochs, "methods": results, "best": best,
             "ablations": ablations, "context": context, "mean_baseline": mean_baseline(ds), "mmsa": MMSA, "env": env, "quick": args.quick}
-
-
-def torch_version() -> str:
-    import torch
-
-    return torch.__version__
 
 
 def mmsa_timed_here(path) -> dict | None:
