@@ -11,7 +11,9 @@
 3. Voice: leave-one-corpus-out over the three voice corpora (:mod:`mmdemo.crosscorpus`), per-speaker
    z-scores or raw features chosen there, the shipped head on all of them. Face: heads on the photos
    and on photos + FER-2013 (equal weights; FER-2013 without fer's in-sample probabilities), scored as polarity (accuracy, macro-F1) on both test sets beside
-   majority and smile baselines.
+   majority and smile baselines. With ``--expression-cnn own``, mmdemo's expression CNN is first
+   trained on FER-2013 train (:mod:`mmdemo.expression`), the face feature reads with it, FER-2013
+   keeps its probabilities (out of sample on valid and test), and it ships beside the face head.
 4. Fusion: multimodal examples paired across the corpora (:mod:`mmdemo.pairing`), every
    registered fusion method trained with the one training loop, scored on pairs built from test
    splits only.
@@ -138,6 +140,54 @@ def without_fer_probabilities(ds: FeatureDataset) -> FeatureDataset:
 
 def only_present(ds: FeatureDataset, m: str) -> FeatureDataset:
     return FeatureDataset({s: sp.subset(sp.present[m]) for s, sp in ds.splits.items()}, dict(ds.meta))
+
+
+def face_fer_markdown(rep: dict, test) -> list[str]:
+    """The face tables when the face feature reads expressions with fer's CNN (in-sample on FER-2013)."""
+    return [f"### Face: expression photos, test people ({len(test)} photos with a face found)", "",
+           "The shipped head learned from the photos and FER-2013 weighted equally (FER-2013 rows without fer's in-sample "
+           "probabilities), its configuration chosen by the mean of the two validation folds' polarity macro-F1.", "", CLS_HEAD,
+           cls_row("majority class (train)", rep["majority"]),
+           cls_row(f"smile blendshape alone (thresholds {rep['smile']['thresholds'][0]:.2f}/{rep['smile']['thresholds'][1]:.2f} on valid)", rep["smile"]),
+           cls_row("head on the photos alone (as before)", rep["photos_only_head"]),
+           cls_row("head on photos + FER-2013 with fer's in-sample probabilities", rep["insample_head"]),
+           cls_row("mmdemo: blendshapes + pose + FER -> head on photos + FER-2013 (shipped)", rep["model"]), "",
+           f"Reference baseline of ../shared/data: {REFERENCE['faces']}.", "",
+           f"### Face: FER-2013 test images ({rep['fer_test']['n_test']} with a face found)", "",
+           "fer's expression CNN (part of the face feature) was trained on FER-2013, so its probabilities are in-sample here. The",
+           "shipped head's first row reads these images without them (as it learned from FER-2013: out of sample); rows that use them",
+           "are marked *in-sample* and overstate what a new face gets.", "", CLS_HEAD,
+           cls_row("majority class (train)", rep["fer_test"]["majority"]),
+           cls_row("head on the photos alone (*in-sample* CNN probabilities)", rep["fer_test"]["photos_only_head"]),
+           cls_row("head on photos + FER-2013 with fer's probabilities (*in-sample*)", rep["fer_test"]["insample_head"]),
+           cls_row("shipped head, CNN probabilities left out", rep["fer_test"]["model"]),
+           cls_row("shipped head, CNN probabilities given (*in-sample*)", rep["fer_test"]["model_with_fer_probabilities"]), ""]
+
+
+def face_own_markdown(rep: dict, e: dict, test) -> list[str]:
+    """The face tables when the face feature reads expressions with mmdemo's CNN (learned from FER-2013 train only)."""
+    def cnn_row(name: str, r: dict) -> str:
+        return f"| {name} | {100 * r['polarity3']['accuracy']:.1f}% | {100 * r['polarity3']['macro_f1']:.1f} | {100 * r['accuracy7']:.1f}% |"
+
+    rows = ["| expression CNN alone (its largest of negative / neutral / happy) | polarity accuracy | polarity macro-F1 | 7-class accuracy |",
+            "|---|---|---|---|", cnn_row(f"FER-2013 test ({e['fer2013_test']['n_polarity']} images with a polarity)", e["fer2013_test"])]
+    if "photos_test" in e:
+        rows.append(cnn_row(f"photos, test people ({e['photos_test']['n_polarity']}; the encoder's crop)", e["photos_test"]))
+    return [f"### Face: the expression CNN (mmdemo's, learned from FER-2013 train, epoch {e['chosen_epoch']} chosen on valid: "
+            f"{100 * e['valid_accuracy7']:.1f}%)", "", "Read once on images it never saw.", "", *rows, "",
+            f"### Face: expression photos, test people ({len(test)} photos with a face found)", "",
+            "The shipped head learned from the photos and FER-2013 weighted equally, its configuration chosen by the mean of the two "
+            "validation folds' polarity macro-F1.", "", CLS_HEAD,
+            cls_row("majority class (train)", rep["majority"]),
+            cls_row(f"smile blendshape alone (thresholds {rep['smile']['thresholds'][0]:.2f}/{rep['smile']['thresholds'][1]:.2f} on valid)", rep["smile"]),
+            cls_row("head on the photos alone", rep["photos_only_head"]),
+            cls_row("mmdemo: blendshapes + pose + expression CNN -> head on photos + FER-2013 (shipped)", rep["model"]), "",
+            f"Reference baseline of ../shared/data: {REFERENCE['faces']}.", "",
+            f"### Face: FER-2013 test images ({rep['fer_test']['n_test']} with a face found)", "",
+            "Out of sample for the expression CNN (it learned from FER-2013 train) and for the heads.", "", CLS_HEAD,
+            cls_row("majority class (train)", rep["fer_test"]["majority"]),
+            cls_row("head on the photos alone", rep["fer_test"]["photos_only_head"]),
+            cls_row("mmdemo: blendshapes + pose + expression CNN -> head on photos + FER-2013 (shipped)", rep["fer_test"]["model"]), ""]
 
 
 # ----------------------------------------------------------------------------- models
@@ -411,8 +461,19 @@ def run(args) -> dict:
     mosi, s_mosi = extract("mosi")
     mosei, s_mosei = extract("mosei")
     voice_sets = {name: extract(name, transcribe=False) for name in VOICE_CORPORA}
-    faces, s_face = extract("faces")
-    fer, s_fer = extract("fer2013")
+    expression = None  # None: the face feature reads expressions with fer's CNN
+    if args.expression_cnn == "own":
+        from .expression import WEIGHTS as EXPRESSION_WEIGHTS
+        from .expression import ExpressionConfig
+        from .expression import run as train_expression_cnn
+
+        log.info("face: the expression CNN on FER-2013 train")
+        ecfg = ExpressionConfig(epochs=1 if quick else ExpressionConfig.epochs, width=8 if quick else ExpressionConfig.width,
+                                seed=args.seed, device=args.device)
+        results["expression"] = train_expression_cnn(data, out / "expression", ecfg, limit=limit, progress=not args.quiet)
+        expression = out / "expression" / EXPRESSION_WEIGHTS
+    faces, s_face = extract("faces", expression=expression)
+    fer, s_fer = extract("fer2013", expression=expression)
     results["encoders"] = {"mosi": s_mosi, "mosei": s_mosei, "faces": s_face, "fer2013": s_fer} | {n: v[1] for n, v in voice_sets.items()}
     corpora = [corpus_from_split_features(n, ds, voice_labels(data / VOICE_CORPORA[n]["folder"]), "audio") for n, (ds, _) in voice_sets.items()]
 
@@ -527,48 +588,43 @@ def run(args) -> dict:
     # fer's CNN (part of the face feature) was trained on FER-2013, so its probabilities there are
     # in-sample: FER-2013 rows teach the head (and the fusion) with those 7 values set to 0, so
     # nothing learned or chosen leans on them; the photos keep them (out of sample for the CNN).
+    # With mmdemo's own CNN (--expression-cnn own), FER-2013's valid and test images are out of sample
+    # for it and the rows keep their probabilities; its train images are the CNN's own (their
+    # probabilities are a little more confident than on new faces: see the CNN's train/test scores).
+    insample = expression is None
     photos = only_present(faces, "vision")
     fer_p = only_present(fer, "vision")
-    fer_blind = without_fer_probabilities(fer_p)
+    fer_blind = without_fer_probabilities(fer_p) if insample else fer_p
     log.info("face: heads on the photos alone and on photos + FER-2013")
     photo_model, photo_cfg, _, _ = fit_unimodal(photos, grid, tcfg_uni)
     face_model, fcfg_face, face_valid, face_train = fit_balanced({"photos": photos, "fer2013": fer_blind}, grid, tcfg_uni)
-    insample_model, _, _, _ = fit_balanced({"photos": photos, "fer2013": fer_p}, grid, tcfg_uni)
+    insample_model = fit_balanced({"photos": photos, "fer2013": fer_p}, grid, tcfg_uni)[0] if insample else None
 
     def read(model, ds):
         test = ds.splits["test"]
         return polarity_report(predict(model, Batches(test, model.modalities, model.device)), test.labels)
 
     test = photos.splits["test"]
-    rep = {"model": read(face_model, photos), "photos_only_head": read(photo_model, photos), "insample_head": read(insample_model, photos),
+    rep = {"model": read(face_model, photos), "photos_only_head": read(photo_model, photos),
            "majority": majority_report(photos.splits["train"].labels, test.labels), "smile": smile_baseline(photos),
            "head": asdict(fcfg_face), "valid_macro_f1": face_valid, "n_test": len(test),
            "absent_test": int((~faces.splits["test"].present["vision"]).sum()),
-           "fer_test": {"model": read(face_model, fer_blind), "model_with_fer_probabilities": read(face_model, fer_p),
-                        "photos_only_head": read(photo_model, fer_p), "insample_head": read(insample_model, fer_p),
+           "expression_cnn": "fer" if insample else "mmdemo (FER-2013 train)",
+           "fer_test": {"model": read(face_model, fer_blind), "photos_only_head": read(photo_model, fer_p),
                         "majority": majority_report(fer_p.splits["train"].labels, fer_p.splits["test"].labels),
                         "n_test": len(fer_p.splits["test"])},
            "train_items": {"photos": len(photos.splits["train"]), "fer2013": len(fer_p.splits["train"])}}
+    if insample:
+        rep["insample_head"] = read(insample_model, photos)
+        rep["fer_test"] |= {"model_with_fer_probabilities": read(face_model, fer_p), "insample_head": read(insample_model, fer_p)}
     results["face"] = rep
-    md += [f"### Face: expression photos, test people ({len(test)} photos with a face found)", "",
-           "The shipped head learned from the photos and FER-2013 weighted equally (FER-2013 rows without fer's in-sample "
-           "probabilities), its configuration chosen by the mean of the two validation folds' polarity macro-F1.", "", CLS_HEAD,
-           cls_row("majority class (train)", rep["majority"]),
-           cls_row(f"smile blendshape alone (thresholds {rep['smile']['thresholds'][0]:.2f}/{rep['smile']['thresholds'][1]:.2f} on valid)", rep["smile"]),
-           cls_row("head on the photos alone (as before)", rep["photos_only_head"]),
-           cls_row("head on photos + FER-2013 with fer's in-sample probabilities", rep["insample_head"]),
-           cls_row("mmdemo: blendshapes + pose + FER -> head on photos + FER-2013 (shipped)", rep["model"]), "",
-           f"Reference baseline of ../shared/data: {REFERENCE['faces']}.", "",
-           f"### Face: FER-2013 test images ({rep['fer_test']['n_test']} with a face found)", "",
-           "fer's expression CNN (part of the face feature) was trained on FER-2013, so its probabilities are in-sample here. The",
-           "shipped head's first row reads these images without them (as it learned from FER-2013: out of sample); rows that use them",
-           "are marked *in-sample* and overstate what a new face gets.", "", CLS_HEAD,
-           cls_row("majority class (train)", rep["fer_test"]["majority"]),
-           cls_row("head on the photos alone (*in-sample* CNN probabilities)", rep["fer_test"]["photos_only_head"]),
-           cls_row("head on photos + FER-2013 with fer's probabilities (*in-sample*)", rep["fer_test"]["insample_head"]),
-           cls_row("shipped head, CNN probabilities left out", rep["fer_test"]["model"]),
-           cls_row("shipped head, CNN probabilities given (*in-sample*)", rep["fer_test"]["model_with_fer_probabilities"]), ""]
-    faces_for_fusion = face_train  # photos and FER-2013 (without the in-sample probabilities) in equal shares
+    if not insample:
+        e = results["expression"]
+        md += face_own_markdown(rep, e, test)
+    else:
+        md += face_fer_markdown(rep, test)
+    faces_for_fusion = face_train  # photos and FER-2013 in equal shares (FER-2013 without fer's in-sample probabilities)
+
 
     # -- 4. fusion on paired examples --------------------------------------------------------
     fcfg = FusionConfig(hidden=64, dropout=0.2)
@@ -642,7 +698,7 @@ def run(args) -> dict:
         md.append("")
 
     # -- 5. checkpoints ------------------------------------------------------------------------
-    write_checkpoints(ckpt, results, w_model, voice_model, face_model, fusion_models, w_overlay, args, voice_prior)
+    write_checkpoints(ckpt, results, w_model, voice_model, face_model, fusion_models, w_overlay, args, voice_prior, expression)
     results["checkpoints"] = str(ckpt)
     (ckpt / "README.md").write_text(model_card(results, ckpt))
     header = ["# mmdemo benchmark on real data", "",
@@ -694,7 +750,9 @@ def model_card(results: dict, ckpt: Path) -> str:
         "| modality | encoder (frozen unless said) | learned from | test result | limits |", "|---|---|---|---|---|",
         f"| words | all-MiniLM-L6-v2{' with its top layers fine-tuned here' if w['chosen'] == 'fine-tuned' else ''} (384-d) | CMU-MOSI + CMU-MOSEI train folds (transcripts, -3..+3){'; the head on out-of-fold features (' + str(w['out_of_fold']['folds']) + ' folds by video)' if w['chosen'] == 'fine-tuned' else ''} | CMU-MOSI test: MAE {mosi[chosen]['mae']:.3f}, Corr {mosi[chosen]['corr']:.3f}, Acc-2 {100 * mosi[chosen]['acc2_has0']:.1f} / {100 * mosi[chosen]['acc2_non0']:.1f}; CMU-MOSEI test: MAE {mosei[chosen]['mae']:.3f}, Acc-2 {100 * mosei[chosen]['acc2_non0']:.1f} (non-0) | English only; opinion monologues (movie reviews, YouTube); typed chat may differ |",
         f"| voice | eGeMAPSv02 functionals (88-d, openSMILE) over the speech of a 2.4 s window; Silero VAD; {'per-speaker z-scores (population prior, then the speaker' + chr(39) + 's own running statistics)' if v['features'] == 'speaker_z' else 'raw'} | RAVDESS, ASED, EmoSpeech train speakers (classes and corpora balanced); {'a linear' if v['config'].get('head') == 'linear' else 'an MLP'} head, chosen by leave-one-corpus-out | held out, one corpus at a time: {voice_card(v)} | acted or semi-acted emotions, mostly not English (valence carries across languages less well than arousal); phones and noisy rooms only in EmoSpeech; the emotion -> sentiment mapping is a heuristic (happy positive; neutral/calm 0; sad/angry/fearful/disgust negative) |",
-        f"| face | MediaPipe FaceLandmarker: 52 blendshapes + head pose; fer 7-class CNN (62-d) | expression photos (person-independent split) + FER-2013 (challenge split) | photos' test people: polarity accuracy {100 * f['model']['polarity3']['accuracy']:.1f}%, macro-F1 {100 * f['model']['polarity3']['macro_f1']:.1f} (majority {100 * f['majority']['polarity3']['accuracy']:.1f}%, smile alone {100 * f['smile']['polarity3']['accuracy']:.1f}%); FER-2013 test: macro-F1 {100 * f['fer_test']['model']['polarity3']['macro_f1']:.1f} without fer's probabilities, which are in-sample there (the head learned from FER-2013 without them; {100 * f['fer_test']['model_with_fer_probabilities']['polarity3']['macro_f1']:.1f} with them) | still photos (news/web, 48x48 web crops), single annotations; posed vs spontaneous; webcam lighting differs; live, the signal is a moving average with a 0.5 s time constant |",
+        (f"| face | MediaPipe FaceLandmarker: 52 blendshapes + head pose; fer 7-class CNN (62-d) | expression photos (person-independent split) + FER-2013 (challenge split) | photos' test people: polarity accuracy {100 * f['model']['polarity3']['accuracy']:.1f}%, macro-F1 {100 * f['model']['polarity3']['macro_f1']:.1f} (majority {100 * f['majority']['polarity3']['accuracy']:.1f}%, smile alone {100 * f['smile']['polarity3']['accuracy']:.1f}%); FER-2013 test: macro-F1 {100 * f['fer_test']['model']['polarity3']['macro_f1']:.1f} without fer's probabilities, which are in-sample there (the head learned from FER-2013 without them; {100 * f['fer_test']['model_with_fer_probabilities']['polarity3']['macro_f1']:.1f} with them) | still photos (news/web, 48x48 web crops), single annotations; posed vs spontaneous; webcam lighting differs; live, the signal is a moving average with a 0.5 s time constant |"
+         if "model_with_fer_probabilities" in f["fer_test"] else
+         f"| face | MediaPipe FaceLandmarker: 52 blendshapes + head pose; mmdemo's 7-class expression CNN, learned from FER-2013 train (62-d) | expression photos (person-independent split) + FER-2013 (challenge split) | photos' test people: polarity accuracy {100 * f['model']['polarity3']['accuracy']:.1f}%, macro-F1 {100 * f['model']['polarity3']['macro_f1']:.1f} (majority {100 * f['majority']['polarity3']['accuracy']:.1f}%, smile alone {100 * f['smile']['polarity3']['accuracy']:.1f}%); FER-2013 test: macro-F1 {100 * f['fer_test']['model']['polarity3']['macro_f1']:.1f} (out of sample for the CNN and the head) | still photos (news/web, 48x48 web crops), single annotations; posed vs spontaneous; webcam lighting differs; live, the signal is a moving average |"),
         f"| fusion | every registered method, on the three features | {sum(fu['pairing']['counts']['train']['text'].values()):,} paired training examples | best test MAE: {best} {fu['methods'][best]['test']['mae']:.3f} on paired test examples (table below) | paired across corpora, see above |",
         "",
         f"What the encoders found: words in {share('mosi', 'text'):.1f}% of CMU-MOSI segments (the rest have no transcript), speech in "
@@ -741,7 +799,7 @@ def model_card(results: dict, ckpt: Path) -> str:
 
 
 def write_checkpoints(ckpt: Path, results: dict, w_model, voice_model, face_model, fusion_models: dict, overlay: Path | None, args,
-                      voice_prior=None) -> None:
+                      voice_prior=None, expression: Path | None = None) -> None:
     ckpt.mkdir(parents=True, exist_ok=True)
     provenance = {"generated_by": "python -m mmdemo.benchmark", "data": "../shared/data (see checkpoints/README.md)",
                   "quick": args.quick, "seed": args.seed, "date": time.strftime("%Y-%m-%d")}
@@ -758,12 +816,23 @@ def write_checkpoints(ckpt: Path, results: dict, w_model, voice_model, face_mode
            "vision": (face_model, results["face"], "expression photos (muxspace/facial_expressions subset) + FER-2013")}
     for m, (model, metrics, corpus) in uni.items():
         save_fusion(model, ckpt / "unimodal" / m, extra={"metrics.json": jsonable(metrics), "provenance.json": jsonable(provenance | {"corpus": corpus})})
+    # the expression CNN the face head learned with ships beside it; without one, the live encoder reads with fer's
+    from .expression import CONFIG as EXPRESSION_CONFIG
+    from .expression import WEIGHTS as EXPRESSION_WEIGHTS
+
+    for name in (EXPRESSION_WEIGHTS, EXPRESSION_CONFIG):
+        target = ckpt / "unimodal" / "vision" / name
+        if expression is not None:
+            shutil.copyfile(Path(expression).with_name(name), target)
+        elif target.exists():
+            target.unlink()
     # what every model that reads the voice expects: per-speaker z-scores (with this prior) or raw features
     write_voice_features(ckpt, voice_prior if results["voice"]["features"] == "speaker_z" else None)
     # the population's neutral face and voice, which a user's neutral-baseline calibration is measured against
     from .personal import neutral_reference
 
-    neutral_reference(Path(args.data), limit_per_split=40 if args.quick else None, progress=not args.quiet).save(ckpt)
+    neutral_reference(Path(args.data), limit_per_split=40 if args.quick else None, progress=not args.quiet,
+                      expression=ckpt / "unimodal" / "vision" / EXPRESSION_WEIGHTS if expression is not None else None).save(ckpt)
     for name, (model, res) in fusion_models.items():
         r = results["fusion"]["methods"][name]
         save_fusion(model, ckpt / "fusion" / name, extra={
@@ -785,6 +854,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mosi-seeds", type=int, default=5, help="seeds of the MOSI-only fine-tuning (like-for-like row); 0 skips it")
     ap.add_argument("--reuse-words", metavar="DIR", help="take the fine-tuned text encoders (main and out-of-fold) and the MOSI-only "
                     "results from an earlier run's output folder with the same settings, instead of fine-tuning again (about 2 h on 2 CPU cores)")
+    ap.add_argument("--expression-cnn", choices=("fer", "own"), default="fer",
+                    help="the face feature's expression CNN: fer's (trained on FER-2013, in-sample there), or mmdemo's own, "
+                         "trained here on FER-2013 train (python -m mmdemo.expression; about 35 min on 2 CPU cores) and shipped "
+                         "beside the face head")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--quiet", action="store_true")

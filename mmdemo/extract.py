@@ -136,10 +136,10 @@ class Extractor:
     """Clip-level features with the live encoders."""
 
     def __init__(self, modalities=MODALITIES, *, fps: float = 5.0, max_frames: int = 300, transcribe: bool = True,
-                 device: str | None = None, words_overlay: Path | None = None):
+                 device: str | None = None, words_overlay: Path | None = None, expression: Path | None = None):
         self.modalities = tuple(modalities)
         self.fps, self.max_frames, self.transcribe = fps, max_frames, transcribe
-        self.face = FaceEncoder()
+        self.face = FaceEncoder(expression=expression)
         self.voice = VoiceEncoder()
         self.words = WordsEncoder(device=device, overlay=words_overlay)
         self.asr = Transcriber(device=device)
@@ -256,10 +256,12 @@ class PartCache:
 
 
 def cache_key(src: Path, labels: Path, modalities, fps: float, max_frames: int, label_col: str, text_col: str | None,
-              words_overlay: Path | None = None) -> str:
-    """Changes whenever the features would: inputs, settings, and the text encoder's weights."""
+              words_overlay: Path | None = None, expression: Path | None = None) -> str:
+    """Changes whenever the features would: inputs, settings, the text encoder's and the expression CNN's weights."""
     overlay = hashlib.sha1(Path(words_overlay).read_bytes()).hexdigest() if words_overlay else ""
     parts = [str(src.resolve()), str(labels.resolve()), ",".join(modalities), str(fps), str(max_frames), label_col, str(text_col), overlay, EXTRACTOR_VERSION]
+    if expression is not None and "vision" in modalities:  # absent: the key of fer's CNN, as before
+        parts.append("expression:" + hashlib.sha1(Path(expression).read_bytes()).hexdigest())
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
 
 
@@ -340,7 +342,7 @@ def run_extraction(src: Path, labels: Path, *, modalities=MODALITIES, id_col: st
                    group_col: str | None = "speaker", valid: float = 0.1, test: float = 0.2, fps: float = 5.0,
                    max_frames: int = 300, transcribe: bool = True, limit_per_split: int | None = None,
                    cache: Path | None = None, resume: bool = True, device: str | None = None,
-                   words_overlay: Path | None = None, progress: bool = True, ray: str | None = None, workers: int | None = None,
+                   words_overlay: Path | None = None, expression: Path | None = None, progress: bool = True, ray: str | None = None, workers: int | None = None,
                    item_timeout_s: float = 600.0, gpus_per_worker: float = 0.0) -> tuple[FeatureDataset, dict, list[dict]]:
     """Extract a corpus: returns (dataset, summary of what each encoder found, broken files).
     ``ray``: "local" (Ray on this machine) or a cluster address: the work goes to Ray actors
@@ -350,7 +352,9 @@ def run_extraction(src: Path, labels: Path, *, modalities=MODALITIES, id_col: st
                                 split_col=split_col, group_col=group_col, limit_per_split=limit_per_split)
     if not items:
         raise SystemExit(f"{labels}: no usable rows ({dict(skipped)})")
-    key = cache_key(src, labels, modalities, fps, max_frames, label_col, text_col, words_overlay)
+    if expression is not None and not Path(expression).is_file():
+        raise SystemExit(f"{expression}: no expression CNN weights there (expression.safetensors from python -m mmdemo.expression)")
+    key = cache_key(src, labels, modalities, fps, max_frames, label_col, text_col, words_overlay, expression)
     folder = cache or Path(os.environ.get("MMDEMO_CACHE", Path.home() / ".cache" / "mmdemo")) / "extract" / key
     if not resume and folder.exists():
         for p in folder.glob("part-*.npz"):
@@ -359,7 +363,8 @@ def run_extraction(src: Path, labels: Path, *, modalities=MODALITIES, id_col: st
     resumed = sum(it.id in parts.done for it in items)
     if resumed and progress:
         print(f"resuming: {resumed} clips already extracted in {folder}")
-    kwargs = {"modalities": modalities, "fps": fps, "max_frames": max_frames, "transcribe": transcribe, "device": device, "words_overlay": words_overlay}
+    kwargs = {"modalities": modalities, "fps": fps, "max_frames": max_frames, "transcribe": transcribe, "device": device, "words_overlay": words_overlay,
+              "expression": expression}
     t0 = time.perf_counter()
     chunk = 512 if modalities == ("text",) else 64  # text alone: big batches, sorted by length inside
     if ray:
@@ -372,7 +377,8 @@ def run_extraction(src: Path, labels: Path, *, modalities=MODALITIES, id_col: st
     seconds = time.perf_counter() - t0
     summary = summarize(items, feats, modalities, errors) | {"skipped_rows": dict(skipped), "seconds": seconds, "resumed": resumed}
     meta = {"source": str(src), "labels": str(labels), "label_column": label_col, "modalities": list(modalities),
-            "fps": fps, "extractor": EXTRACTOR_VERSION, "words_overlay": str(words_overlay) if words_overlay else None, "summary": summary}
+            "fps": fps, "extractor": EXTRACTOR_VERSION, "words_overlay": str(words_overlay) if words_overlay else None,
+            "expression": str(expression) if expression else None, "summary": summary}
     return build_dataset(items, feats, modalities, meta, valid=valid, test=test), summary, errors
 
 
@@ -399,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-resume", action="store_true", help="ignore an existing cache")
     ap.add_argument("--device", default=None, help="auto, cpu or cuda")
     ap.add_argument("--words-overlay", type=Path, help="fine-tuned text-encoder layers (checkpoints/words)")
+    ap.add_argument("--expression", type=Path, help="mmdemo's expression CNN (expression.safetensors beside the face head in "
+                    "checkpoints/unimodal/vision, when the shipped models use it); default fer's CNN")
     ap.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                     help="distribute over Ray: alone, a fresh Ray on this machine; with an address (auto, or HEAD:6379 from a "
                          "machine of the cluster), a running cluster (pip install -r requirements-ray.txt)")
@@ -428,8 +436,8 @@ def main(argv: list[str] | None = None) -> int:
         text_col=args.text_column or None, path_col=args.path_column, split_col=args.split_column,
         group_col=args.group_column, valid=args.valid, test=args.test, fps=args.fps, max_frames=args.max_frames,
         transcribe=not args.no_transcribe, limit_per_split=args.limit_per_split, cache=args.cache,
-        resume=not args.no_resume, device=args.device, words_overlay=args.words_overlay, progress=not args.quiet,
-        ray=args.ray, workers=args.workers, item_timeout_s=args.item_timeout or 600.0, gpus_per_worker=args.gpus_per_worker)
+        resume=not args.no_resume, device=args.device, words_overlay=args.words_overlay, expression=args.expression,
+        progress=not args.quiet, ray=args.ray, workers=args.workers, item_timeout_s=args.item_timeout or 600.0, gpus_per_worker=args.gpus_per_worker)
     if summary["resumed"] and args.quiet:
         print(f"resuming: {summary['resumed']} clips already extracted")
     ds.save(args.out)

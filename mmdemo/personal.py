@@ -201,9 +201,10 @@ def merge(sources: list[str | Path], out: str | Path, *, dims: dict[str, int] | 
 # ============================================================================ the neutral reference
 
 
-def neutral_reference(data: str | Path, *, limit_per_split: int | None = None, progress: bool = True):
+def neutral_reference(data: str | Path, *, limit_per_split: int | None = None, progress: bool = True, expression: Path | None = None):
     """Median raw features of the neutral training clips: face from the expression photos (label
-    neutral), voice from the neutral/calm clips of RAVDESS, ASED and EmoSpeech (train speakers)."""
+    neutral; ``expression``: the expression CNN the face models read with, default fer's), voice from
+    the neutral/calm clips of RAVDESS, ASED and EmoSpeech (train speakers)."""
     from .benchmark import CORPORA
     from .calibration import NeutralReference
     from .crosscorpus import VOICE_CORPORA, voice_labels
@@ -215,7 +216,7 @@ def neutral_reference(data: str | Path, *, limit_per_split: int | None = None, p
     with open(face_folder / "labels.csv", encoding="utf-8") as f:
         neutral_faces = {r["clip_id"] for r in csv.DictReader(f) if r.get("emotion", "").strip().lower() == "neutral"}
     ds, _, _ = run_extraction(face_folder, face_folder / "labels.csv", modalities=("vision",), label_col="polarity",
-                              limit_per_split=limit_per_split, progress=progress)
+                              limit_per_split=limit_per_split, progress=progress, expression=expression)
     tr = ds.splits["train"]
     keep = tr.present["vision"] & np.isin(tr.ids, list(neutral_faces))
     if not keep.any():

@@ -38,6 +38,7 @@ from .encoders import DIMS, FaceEncoder, StreamingVAD, Transcriber, VoiceEncoder
 from .encoders.face import FER_CLASSES
 from .encoders.egemaps import EgemapsStream
 from .encoders.voice import FRAME
+from .expression import shipped_expression
 from .fusion import Fusion, list_fusions
 from .profile import Moment
 from .smoothing import FeatureSmoother, LabelHysteresis
@@ -160,7 +161,7 @@ class Engine:
         if self.device.type == "cpu" and config.torch_threads:
             torch.set_num_threads(config.torch_threads)
         overlay = self.checkpoints / "words" / "encoder.safetensors"
-        self.face = FaceEncoder()
+        self.face = FaceEncoder(expression=shipped_expression(self.checkpoints))
         self.voice = VoiceEncoder(threshold=config.speech_threshold)
         self.words = WordsEncoder(device=str(self.device), overlay=overlay if overlay.exists() else None)
         # on the CPU, speech recognition gets half the cores: the live updates keep the rest

@@ -81,12 +81,13 @@ class Encoders:
 
     def __init__(self, checkpoints: Path | None = None):
         from .encoders import FaceEncoder, VoiceEncoder, WordsEncoder
+        from .expression import shipped_expression
         from .pipeline import DEFAULT_CHECKPOINTS
         from .speaker import read_voice_features
 
         ckpt = Path(checkpoints or DEFAULT_CHECKPOINTS)
         overlay = ckpt / "words" / "encoder.safetensors"
-        self.face, self.voice = FaceEncoder(), VoiceEncoder()
+        self.face, self.voice = FaceEncoder(expression=shipped_expression(ckpt)), VoiceEncoder()
         self.words = WordsEncoder(overlay=overlay if overlay.exists() else None)
         self.prior, self.norm_kw = read_voice_features(ckpt)
         self._speech: dict[tuple, np.ndarray | None] = {}

@@ -98,6 +98,7 @@ def test_quick_benchmark_writes_tables_checkpoints_and_a_model_card(tmp_path):
     assert "FER-2013 test images" in md and "CNN probabilities left out" in md and "*in-sample*" in md
     assert res["face"]["train_items"]["fer2013"] > 0 and {"model", "model_with_fer_probabilities", "insample_head"} <= set(res["face"]["fer_test"])
     assert set(res["face"]["valid_macro_f1"]) == {"photos", "fer2013"}  # chosen on both corpora's validation folds
+    assert res["face"]["expression_cnn"] == "fer" and not (ckpt / "unimodal" / "vision" / "expression.safetensors").exists()
     # the live pipeline runs on what the benchmark wrote
     engine = Engine(ckpt, device="cpu")
     assert (engine.voice_prior is not None) == (res["voice"]["features"] == "speaker_z")
@@ -109,9 +110,16 @@ def test_quick_benchmark_writes_tables_checkpoints_and_a_model_card(tmp_path):
         benchmark.main(["--data", str(SHARED), "--out", str(tmp_path / "other"), "--quick", "--quiet", "--device", "cpu",
                         "--reuse-words", str(out), "--finetune-layers", "1"])
     again = tmp_path / "again"
+    # ... and this rerun trains mmdemo's own expression CNN on FER-2013 train: the face feature reads with it
     assert benchmark.main(["--data", str(SHARED), "--out", str(again), "--quick", "--quiet", "--device", "cpu", "--reuse-words", str(out),
-                           "--checkpoints", str(ckpt)]) == 0
+                           "--checkpoints", str(ckpt), "--expression-cnn", "own"]) == 0
     res2 = json.loads((again / "benchmark.json").read_text())
+    md2 = (again / "benchmark.md").read_text()
+    shipped_cnn = ckpt / "unimodal" / "vision" / "expression.safetensors"
+    assert shipped_cnn.exists() and (ckpt / "unimodal" / "vision" / "expression.json").exists()
+    assert res2["face"]["expression_cnn"].startswith("mmdemo") and res2["expression"]["fer2013_test"]["n"] > 0
+    assert "model_with_fer_probabilities" not in res2["face"]["fer_test"] and "expression CNN alone" in md2 and "*in-sample*" not in md2
+    assert Engine(ckpt, device="cpu").face.expression == shipped_cnn
     # the voice head it replaced is read on the same test speakers, beside the new one
     assert set(res2["voice"]["before"]) == {"ravdess", "ased", "emospeech"} and "shipped before this run" in (again / "benchmark.md").read_text()
     assert res2["words"]["finetune"]["reused_from"] == str(out) and res2["words"]["mosi_only"]["runs"] == like["runs"]

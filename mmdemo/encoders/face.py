@@ -2,8 +2,8 @@
 
 Feature (62-d): the 52 ARKit-style blendshape scores (mouthSmileLeft, browDownRight, ...), head
 yaw/pitch/roll in radians from the facial transformation matrix, and the 7 expression
-probabilities of ``emotion_model_quantized.tflite`` (fer's CNN, run with ai-edge-litert) on the grey
-face crop. The landmarker model is MediaPipe's ``face_landmarker.task``. Both files ship in
+probabilities of an expression CNN on the grey face crop: fer's ``emotion_model_quantized.tflite``
+(run with ai-edge-litert), or mmdemo's own (:mod:`mmdemo.expression`) when its weights are given. The landmarker model is MediaPipe's ``face_landmarker.task``. Both files ship in
 ``assets/models/`` (licences, provenance and sha256 in its README) and are checked before use. No face -> absent; several faces -> the largest, and the result says so. A photo
 whose face touches the border is retried once inside a 30% black frame (finds more faces).
 """
@@ -14,6 +14,7 @@ import logging
 import math
 import threading
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -81,6 +82,25 @@ def _load_fer():
 
 _LANDMARKER = Lazy(_load_landmarker)
 _FER = Lazy(_load_fer)
+_OWN: dict[str, Lazy] = {}  # mmdemo's expression CNN, one per weights file
+_OWN_LOCK = threading.Lock()
+
+
+def _own_cnn(path: Path) -> Lazy:
+    key = str(Path(path).resolve())
+    with _OWN_LOCK:
+        if key not in _OWN:
+            def load(p=Path(path)):
+                from ..expression import load_expression
+
+                if not p.exists():
+                    raise MissingModelError(f"no expression CNN at {p}")
+                try:
+                    return load_expression(p)
+                except Exception as err:  # a damaged or foreign file: the face is reported absent, with why
+                    raise MissingModelError(f"{p} is not a usable expression CNN ({err})") from None
+            _OWN[key] = Lazy(load)
+        return _OWN[key]
 _LOCK = threading.Lock()  # the MediaPipe graph and the TFLite interpreter are not re-entrant
 
 
@@ -114,13 +134,21 @@ class FaceEncoder(Encoder):
     modality = "vision"
     dim = N_BLENDSHAPES + len(POSE) + len(FER_CLASSES)
 
-    def __init__(self, *, max_side: int = 960, pad_retry: bool = True):
+    def __init__(self, *, max_side: int = 960, pad_retry: bool = True, expression: str | Path | None = None, keep_crop: bool = False):
+        """``expression``: the expression CNN's weights (:mod:`mmdemo.expression`, trained here on
+        FER-2013 train); None reads with fer's CNN. ``keep_crop``: the grey crop the CNN read goes
+        into the result's info (``crop``, uint8), for building training data."""
         self.max_side = max_side
         self.pad_retry = pad_retry
+        self.expression = Path(expression) if expression is not None else None
+        self.keep_crop = keep_crop
+
+    def _expression_model(self):
+        return _own_cnn(self.expression).get() if self.expression is not None else _FER.get()
 
     def warmup(self) -> None:
         _LANDMARKER.get()
-        _FER.get()
+        self._expression_model()
 
     def feature_names(self) -> list[str]:
         return list(BLENDSHAPES) + [f"head_{p}" for p in POSE] + [f"fer_{c}" for c in FER_CLASSES]
@@ -174,8 +202,9 @@ class FaceEncoder(Encoder):
         if len(blend) != N_BLENDSHAPES:
             raise RuntimeError(f"the face model returned {len(blend)} blendshapes, expected {N_BLENDSHAPES}")
         pose = np.array(head_pose(result.facial_transformation_matrixes[k]), dtype=np.float32)
+        crop = expression_crop(grey_full, box)
         try:
-            probs = self._expression(grey_full, box)
+            probs = self._expression(crop)
         except MissingModelError as err:
             return EncoderResult.absent(self.modality, f"face model unavailable ({err})")
         feature = np.concatenate([blend, pose, probs]).astype(np.float32)
@@ -187,19 +216,20 @@ class FaceEncoder(Encoder):
             "expression_probs": {c: float(p) for c, p in zip(FER_CLASSES, probs)},
             "smile": float((blend[_SMILE[0]] + blend[_SMILE[1]]) / 2),
             "notes": notes,
+            **({"crop": crop} if self.keep_crop else {}),
             "ms": 1000 * (time.perf_counter() - t0),
         }
         return EncoderResult(self.modality, feature, "", info)
 
-    def _expression(self, grey: np.ndarray, box) -> np.ndarray:
-        """fer's preprocessing: a square crop with a margin, 64x64 grey scaled to [-1, 1]."""
-        x0, y0, x1, y1 = box
-        side = max(x1 - x0, y1 - y0) * 1.2
-        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-        a, b = int(max(0, cx - side / 2)), int(max(0, cy - side / 2))
-        crop = grey[b : int(cy + side / 2), a : int(cx + side / 2)]
-        if crop.size == 0:
+    def _expression(self, crop: np.ndarray | None) -> np.ndarray:
+        """The 7 expression probabilities of the face crop (uniform when the crop is empty)."""
+        if crop is None:
             return np.full(len(FER_CLASSES), 1 / len(FER_CLASSES), np.float32)
+        if self.expression is not None:
+            from ..expression import predict_proba, to_input
+
+            return predict_proba(self._expression_model(), to_input(crop))[0].astype(np.float32)
+        # fer's preprocessing: 64x64 grey scaled to [-1, 1]
         x = cv2.resize(crop, (64, 64), interpolation=cv2.INTER_AREA).astype(np.float32)
         x = ((x / 255.0) - 0.5) * 2.0
         with _LOCK:
@@ -209,3 +239,16 @@ class FaceEncoder(Encoder):
             out = it.get_tensor(it.get_output_details()[0]["index"])[0].astype(np.float32)
         total = float(out.sum())
         return out / total if total > 0 else np.full(len(FER_CLASSES), 1 / len(FER_CLASSES), np.float32)
+
+
+def expression_crop(grey: np.ndarray, box) -> np.ndarray | None:
+    """What an expression CNN reads: a square around the face box with a 20% margin (cut at the
+    frame's edges), grey uint8, 64x64; None when nothing is left."""
+    x0, y0, x1, y1 = box
+    side = max(x1 - x0, y1 - y0) * 1.2
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    a, b = int(max(0, cx - side / 2)), int(max(0, cy - side / 2))
+    crop = grey[b : int(cy + side / 2), a : int(cx + side / 2)]
+    if crop.size == 0:
+        return None
+    return cv2.resize(crop, (64, 64), interpolation=cv2.INTER_AREA)
