@@ -73,13 +73,16 @@ def mosi_test(data: Path) -> list[tuple[str, float]]:
         return [(r["text"], float(r["label"])) for r in csv.DictReader(f) if r["split"] == "test" and len(r["text"].split()) >= 4]
 
 
-def bias_vectors(data: Path) -> dict[str, np.ndarray]:
-    """Population negative-minus-neutral difference of the raw features (training splits)."""
+def bias_vectors(data: Path, checkpoints: Path) -> dict[str, np.ndarray]:
+    """Population negative-minus-neutral difference of the raw features (training splits), the face
+    read with the expression CNN the checkpoints' face models read with."""
     from mmdemo.crosscorpus import VOICE_CORPORA, voice_labels
+    from mmdemo.expression import shipped_expression
 
     out = {}
     folder = data / "facial-expressions-muxspace"
-    ds, _, _ = run_extraction(folder, folder / "labels.csv", modalities=("vision",), label_col="polarity", progress=False)
+    ds, _, _ = run_extraction(folder, folder / "labels.csv", modalities=("vision",), label_col="polarity", progress=False,
+                              expression=shipped_expression(checkpoints))
     tr = ds.splits["train"]
     ok = tr.present["vision"]
     out["vision"] = np.median(tr.feats["vision"][ok & (tr.labels < 0)], 0) - np.median(tr.feats["vision"][ok & (tr.labels == 0)], 0)
@@ -150,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     reference = NeutralReference.load(args.checkpoints, dims=DIMS)
     generic = load_fusion(args.checkpoints / "fusion" / args.fusion)
     sentences = mosi_test(args.data)
-    bias = bias_vectors(args.data)
+    bias = bias_vectors(args.data, args.checkpoints)
     conditions = {"no bias": {}, "biased face": {"vision": BIAS_SCALE * bias["vision"]}, "biased voice": {"audio": BIAS_SCALE * bias["audio"]}}
     bias_reading = bias_readings(args.checkpoints, reference, {m: BIAS_SCALE * v for m, v in bias.items()})
     print("each modality's own model on the neutral reference, unbiased -> biased: "

@@ -167,7 +167,8 @@ def face_fer_markdown(rep: dict, test) -> list[str]:
 def face_own_markdown(rep: dict, e: dict, test) -> list[str]:
     """The face tables when the face feature reads expressions with mmdemo's CNN (learned from FER-2013 train only)."""
     def cnn_row(name: str, r: dict) -> str:
-        return f"| {name} | {100 * r['polarity3']['accuracy']:.1f}% | {100 * r['polarity3']['macro_f1']:.1f} | {100 * r['accuracy7']:.1f}% |"
+        p = r.get("polarity3") or {}
+        return f"| {name} | {fmt(p.get('accuracy'), pct=True)} | {fmt(p.get('macro_f1'), pct=True)} | {fmt(r.get('accuracy7'), pct=True)} |"
 
     rows = ["| expression CNN alone (its largest of negative / neutral / happy) | polarity accuracy | polarity macro-F1 | 7-class accuracy |",
             "|---|---|---|---|", cnn_row(f"FER-2013 test ({e['fer2013_test']['n_polarity']} images with a polarity)", e["fer2013_test"])]

@@ -135,16 +135,18 @@ def predict_proba(net: ExpressionNet, x: torch.Tensor, *, batch: int = 512, mirr
     out = []
     for i in range(0, len(x), batch):
         b = x[i : i + batch].to(dev)
-        p = F.softmax(net(b), 1)
-        if mirror:
-            p = (p + F.softmax(net(b.flip(-1)), 1)) / 2
+        if mirror:  # one pass over the crops and their mirror images
+            p = F.softmax(net(torch.cat([b, b.flip(-1)])), 1)
+            p = (p[: len(b)] + p[len(b) :]) / 2
+        else:
+            p = F.softmax(net(b), 1)
         out.append(p.float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, len(FER_CLASSES)), np.float32)
 
 
 def polarity_of(probs: np.ndarray) -> np.ndarray:
     """-1 / 0 / +1: whichever of P(angry, disgust, fear or sad), P(neutral), P(happy) is largest
-    (surprise, whose valence is ambiguous, counts for none)."""
+    (surprise, whose valence is ambiguous, is in none of the three)."""
     p = np.asarray(probs)
     grouped = np.stack([p[:, list(NEGATIVE)].sum(1), p[:, NEUTRAL], p[:, HAPPY]], 1)
     return grouped.argmax(1) - 1
@@ -252,10 +254,13 @@ def shipped_expression(checkpoints: str | Path) -> Path | None:
 def read_fer2013(folder: str | Path, *, limit_per_split: int | None = None, progress: bool = True) -> dict[str, dict]:
     """FER-2013 as given (``labels.csv``: path, emotion, polarity, split) -> per split: images
     (N, 48, 48) uint8, emotion index, polarity (nan for surprise), ids. Unreadable images are skipped
-    and counted."""
+    and counted. ``limit_per_split``: a random subset of each split (fixed seed; the file is sorted by
+    expression, so its first rows would all be one class)."""
     folder = Path(folder)
     with open(folder / "labels.csv", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
+    if limit_per_split is not None:
+        rows = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]
     out: dict[str, dict] = {}
     seen: dict[str, int] = {}
     for r in tqdm(rows, desc="reading FER-2013", disable=not progress, leave=False):
@@ -290,7 +295,8 @@ def photo_crops(folder: str | Path, split: str = "test", *, limit: int | None = 
     folder = Path(folder)
     with open(folder / "labels.csv", encoding="utf-8") as fh:
         rows = [r for r in csv.DictReader(fh) if r["split"] == split]
-    rows = rows[:limit] if limit is not None else rows
+    if limit is not None:  # a random subset (fixed seed), not the first rows
+        rows = [rows[i] for i in sorted(np.random.default_rng(0).permutation(len(rows))[:limit])]
     enc = FaceEncoder(keep_crop=True)
     crops, emotion, pol, missed = [], [], [], 0
     for r in tqdm(rows, desc=f"faces in the photos ({split})", disable=not progress, leave=False):

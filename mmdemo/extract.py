@@ -261,7 +261,8 @@ def cache_key(src: Path, labels: Path, modalities, fps: float, max_frames: int, 
     overlay = hashlib.sha1(Path(words_overlay).read_bytes()).hexdigest() if words_overlay else ""
     parts = [str(src.resolve()), str(labels.resolve()), ",".join(modalities), str(fps), str(max_frames), label_col, str(text_col), overlay, EXTRACTOR_VERSION]
     if expression is not None and "vision" in modalities:  # absent: the key of fer's CNN, as before
-        parts.append("expression:" + hashlib.sha1(Path(expression).read_bytes()).hexdigest())
+        cfg = Path(expression).with_name("expression.json")
+        parts.append("expression:" + hashlib.sha1(Path(expression).read_bytes() + (cfg.read_bytes() if cfg.exists() else b"")).hexdigest())
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
 
 
@@ -352,8 +353,15 @@ def run_extraction(src: Path, labels: Path, *, modalities=MODALITIES, id_col: st
                                 split_col=split_col, group_col=group_col, limit_per_split=limit_per_split)
     if not items:
         raise SystemExit(f"{labels}: no usable rows ({dict(skipped)})")
-    if expression is not None and not Path(expression).is_file():
-        raise SystemExit(f"{expression}: no expression CNN weights there (expression.safetensors from python -m mmdemo.expression)")
+    if expression is not None and "vision" in modalities:  # a damaged file would cache every face as absent
+        from .expression import load_expression
+
+        if not Path(expression).is_file():
+            raise SystemExit(f"{expression}: no expression CNN weights there (expression.safetensors from python -m mmdemo.expression)")
+        try:
+            load_expression(expression)
+        except Exception as err:
+            raise SystemExit(f"{expression}: not a usable expression CNN ({err})") from None
     key = cache_key(src, labels, modalities, fps, max_frames, label_col, text_col, words_overlay, expression)
     folder = cache or Path(os.environ.get("MMDEMO_CACHE", Path.home() / ".cache" / "mmdemo")) / "extract" / key
     if not resume and folder.exists():

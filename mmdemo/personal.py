@@ -269,7 +269,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "train":
             return train_main(["--fusion", "all", "--data", str(args.data), "--out", str(args.out)])
         else:
-            ref = neutral_reference(args.data)
+            from .expression import shipped_expression
+
+            # the face models of the checkpoints in --out read with this expression CNN (fer's when none ships)
+            ref = neutral_reference(args.data, expression=shipped_expression(args.out))
             path = ref.save(args.out)
             print(f"wrote {path}: " + "; ".join(f"{DISPLAY_NAMES[k]}: {v}" for k, v in ref.source.items()))
     except (PersonalError, ProfileError, FileNotFoundError) as err:

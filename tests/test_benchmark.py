@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from mmdemo import benchmark
@@ -111,6 +112,7 @@ def test_quick_benchmark_writes_tables_checkpoints_and_a_model_card(tmp_path):
                         "--reuse-words", str(out), "--finetune-layers", "1"])
     again = tmp_path / "again"
     # ... and this rerun trains mmdemo's own expression CNN on FER-2013 train: the face feature reads with it
+    neutral_fer = json.loads((ckpt / "neutral_reference.json").read_text())
     assert benchmark.main(["--data", str(SHARED), "--out", str(again), "--quick", "--quiet", "--device", "cpu", "--reuse-words", str(out),
                            "--checkpoints", str(ckpt), "--expression-cnn", "own"]) == 0
     res2 = json.loads((again / "benchmark.json").read_text())
@@ -120,6 +122,15 @@ def test_quick_benchmark_writes_tables_checkpoints_and_a_model_card(tmp_path):
     assert res2["face"]["expression_cnn"].startswith("mmdemo") and res2["expression"]["fer2013_test"]["n"] > 0
     assert "model_with_fer_probabilities" not in res2["face"]["fer_test"] and "expression CNN alone" in md2 and "*in-sample*" not in md2
     assert Engine(ckpt, device="cpu").face.expression == shipped_cnn
+    # the neutral face the calibration compares with is read with the same CNN: same blendshapes and pose, other expression part
+    neutral_own = json.loads((ckpt / "neutral_reference.json").read_text())
+    face_fer, face_own = (np.array(n["vectors"]["vision"]) for n in (neutral_fer, neutral_own))
+    assert np.allclose(face_fer[:-7], face_own[:-7]) and not np.allclose(face_fer[-7:], face_own[-7:])
+    # back to fer's CNN: the shipped CNN goes, so the live face reads with fer's again
+    assert benchmark.main(["--data", str(SHARED), "--out", str(tmp_path / "fer"), "--quick", "--quiet", "--device", "cpu",
+                           "--reuse-words", str(out), "--checkpoints", str(ckpt)]) == 0
+    assert not shipped_cnn.exists() and not (ckpt / "unimodal" / "vision" / "expression.json").exists()
+    assert Engine(ckpt, device="cpu").face.expression is None
     # the voice head it replaced is read on the same test speakers, beside the new one
     assert set(res2["voice"]["before"]) == {"ravdess", "ased", "emospeech"} and "shipped before this run" in (again / "benchmark.md").read_text()
     assert res2["words"]["finetune"]["reused_from"] == str(out) and res2["words"]["mosi_only"]["runs"] == like["runs"]

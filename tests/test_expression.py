@@ -120,8 +120,10 @@ def test_polarity_groups_the_negative_expressions():
     p[1, FER_CLASSES.index("happy")] = 0.1
     p[2, FER_CLASSES.index("neutral")] = 0.6
     p[2, FER_CLASSES.index("surprise")] = 0.4
-    p[3, FER_CLASSES.index("surprise")] = 1.0  # counts for none: the largest of 0, 0, 0 is the first
-    assert ex.polarity_of(p).tolist()[:3] == [1, -1, 0]
+    p[3, FER_CLASSES.index("surprise")] = 0.7  # surprise is in no group: the rest decides
+    p[3, FER_CLASSES.index("happy")] = 0.2
+    p[3, FER_CLASSES.index("sad")] = 0.1
+    assert ex.polarity_of(p).tolist() == [1, -1, 0, 1]
 
 
 def write_fer_folder(root, per_split: int = 12):

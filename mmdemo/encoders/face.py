@@ -82,26 +82,35 @@ def _load_fer():
 
 _LANDMARKER = Lazy(_load_landmarker)
 _FER = Lazy(_load_fer)
-_OWN: dict[str, Lazy] = {}  # mmdemo's expression CNN, one per weights file
+_LOCK = threading.Lock()  # the MediaPipe graph and the TFLite interpreter are not re-entrant
+_OWN: dict[tuple, Lazy] = {}  # mmdemo's expression CNN, one per weights file (and version of it)
 _OWN_LOCK = threading.Lock()
 
 
-def _own_cnn(path: Path) -> Lazy:
-    key = str(Path(path).resolve())
+def _own_cnn(path: Path):
+    """The network of ``path``, loaded once per file version; raises MissingModelError (remembered, so
+    a damaged file is not read again for every frame) when it cannot be used."""
+    p = Path(path)
+    try:
+        st = p.stat()
+        key = (str(p.resolve()), st.st_mtime_ns, st.st_size)
+    except OSError:
+        raise MissingModelError(f"no expression CNN at {p}") from None
     with _OWN_LOCK:
         if key not in _OWN:
-            def load(p=Path(path)):
+            def load(p=p):
                 from ..expression import load_expression
 
-                if not p.exists():
-                    raise MissingModelError(f"no expression CNN at {p}")
                 try:
                     return load_expression(p)
                 except Exception as err:  # a damaged or foreign file: the face is reported absent, with why
-                    raise MissingModelError(f"{p} is not a usable expression CNN ({err})") from None
+                    return MissingModelError(f"{p} is not a usable expression CNN ({err})")
             _OWN[key] = Lazy(load)
-        return _OWN[key]
-_LOCK = threading.Lock()  # the MediaPipe graph and the TFLite interpreter are not re-entrant
+        lazy = _OWN[key]
+    net = lazy.get()
+    if isinstance(net, MissingModelError):
+        raise net
+    return net
 
 
 def as_rgb_uint8(frame) -> np.ndarray:
@@ -144,7 +153,7 @@ class FaceEncoder(Encoder):
         self.keep_crop = keep_crop
 
     def _expression_model(self):
-        return _own_cnn(self.expression).get() if self.expression is not None else _FER.get()
+        return _own_cnn(self.expression) if self.expression is not None else _FER.get()
 
     def warmup(self) -> None:
         _LANDMARKER.get()

@@ -1,0 +1,129 @@
+"""fer's expression CNN against mmdemo's own (``python -m mmdemo.expression``), frame by frame.
+
+The same steady-expression test videos as ``bench/face_stability.py`` (still faces of test people
+and FER-2013 test images, each made into a video with small shifts, scale and lighting changes and
+sensor noise), read by the face encoder with each CNN in turn, with no smoothing: how often the
+expression label changes, how much the CNN's valence reading P(happy) - P(angry, disgust, fear or
+sad) moves within a video (its standard deviation over the frames, and the share of videos whose
+reading stays within ±0.15 of its mean), how often the three-way polarity of the mean reading matches
+the image's label, and what a face read costs with each (milliseconds of one thread, both timed in
+the same run, alternating).
+
+    python bench/expression_cnn.py --expression results/expression/expression.safetensors [--per-set 30]
+Prints a table and writes bench/results/expression_cnn.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.face_stability import SETS, pick  # noqa: E402
+from bench.machine import cpu_model  # noqa: E402
+from mmdemo.encoders import FaceEncoder  # noqa: E402
+from mmdemo.encoders.face import FER_CLASSES  # noqa: E402
+from mmdemo.expression import NEGATIVE, polarity_of  # noqa: E402
+from mmdemo.media import read_image  # noqa: E402
+from mmdemo.smoothing import jittered_frames  # noqa: E402
+
+HAPPY = FER_CLASSES.index("happy")
+
+
+def valence(probs: np.ndarray) -> np.ndarray:
+    return probs[:, HAPPY] - probs[:, list(NEGATIVE)].sum(1)
+
+
+def read_video(enc: FaceEncoder, frames: list[np.ndarray]) -> tuple[np.ndarray, list[float]]:
+    probs, ms = [], []
+    for f in frames:
+        t0 = time.perf_counter()
+        r = enc.encode(f)
+        ms.append(1000 * (time.perf_counter() - t0))
+        if r.present:
+            probs.append(r.feature[-len(FER_CLASSES):])
+    return np.array(probs).reshape(-1, len(FER_CLASSES)), ms
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--expression", required=True, type=Path, help="mmdemo's CNN (expression.safetensors)")
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
+    ap.add_argument("--per-set", type=int, default=30)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--fps", type=float, default=10.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "expression_cnn.json"))
+    args = ap.parse_args()
+    if not args.expression.is_file():
+        ap.error(f"{args.expression}: no such file (python -m mmdemo.expression writes it)")
+    import torch
+
+    torch.set_num_threads(1)  # one thread, as a live face read gets
+    encoders = {"fer": FaceEncoder(), "mmdemo": FaceEncoder(expression=args.expression)}
+    for e in encoders.values():
+        e.warmup()
+    rows, results = [], {}
+    for set_name, (folder, size) in SETS.items():
+        folder = Path(args.data) / folder
+        if not (folder / "labels.csv").exists():
+            print(f"skipping {set_name}: {folder} not found")
+            continue
+        labels = {r["path"]: r["polarity"] for r in csv.DictReader(open(folder / "labels.csv", encoding="utf-8"))}
+        per = {k: {"changes_per_s": [], "std": [], "within": [], "correct": [], "ms": []} for k in encoders}
+        for i, path in enumerate(pick(folder, args.per_set, args.seed)):
+            img = read_image(path)
+            if img.shape[0] < size:  # the 48x48 FER-2013 crops enlarged, as in bench/face_stability.py
+                import cv2
+
+                img = cv2.resize(img, (size, size), interpolation=cv2.INTER_CUBIC)
+            frames = jittered_frames(img, seconds=args.seconds, fps=args.fps, seed=args.seed + i)
+            truth = int(labels[str(path.relative_to(folder))])
+            for name in (list(encoders) if i % 2 == 0 else list(encoders)[::-1]):  # alternate who runs first
+                probs, ms = read_video(encoders[name], frames)
+                per[name]["ms"] += ms
+                if len(probs) < 2:
+                    continue
+                v = valence(probs)
+                per[name]["changes_per_s"].append(float(np.sum(np.diff(probs.argmax(1)) != 0)) / args.seconds)
+                per[name]["std"].append(float(v.std()))
+                per[name]["within"].append(bool(np.abs(v - v.mean()).max() <= 0.15))
+                per[name]["correct"].append(int(polarity_of(probs.mean(0, keepdims=True))[0]) == truth)
+        results[set_name] = {}
+        for name, d in per.items():
+            r = {"videos": len(d["std"]), "label_changes_per_s": float(np.mean(d["changes_per_s"])) if d["std"] else None,
+                 "valence_std": float(np.mean(d["std"])) if d["std"] else None,
+                 "within_0_15": float(np.mean(d["within"])) if d["std"] else None,
+                 "polarity_accuracy": float(np.mean(d["correct"])) if d["std"] else None,
+                 "ms_per_read_median": float(np.median(d["ms"])) if d["ms"] else None}
+            results[set_name][name] = r
+            rows.append((set_name, name, r))
+    out = {"machine": {"cpu": cpu_model(), "python": platform.python_version(), "threads": 1}, "args": {k: str(v) for k, v in vars(args).items()},
+           "date": time.strftime("%Y-%m-%d"), "results": results}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    print(f"machine: {out['machine']['cpu']}, 1 thread\n")
+    print("| test faces | expression CNN | videos | label changes/s | valence std within a video | videos within ±0.15 | polarity of the mean reading correct | ms per face read (median) |")
+    print("|---|---|---|---|---|---|---|---|")
+
+    def f(x, spec):
+        return "-" if x is None else format(x, spec)
+
+    for set_name, name, r in rows:
+        print(f"| {set_name} | {name} | {r['videos']} | {f(r['label_changes_per_s'], '.2f')} | {f(r['valence_std'], '.3f')} | "
+              f"{f(r['within_0_15'] and 100 * r['within_0_15'], '.0f')}% | {f(r['polarity_accuracy'] and 100 * r['polarity_accuracy'], '.0f')}% | "
+              f"{f(r['ms_per_read_median'], '.1f')} |")
+
+
+if __name__ == "__main__":
+    main()
