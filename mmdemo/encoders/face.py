@@ -151,9 +151,14 @@ class FaceEncoder(Encoder):
         self.pad_retry = pad_retry
         self.expression = Path(expression) if expression is not None else None
         self.keep_crop = keep_crop
+        self._net = None  # the own CNN once loaded: no file check per frame
 
     def _expression_model(self):
-        return _own_cnn(self.expression) if self.expression is not None else _FER.get()
+        if self.expression is None:
+            return _FER.get()
+        if self._net is None:
+            self._net = _own_cnn(self.expression)
+        return self._net
 
     def warmup(self) -> None:
         _LANDMARKER.get()
@@ -238,9 +243,8 @@ class FaceEncoder(Encoder):
             from ..expression import predict_proba, to_input
 
             return predict_proba(self._expression_model(), to_input(crop))[0].astype(np.float32)
-        # fer's preprocessing: 64x64 grey scaled to [-1, 1]
-        x = cv2.resize(crop, (64, 64), interpolation=cv2.INTER_AREA).astype(np.float32)
-        x = ((x / 255.0) - 0.5) * 2.0
+        # fer's preprocessing: the 64x64 grey crop scaled to [-1, 1]
+        x = ((crop.astype(np.float32) / 255.0) - 0.5) * 2.0
         with _LOCK:
             it = _FER.get()
             it.set_tensor(it.get_input_details()[0]["index"], x[None, :, :, None])
