@@ -399,14 +399,24 @@ def out_of_fold_features(words: FeatureDataset, videos: dict[str, str], k: int, 
     return feats, info
 
 
+WORDS_DONE = "words.json"  # the words results of a run, written before the rest of it
+
+
 def reused_words(folder: Path, ftcfg: FinetuneConfig, folds: int) -> dict:
     """The fine-tuned text encoders and MOSI-only results of an earlier benchmark run in ``folder``
     (``--reuse-words``): refused unless that run used the same fine-tuning settings and folds."""
     folder = Path(folder)
-    try:
-        prev = json.loads((folder / "benchmark.json").read_text())["words"]
-    except (OSError, KeyError, ValueError) as err:
-        raise SystemExit(f"--reuse-words {folder}: no words results of an earlier run there ({err})") from None
+    prev = None
+    # benchmark.json is written at the end of a run; words.json as soon as the words are done, so the
+    # fine-tuning of a run stopped later (a crash, a closed laptop) is not lost
+    for name in ("benchmark.json", WORDS_DONE):
+        try:
+            prev = json.loads((folder / name).read_text())["words"]
+            break
+        except (OSError, KeyError, ValueError) as err:
+            why = err
+    if prev is None:
+        raise SystemExit(f"--reuse-words {folder}: no words results of an earlier run there ({why})") from None
     want, had = jsonable(asdict(ftcfg)), dict(prev.get("finetune", {}).get("config") or {})
     want.pop("device", None), had.pop("device", None)  # where it ran does not change what was learned
     if had != want:
@@ -418,6 +428,25 @@ def reused_words(folder: Path, ftcfg: FinetuneConfig, folds: int) -> dict:
     if missing:
         raise SystemExit(f"--reuse-words {folder}: missing {', '.join(missing)}")
     return {"dir": folder, "finetune": prev["finetune"], "info": prev["out_of_fold"], "mosi_only": prev.get("mosi_only")}
+
+
+def reused_expression(folder: Path, ecfg) -> dict:
+    """The expression CNN an earlier benchmark run trained (``--reuse-expression``: ``folder/expression/``)
+    and what it measured; refused unless it was trained with the same settings. The face features it
+    gives are then found in the extraction cache (their key includes the weights' hash)."""
+    from .expression import CONFIG, WEIGHTS, load_expression
+
+    src = Path(folder) / "expression"
+    try:
+        meta = json.loads((src / CONFIG).read_text())
+        load_expression(src / WEIGHTS)  # strict: a damaged or foreign file is refused here, not after an hour
+    except (OSError, ValueError, RuntimeError) as err:
+        raise SystemExit(f"--reuse-expression {folder}: no expression CNN of an earlier run there ({err})") from None
+    want, had = jsonable(asdict(ecfg)), dict(meta.get("config") or {})
+    want.pop("device", None), had.pop("device", None)
+    if had != want:
+        raise SystemExit(f"--reuse-expression {folder}: that CNN was trained with {had}, this run would use {want}")
+    return {"dir": src, "result": {k: v for k, v in meta.items() if k not in ("format", "classes", "config")}}
 
 
 def with_train_features(ds: FeatureDataset, m: str, ids: np.ndarray, feats: np.ndarray) -> FeatureDataset:
@@ -464,14 +493,24 @@ def run(args) -> dict:
     voice_sets = {name: extract(name, transcribe=False) for name in VOICE_CORPORA}
     expression = None  # None: the face feature reads expressions with fer's CNN
     if args.expression_cnn == "own":
+        from .expression import CONFIG as EXPRESSION_CONFIG
         from .expression import WEIGHTS as EXPRESSION_WEIGHTS
         from .expression import ExpressionConfig
         from .expression import run as train_expression_cnn
 
-        log.info("face: the expression CNN on FER-2013 train")
         ecfg = ExpressionConfig(epochs=1 if quick else ExpressionConfig.epochs, width=8 if quick else ExpressionConfig.width,
                                 seed=args.seed, device=args.device)
-        results["expression"] = train_expression_cnn(data, out / "expression", ecfg, limit=limit, progress=not args.quiet)
+        if args.reuse_expression:
+            prev = reused_expression(args.reuse_expression, ecfg)
+            log.info("face: reusing the expression CNN of %s", prev["dir"])
+            (out / "expression").mkdir(parents=True, exist_ok=True)
+            for f in (EXPRESSION_WEIGHTS, EXPRESSION_CONFIG):
+                if (prev["dir"] / f).resolve() != (out / "expression" / f).resolve():
+                    shutil.copyfile(prev["dir"] / f, out / "expression" / f)
+            results["expression"] = prev["result"] | {"reused_from": str(args.reuse_expression)}
+        else:
+            log.info("face: the expression CNN on FER-2013 train")
+            results["expression"] = train_expression_cnn(data, out / "expression", ecfg, limit=limit, progress=not args.quiet)
         expression = out / "expression" / EXPRESSION_WEIGHTS
     faces, s_face = extract("faces", expression=expression)
     fer, s_fer = extract("fer2013", expression=expression)
@@ -557,6 +596,8 @@ def run(args) -> dict:
         like = {"seeds": seeds, "runs": runs, "mean_std": mean_std(runs), "train_texts": int(ktr.sum()), "seconds": secs}
         results["words"]["mosi_only"] = like
 
+    if args.finetune != "skip":
+        (out / WORDS_DONE).write_text(json.dumps(jsonable({"words": results["words"]}), indent=2) + "\n")
     ratio = words_frozen.splits["train"].present["text"].sum() / max(1, mosi.splits["train"].present["text"].sum())
     for corpus, title in (("mosi", f"CMU-MOSI test fold ({len(mosi.splits['test'])} segments)"), ("mosei", f"CMU-MOSEI test fold ({len(mosei.splits['test'])} segments)")):
         md += [f"### Words: {title}", "", REG_HEAD]
@@ -863,12 +904,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="the face feature's expression CNN: fer's (trained on FER-2013, in-sample there), or mmdemo's own, "
                          "trained here on FER-2013 train (python -m mmdemo.expression; about 35 min on 2 CPU cores) and shipped "
                          "beside the face head")
+    ap.add_argument("--reuse-expression", metavar="DIR", help="with --expression-cnn own: take the expression CNN an earlier run "
+                    "trained with the same settings (DIR/expression/) instead of training it again; the face features it "
+                    "gives are then read from the extraction cache")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     if args.oof_folds < 2:
         ap.error("--oof-folds must be at least 2")
+    if args.reuse_expression and args.expression_cnn != "own":
+        ap.error("--reuse-expression goes with --expression-cnn own")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     missing = [c["folder"] for c in CORPORA.values() if not (Path(args.data) / c["folder"] / "labels.csv").exists()]
     if missing:

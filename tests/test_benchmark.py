@@ -1,6 +1,7 @@
 """The real-data benchmark end to end on a small subset of ../shared/data (slow)."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -135,6 +136,28 @@ def test_quick_benchmark_writes_tables_checkpoints_and_a_model_card(tmp_path):
     assert set(res2["voice"]["before"]) == {"ravdess", "ased", "emospeech"} and "shipped before this run" in (again / "benchmark.md").read_text()
     assert res2["words"]["finetune"]["reused_from"] == str(out) and res2["words"]["mosi_only"]["runs"] == like["runs"]
     assert all((again / "words_oof" / f"fold{f}" / "encoder.safetensors").exists() for f in range(oof["folds"]))  # reusable in turn
+    # a run stopped after its words (no benchmark.json yet) keeps its fine-tuning: words.json is written before the rest
+    partial = tmp_path / "partial"
+    shutil.copytree(again / "words_finetuned", partial / "words_finetuned")
+    shutil.copytree(again / "words_oof", partial / "words_oof")
+    shutil.copyfile(again / benchmark.WORDS_DONE, partial / benchmark.WORDS_DONE)
+    ftcfg = benchmark.FinetuneConfig(epochs=1, seed=0, device="cpu")
+    kept = benchmark.reused_words(partial, ftcfg, oof["folds"])
+    assert kept["mosi_only"]["runs"] == like["runs"] and kept["finetune"] == res2["words"]["finetune"]
+    # the expression CNN of a run can be taken again (same settings only): same file shipped, its numbers carried over
+    from mmdemo.expression import ExpressionConfig
+
+    with pytest.raises(SystemExit, match="trained with"):
+        benchmark.reused_expression(again, ExpressionConfig(width=16, epochs=1))
+    with pytest.raises(SystemExit, match="no expression CNN"):
+        benchmark.reused_expression(tmp_path / "fer", ExpressionConfig(width=8, epochs=1))
+    third = tmp_path / "third"
+    assert benchmark.main(["--data", str(SHARED), "--out", str(third), "--quick", "--quiet", "--device", "cpu", "--reuse-words", str(out),
+                           "--checkpoints", str(ckpt), "--expression-cnn", "own", "--reuse-expression", str(again)]) == 0
+    res3 = json.loads((third / "benchmark.json").read_text())
+    assert res3["expression"]["reused_from"] == str(again) and res3["expression"]["fer2013_test"] == res2["expression"]["fer2013_test"]
+    assert shipped_cnn.read_bytes() == (again / "expression" / "expression.safetensors").read_bytes()
+    assert res3["face"]["model"] == res2["face"]["model"]  # the same CNN gives the same face features, so the same face head
 
 
 def test_out_of_fold_words_features_never_come_from_a_model_that_saw_the_text(tmp_path, monkeypatch):
