@@ -374,14 +374,17 @@ def out_of_fold_features(words: FeatureDataset, videos: dict[str, str], k: int, 
     folds = fold_of([videos.get(i, i) for i in tr.ids], k)
     feats = np.zeros_like(tr.feats["text"])
     info = {"folds": k, "by": "video", "valid_mae": [], "train_texts": [], "seconds": 0.0}
-    if reuse is not None:  # the fold encoders of an earlier run (see --reuse-words): only the embedding is redone
-        info = dict(reuse["info"], reused_from=str(reuse["dir"]))
+    reused = [] if reuse is None else reuse.get("oof_folds", list(range(k)))
+    if reused:  # the fold encoders of an earlier run (see --reuse-words): only the embedding is redone
+        prev = reuse["info"]
+        info = dict(prev, reused_from=str(reuse["dir"]), reused_folds=reused)  # seconds: the earlier run's
+        info["valid_mae"], info["train_texts"] = list(prev.get("valid_mae") or [None] * k), list(prev.get("train_texts") or [None] * k)
     for f in range(k):
         fit, held = keep_tr & (folds != f), keep_tr & (folds == f)
         if not fit.any() or not held.any():
             raise ValueError(f"out-of-fold words features: fold {f + 1} of {k} has {int(fit.sum())} texts to fine-tune on and "
                              f"{int(held.sum())} to embed; use fewer folds (--oof-folds) than there are videos")
-        if reuse is not None:  # copied, so that this run's folder can be reused in turn
+        if f in reused:  # copied, so that this run's folder can be reused in turn
             overlay = out / "words_oof" / f"fold{f}" / "encoder.safetensors"
             source = Path(reuse["dir"]) / "words_oof" / f"fold{f}" / "encoder.safetensors"
             if overlay.resolve() != source.resolve():
@@ -391,9 +394,13 @@ def out_of_fold_features(words: FeatureDataset, videos: dict[str, str], k: int, 
             log.info("words: out-of-fold fine-tuning %d/%d (%d texts, %d held out)", f + 1, k, int(fit.sum()), int(held.sum()))
             ft = finetune(tr.text[fit], tr.labels[fit], va.text[keep_va], va.labels[keep_va], ftcfg, progress=progress)
             overlay = save_overlay(ft["overlay"], out / "words_oof" / f"fold{f}", {"fold": f, "folds": k})
-            info["valid_mae"].append(ft["valid_mae"])
-            info["train_texts"].append(int(fit.sum()))
-            info["seconds"] += ft["seconds"]
+            if reused:  # the others came from the earlier run
+                info["valid_mae"][f], info["train_texts"][f] = ft["valid_mae"], int(fit.sum())
+                info["seconds_this_run"] = info.get("seconds_this_run", 0.0) + ft["seconds"]
+            else:
+                info["valid_mae"].append(ft["valid_mae"])
+                info["train_texts"].append(int(fit.sum()))
+                info["seconds"] += ft["seconds"]
         x, reasons = WordsEncoder(device=device, overlay=overlay).encode_batch(list(tr.text[held]))
         feats[held] = x
     return feats, info
@@ -423,11 +430,12 @@ def reused_words(folder: Path, ftcfg: FinetuneConfig, folds: int) -> dict:
         raise SystemExit(f"--reuse-words {folder}: that run fine-tuned with {had}, this one would use {want}")
     if prev.get("out_of_fold", {}).get("folds") != folds:
         raise SystemExit(f"--reuse-words {folder}: that run used {prev.get('out_of_fold', {}).get('folds')} out-of-fold folds, not {folds}")
-    need = [folder / "words_finetuned" / "encoder.safetensors"] + [folder / "words_oof" / f"fold{f}" / "encoder.safetensors" for f in range(folds)]
-    missing = [str(p) for p in need if not p.exists()]
-    if missing:
-        raise SystemExit(f"--reuse-words {folder}: missing {', '.join(missing)}")
-    return {"dir": folder, "finetune": prev["finetune"], "info": prev["out_of_fold"], "mosi_only": prev.get("mosi_only")}
+    main = folder / "words_finetuned" / "encoder.safetensors"
+    if not main.exists():
+        raise SystemExit(f"--reuse-words {folder}: missing {main}")
+    # an out-of-fold encoder that is not there (deleted to save space, or a run stopped before it) is fine-tuned again
+    kept = [f for f in range(folds) if (folder / "words_oof" / f"fold{f}" / "encoder.safetensors").exists()]
+    return {"dir": folder, "finetune": prev["finetune"], "info": prev["out_of_fold"], "mosi_only": prev.get("mosi_only"), "oof_folds": kept}
 
 
 def reused_expression(folder: Path, ecfg) -> dict:

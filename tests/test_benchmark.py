@@ -1,7 +1,9 @@
 """The real-data benchmark end to end on a small subset of ../shared/data (slow)."""
 
+import dataclasses
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -200,3 +202,59 @@ def test_out_of_fold_words_features_never_come_from_a_model_that_saw_the_text(tm
     assert (feats[tr.present["text"]] == 1).all() and (feats[5] == 0).all()  # every present text got its out-of-fold feature
     folds = bm.fold_of([videos[i] for i in tr.ids], 3)
     assert set(folds) == {0, 1, 2} and list(folds) == list(bm.fold_of([videos[i] for i in tr.ids], 3))
+
+
+def test_out_of_fold_reuse_fine_tunes_only_the_folds_an_earlier_run_does_not_have(tmp_path, monkeypatch):
+    """--reuse-words with an out-of-fold encoder missing (a run stopped in the middle, or one deleted):
+    the folds that are there are only embedded again, the missing one is fine-tuned, and the record says which is which."""
+    from mmdemo import benchmark as bm
+
+    n = 60
+    videos = {f"c{i}": f"v{i % 9}" for i in range(n)}
+    tr = Split(feats={"text": np.zeros((n, 4), np.float32)}, present={"text": np.ones(n, bool)}, labels=np.zeros(n),
+               ids=[f"c{i}" for i in range(n)], text=[f"text {i}" for i in range(n)])
+    va = Split(feats={"text": np.zeros((3, 4), np.float32)}, present={}, labels=np.zeros(3), ids=["a", "b", "c"], text=["x", "y", "z"])
+    words = FeatureDataset({"train": tr, "valid": va, "test": va}, {})
+    earlier = tmp_path / "earlier"
+    for f in (0, 2):  # fold 1's encoder is not there
+        (earlier / "words_oof" / f"fold{f}").mkdir(parents=True)
+        (earlier / "words_oof" / f"fold{f}" / "encoder.safetensors").write_bytes(f"fold {f}".encode())
+    (earlier / "words_finetuned").mkdir()
+    (earlier / "words_finetuned" / "encoder.safetensors").write_bytes(b"main")
+    cfg = bm.FinetuneConfig(epochs=1)
+    (earlier / bm.WORDS_DONE).write_text(json.dumps({"words": {
+        "finetune": {"config": bm.jsonable(dataclasses.asdict(cfg))}, "mosi_only": None,
+        "out_of_fold": {"folds": 3, "by": "video", "valid_mae": [0.5, 0.6, 0.7], "train_texts": [40, 40, 40], "seconds": 99.0}}}))
+    reuse = bm.reused_words(earlier, cfg, 3)
+    assert reuse["oof_folds"] == [0, 2]
+    tuned = []
+
+    def fake_finetune(texts, labels, vt, vl, c, progress=True):
+        tuned.append(len(texts))
+        return {"overlay": {}, "valid_mae": 0.25, "seconds": 3.0}
+
+    def fake_save(overlay, folder, meta):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / "encoder.safetensors").write_bytes(b"new")
+        return Path(folder) / "encoder.safetensors"
+
+    class FakeEncoder:
+        def __init__(self, device=None, overlay=None):
+            self.overlay = overlay
+
+        def encode_batch(self, texts):
+            return np.ones((len(texts), 4), np.float32), [""] * len(texts)
+
+    monkeypatch.setattr(bm, "finetune", fake_finetune)
+    monkeypatch.setattr(bm, "save_overlay", fake_save)
+    monkeypatch.setattr(bm, "WordsEncoder", FakeEncoder)
+    out = tmp_path / "out"
+    feats, info = bm.out_of_fold_features(words, videos, 3, cfg, out, "cpu", False, reuse)
+    assert len(tuned) == 1 and (feats == 1).all()
+    assert info["reused_folds"] == [0, 2] and info["valid_mae"][0] == 0.5 and info["valid_mae"][1] == 0.25 and info["valid_mae"][2] == 0.7
+    assert info["seconds"] == 99.0 and info["seconds_this_run"] == 3.0
+    assert [(out / "words_oof" / f"fold{f}" / "encoder.safetensors").read_bytes() for f in range(3)] == [b"fold 0", b"new", b"fold 2"]
+    # without the main encoder, nothing is reused
+    (earlier / "words_finetuned" / "encoder.safetensors").unlink()
+    with pytest.raises(SystemExit, match="missing"):
+        bm.reused_words(earlier, cfg, 3)
