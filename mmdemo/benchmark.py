@@ -361,7 +361,7 @@ def fold_of(groups, k: int, salt: str = "mmdemo-oof") -> np.ndarray:
 
 
 def out_of_fold_features(words: FeatureDataset, videos: dict[str, str], k: int, ftcfg: FinetuneConfig, out: Path,
-                         device: str, progress: bool, reuse: dict | None = None) -> tuple[np.ndarray, dict]:
+                         device: str, progress: bool, reuse: dict | None = None, on_fold=None) -> tuple[np.ndarray, dict]:
     """Words features of every train text from a fine-tuned encoder that never saw it.
 
     The train texts are cut into k folds by video; for each fold, MiniLM is fine-tuned on the other
@@ -375,15 +375,20 @@ def out_of_fold_features(words: FeatureDataset, videos: dict[str, str], k: int, 
     feats = np.zeros_like(tr.feats["text"])
     info = {"folds": k, "by": "video", "valid_mae": [], "train_texts": [], "seconds": 0.0}
     reused = [] if reuse is None else reuse.get("oof_folds", list(range(k)))
-    if reused:  # the fold encoders of an earlier run (see --reuse-words): only the embedding is redone
-        prev = reuse["info"]
+    if reuse is not None:  # the fold encoders of an earlier run (see --reuse-words): only the embedding is redone
+        prev = reuse["info"] or {}
         info = dict(prev, reused_from=str(reuse["dir"]), reused_folds=reused)  # seconds: the earlier run's
-        info["valid_mae"], info["train_texts"] = list(prev.get("valid_mae") or [None] * k), list(prev.get("train_texts") or [None] * k)
+        info.pop("seconds_this_run", None)  # what that run re-did is not this run's
+        info["seconds"] = float(prev.get("seconds") or 0.0)
+        info["valid_mae"], info["train_texts"] = ([(list(prev.get(key) or []) + [None] * k)[i] for i in range(k)] for key in ("valid_mae", "train_texts"))
     for f in range(k):
         fit, held = keep_tr & (folds != f), keep_tr & (folds == f)
         if not fit.any() or not held.any():
             raise ValueError(f"out-of-fold words features: fold {f + 1} of {k} has {int(fit.sum())} texts to fine-tune on and "
                              f"{int(held.sum())} to embed; use fewer folds (--oof-folds) than there are videos")
+        if f in reused and info["train_texts"][f] not in (None, int(fit.sum())):
+            raise SystemExit(f"--reuse-words {reuse['dir']}: its out-of-fold encoder {f} learned from {info['train_texts'][f]} texts, "
+                             f"this run's fold {f} has {int(fit.sum())}: other data (or --quick)")
         if f in reused:  # copied, so that this run's folder can be reused in turn
             overlay = out / "words_oof" / f"fold{f}" / "encoder.safetensors"
             source = Path(reuse["dir"]) / "words_oof" / f"fold{f}" / "encoder.safetensors"
@@ -394,13 +399,15 @@ def out_of_fold_features(words: FeatureDataset, videos: dict[str, str], k: int, 
             log.info("words: out-of-fold fine-tuning %d/%d (%d texts, %d held out)", f + 1, k, int(fit.sum()), int(held.sum()))
             ft = finetune(tr.text[fit], tr.labels[fit], va.text[keep_va], va.labels[keep_va], ftcfg, progress=progress)
             overlay = save_overlay(ft["overlay"], out / "words_oof" / f"fold{f}", {"fold": f, "folds": k})
-            if reused:  # the others came from the earlier run
+            if reuse is not None:  # the others came from the earlier run
                 info["valid_mae"][f], info["train_texts"][f] = ft["valid_mae"], int(fit.sum())
                 info["seconds_this_run"] = info.get("seconds_this_run", 0.0) + ft["seconds"]
             else:
                 info["valid_mae"].append(ft["valid_mae"])
                 info["train_texts"].append(int(fit.sum()))
                 info["seconds"] += ft["seconds"]
+            if on_fold is not None:
+                on_fold(info)
         x, reasons = WordsEncoder(device=device, overlay=overlay).encode_batch(list(tr.text[held]))
         feats[held] = x
     return feats, info
@@ -413,17 +420,21 @@ def reused_words(folder: Path, ftcfg: FinetuneConfig, folds: int) -> dict:
     """The fine-tuned text encoders and MOSI-only results of an earlier benchmark run in ``folder``
     (``--reuse-words``): refused unless that run used the same fine-tuning settings and folds."""
     folder = Path(folder)
-    prev = None
-    # benchmark.json is written at the end of a run; words.json as soon as the words are done, so the
-    # fine-tuning of a run stopped later (a crash, a closed laptop) is not lost
-    for name in ("benchmark.json", WORDS_DONE):
+    prev, why = None, []
+    # words.json is written as the words stage goes (after the main encoder, after each out-of-fold
+    # fold, after the MOSI-only runs), so the fine-tuning of a run stopped later is not lost; a run
+    # starting in a folder removes the words.json there first. benchmark.json is the older layout.
+    for name in (WORDS_DONE, "benchmark.json"):
         try:
             prev = json.loads((folder / name).read_text())["words"]
+            if not isinstance(prev, dict) or "finetune" not in prev:
+                raise ValueError("no fine-tuning recorded")
             break
-        except (OSError, KeyError, ValueError) as err:
-            why = err
+        except (OSError, KeyError, TypeError, ValueError) as err:
+            prev = None
+            why.append(f"{name}: {err}")
     if prev is None:
-        raise SystemExit(f"--reuse-words {folder}: no words results of an earlier run there ({why})") from None
+        raise SystemExit(f"--reuse-words {folder}: no words results of an earlier run there ({'; '.join(why)})") from None
     want, had = jsonable(asdict(ftcfg)), dict(prev.get("finetune", {}).get("config") or {})
     want.pop("device", None), had.pop("device", None)  # where it ran does not change what was learned
     if had != want:
@@ -434,11 +445,12 @@ def reused_words(folder: Path, ftcfg: FinetuneConfig, folds: int) -> dict:
     if not main.exists():
         raise SystemExit(f"--reuse-words {folder}: missing {main}")
     # an out-of-fold encoder that is not there (deleted to save space, or a run stopped before it) is fine-tuned again
+    # (out_of_fold_features: only if the folds hold the same texts as then)
     kept = [f for f in range(folds) if (folder / "words_oof" / f"fold{f}" / "encoder.safetensors").exists()]
     return {"dir": folder, "finetune": prev["finetune"], "info": prev["out_of_fold"], "mosi_only": prev.get("mosi_only"), "oof_folds": kept}
 
 
-def reused_expression(folder: Path, ecfg) -> dict:
+def reused_expression(folder: Path, ecfg, limit: int | None = None) -> dict:
     """The expression CNN an earlier benchmark run trained (``--reuse-expression``: ``folder/expression/``)
     and what it measured; refused unless it was trained with the same settings. The face features it
     gives are then found in the extraction cache (their key includes the weights' hash)."""
@@ -447,13 +459,17 @@ def reused_expression(folder: Path, ecfg) -> dict:
     src = Path(folder) / "expression"
     try:
         meta = json.loads((src / CONFIG).read_text())
+        if not isinstance(meta, dict):
+            raise ValueError(f"{CONFIG} is not an object")
         load_expression(src / WEIGHTS)  # strict: a damaged or foreign file is refused here, not after an hour
-    except (OSError, ValueError, RuntimeError) as err:
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error type for a damaged file
         raise SystemExit(f"--reuse-expression {folder}: no expression CNN of an earlier run there ({err})") from None
     want, had = jsonable(asdict(ecfg)), dict(meta.get("config") or {})
     want.pop("device", None), had.pop("device", None)
     if had != want:
         raise SystemExit(f"--reuse-expression {folder}: that CNN was trained with {had}, this run would use {want}")
+    if meta.get("limit") != limit:  # --quick (or --limit of python -m mmdemo.expression) reads a few images per split
+        raise SystemExit(f"--reuse-expression {folder}: that CNN read at most {meta.get('limit') or 'all'} images per split, this run reads {limit or 'all'}")
     return {"dir": src, "result": {k: v for k, v in meta.items() if k not in ("format", "classes", "config")}}
 
 
@@ -495,6 +511,21 @@ def run(args) -> dict:
         ds.meta = {"source": c["folder"]}  # no machine paths in what is written
         return ds, summary | {"broken": len(errors)}
 
+    def save_words() -> None:  # see reused_words: what a later run can take, written as it is done
+        (out / WORDS_DONE).write_text(json.dumps(jsonable({"words": results["words"]}), indent=2) + "\n")
+
+    # what is reused is checked before an hour of work, not after it
+    ftcfg = FinetuneConfig(train_layers=args.finetune_layers, epochs=1 if quick else args.finetune_epochs, seed=args.seed, device=args.device)
+    folds_k = 2 if quick else args.oof_folds
+    reuse = reused_words(args.reuse_words, ftcfg, folds_k) if args.reuse_words and args.finetune != "skip" else None
+    if args.finetune != "skip" and (reuse is None or Path(reuse["dir"]).resolve() != out.resolve()):
+        (out / WORDS_DONE).unlink(missing_ok=True)  # an earlier run's, beside encoders this run will overwrite
+    if args.reuse_expression and args.expression_cnn == "own":
+        from .expression import ExpressionConfig
+
+        reused_expression(args.reuse_expression, ExpressionConfig(epochs=1 if quick else ExpressionConfig.epochs, width=8 if quick else ExpressionConfig.width,
+                                                                  seed=args.seed, device=args.device), limit)
+
     # -- 1. features -------------------------------------------------------------------------
     mosi, s_mosi = extract("mosi")
     mosei, s_mosei = extract("mosei")
@@ -509,7 +540,7 @@ def run(args) -> dict:
         ecfg = ExpressionConfig(epochs=1 if quick else ExpressionConfig.epochs, width=8 if quick else ExpressionConfig.width,
                                 seed=args.seed, device=args.device)
         if args.reuse_expression:
-            prev = reused_expression(args.reuse_expression, ecfg)
+            prev = reused_expression(args.reuse_expression, ecfg, limit)
             log.info("face: reusing the expression CNN of %s", prev["dir"])
             (out / "expression").mkdir(parents=True, exist_ok=True)
             for f in (EXPRESSION_WEIGHTS, EXPRESSION_CONFIG):
@@ -533,8 +564,6 @@ def run(args) -> dict:
     in_sample = None
     if args.finetune != "skip":
         log.info("words: fine-tuning the top %d MiniLM layers", args.finetune_layers)
-        ftcfg = FinetuneConfig(train_layers=args.finetune_layers, epochs=1 if quick else args.finetune_epochs, seed=args.seed, device=args.device)
-        reuse = reused_words(args.reuse_words, ftcfg, 2 if quick else args.oof_folds) if args.reuse_words else None
         if reuse is not None:
             log.info("words: reusing the fine-tuned encoders of %s", reuse["dir"])
             overlay_dir = out / "words_finetuned"
@@ -550,13 +579,20 @@ def run(args) -> dict:
             overlay_dir = out / "words_finetuned"
             overlay = save_overlay(ft["overlay"], overlay_dir, {"train_layers": ftcfg.train_layers, "valid_mae_head": ft["valid_mae"]})
             results["words"]["finetune"] = {"config": asdict(ftcfg), "history": ft["history"], "seconds": ft["seconds"]}
+            results["words"]["out_of_fold"] = {"folds": folds_k, "by": "video", "valid_mae": [], "train_texts": [], "seconds": 0.0}
+            save_words()  # a run stopped in the out-of-fold fine-tuning keeps this encoder
         mosi_ft, _ = extract("mosi", overlay)
         mosei_ft, _ = extract("mosei", overlay)
         words_ft = concat(mosi_ft, mosei_ft)
         # the downstream heads learn from out-of-fold train features (see out_of_fold_features)
         videos = video_ids(data / CORPORA["mosi"]["folder"]) | video_ids(data / CORPORA["mosei"]["folder"])
-        oof, oof_info = out_of_fold_features(words_frozen, videos, 2 if quick else args.oof_folds, ftcfg, out, args.device, not args.quiet, reuse)
+        def fold_done(info: dict) -> None:
+            results["words"]["out_of_fold"] = info
+            save_words()
+
+        oof, oof_info = out_of_fold_features(words_frozen, videos, folds_k, ftcfg, out, args.device, not args.quiet, reuse, on_fold=fold_done)
         results["words"]["out_of_fold"] = oof_info
+        save_words()
         words_oof = with_train_features(words_ft, "text", words_frozen.splits["train"].ids, oof)
         tuned = fit_unimodal(words_oof, grid, tcfg_uni)
         in_sample = fit_unimodal(words_ft, grid, tcfg_uni)  # the old way, reported beside it
@@ -605,7 +641,7 @@ def run(args) -> dict:
         results["words"]["mosi_only"] = like
 
     if args.finetune != "skip":
-        (out / WORDS_DONE).write_text(json.dumps(jsonable({"words": results["words"]}), indent=2) + "\n")
+        save_words()
     ratio = words_frozen.splits["train"].present["text"].sum() / max(1, mosi.splits["train"].present["text"].sum())
     for corpus, title in (("mosi", f"CMU-MOSI test fold ({len(mosi.splits['test'])} segments)"), ("mosei", f"CMU-MOSEI test fold ({len(mosei.splits['test'])} segments)")):
         md += [f"### Words: {title}", "", REG_HEAD]

@@ -321,7 +321,8 @@ def run(data: Path, out: Path, cfg: ExpressionConfig, *, limit: int | None = Non
             raise SystemExit(f"{data / 'fer2013-faces'}: no readable {need} images")
     tr, va, te = fer["train"], fer["valid"], fer["test"]
     net, info = train_expression(to_input(tr["images"]), tr["emotion"], to_input(va["images"]), va["emotion"], cfg, progress=progress)
-    result = {"trained_on": f"FER-2013 train ({len(tr['images'])} images)", "chosen_on": f"FER-2013 valid ({len(va['images'])})"} | info
+    result = {"trained_on": f"FER-2013 train ({len(tr['images'])} images)", "chosen_on": f"FER-2013 valid ({len(va['images'])})",
+              "limit": limit} | info  # limit: at most this many images per split (a quick run), None for all
     result["fer2013_test"] = scores(predict_proba(net, to_input(te["images"])), te["emotion"], te["polarity"])
     photos = data / "facial-expressions-muxspace"
     if (photos / "labels.csv").exists():

@@ -222,9 +222,11 @@ def test_out_of_fold_reuse_fine_tunes_only_the_folds_an_earlier_run_does_not_hav
     (earlier / "words_finetuned").mkdir()
     (earlier / "words_finetuned" / "encoder.safetensors").write_bytes(b"main")
     cfg = bm.FinetuneConfig(epochs=1)
+    folds = bm.fold_of([videos[i] for i in tr.ids], 3)
+    fit = [int((folds != f).sum()) for f in range(3)]
     (earlier / bm.WORDS_DONE).write_text(json.dumps({"words": {
         "finetune": {"config": bm.jsonable(dataclasses.asdict(cfg))}, "mosi_only": None,
-        "out_of_fold": {"folds": 3, "by": "video", "valid_mae": [0.5, 0.6, 0.7], "train_texts": [40, 40, 40], "seconds": 99.0}}}))
+        "out_of_fold": {"folds": 3, "by": "video", "valid_mae": [0.5, 0.6, 0.7], "train_texts": fit, "seconds": 99.0, "seconds_this_run": 5.0}}}))
     reuse = bm.reused_words(earlier, cfg, 3)
     assert reuse["oof_folds"] == [0, 2]
     tuned = []
@@ -238,23 +240,57 @@ def test_out_of_fold_reuse_fine_tunes_only_the_folds_an_earlier_run_does_not_hav
         (Path(folder) / "encoder.safetensors").write_bytes(b"new")
         return Path(folder) / "encoder.safetensors"
 
-    class FakeEncoder:
+    class FakeEncoder:  # embeds with a value that says which encoder file it read
         def __init__(self, device=None, overlay=None):
-            self.overlay = overlay
+            self.value = {b"fold 0": 10.0, b"fold 2": 12.0, b"new": 7.0}[Path(overlay).read_bytes()]
 
         def encode_batch(self, texts):
-            return np.ones((len(texts), 4), np.float32), [""] * len(texts)
+            return np.full((len(texts), 4), self.value, np.float32), [""] * len(texts)
 
     monkeypatch.setattr(bm, "finetune", fake_finetune)
     monkeypatch.setattr(bm, "save_overlay", fake_save)
     monkeypatch.setattr(bm, "WordsEncoder", FakeEncoder)
     out = tmp_path / "out"
-    feats, info = bm.out_of_fold_features(words, videos, 3, cfg, out, "cpu", False, reuse)
-    assert len(tuned) == 1 and (feats == 1).all()
-    assert info["reused_folds"] == [0, 2] and info["valid_mae"][0] == 0.5 and info["valid_mae"][1] == 0.25 and info["valid_mae"][2] == 0.7
+    seen = []
+    feats, info = bm.out_of_fold_features(words, videos, 3, cfg, out, "cpu", False, reuse, on_fold=lambda i: seen.append(dict(i)))
+    folds = bm.fold_of([videos[i] for i in tr.ids], 3)
+    assert len(tuned) == 1 and len(seen) == 1  # one fold fine-tuned, and reported when done (words.json is written then)
+    assert (feats[:, 0] == np.array([10.0, 7.0, 12.0])[folds]).all()  # each fold embedded by its own encoder
+    assert info["reused_folds"] == [0, 2] and info["reused_from"] == str(earlier)
+    assert info["valid_mae"] == [0.5, 0.25, 0.7] and info["train_texts"][1] == tuned[0]
     assert info["seconds"] == 99.0 and info["seconds_this_run"] == 3.0
     assert [(out / "words_oof" / f"fold{f}" / "encoder.safetensors").read_bytes() for f in range(3)] == [b"fold 0", b"new", b"fold 2"]
+    # this run's folder, reused in turn, re-does nothing and does not claim the time its source spent
+    (out / "words_finetuned").mkdir()
+    (out / "words_finetuned" / "encoder.safetensors").write_bytes(b"main")
+    (out / bm.WORDS_DONE).write_text(json.dumps({"words": {"finetune": {"config": bm.jsonable(dataclasses.asdict(cfg))}, "out_of_fold": info}}))
+    _, info2 = bm.out_of_fold_features(words, videos, 3, cfg, tmp_path / "out2", "cpu", False, bm.reused_words(out, cfg, 3))
+    assert len(tuned) == 1 and info2["reused_folds"] == [0, 1, 2] and "seconds_this_run" not in info2 and info2["valid_mae"] == [0.5, 0.25, 0.7]
+    # a fold of other texts (other data, or --quick) is refused, not mixed in
+    bad = dict(info, train_texts=[fit[0] + 1, fit[1], fit[2]])
+    (out / bm.WORDS_DONE).write_text(json.dumps({"words": {"finetune": {"config": bm.jsonable(dataclasses.asdict(cfg))}, "out_of_fold": bad}}))
+    with pytest.raises(SystemExit, match="other data"):
+        bm.out_of_fold_features(words, videos, 3, cfg, tmp_path / "out3", "cpu", False, bm.reused_words(out, cfg, 3))
     # without the main encoder, nothing is reused
     (earlier / "words_finetuned" / "encoder.safetensors").unlink()
     with pytest.raises(SystemExit, match="missing"):
         bm.reused_words(earlier, cfg, 3)
+
+
+def test_reuse_expression_refuses_what_this_run_would_not_have_trained(tmp_path):
+    from mmdemo import benchmark as bm
+    from mmdemo.expression import ExpressionConfig, ExpressionNet, save_expression
+
+    cfg = ExpressionConfig(width=8, epochs=1)
+    save_expression(ExpressionNet(cfg.width, cfg.dropout), tmp_path / "run" / "expression", cfg, {"limit": 40, "fer2013_test": {"n": 40}})
+    got = bm.reused_expression(tmp_path / "run", cfg, 40)
+    assert got["result"]["fer2013_test"] == {"n": 40} and got["dir"] == tmp_path / "run" / "expression"
+    with pytest.raises(SystemExit, match="at most 40 images"):  # a quick run's CNN for a full run
+        bm.reused_expression(tmp_path / "run", cfg, None)
+    with pytest.raises(SystemExit, match="trained with"):
+        bm.reused_expression(tmp_path / "run", ExpressionConfig(width=16, epochs=1), 40)
+    (tmp_path / "run" / "expression" / "expression.safetensors").write_bytes(b"\x00" * 64)  # damaged: refused, not a traceback
+    with pytest.raises(SystemExit, match="no expression CNN"):
+        bm.reused_expression(tmp_path / "run", cfg, 40)
+    with pytest.raises(SystemExit, match="no expression CNN"):
+        bm.reused_expression(tmp_path / "nothing", cfg, 40)
