@@ -13,6 +13,7 @@ CPU, and CUDA when present (--device).
     python bench/pipeline_latency.py --minutes 1,3   # quicker
     python bench/pipeline_latency.py --concurrent 1,4 --seconds 60
     python bench/pipeline_latency.py --minutes 0.5 --before   # before/after the CPU cuts, one run
+    python bench/pipeline_latency.py --minutes 0.5 --versus OLD_CHECKPOINTS   # other models, same run
 
 --concurrent N runs N sessions at once in real time, one thread each, as N users of one server
 would: frames come every 1/fps s; a session that is still busy when its next frame is due skips
@@ -200,8 +201,13 @@ def main() -> None:
     ap.add_argument("--before", action="store_true",
                     help="first run the pipeline as it was before the CPU cuts (face every frame, openSMILE over every voice window, "
                          "torch's default threads), then as it is: a before/after table from one run")
+    ap.add_argument("--versus", type=Path, metavar="DIR",
+                    help="first run with the models in DIR (e.g. a copy of checkpoints/ before a change of its encoders), then with "
+                         "--checkpoints: the two sets of models from one run")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "pipeline_latency.json"))
     args = ap.parse_args()
+    if args.versus is not None and not (args.versus / "fusion" / args.fusion / "config.json").exists():
+        ap.error(f"--versus {args.versus}: no trained {args.fusion} model there")
     default_threads = torch.get_num_threads()
     devices = [args.device] if args.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     tmp = Path(tempfile.mkdtemp())
@@ -217,11 +223,12 @@ def main() -> None:
     now = PipelineConfig() if args.face_interval is None else replace(PipelineConfig(), face_interval_s=args.face_interval)
     before = replace(PipelineConfig(), face_interval_s=0.0, face_smooth_s=0.5, voice_stream=False, torch_threads=None)
     variants = ([("before", before)] if args.before else []) + [("now", now)]
+    runs = [(f"{v} ({args.versus.name})", c, args.versus) for v, c in variants if args.versus is not None] + [(v, c, ckpt) for v, c in variants]
     for device in devices:
-        for variant, config in variants:
+        for variant, config, models in runs:
             if config.torch_threads is None:
                 torch.set_num_threads(default_threads)
-            engine = Engine(ckpt, device=device, config=config)
+            engine = Engine(models, device=device, config=config)
             t0 = time.perf_counter()
             engine.warmup(args.fusion)
             load_s = time.perf_counter() - t0
@@ -248,6 +255,7 @@ def main() -> None:
            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "trained_checkpoints": trained,
            "fps": args.fps, "hop_s": args.hop, "fusion": args.fusion, "machine": platform.processor() or platform.machine(),
            "cpu_model": cpu_model(), "variants": {v: {k: getattr(c, k) for k in ("face_interval_s", "face_smooth_s", "voice_stream", "torch_threads")} for v, c in variants},
+           "versus": str(args.versus) if args.versus else None,
            "date": time.strftime("%Y-%m-%d")}
     out.write_text(json.dumps({"env": env, "results": results}, indent=2) + "\n")
     print(f"wrote {out}")
