@@ -9,7 +9,7 @@ reading stays within ±0.15 of its mean), how often the three-way polarity of th
 the image's label, and what a face read costs with each (milliseconds of one thread, both timed in
 the same run, alternating).
 
-    python bench/expression_cnn.py --expression results/expression/expression.safetensors [--per-set 30]
+    python bench/expression_cnn.py [--expression results/expression/expression.safetensors] [--per-set 30]
 Prints a table and writes bench/results/expression_cnn.json.
 """
 
@@ -57,7 +57,8 @@ def read_video(enc: FaceEncoder, frames: list[np.ndarray]) -> tuple[np.ndarray, 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--expression", required=True, type=Path, help="mmdemo's CNN (expression.safetensors)")
+    ap.add_argument("--expression", type=Path, default=Path(__file__).resolve().parents[1] / "checkpoints" / "unimodal" / "vision" / "expression.safetensors",
+                    help="mmdemo's CNN (expression.safetensors; default: the shipped one)")
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     ap.add_argument("--per-set", type=int, default=30)
     ap.add_argument("--seconds", type=float, default=5.0)
@@ -66,7 +67,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "expression_cnn.json"))
     args = ap.parse_args()
     if not args.expression.is_file():
-        ap.error(f"{args.expression}: no such file (python -m mmdemo.expression writes it)")
+        ap.error(f"{args.expression}: no such file (python -m mmdemo.expression or the benchmark writes it)")
     import torch
 
     torch.set_num_threads(1)  # one thread, as a live face read gets

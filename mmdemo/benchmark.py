@@ -853,6 +853,10 @@ def model_card(results: dict, ckpt: Path) -> str:
         "- `words/encoder.safetensors`: the fine-tuned top layers of all-MiniLM-L6-v2 (fp16), loaded over the packaged model (only when fine-tuning won on the valid folds)." if w["chosen"] == "fine-tuned" else "- words: the packaged all-MiniLM-L6-v2 as is (fine-tuning did not win on the valid folds).",
         "- `unimodal/{text,audio,vision}/`: one head per modality (each modality alone), `fusion/<method>/`: one model per fusion method.",
         "  Each is `model.safetensors` + `config.json` (rebuilt through the registry, loaded strictly) + `metrics.json` + `provenance.json`.",
+        *([] if f.get("expression_cnn", "fer") == "fer" else [
+            "- `unimodal/vision/expression.safetensors` + `expression.json`: mmdemo's expression CNN (fp16; its settings, the epoch chosen "
+            "on FER-2013 valid and its test scores in the JSON), which the face feature reads expressions with; without it the face is "
+            "read with fer's CNN. It learned from FER-2013 train, so FER-2013's terms (research use) apply to it."]),
         "- `voice_features.json`: what the voice models read (per-speaker z-scores and their population prior); `neutral_reference.json`: the median raw face "
         "feature of the neutral training photos and voice feature of the neutral/calm training clips, which the neutral-baseline calibration measures a user against.", "",
         "The words head and every fusion model learned from *out-of-fold* words features of the train texts (an encoder",
@@ -944,10 +948,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mosi-seeds", type=int, default=5, help="seeds of the MOSI-only fine-tuning (like-for-like row); 0 skips it")
     ap.add_argument("--reuse-words", metavar="DIR", help="take the fine-tuned text encoders (main and out-of-fold) and the MOSI-only "
                     "results from an earlier run's output folder with the same settings, instead of fine-tuning again (about 2 h on 2 CPU cores)")
-    ap.add_argument("--expression-cnn", choices=("fer", "own"), default="fer",
-                    help="the face feature's expression CNN: fer's (trained on FER-2013, in-sample there), or mmdemo's own, "
+    ap.add_argument("--expression-cnn", choices=("fer", "own"), default="own",
+                    help="the face feature's expression CNN: mmdemo's own (the default; chosen on the validation folds), "
                          "trained here on FER-2013 train (python -m mmdemo.expression; about 35 min on 2 CPU cores) and shipped "
-                         "beside the face head")
+                         "beside the face head, or fer's (trained on FER-2013, so in-sample there)")
     ap.add_argument("--reuse-expression", metavar="DIR", help="with --expression-cnn own: take the expression CNN an earlier run "
                     "trained with the same settings (DIR/expression/) instead of training it again; the face features it "
                     "gives are then read from the extraction cache")

@@ -66,7 +66,7 @@ def test_paired_rows_keep_the_transcript_of_the_words_they_hold():
 @needs_data
 def test_quick_benchmark_writes_tables_checkpoints_and_a_model_card(tmp_path):
     out = tmp_path / "results"
-    assert benchmark.main(["--data", str(SHARED), "--out", str(out), "--quick", "--quiet", "--device", "cpu"]) == 0
+    assert benchmark.main(["--data", str(SHARED), "--out", str(out), "--quick", "--quiet", "--device", "cpu", "--expression-cnn", "fer"]) == 0
     md = (out / "benchmark.md").read_text()
     for section in ("Words: CMU-MOSI", "Words: CMU-MOSEI", "Voice across corpora", "Face:", "Fusion on paired examples", "What the encoders returned"):
         assert section in md
@@ -114,10 +114,10 @@ def test_quick_benchmark_writes_tables_checkpoints_and_a_model_card(tmp_path):
         benchmark.main(["--data", str(SHARED), "--out", str(tmp_path / "other"), "--quick", "--quiet", "--device", "cpu",
                         "--reuse-words", str(out), "--finetune-layers", "1"])
     again = tmp_path / "again"
-    # ... and this rerun trains mmdemo's own expression CNN on FER-2013 train: the face feature reads with it
+    # ... and this rerun, with the defaults, trains mmdemo's own expression CNN on FER-2013 train: the face feature reads with it
     neutral_fer = json.loads((ckpt / "neutral_reference.json").read_text())
     assert benchmark.main(["--data", str(SHARED), "--out", str(again), "--quick", "--quiet", "--device", "cpu", "--reuse-words", str(out),
-                           "--checkpoints", str(ckpt), "--expression-cnn", "own"]) == 0
+                           "--checkpoints", str(ckpt)]) == 0
     res2 = json.loads((again / "benchmark.json").read_text())
     md2 = (again / "benchmark.md").read_text()
     shipped_cnn = ckpt / "unimodal" / "vision" / "expression.safetensors"
@@ -131,7 +131,7 @@ def test_quick_benchmark_writes_tables_checkpoints_and_a_model_card(tmp_path):
     assert np.allclose(face_fer[:-7], face_own[:-7]) and not np.allclose(face_fer[-7:], face_own[-7:])
     # back to fer's CNN: the shipped CNN goes, so the live face reads with fer's again
     assert benchmark.main(["--data", str(SHARED), "--out", str(tmp_path / "fer"), "--quick", "--quiet", "--device", "cpu",
-                           "--reuse-words", str(out), "--checkpoints", str(ckpt)]) == 0
+                           "--reuse-words", str(out), "--checkpoints", str(ckpt), "--expression-cnn", "fer"]) == 0
     assert not shipped_cnn.exists() and not (ckpt / "unimodal" / "vision" / "expression.json").exists()
     assert Engine(ckpt, device="cpu").face.expression is None
     # the voice head it replaced is read on the same test speakers, beside the new one
