@@ -520,11 +520,10 @@ def run(args) -> dict:
     reuse = reused_words(args.reuse_words, ftcfg, folds_k) if args.reuse_words and args.finetune != "skip" else None
     if args.finetune != "skip" and (reuse is None or Path(reuse["dir"]).resolve() != out.resolve()):
         (out / WORDS_DONE).unlink(missing_ok=True)  # an earlier run's, beside encoders this run will overwrite
-    if args.reuse_expression and args.expression_cnn == "own":
-        from .expression import ExpressionConfig
+    from .expression import ExpressionConfig
 
-        reused_expression(args.reuse_expression, ExpressionConfig(epochs=1 if quick else ExpressionConfig.epochs, width=8 if quick else ExpressionConfig.width,
-                                                                  seed=args.seed, device=args.device), limit)
+    ecfg = ExpressionConfig(epochs=1 if quick else ExpressionConfig.epochs, width=8 if quick else ExpressionConfig.width, seed=args.seed, device=args.device)
+    prev_cnn = reused_expression(args.reuse_expression, ecfg, limit) if args.reuse_expression and args.expression_cnn == "own" else None
 
     # -- 1. features -------------------------------------------------------------------------
     mosi, s_mosi = extract("mosi")
@@ -534,19 +533,15 @@ def run(args) -> dict:
     if args.expression_cnn == "own":
         from .expression import CONFIG as EXPRESSION_CONFIG
         from .expression import WEIGHTS as EXPRESSION_WEIGHTS
-        from .expression import ExpressionConfig
         from .expression import run as train_expression_cnn
 
-        ecfg = ExpressionConfig(epochs=1 if quick else ExpressionConfig.epochs, width=8 if quick else ExpressionConfig.width,
-                                seed=args.seed, device=args.device)
-        if args.reuse_expression:
-            prev = reused_expression(args.reuse_expression, ecfg, limit)
-            log.info("face: reusing the expression CNN of %s", prev["dir"])
+        if prev_cnn is not None:
+            log.info("face: reusing the expression CNN of %s", prev_cnn["dir"])
             (out / "expression").mkdir(parents=True, exist_ok=True)
             for f in (EXPRESSION_WEIGHTS, EXPRESSION_CONFIG):
-                if (prev["dir"] / f).resolve() != (out / "expression" / f).resolve():
-                    shutil.copyfile(prev["dir"] / f, out / "expression" / f)
-            results["expression"] = prev["result"] | {"reused_from": str(args.reuse_expression)}
+                if (prev_cnn["dir"] / f).resolve() != (out / "expression" / f).resolve():
+                    shutil.copyfile(prev_cnn["dir"] / f, out / "expression" / f)
+            results["expression"] = prev_cnn["result"] | {"reused_from": str(args.reuse_expression)}
         else:
             log.info("face: the expression CNN on FER-2013 train")
             results["expression"] = train_expression_cnn(data, out / "expression", ecfg, limit=limit, progress=not args.quiet)

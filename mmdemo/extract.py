@@ -413,8 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-resume", action="store_true", help="ignore an existing cache")
     ap.add_argument("--device", default=None, help="auto, cpu or cuda")
     ap.add_argument("--words-overlay", type=Path, help="fine-tuned text-encoder layers (checkpoints/words)")
-    ap.add_argument("--expression", type=Path, help="mmdemo's expression CNN (expression.safetensors beside the face head in "
-                    "checkpoints/unimodal/vision, when the shipped models use it); default fer's CNN")
+    ap.add_argument("--expression", type=Path, help="mmdemo's expression CNN (the shipped models read with "
+                    "checkpoints/unimodal/vision/expression.safetensors: pass it for features that match them); default fer's CNN")
     ap.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                     help="distribute over Ray: alone, a fresh Ray on this machine; with an address (auto, or HEAD:6379 from a "
                          "machine of the cluster), a running cluster (pip install -r requirements-ray.txt)")
