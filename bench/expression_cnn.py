@@ -29,13 +29,12 @@ import numpy as np
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.face_stability import SETS, pick  # noqa: E402
+from bench.face_stability import SETS  # noqa: E402
 from bench.machine import cpu_model  # noqa: E402
 from mmdemo.encoders import FaceEncoder  # noqa: E402
 from mmdemo.encoders.face import FER_CLASSES  # noqa: E402
 from mmdemo.expression import NEGATIVE, polarity_of  # noqa: E402
-from mmdemo.media import read_image  # noqa: E402
-from mmdemo.smoothing import jittered_frames  # noqa: E402
+from mmdemo.smoothing import STEADY_MIN_SIDE, steady_faces, steady_video  # noqa: E402
 
 HAPPY = FER_CLASSES.index("happy")
 
@@ -75,20 +74,15 @@ def main() -> None:
     for e in encoders.values():
         e.warmup()
     rows, results = [], {}
-    for set_name, (folder, size) in SETS.items():
-        folder = Path(args.data) / folder
+    for set_name, name in SETS.items():
+        folder = Path(args.data) / name
         if not (folder / "labels.csv").exists():
             print(f"skipping {set_name}: {folder} not found")
             continue
         labels = {r["path"]: r["polarity"] for r in csv.DictReader(open(folder / "labels.csv", encoding="utf-8"))}
         per = {k: {"changes_per_s": [], "std": [], "within": [], "correct": [], "ms": []} for k in encoders}
-        for i, path in enumerate(pick(folder, args.per_set, args.seed)):
-            img = read_image(path)
-            if img.shape[0] < size:  # the 48x48 FER-2013 crops enlarged, as in bench/face_stability.py
-                import cv2
-
-                img = cv2.resize(img, (size, size), interpolation=cv2.INTER_CUBIC)
-            frames = jittered_frames(img, seconds=args.seconds, fps=args.fps, seed=args.seed + i)
+        for i, path in enumerate(steady_faces(folder, args.per_set, args.seed)):
+            frames = steady_video(path, seconds=args.seconds, fps=args.fps, seed=args.seed + i, min_side=STEADY_MIN_SIDE[name])
             truth = int(labels[str(path.relative_to(folder))])
             for name in (list(encoders) if i % 2 == 0 else list(encoders)[::-1]):  # alternate who runs first
                 probs, ms = read_video(encoders[name], frames)

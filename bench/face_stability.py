@@ -16,7 +16,6 @@ Prints a table and writes bench/results/face_stability.json.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -30,23 +29,10 @@ import numpy as np
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mmdemo.media import read_image  # noqa: E402
 from mmdemo.pipeline import Engine  # noqa: E402
-from mmdemo.smoothing import face_stability, jittered_frames  # noqa: E402
+from mmdemo.smoothing import STEADY_MIN_SIDE, face_stability, steady_faces, steady_video  # noqa: E402
 
-SETS = {"photos, test people": ("facial-expressions-muxspace", 256), "FER-2013 test": ("fer2013-faces", 192)}
-
-
-def pick(folder: Path, n: int, seed: int) -> list[Path]:
-    """``n`` test images, as many of each polarity as there are (seeded)."""
-    rows = [r for r in csv.DictReader(open(folder / "labels.csv", encoding="utf-8")) if r["split"] == "test" and r.get("polarity", "") != ""]
-    rng = np.random.default_rng(seed)
-    by = {p: [r for r in rows if r["polarity"] == p] for p in ("-1", "0", "1")}
-    out = []
-    for p, rs in by.items():
-        k = min(len(rs), n // 3 + (1 if p == "1" and n % 3 else 0))
-        out += [folder / rs[i]["path"] for i in rng.choice(len(rs), k, replace=False)]
-    return out
+SETS = {"photos, test people": "facial-expressions-muxspace", "FER-2013 test": "fer2013-faces"}
 
 
 def main() -> None:
@@ -78,19 +64,14 @@ def main() -> None:
                 label += ", face read every frame" if every <= 0 else f", face read at most {1 / every:g}/s"
             variants[label] = cfg
     rows, t0 = [], time.time()
-    for set_name, (folder, size) in SETS.items():
-        folder = Path(args.data) / folder
+    for set_name, name in SETS.items():
+        folder = Path(args.data) / name
         if not (folder / "labels.csv").exists():
             print(f"skipped {set_name}: {folder} not found")
             continue
         per = {v: [] for v in variants}
-        for k, path in enumerate(pick(folder, args.per_set, args.seed)):
-            img = read_image(path)
-            if img.shape[0] < size:  # the 48x48 FER-2013 crops: a webcam frame shows a face bigger than that
-                import cv2
-
-                img = cv2.resize(img, (size, size), interpolation=cv2.INTER_CUBIC)
-            frames = jittered_frames(img, seconds=args.seconds, fps=args.fps, seed=args.seed + k)
+        for k, path in enumerate(steady_faces(folder, args.per_set, args.seed)):
+            frames = steady_video(path, seconds=args.seconds, fps=args.fps, seed=args.seed + k, min_side=STEADY_MIN_SIDE[name])
             for variant, cfg in variants.items():
                 r = face_stability(engine, frames, args.fps, config=cfg)
                 if r["with_face"] >= 0.8 * r["frames"]:

@@ -50,7 +50,10 @@ def load_fusion(folder: str | Path, *, device: str | torch.device = "cpu") -> Fu
     unknown = set(config["config"]) - {f.name for f in fields(FusionConfig)}
     if unknown:
         raise ValueError(f"{folder}: config has fields this version does not know: {sorted(unknown)}")
-    cfg = FusionConfig(**config["config"])
+    try:
+        cfg = FusionConfig(**config["config"])
+    except ValueError as err:
+        raise ValueError(f"{folder}: {err}") from None
     model = create_fusion(config["fusion"], dims=config["dims"], cfg=cfg)
     state = load_file(str(folder / WEIGHTS))
     model.load_state_dict(state, strict=True)

@@ -446,6 +446,17 @@ def shipped_configs(checkpoints: str | Path | None = None) -> dict[str, dict]:
     return {p.name: read_config(p)["config"] for p in sorted(root.iterdir()) if (p / "config.json").exists()} if root.exists() else {}
 
 
+def same_settings(a: dict, b: dict) -> bool:
+    """Whether two fusion settings are the same once completed with the defaults (a setting added
+    since, such as ``loss``, is absent from files written before it with its default meaning)."""
+    from .fusion import FusionConfig
+
+    try:
+        return asdict(FusionConfig(**a)) == asdict(FusionConfig(**b))
+    except (TypeError, ValueError):
+        return False
+
+
 def read_profile_file(path: str | Path, dims: dict[str, int], configs: dict[str, dict] | None = None) -> dict:
     """Parse and check an exported profile strictly. Returns moments (rows), labels, feats, baseline
     and personal models ({fusion: (model, metrics)}). Raises :class:`ProfileError` with the reason,
@@ -528,7 +539,7 @@ def _read_profile_file(path: Path, dims: dict[str, int], configs: dict[str, dict
         if not isinstance(spec, dict) or not isinstance(spec.get("config"), dict):
             raise ProfileError(f"the personal {name} model has no settings")
         cfg = spec["config"]
-        if name not in configs or cfg != configs[name]:
+        if name not in configs or not same_settings(cfg, configs[name]):
             # only the shipped settings: a file must not make the app build a model of any size
             raise ProfileError(f"the personal {name} model was made for other settings than this installation's {name} model")
         model = create_fusion(name, dims=dims, cfg=FusionConfig(**cfg))

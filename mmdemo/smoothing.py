@@ -128,3 +128,80 @@ def face_stability(engine, frames: list[np.ndarray], fps: float, *, fusion: str 
             "sign_changes_per_s": float(np.sum(signs[1:] != signs[:-1]) / seconds) if len(signs) > 1 else 0.0,
             "max_from_mean": float(np.max(np.abs(p - p.mean()))) if len(p) else float("nan"),
             "mean": float(p.mean()) if len(p) else float("nan"), "labels": sorted(set(labels))}
+
+
+def steady_faces(folder, n: int, seed: int, split: str = "test") -> list:
+    """``n`` images of ``split`` from a face corpus folder (``labels.csv`` with ``path``, ``split``,
+    ``polarity``), as many of each polarity as there are (seeded): the stills of steady-expression
+    test videos."""
+    import csv
+    from pathlib import Path
+
+    folder = Path(folder)
+    with open(folder / "labels.csv", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["split"] == split and r.get("polarity", "") != ""]
+    rng = np.random.default_rng(seed)
+    by = {p: [r for r in rows if r["polarity"] == p] for p in ("-1", "0", "1")}
+    out = []
+    for p, rs in by.items():
+        k = min(len(rs), n // 3 + (1 if p == "1" and n % 3 else 0))
+        out += [folder / rs[i]["path"] for i in rng.choice(len(rs), k, replace=False)]
+    return out
+
+
+# the smallest side a steady-expression video's frames get (FER-2013's 48x48 crops are enlarged: a
+# webcam frame shows a face bigger than that)
+STEADY_MIN_SIDE = {"facial-expressions-muxspace": 256, "fer2013-faces": 192}
+
+
+def steady_video(path, *, seconds: float = 5.0, fps: float = 10.0, seed: int = 0, min_side: int = 0) -> list[np.ndarray]:
+    """A steady-expression test video made from the still at ``path`` (:func:`jittered_frames`),
+    enlarged first to ``min_side`` if it is smaller."""
+    from .media import read_image
+
+    img = read_image(path)
+    if img.shape[0] < min_side:
+        import cv2
+
+        img = cv2.resize(img, (min_side, min_side), interpolation=cv2.INTER_CUBIC)
+    return jittered_frames(img, seconds=seconds, fps=fps, seed=seed)
+
+
+def replay_face(features: list, fps: float, *, tau_s: float, interval_s: float, gap_s: float) -> list[np.ndarray]:
+    """The live face path (:class:`mmdemo.pipeline.Session`) replayed on a video's per-frame face
+    features (None: no face in that frame), without the face models: a frame is read when no face
+    was read less than ``interval_s`` ago, a read feature enters the moving average
+    (:class:`FeatureSmoother`), and every frame after a read with a face carries that average (as
+    the session's updates do between reads). Returns the face feature the head reads at each such
+    frame; used to score a face head's steadiness without reading the frames again."""
+    smoother = FeatureSmoother(tau_s, gap_s=gap_s)
+    out, last_read, current = [], None, None
+    for k, x in enumerate(features):
+        t = k / fps
+        if interval_s > 0 and current is not None and last_read is not None and 0 <= t - last_read < interval_s:
+            out.append(current)  # not read: the last average holds
+            continue
+        if x is None:
+            smoother.lost(t)
+            last_read = current = None
+            continue
+        last_read, current = t, smoother.push(x, t)
+        out.append(current)
+    return out
+
+
+def steady_share(predict, videos: list[list], fps: float, *, tau_s: float, interval_s: float, gap_s: float, within: float = 0.3) -> float:
+    """The share of steady-expression videos (per-frame face features, as :func:`replay_face`
+    takes) whose face-alone prediction stays within ``within`` of its mean over the video, read by
+    ``predict`` (an (N, D) array of features -> N predictions) through the live smoothing; videos
+    with a face in under 80% of the frames are left out (as ``bench/face_stability.py`` does)."""
+    kept = []
+    for feats in videos:
+        seen = replay_face(feats, fps, tau_s=tau_s, interval_s=interval_s, gap_s=gap_s)
+        if len(seen) < 0.8 * len(feats):
+            continue
+        p = np.asarray(predict(np.stack(seen)), np.float64)
+        kept.append(float(np.max(np.abs(p - p.mean()))) <= within)
+    if not kept:
+        raise ValueError("no video with a face in 80% of its frames")
+    return float(np.mean(kept))

@@ -27,7 +27,7 @@ from .checkpoint import save_fusion
 from .data import FeatureDataset, Split, load_dataset, with_context
 from .device import resolve_device
 from .fusion import Fusion, FusionConfig, create_fusion, list_fusions
-from .fusion.base import num_params
+from .fusion.base import LOSSES, num_params
 from .metrics import HEADLINE, jsonable, regression_metrics
 
 log = logging.getLogger(__name__)
@@ -218,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modality-dropout", type=float, default=TrainConfig.modality_dropout)
     ap.add_argument("--hidden", type=int, default=FusionConfig.hidden)
     ap.add_argument("--dropout", type=float, default=FusionConfig.dropout)
+    ap.add_argument("--loss", choices=LOSSES, default=FusionConfig.loss,
+                    help="the prediction's loss: l1 (MAE, the literature's; snaps to a label on labels of a few values) or huber (a graded reading between them)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -238,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     if empty:
         ap.error(f"{args.data}: the {', '.join(empty)} split is empty (training needs train and valid, scoring needs test)")
     print(f"data: {args.data}: {data.describe()}")
-    fcfg = FusionConfig(hidden=args.hidden, dropout=args.dropout)
+    fcfg = FusionConfig(hidden=args.hidden, dropout=args.dropout, loss=args.loss)
     tcfg = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
         modality_dropout=args.modality_dropout, seed=args.seed, device=args.device,

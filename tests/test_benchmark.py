@@ -12,6 +12,7 @@ from mmdemo import benchmark
 from mmdemo.checkpoint import load_fusion
 from mmdemo.data import FeatureDataset, Split
 from mmdemo.fusion import list_fusions
+from mmdemo.fusion.base import LOSSES
 from mmdemo.pairing import PairingConfig, build_paired, polarity_class
 from mmdemo.pipeline import Engine
 from mmdemo.synthetic import SyntheticSpec, make_synthetic
@@ -102,6 +103,10 @@ def test_quick_benchmark_writes_tables_checkpoints_and_a_model_card(tmp_path):
     assert "FER-2013 test images" in md and "CNN probabilities left out" in md and "*in-sample*" in md
     assert res["face"]["train_items"]["fer2013"] > 0 and {"model", "model_with_fer_probabilities", "insample_head"} <= set(res["face"]["fer_test"])
     assert set(res["face"]["valid_macro_f1"]) == {"photos", "fer2013"}  # chosen on both corpora's validation folds
+    # ... and on how steady its reading of the validation people's steady-expression videos is, the loss chosen too
+    assert set(res["face"]["valid_steady"]) == {"photos", "fer2013"} and all(0 <= v <= 1 for v in res["face"]["valid_steady"].values())
+    assert res["face"]["head"]["loss"] in LOSSES and "steady-expression videos" in md
+    assert json.loads((ckpt / "unimodal" / "vision" / "config.json").read_text())["config"]["loss"] == res["face"]["head"]["loss"]
     assert res["face"]["expression_cnn"] == "fer" and not (ckpt / "unimodal" / "vision" / "expression.safetensors").exists()
     # the live pipeline runs on what the benchmark wrote
     engine = Engine(ckpt, device="cpu")

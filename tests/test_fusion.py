@@ -1,11 +1,14 @@
 """Contract tests, parametrized over the registry: a new method is covered with no new test code."""
 
+import numpy as np
 import pytest
 import torch
 
 from mmdemo.checkpoint import load_fusion, save_fusion
 from mmdemo.contributions import explain
-from mmdemo.fusion import FUSIONS, Fusion, create_fusion, list_fusions
+from mmdemo.data import FeatureDataset, Split
+from mmdemo.fusion import FUSIONS, Fusion, FusionConfig, create_fusion, list_fusions
+from mmdemo.train import Batches, TrainConfig, predict, train_method
 
 from tests.helpers import DIMS, make_batch, presence_patterns
 
@@ -245,3 +248,61 @@ def test_the_training_loss_is_the_loss_of_the_prediction_from_the_shown_modaliti
     for n in ga:
         assert torch.isfinite(ga[n]).all(), n
         assert torch.allclose(ga[n], gb[n], rtol=1e-4, atol=1e-6), n
+
+
+def test_an_unknown_loss_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="l1, huber"):
+        FusionConfig(loss="mse")
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_every_method_trains_with_either_loss(build, name):
+    """``loss`` names the prediction's loss in every method's own loss (fused term and sub-networks):
+    with every prediction within 1 of its target, huber is half the squared error, below l1."""
+    torch.manual_seed(0)
+    feats = make_batch(kinds={"text": "vec", "audio": "vec", "vision": "vec"}, batch=8)
+    avail = torch.ones(8, len(DIMS), dtype=torch.bool)
+    losses = {}
+    for loss in ("l1", "huber"):
+        model = build(name, seed=0, loss=loss).eval()
+        out = model(feats)
+        y = out.prediction.detach() + 0.5  # every prediction 0.5 off: l1 0.5, huber 0.125 per term
+        value = model.loss(out, y, feats=feats, available=avail)
+        value.backward()
+        losses[loss] = float(value.detach())
+        assert model.prediction_loss(out.prediction, y).item() == pytest.approx(0.5 if loss == "l1" else 0.125, abs=1e-5)
+    assert losses["huber"] < losses["l1"]
+
+
+def test_huber_reads_an_ambiguous_input_between_the_labels_where_l1_snaps_to_one():
+    """On labels of a few values (a face's -1 / 0 / +1), l1 learns the conditional median and
+    snaps an input seen with both labels to the majority's; huber learns a value in between (the
+    minimum of 0.7 h(p + 1) + 0.3 h(p - 1) is -4/7): a graded reading that moves smoothly."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 0.01, (400, 3)).astype(np.float32)  # one input, a little noise
+    y = np.where(np.arange(400) % 10 < 7, -1.0, 1.0).astype(np.float32)  # 70% negative
+    sp = Split(feats={"vision": x}, present={}, labels=y, ids=np.arange(400))
+    ds = FeatureDataset({"train": sp, "valid": sp, "test": sp})
+    read = {}
+    for loss in ("l1", "huber"):
+        model, _, _ = train_method("concat", ds, FusionConfig(hidden=8, loss=loss),
+                                   TrainConfig(epochs=60, patience=60, lr=1e-2, modality_dropout=0.0, device="cpu"), progress=False)
+        read[loss] = float(np.mean(predict(model, Batches(sp, model.modalities, model.device))))
+    assert read["l1"] < -0.9
+    assert -0.7 < read["huber"] < -0.45
+
+
+def test_a_checkpoint_records_its_loss_and_one_without_it_loads_as_l1(build, tmp_path):
+    import json
+
+    model = build("concat", loss="huber")
+    save_fusion(model, tmp_path / "m")
+    assert load_fusion(tmp_path / "m").cfg.loss == "huber"
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    del cfg["config"]["loss"]  # written before the setting existed
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    assert load_fusion(tmp_path / "m").cfg.loss == "l1"
+    cfg["config"]["loss"] = "hinge"
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="hinge"):
+        load_fusion(tmp_path / "m")

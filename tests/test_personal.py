@@ -173,6 +173,21 @@ def test_a_profile_exports_to_one_file_and_imports_whole(profile, generic, tmp_p
     assert again["baseline"] is False and again["personal"] == [] and again["kept"] == ["baseline", "weighted"]
 
 
+def test_a_profile_written_before_a_setting_existed_imports_with_its_default(profile, generic, tmp_path):
+    """A personal model's settings must be the installation's; a setting added since (``loss``) is
+    absent from older files and means its default there."""
+    good = _full_profile(profile, generic).export(tmp_path / "good.safetensors")
+
+    def drop_loss(info):
+        cfg = dict(info["personal"]["weighted"]["config"])
+        assert cfg.pop("loss") == "l1"
+        return info | {"personal": {"weighted": info["personal"]["weighted"] | {"config": cfg}}}
+
+    old = _tamper(good, tmp_path / "old.safetensors", _edit_info(drop_loss))
+    other = Profile(tmp_path / "other", new_profile_id(), DIMS)
+    assert other.import_file(old)["personal"] == ["weighted"]
+
+
 def _tamper(path: Path, out: Path, fn) -> Path:
     blob = path.read_bytes()
     n = struct.unpack("<Q", blob[:8])[0]
@@ -199,6 +214,8 @@ TYPE_CASES = {
         "config": info["personal"]["weighted"]["config"] | {"hidden": "big"}}}},
     "a huge model": lambda info: info | {"personal": {"weighted": info["personal"]["weighted"] | {
         "config": info["personal"]["weighted"]["config"] | {"tensor_dim": 1000, "hidden": 4096}}}},
+    "an unknown loss": lambda info: info | {"personal": {"weighted": info["personal"]["weighted"] | {
+        "config": info["personal"]["weighted"]["config"] | {"loss": "hinge"}}}},
     "baseline is a list": lambda info: info | {"baseline": [1, 2]},
     "moments are not objects": lambda info: info | {"moments": ["x"] * len(info["moments"])},
 }

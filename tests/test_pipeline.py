@@ -290,6 +290,33 @@ def test_the_face_signal_is_smoothed_over_time_and_restarts_after_a_gap(engine):
     assert not np.allclose(s.features["vision"][0], first)
 
 
+def test_the_face_replay_reads_what_a_live_session_reads(engine):
+    """mmdemo.smoothing.replay_face (what the benchmark chooses the face head's steadiness with,
+    without reading the frames again) gives the face-alone readings of a live session with the
+    shipped settings, frame for frame, also across frames without a face."""
+    import torch
+
+    from mmdemo.smoothing import jittered_frames, replay_face
+    from tests.media import astronaut
+
+    frames = jittered_frames(astronaut(), seconds=3.0, fps=10, seed=5, shift_px=6, noise=8, light=0.15)
+    for k in (11, 12, 13, 20, 21, 22, 23, 24, 25, 26, 27):  # the face lost briefly, then for longer than the gap
+        frames[k] = np.zeros_like(frames[k])
+    session, live = engine.session("concat"), []
+    for k, frame in enumerate(frames):
+        up = session.push_frame(frame, t=k / 10)
+        if up.present.get("vision") and up.face_expression is not None:
+            live.append(up.unimodal["vision"])
+    feats = [r.feature if r.present else None for r in map(engine.face.encode, frames)]
+    cfg = engine.config
+    seen = replay_face(feats, 10, tau_s=cfg.face_smooth_s, interval_s=cfg.face_interval_s, gap_s=cfg.face_ttl_s)
+    head = engine.unimodal()["vision"]
+    with torch.inference_mode():
+        replayed = head({"vision": torch.as_tensor(np.stack(seen))}).prediction.numpy()
+    assert 10 < len(live) < len(frames) - 8
+    np.testing.assert_allclose(replayed, live, atol=1e-5)
+
+
 def test_per_session_voice_statistics_learn_only_from_clean_speech(engine, speech48, monkeypatch):
     """With voice models that read per-speaker z-scores, each session keeps its own statistics:
     silence, a clipping microphone and noise never update them; speech does, at most once per

@@ -67,3 +67,45 @@ def test_changes_per_second():
     assert changes_per_second(["a", "a", "b", "b", "a"], 2.0) == 1.0
     with pytest.raises(ValueError):
         changes_per_second(["a"], 0)
+
+
+def test_replay_reads_at_most_every_interval_and_carries_the_average_between_reads():
+    from mmdemo.smoothing import replay_face
+
+    feats = [np.full(2, float(k)) for k in range(10)]
+    seen = replay_face(feats, 10, tau_s=0.0, interval_s=0.2, gap_s=0.5)  # no smoothing: the last read
+    # a frame 0.1 s after a read is not read (nor one 0.2 s after, where k / 10 rounds below 0.2, as live)
+    assert [float(x[0]) for x in seen] == [0, 0, 2, 2, 4, 4, 4, 7, 7, 9]
+    # a frame without a face is not counted, and the next frame is read at once
+    feats[4] = None
+    seen = replay_face(feats, 10, tau_s=0.0, interval_s=0.2, gap_s=0.5)
+    assert [float(x[0]) for x in seen] == [0, 0, 2, 2, 5, 5, 5, 8, 8]
+
+
+def test_steady_share_counts_videos_whose_reading_holds_and_leaves_out_faceless_ones():
+    from mmdemo.smoothing import steady_share
+
+    steady = [np.zeros(3) for _ in range(20)]
+    jumpy = [np.zeros(3) if k < 10 else np.ones(3) for k in range(20)]  # the reading jumps by 1
+    faceless = [None] * 15 + [np.zeros(3)] * 5  # a face in 25% of the frames: left out
+
+    def read(x):
+        return x[:, 0]
+
+    kw = {"tau_s": 0.0, "interval_s": 0.0, "gap_s": 0.5}
+    assert steady_share(read, [steady, jumpy, faceless], 10, **kw) == 0.5
+    # the live average damps the jump below ±0.3 only with a long time constant
+    assert steady_share(read, [jumpy], 10, **(kw | {"tau_s": 5.0})) == 1.0
+    with pytest.raises(ValueError, match="80%"):
+        steady_share(read, [faceless], 10, **kw)
+
+
+def test_steady_faces_draw_from_the_split_asked_for_with_each_polarity(tmp_path):
+    from mmdemo.smoothing import steady_faces
+
+    rows = ["path,split,polarity"] + [f"{s}{k}.jpg,{s},{k % 3 - 1}" for s in ("train", "valid", "test") for k in range(12)] + ["x.jpg,valid,"]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    got = steady_faces(tmp_path, 6, seed=0, split="valid")
+    assert len(got) == 6 and all(p.name.startswith("valid") for p in got)
+    assert steady_faces(tmp_path, 6, seed=0, split="valid") == got  # seeded
+    assert sorted(int(p.stem[5:]) % 3 for p in got) == [0, 0, 1, 1, 2, 2]  # two of each polarity

@@ -92,6 +92,9 @@ def test_cli_trains_saves_and_compares(tmp_path, capsys):
 
     again = evaluate(model, load_dataset(data).splits["test"])
     assert np.isclose(again["mae"], metrics["test"]["mae"])
+    assert model.cfg.loss == "l1"  # the literature's MAE by default; --loss huber on request
+    assert main(["--fusion", "concat", "--data", str(data), "--out", str(tmp_path / "huber"), "--epochs", "2", "--quiet", "--loss", "huber"]) == 0
+    assert load_fusion(tmp_path / "huber" / "concat").cfg.loss == "huber"
 
 
 def test_cli_rejects_unknown_methods_and_bad_files(tmp_path):

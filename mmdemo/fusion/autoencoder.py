@@ -44,7 +44,7 @@ class AutoencoderFusion(Fusion):
         for i, m in enumerate(self.modalities):
             err = F.mse_loss(out.extras[m], pooled(full[m], st[m]), reduction="none").mean(dim=-1)  # (B,)
             recon = recon + (err * avail[:, i]).sum() / avail[:, i].sum().clamp_min(1)
-        return F.l1_loss(out.prediction, target) + self.cfg.recon_weight * recon / len(self.modalities)
+        return self.prediction_loss(out.prediction, target) + self.cfg.recon_weight * recon / len(self.modalities)
 
     @torch.no_grad()
     def impute(self, feats: Features, present: Presence | None = None, steps: Steps | None = None) -> dict[str, Tensor]:

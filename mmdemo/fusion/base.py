@@ -29,6 +29,9 @@ Presence = dict[str, Tensor]
 Steps = dict[str, Tensor | None]  # modality -> (B, T) bool step mask of a sequence; None: a vector, or every step real
 
 
+LOSSES = ("l1", "huber")  # FusionConfig.loss
+
+
 @dataclass(frozen=True)
 class FusionConfig:
     """Hyper-parameters shared by the fusion methods (each method reads the fields it needs)."""
@@ -42,6 +45,15 @@ class FusionConfig:
     recon_weight: float = 0.5  # weight of the reconstruction loss (autoencoder)
     unimodal_weight: float = 0.5  # weight of each sub-network's own loss (late, weighted)
     out_range: float = 3.0  # predictions are squashed smoothly into (-out_range, out_range)
+    # the prediction's loss: "l1" (mean absolute error, the literature's MAE: the prediction tends
+    # to the conditional median, which on labels of a few values, such as a face's -1 / 0 / +1,
+    # snaps to one of them) or "huber" (squared within 1 of the target, absolute beyond: near the
+    # conditional mean, a graded reading that moves smoothly between the labels)
+    loss: str = "l1"
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
 
 
 @dataclass
@@ -208,7 +220,13 @@ class Fusion(nn.Module):
         """Training loss of ``out = self(feats, present, steps)``. ``available`` (B, M) marks the
         modalities the data really has (before modality dropout); methods use it and the full
         ``feats`` to train sub-networks or reconstructions on their real inputs."""
-        return F.l1_loss(out.prediction, target)
+        return self.prediction_loss(out.prediction, target)
+
+    def prediction_loss(self, pred: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+        """The loss of predictions against targets that ``cfg.loss`` names."""
+        if self.cfg.loss == "huber":
+            return F.smooth_l1_loss(pred, target, beta=1.0, reduction=reduction)
+        return F.l1_loss(pred, target, reduction=reduction)
 
     def training_loss(self, feats: Features, shown: Tensor, available: Tensor, target: Tensor, steps: Steps | None = None) -> Tensor:
         """The loss of one training step: the prediction from the ``shown`` modalities ((B, M) bool,

@@ -19,7 +19,6 @@ the label from a blanked input).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Features, Fusion, FusionConfig, FusionOutput, Steps, UnimodalEncoder, masked_softmax, mlp, register
@@ -65,7 +64,7 @@ class SubnetworkFusion(Fusion):
         return self.loss(out, target, feats=feats, available=avail, steps=steps)
 
     def loss(self, out: FusionOutput, target: Tensor, *, feats: Features, available: Tensor, steps: Steps | None = None) -> Tensor:
-        fused = F.l1_loss(out.prediction, target)
+        fused = self.prediction_loss(out.prediction, target)
         # the sub-networks learn from the real input of every modality the data has, including the
         # ones modality dropout hid from this step's fused prediction: one more pass of the
         # sub-networks when the fused pass did not read them all (a plain forward that modality
@@ -77,7 +76,7 @@ class SubnetworkFusion(Fusion):
         else:
             full, avail, st = self.prepare(feats, {m: available[:, i] for i, m in enumerate(self.modalities)}, steps)
             uni_pred = self.bound(self.unimodal(full, st))
-        err = (uni_pred - target[:, None]).abs() * avail  # (B, M)
+        err = self.prediction_loss(uni_pred, target[:, None].expand_as(uni_pred), reduction="none") * avail  # (B, M)
         uni = err.sum() / avail.sum().clamp_min(1)
         return fused + self.cfg.unimodal_weight * uni
 
