@@ -74,15 +74,15 @@ def main() -> None:
     for e in encoders.values():
         e.warmup()
     rows, results = [], {}
-    for set_name, name in SETS.items():
-        folder = Path(args.data) / name
+    for set_name, corpus in SETS.items():
+        folder = Path(args.data) / corpus
         if not (folder / "labels.csv").exists():
             print(f"skipping {set_name}: {folder} not found")
             continue
         labels = {r["path"]: r["polarity"] for r in csv.DictReader(open(folder / "labels.csv", encoding="utf-8"))}
         per = {k: {"changes_per_s": [], "std": [], "within": [], "correct": [], "ms": []} for k in encoders}
         for i, path in enumerate(steady_faces(folder, args.per_set, args.seed)):
-            frames = steady_video(path, seconds=args.seconds, fps=args.fps, seed=args.seed + i, min_side=STEADY_MIN_SIDE[name])
+            frames = steady_video(path, seconds=args.seconds, fps=args.fps, seed=args.seed + i, min_side=STEADY_MIN_SIDE[corpus])
             truth = int(labels[str(path.relative_to(folder))])
             for name in (list(encoders) if i % 2 == 0 else list(encoders)[::-1]):  # alternate who runs first
                 probs, ms = read_video(encoders[name], frames)

@@ -47,7 +47,7 @@ from .contributions import explain
 from .crosscorpus import VOICE_CORPORA, VOICE_GRID, corpus_from_split_features, previous_voice_head, voice_dataset, voice_labels, voice_markdown, voice_stage
 from .data import SPLITS, FeatureDataset, Split
 from .encoders import WordsEncoder
-from .encoders.face import BLENDSHAPES
+from .encoders.face import BLENDSHAPES, FER_CLASSES
 from .extract import run_extraction
 from .fusion import FusionConfig, list_fusions
 from .fusion.base import LOSSES, num_params
@@ -156,11 +156,27 @@ def face_choice(rep: dict) -> str:
             + ", ".join(f"{k} {100 * v:.0f}%" for k, v in held.items()) + ".")
 
 
+def face_tried(rep: dict) -> list[str]:
+    """Every face-head configuration tried, with the validation numbers it was chosen on."""
+    tried = rep.get("tried") or []
+    if not tried or not tried[0].get("valid_steady"):
+        return []
+    names = list(tried[0]["valid_macro_f1"])
+    rows = [f"| width | dropout | loss | valid macro-F1 ({' / '.join(names)}) | valid steady videos ({' / '.join(names)}) | |", "|---|---|---|---|---|---|"]
+    for t in tried:
+        c, held = t["config"], t["valid_steady"] or {}
+        chosen = "chosen" if all(c[k] == rep["head"][k] for k in ("hidden", "dropout", "loss")) else ""
+        f1 = " / ".join(f"{100 * t['valid_macro_f1'][n]:.1f}" for n in names)
+        steady = " / ".join(f"{100 * held[n]:.0f}%" if n in held else "-" for n in names)
+        rows.append(f"| {c['hidden']} | {c['dropout']} | {c['loss']} | {f1} | {steady} | {chosen} |")
+    return ["", *rows, ""]
+
+
 def face_fer_markdown(rep: dict, test) -> list[str]:
     """The face tables when the face feature reads expressions with fer's CNN (in-sample on FER-2013)."""
     return [f"### Face: expression photos, test people ({len(test)} photos with a face found)", "",
            "The shipped head learned from the photos and FER-2013 weighted equally (FER-2013 rows without fer's in-sample "
-           f"probabilities), {face_choice(rep)}", "", CLS_HEAD,
+           f"probabilities), {face_choice(rep)}", *face_tried(rep), "", CLS_HEAD,
            cls_row("majority class (train)", rep["majority"]),
            cls_row(f"smile blendshape alone (thresholds {rep['smile']['thresholds'][0]:.2f}/{rep['smile']['thresholds'][1]:.2f} on valid)", rep["smile"]),
            cls_row("head on the photos alone (as before)", rep["photos_only_head"]),
@@ -191,7 +207,7 @@ def face_own_markdown(rep: dict, e: dict, test) -> list[str]:
     return [f"### Face: the expression CNN (mmdemo's, learned from FER-2013 train, epoch {e['chosen_epoch']} chosen on valid: "
             f"{100 * e['valid_accuracy7']:.1f}%)", "", "Read once on images it never saw.", "", *rows, "",
             f"### Face: expression photos, test people ({len(test)} photos with a face found)", "",
-            f"The shipped head learned from the photos and FER-2013 weighted equally, {face_choice(rep)}", "", CLS_HEAD,
+            f"The shipped head learned from the photos and FER-2013 weighted equally, {face_choice(rep)}", *face_tried(rep), "", CLS_HEAD,
             cls_row("majority class (train)", rep["majority"]),
             cls_row(f"smile blendshape alone (thresholds {rep['smile']['thresholds'][0]:.2f}/{rep['smile']['thresholds'][1]:.2f} on valid)", rep["smile"]),
             cls_row("head on the photos alone", rep["photos_only_head"]),
@@ -230,7 +246,8 @@ def repeated(ds: FeatureDataset, k: int, splits=("train", "valid")) -> FeatureDa
     return FeatureDataset({s: sp.subset(np.tile(np.arange(len(sp)), k if s in splits else 1)) for s, sp in ds.splits.items()}, dict(ds.meta))
 
 
-def fit_balanced(parts: dict[str, FeatureDataset], grid: list[FusionConfig], tcfg: TrainConfig, steady: dict[str, list] | None = None) -> tuple:
+def fit_balanced(parts: dict[str, FeatureDataset], grid: list[FusionConfig], tcfg: TrainConfig, steady: dict[str, list] | None = None,
+                 record: list | None = None) -> tuple:
     """A head on several corpora of one modality, each weighted equally (the smaller ones' train and
     valid rows repeated), the configuration chosen by the mean over the corpora of the polarity
     macro-F1 on their validation folds; with ``steady`` (per corpus, the per-frame face features of
@@ -238,7 +255,7 @@ def fit_balanced(parts: dict[str, FeatureDataset], grid: list[FusionConfig], tcf
     configurations whose reading holds within ±0.3 through the live smoothing on at least
     ``STEADY_FLOOR`` of those videos in every corpus (the steadiest, when none does). Returns
     (model, config, per-corpus valid macro-F1, the combined training dataset, per-corpus valid
-    steady share or None)."""
+    steady share or None); ``record`` gets each configuration's validation numbers."""
     largest = max(len(d.splits["train"]) for d in parts.values())
     ds = concat(*[repeated(d, max(1, round(largest / len(d.splits["train"])))) for d in parts.values()])
     best = None
@@ -256,6 +273,8 @@ def fit_balanced(parts: dict[str, FeatureDataset], grid: list[FusionConfig], tcf
         log.info("  hidden %d dropout %.1f loss %s: valid polarity macro-F1 %s%s (%d epochs)", fcfg.hidden, fcfg.dropout, fcfg.loss,
                  ", ".join(f"{k} {100 * v:.1f}" for k, v in valid.items()),
                  "" if held is None else "; steady videos " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in held.items()), res.epochs_run)
+        if record is not None:
+            record.append({"config": asdict(fcfg), "valid_macro_f1": valid, "valid_steady": held, "epochs": res.epochs_run})
         if best is None or score > best[0]:
             best = (score, model, fcfg, valid, held)
     return best[1], best[2], best[3], ds, best[4]
@@ -276,8 +295,13 @@ def steady_features(data: Path, expression: Path | None, *, per_set: int, second
         videos = []
         for k, path in enumerate(steady_faces(data / folder, per_set, seed, "valid")):
             frames = steady_video(path, seconds=seconds, fps=fps, seed=seed + k, min_side=STEADY_MIN_SIDE[folder])
-            videos.append([r.feature if r.present else None for r in map(enc.encode, frames)])
-        out[name] = videos
+            feats = [r.feature if r.present else None for r in map(enc.encode, frames)]
+            if sum(f is not None for f in feats) >= 0.8 * len(feats):  # as steady_share and bench/face_stability.py count
+                videos.append(feats)
+        if videos:
+            out[name] = videos
+        else:
+            log.warning("face: no steady-expression video of %s with a face in 80%% of its frames; its steadiness is not weighed", name)
     return out
 
 
@@ -739,12 +763,17 @@ def run(args) -> dict:
     fer_blind = without_fer_probabilities(fer_p) if insample else fer_p
     log.info("face: steady-expression videos of the validation people")
     steady = steady_features(data, expression, per_set=3 if quick else 30, seconds=2.0 if quick else 5.0, fps=STEADY_FPS, seed=args.seed)
+    if insample and "fer2013" in steady:  # read as its head learned FER-2013: without fer's in-sample probabilities
+        k = len(FER_CLASSES)
+        steady["fer2013"] = [[None if f is None else np.concatenate([f[:-k], np.zeros(k, f.dtype)]) for f in v] for v in steady["fer2013"]]
     log.info("face: heads on the photos alone and on photos + FER-2013")
     photo_model, photo_cfg, _, _ = fit_unimodal(photos, grid, tcfg_uni)
     # the face head's loss is chosen too: "l1" snaps an ambiguous face to -1, 0 or +1 frame by frame,
     # "huber" reads it as a graded value in between (see FusionConfig.loss)
     face_grid = [dataclasses.replace(c, loss=loss) for loss in LOSSES for c in grid]
-    face_model, fcfg_face, face_valid, face_train, face_steady = fit_balanced({"photos": photos, "fer2013": fer_blind}, face_grid, tcfg_uni, steady)
+    face_tried: list[dict] = []
+    face_model, fcfg_face, face_valid, face_train, face_steady = fit_balanced({"photos": photos, "fer2013": fer_blind}, face_grid, tcfg_uni, steady,
+                                                                               face_tried)
     insample_model = fit_balanced({"photos": photos, "fer2013": fer_p}, [fcfg_face], tcfg_uni)[0] if insample else None
 
     def read(model, ds):
@@ -754,7 +783,7 @@ def run(args) -> dict:
     test = photos.splits["test"]
     rep = {"model": read(face_model, photos), "photos_only_head": read(photo_model, photos),
            "majority": majority_report(photos.splits["train"].labels, test.labels), "smile": smile_baseline(photos),
-           "head": asdict(fcfg_face), "valid_macro_f1": face_valid, "valid_steady": face_steady, "n_test": len(test),
+           "head": asdict(fcfg_face), "valid_macro_f1": face_valid, "valid_steady": face_steady, "tried": face_tried, "n_test": len(test),
            "absent_test": int((~faces.splits["test"].present["vision"]).sum()),
            "expression_cnn": "fer" if insample else "mmdemo (FER-2013 train)",
            "fer_test": {"model": read(face_model, fer_blind), "photos_only_head": read(photo_model, fer_p),

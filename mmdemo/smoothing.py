@@ -171,15 +171,16 @@ def replay_face(features: list, fps: float, *, tau_s: float, interval_s: float, 
     """The live face path (:class:`mmdemo.pipeline.Session`) replayed on a video's per-frame face
     features (None: no face in that frame), without the face models: a frame is read when no face
     was read less than ``interval_s`` ago, a read feature enters the moving average
-    (:class:`FeatureSmoother`), and every frame after a read with a face carries that average (as
-    the session's updates do between reads). Returns the face feature the head reads at each such
+    (:class:`FeatureSmoother`), and every frame after a read with a face carries that average for
+    up to ``gap_s`` (the session's face time-to-live: its updates do the same between reads). Returns the face feature the head reads at each such
     frame; used to score a face head's steadiness without reading the frames again."""
     smoother = FeatureSmoother(tau_s, gap_s=gap_s)
     out, last_read, current = [], None, None
     for k, x in enumerate(features):
         t = k / fps
         if interval_s > 0 and current is not None and last_read is not None and 0 <= t - last_read < interval_s:
-            out.append(current)  # not read: the last average holds
+            if t - last_read <= gap_s:  # not read: the last average holds while the face counts as present
+                out.append(current)
             continue
         if x is None:
             smoother.lost(t)

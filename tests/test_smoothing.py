@@ -80,6 +80,9 @@ def test_replay_reads_at_most_every_interval_and_carries_the_average_between_rea
     feats[4] = None
     seen = replay_face(feats, 10, tau_s=0.0, interval_s=0.2, gap_s=0.5)
     assert [float(x[0]) for x in seen] == [0, 0, 2, 2, 5, 5, 5, 8, 8]
+    # read less often than the face counts as present: the frames in between, past that, have no face
+    seen = replay_face([np.zeros(2)] * 10, 10, tau_s=0.0, interval_s=0.5, gap_s=0.25)
+    assert len(seen) == 6  # frames 0-2 and 5-7
 
 
 def test_steady_share_counts_videos_whose_reading_holds_and_leaves_out_faceless_ones():
