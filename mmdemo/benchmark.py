@@ -126,15 +126,17 @@ def concat(*datasets: FeatureDataset) -> FeatureDataset:
     return FeatureDataset(splits, {"source": " + ".join(d.meta.get("source", "?") for d in datasets)})
 
 
-def without_fer_probabilities(ds: FeatureDataset) -> FeatureDataset:
-    """The face features with fer's 7 expression probabilities (the last 7 values) set to 0."""
-    from .encoders.face import FER_CLASSES
+def blind_to_fer(x: np.ndarray) -> np.ndarray:
+    """A copy of face features (..., D) with fer's 7 expression probabilities (the last 7 values) set to 0."""
+    x = np.array(x, copy=True)
+    x[..., -len(FER_CLASSES):] = 0.0
+    return x
 
-    splits = {}
-    for s, sp in ds.splits.items():
-        x = sp.feats["vision"].copy()
-        x[..., -len(FER_CLASSES):] = 0.0
-        splits[s] = dataclasses.replace(sp, feats=dict(sp.feats, vision=x), present=dict(sp.present), steps=dict(sp.steps))
+
+def without_fer_probabilities(ds: FeatureDataset) -> FeatureDataset:
+    """The face features with fer's 7 expression probabilities set to 0 (:func:`blind_to_fer`)."""
+    splits = {s: dataclasses.replace(sp, feats=dict(sp.feats, vision=blind_to_fer(sp.feats["vision"])), present=dict(sp.present), steps=dict(sp.steps))
+              for s, sp in ds.splits.items()}
     return FeatureDataset(splits, dict(ds.meta))
 
 
@@ -764,8 +766,7 @@ def run(args) -> dict:
     log.info("face: steady-expression videos of the validation people")
     steady = steady_features(data, expression, per_set=3 if quick else 30, seconds=2.0 if quick else 5.0, fps=STEADY_FPS, seed=args.seed)
     if insample and "fer2013" in steady:  # read as its head learned FER-2013: without fer's in-sample probabilities
-        k = len(FER_CLASSES)
-        steady["fer2013"] = [[None if f is None else np.concatenate([f[:-k], np.zeros(k, f.dtype)]) for f in v] for v in steady["fer2013"]]
+        steady["fer2013"] = [[None if f is None else blind_to_fer(f) for f in v] for v in steady["fer2013"]]
     log.info("face: heads on the photos alone and on photos + FER-2013")
     photo_model, photo_cfg, _, _ = fit_unimodal(photos, grid, tcfg_uni)
     # the face head's loss is chosen too: "l1" snaps an ambiguous face to -1, 0 or +1 frame by frame,

@@ -172,8 +172,9 @@ def replay_face(features: list, fps: float, *, tau_s: float, interval_s: float, 
     features (None: no face in that frame), without the face models: a frame is read when no face
     was read less than ``interval_s`` ago, a read feature enters the moving average
     (:class:`FeatureSmoother`), and every frame after a read with a face carries that average for
-    up to ``gap_s`` (the session's face time-to-live: its updates do the same between reads). Returns the face feature the head reads at each such
-    frame; used to score a face head's steadiness without reading the frames again."""
+    up to ``gap_s`` (the session's face time-to-live: its updates do the same between reads).
+    Returns the face feature the head reads at each such frame; used to score a face head's
+    steadiness without reading the frames again."""
     smoother = FeatureSmoother(tau_s, gap_s=gap_s)
     out, last_read, current = [], None, None
     for k, x in enumerate(features):
