@@ -10,7 +10,7 @@ a resting face that reads negative), a biased voice (the same for the raw voice 
 For each user the generic model (the shipped checkpoint of ``--fusion``) and the personal model are
 scored on the same moments, the personal one out of sample (leave-one-out with ``--moments``
 moments: each moment predicted by a model fitted on the others). The personal model's settings
-(L2-SP strength, steps) are chosen on the validation people and reported on the test people; the neutral baseline (calibration with a neutral photo and the calibration sentence) is
+(L2-SP strength, steps, loss) are chosen on the validation people and reported on the test people; the neutral baseline (calibration with a neutral photo and the calibration sentence) is
 reported beside it. Fit times for 8 / 32 / 128 moments for every fusion method.
 
     python bench/personal.py [--data ../shared/data] [--users 12] [--moments 16] [--fusion weighted]
@@ -43,13 +43,13 @@ from mmdemo.encoders import DIMS  # noqa: E402
 from mmdemo.extract import run_extraction  # noqa: E402
 from mmdemo.fusion import list_fusions  # noqa: E402
 from mmdemo.media import read_image  # noqa: E402
-from mmdemo.personal import PersonalConfig, cross_validate, fit_personal  # noqa: E402
+from mmdemo.personal import PERSONAL_LOSSES, PersonalConfig, cross_validate, fit_personal  # noqa: E402
 from mmdemo.pipeline import DEFAULT_CHECKPOINTS  # noqa: E402
 from mmdemo.simulate import Encoders, SimulatedUser, Voice, as_read, calibrate, record  # noqa: E402
 
 VARIANTS = ["en+m1", "en+m2", "en+m3", "en+m4", "en+f1", "en+f2", "en+f3", "en+f4"]
 BIAS_SCALE = 3.0  # a biased user: 3x the population's negative-minus-neutral difference (each model alone then reads neutral as about -1)
-GRID = [PersonalConfig(anchor=a, steps=s) for a in (0.3, 1.0, 3.0, 10.0) for s in (50, 150)]
+GRID = [PersonalConfig(anchor=a, steps=s, loss=loss) for loss in PERSONAL_LOSSES for a in (0.3, 1.0, 3.0, 10.0) for s in (50, 150)]
 
 
 def people(data: Path, n: int) -> list[tuple[str, str, dict[int, list[Path]]]]:
@@ -132,6 +132,11 @@ def fit_times(fusions: list[str], pool: Split, cfg: PersonalConfig, ckpt: Path) 
                 runs.append((time.perf_counter() - t0, time.process_time() - c0))
             wall, cpu = np.median([r[0] for r in runs]), np.median([r[1] for r in runs])
             row[n] = {"wall_s": float(wall), "cpu_s": float(cpu)}
+        loo = pool.subset(np.arange(16) % len(pool))
+        for batched in (True, False):  # the held-out error the panel shows: every fold at once, or one fit per fold
+            t0 = time.perf_counter()
+            cross_validate(generic, loo, cfg, batched=batched)
+            row["loo16_" + ("batched" if batched else "one_by_one")] = time.perf_counter() - t0
         out[name] = row
     return out
 
@@ -183,11 +188,11 @@ def main(argv: list[str] | None = None) -> int:
         res = {c: [score(u, c, cfg, False) for u in valid] for c in conditions}
         ratio = {c: float(np.mean([r["personal"] for r in v]) / np.mean([r["generic"] for r in v])) for c, v in res.items()}
         choice.append({"config": asdict(cfg), "ratio": ratio, "mean_ratio": float(np.mean(list(ratio.values())))})
-        print(f"valid {cfg.anchor=} {cfg.steps=}: " + ", ".join(f"{c} {v:.3f}" for c, v in ratio.items()), flush=True)
+        print(f"valid {cfg.anchor=} {cfg.steps=} {cfg.loss=}: " + ", ".join(f"{c} {v:.3f}" for c, v in ratio.items()), flush=True)
     # the lowest mean error ratio among settings that keep unbiased users within 5% of the generic model
     safe = [c for c in choice if c["ratio"]["no bias"] <= 1.05] or choice
     best = min(safe, key=lambda c: c["mean_ratio"])
-    cfg = replace(PersonalConfig(), **{k: best["config"][k] for k in ("anchor", "steps")})
+    cfg = replace(PersonalConfig(), **{k: best["config"][k] for k in ("anchor", "steps", "loss")})
 
     # -- report on the test users -------------------------------------------------------------------
     table = {}
@@ -206,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
               "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()},
               "seconds": time.perf_counter() - t_start, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     lines = [f"Simulated users, {args.moments} moments each, {args.fusion}; leave-one-out MAE on the {len(test)} test users "
-             f"(settings chosen on {len(valid)} validation users: anchor {cfg.anchor}, {cfg.steps} steps)", "",
+             f"(settings chosen on {len(valid)} validation users: anchor {cfg.anchor}, {cfg.steps} steps, {cfg.loss} loss)", "",
              f"Bias: {BIAS_SCALE:g}x the population's negative-minus-neutral raw-feature difference; each modality's own model "
              "reads the neutral reference " + ", ".join(f"{ {'vision': 'face', 'audio': 'voice'}[m]} {a:+.2f} -> {b:+.2f}" for m, (a, b) in bias_reading.items())
              + " (voice: against the population prior, a session's first seconds).", "",
@@ -217,9 +222,11 @@ def main(argv: list[str] | None = None) -> int:
                      f"{100 * r['personal_vs_generic']:+.0f}% | {r['users_better']}/{r['users']} |")
     lines += ["", "Fit time of a personal model (median of 3, wall s / CPU s, "
               f"{result['machine']['cores']} cores, {torch.get_num_threads()} torch threads):", "",
-              "| method | 8 moments | 32 moments | 128 moments |", "|---|---|---|---|"]
+              "| method | 8 moments | 32 moments | 128 moments | held-out error of 16 moments: folds at once / one by one (wall s) |",
+              "|---|---|---|---|---|"]
     for name, row in times.items():
-        lines.append(f"| {name} | " + " | ".join(f"{row[n]['wall_s']:.2f} / {row[n]['cpu_s']:.2f}" for n in (8, 32, 128)) + " |")
+        lines.append(f"| {name} | " + " | ".join(f"{row[n]['wall_s']:.2f} / {row[n]['cpu_s']:.2f}" for n in (8, 32, 128))
+                     + f" | {row['loo16_batched']:.1f} / {row['loo16_one_by_one']:.1f} ({row['loo16_one_by_one'] / row['loo16_batched']:.1f}x) |")
     md = "\n".join(lines)
     print("\n" + md)
     args.out.mkdir(parents=True, exist_ok=True)

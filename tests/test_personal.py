@@ -14,7 +14,9 @@ from mmdemo.calibration import Baseline, CalibrationError, Calibrator, NeutralRe
 from mmdemo.checkpoint import load_fusion
 from mmdemo.data import load_dataset
 from mmdemo.encoders import DIMS
-from mmdemo.personal import PersonalConfig, PersonalError, check_moments, cross_validate, fit_personal, folds, merge, predict
+from mmdemo.fusion import list_fusions
+from mmdemo.personal import (PersonalConfig, PersonalError, _held_out_batched, check_moments, cross_validate, fit_personal, folds, merge,
+                             predict)
 from mmdemo.pipeline import DEFAULT_CHECKPOINTS
 from mmdemo.profile import Moment, Profile, ProfileError, data_root, new_profile_id, read_profile_file
 
@@ -345,6 +347,33 @@ def test_too_few_or_identical_moments_give_a_clear_error(generic):
     sp.labels[:] = 1.0
     with pytest.raises(PersonalError, match="every moment is labelled \\+1"):
         cross_validate(generic, sp)
+
+
+@pytest.mark.parametrize("name", list_fusions())
+def test_the_folds_trained_together_match_the_folds_trained_one_by_one(name):
+    """cross_validate trains every fold at once (weights stacked, the model mapped over them): each
+    held-out moment must get what a personal model fitted on the other moments alone says of it."""
+    generic = load_fusion(DEFAULT_CHECKPOINTS / "fusion" / name)
+    sp = _user(generic, 12, offset=-1.0, seed=3)
+    sp.present.update({m: np.random.default_rng(4).random(12) > 0.25 for m in MODALITIES})  # some moments lack a modality
+    cfg = PersonalConfig(steps=20)
+    held, _ = folds(len(sp), cfg)
+    together = _held_out_batched(generic, sp, held, cfg)
+    alone = np.array([predict(fit_personal(generic, sp, cfg, np.setdiff1d(np.arange(12), t)), sp, t)[0] for t in held])
+    np.testing.assert_allclose(together, alone, atol=2e-4)
+    assert np.abs(alone - predict(generic, sp)).max() > 1e-2  # the fits moved: the comparison is not of two untouched models
+    a, b = cross_validate(generic, sp, cfg), cross_validate(generic, sp, cfg, batched=False)
+    assert a["personal_mae"] == pytest.approx(b["personal_mae"], abs=2e-4) and a["generic_mae"] == b["generic_mae"]
+
+
+def test_the_absolute_error_loss_learns_the_bias_too_and_an_unknown_loss_is_refused(generic):
+    with pytest.raises(ValueError, match="unknown personal loss 'huberish'"):
+        PersonalConfig(loss="huberish")
+    biased = _user(generic, 12, offset=-1.5, seed=2)
+    l1 = cross_validate(generic, biased, PersonalConfig(loss="l1"))
+    assert l1["personal_mae"] < 0.6 * l1["generic_mae"], l1
+    mse = cross_validate(generic, biased, PersonalConfig(loss="mse"))
+    assert l1["personal_mae"] != mse["personal_mae"]  # the setting reaches the fit
 
 
 def test_the_personal_model_learns_a_persons_bias_and_leaves_the_generic_model_alone(generic):
