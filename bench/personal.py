@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{100 * r['personal_vs_generic']:+.0f}% | {r['users_better']}/{r['users']} |")
     lines += ["", "Fit time of a personal model (median of 3, wall s / CPU s, "
               f"{result['machine']['cores']} cores, {torch.get_num_threads()} torch threads):", "",
-              "| method | 8 moments | 32 moments | 128 moments | held-out error of 16 moments: folds at once / one by one (wall s) |",
+              "| method | 8 moments | 32 moments | 128 moments | held-out error of 16 moments, one run each: folds at once / one by one (wall s) |",
               "|---|---|---|---|---|"]
     for name, row in times.items():
         lines.append(f"| {name} | " + " | ".join(f"{row[n]['wall_s']:.2f} / {row[n]['cpu_s']:.2f}" for n in (8, 32, 128))
