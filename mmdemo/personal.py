@@ -4,10 +4,12 @@ A personal model is the selected fusion method's shipped model, fine-tuned on on
 moments (the live encoders' features of face, voice and words of the same seconds: truly paired).
 It stays the same class, so the contributions (exact Shapley values, the method's own weights) work
 as for the generic model. With 8 to a few hundred examples it must not forget what it knew: the
-fine-tuning is full-batch Adam for a fixed number of steps with an L2 pull of every parameter toward
-its shipped value (L2-SP, Li et al. 2018, "Explicit inductive bias for transfer learning with
-convolutional networks"). ``PersonalConfig``'s defaults were chosen on the validation users of
-``bench/personal.py`` (simulated users built with the live encoders), never on its test users.
+fine-tuning is full-batch Adam for a fixed number of steps on the absolute error, with an L2 pull of
+every parameter toward its shipped value (L2-SP, Li et al. 2018, "Explicit inductive bias for
+transfer learning with convolutional networks"). ``PersonalConfig``'s defaults (loss, steps, pull)
+were chosen on the validation users of ``bench/personal.py`` (simulated users built with the live
+encoders), never on its test users. The held-out error trains all its folds at once
+(:func:`_held_out_batched`).
 
 Command line (``python -m mmdemo.personal ...``):
 
