@@ -14,6 +14,7 @@ moments: each moment predicted by a model fitted on the others). The personal mo
 reported beside it. Fit times for 8 / 32 / 128 moments for every fusion method.
 
     python bench/personal.py [--data ../shared/data] [--users 12] [--moments 16] [--fusion weighted]
+                             [--anchors 0.3,1,3,10] [--steps 50,150]
 Prints the tables and writes bench/results/personal.json and personal.md.
 """
 
@@ -49,7 +50,26 @@ from mmdemo.simulate import Encoders, SimulatedUser, Voice, as_read, calibrate, 
 
 VARIANTS = ["en+m1", "en+m2", "en+m3", "en+m4", "en+f1", "en+f2", "en+f3", "en+f4"]
 BIAS_SCALE = 3.0  # a biased user: 3x the population's negative-minus-neutral difference (each model alone then reads neutral as about -1)
-GRID = [PersonalConfig(anchor=a, steps=s, loss=loss) for loss in PERSONAL_LOSSES for a in (0.3, 1.0, 3.0, 10.0) for s in (50, 150)]
+ANCHORS = (0.3, 1.0, 3.0, 10.0)  # the L2-SP strengths searched
+STEPS = (50, 150)  # the step counts searched
+
+
+def grid(anchors=ANCHORS, steps=STEPS) -> list[PersonalConfig]:
+    """The personal-model settings the validation users choose among: every loss x strength x steps."""
+    return [PersonalConfig(anchor=a, steps=s, loss=loss) for loss in PERSONAL_LOSSES for a in anchors for s in steps]
+
+
+def numbers(kind):
+    """An argparse type: a comma-separated list of positive ``kind`` values."""
+    def parse(text: str):
+        try:
+            values = tuple(kind(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+        if not values or any(v <= 0 for v in values):
+            raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+        return values
+    return parse
 
 
 def people(data: Path, n: int) -> list[tuple[str, str, dict[int, list[Path]]]]:
@@ -148,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--users", type=int, default=12, help="simulated users per fold (validation people choose the settings, test people report)")
     ap.add_argument("--moments", type=int, default=16, help="labelled moments per user")
     ap.add_argument("--fusion", default="weighted")
+    ap.add_argument("--anchors", type=numbers(float), default=ANCHORS, help="L2-SP strengths searched, comma-separated")
+    ap.add_argument("--steps", type=numbers(int), default=STEPS, help="step counts searched, comma-separated")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = ap.parse_args(argv)
     import torch
@@ -184,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     valid = [u for u in users if u["fold"] == "valid"]
     test = [u for u in users if u["fold"] == "test"]
     choice = []
-    for cfg in GRID:
+    for cfg in grid(args.anchors, args.steps):
         res = {c: [score(u, c, cfg, False) for u in valid] for c in conditions}
         ratio = {c: float(np.mean([r["personal"] for r in v]) / np.mean([r["generic"] for r in v])) for c, v in res.items()}
         choice.append({"config": asdict(cfg), "ratio": ratio, "mean_ratio": float(np.mean(list(ratio.values())))})

@@ -38,11 +38,21 @@ def kind_of(path: str | Path) -> str:
     return "unknown"
 
 
+def check_file(path: str | Path) -> Path:
+    """``path`` as a Path when it is a non-empty file; otherwise a MediaError that says what is wrong."""
+    path = Path(path)
+    if not path.exists():
+        raise MediaError(f"{path}: no such file")
+    if not path.is_file():
+        raise MediaError(f"{path}: not a file (a folder?)")
+    if path.stat().st_size == 0:
+        raise MediaError(f"{path}: the file is empty (0 bytes): an upload or a recording that did not finish?")
+    return path
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """RGB uint8."""
-    data = np.fromfile(str(path), dtype=np.uint8) if Path(path).exists() else None
-    if data is None:
-        raise MediaError(f"{path}: no such file")
+    data = np.fromfile(str(check_file(path)), dtype=np.uint8)
     img = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if img is None:
         raise MediaError(f"{path}: not a readable image")
@@ -72,9 +82,7 @@ def _ffmpeg_audio(path: str | Path, max_seconds: float | None = None) -> np.ndar
 def read_audio(path: str | Path, max_seconds: float | None = None) -> np.ndarray | None:
     """Mono float32 at 16 kHz from an audio file or a video's audio track; None when there is no
     audio stream."""
-    path = Path(path)
-    if not path.exists():
-        raise MediaError(f"{path}: no such file")
+    path = check_file(path)
     if kind_of(path) != "video":
         try:
             info = sf.info(str(path))
@@ -88,7 +96,7 @@ def read_audio(path: str | Path, max_seconds: float | None = None) -> np.ndarray
 
 def iter_frames(path: str | Path, *, fps: float = 5.0, max_frames: int | None = None) -> Iterator[tuple[float, np.ndarray]]:
     """(time in s, RGB frame) sampled at about ``fps``. Raises MediaError if nothing decodes."""
-    cap = cv2.VideoCapture(str(path))
+    cap = cv2.VideoCapture(str(check_file(path)))
     if not cap.isOpened():
         raise MediaError(f"{path}: not a readable video")
     try:

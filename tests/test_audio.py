@@ -61,3 +61,23 @@ def test_ring_keeps_the_last_seconds():
     ring = AudioRing(1.0)
     ring.push(np.arange(20000, dtype=np.float32))
     assert ring.filled == 16000 and ring.last()[-1] == 19999 and ring.last(0.5)[0] == 12000
+
+
+@pytest.mark.parametrize("reader", ["audio", "image", "frames"])
+def test_missing_empty_and_folder_paths_say_what_is_wrong(tmp_path, reader):
+    from mmdemo.media import MediaError, iter_frames, read_audio, read_image
+
+    read = {"audio": read_audio, "image": read_image, "frames": lambda p: next(iter_frames(p))}[reader]
+    ext = {"audio": ".wav", "image": ".png", "frames": ".mp4"}[reader]
+    empty = tmp_path / f"empty{ext}"
+    empty.write_bytes(b"")
+    folder = tmp_path / f"folder{ext}"
+    folder.mkdir()
+    for path, why in ((tmp_path / f"missing{ext}", "no such file"), (empty, "the file is empty"), (folder, "not a file")):
+        with pytest.raises(MediaError, match=why):
+            read(path)
+    junk = tmp_path / f"junk{ext}"
+    junk.write_bytes(b"hello")
+    with pytest.raises(MediaError) as info:  # not empty: the decoder's own reason
+        read(junk)
+    assert "the file is empty" not in str(info.value)

@@ -468,3 +468,21 @@ def test_the_merge_and_train_command_line(tmp_path, capsys):
         assert (tmp_path / "runs" / name / "model.safetensors").exists()
     with pytest.raises(SystemExit):
         main(["merge", files[0], "--out", str(tmp_path / "x")])
+
+
+def test_the_benchmark_searches_every_setting_it_is_given():
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_personal", Path(__file__).resolve().parents[1] / "bench" / "personal.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cfgs = bench.grid((0.5, 2.0), (25, 50, 150))
+    assert len(cfgs) == 2 * 3 * len({c.loss for c in cfgs}) and len(set(cfgs)) == len(cfgs)
+    assert {(c.anchor, c.steps) for c in cfgs} == {(a, s) for a in (0.5, 2.0) for s in (25, 50, 150)}
+    assert bench.PersonalConfig().steps in bench.STEPS and bench.PersonalConfig().anchor in bench.ANCHORS  # the defaults were among the searched
+    steps = bench.numbers(int)
+    assert steps("25, 50,150") == (25, 50, 150)
+    for bad in ("", "0,50", "-1", "a", "2.5"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            steps(bad)
