@@ -53,6 +53,9 @@ def analyse_clip(engine: Engine, path: str | Path, *, fusion: str | None = None,
                  max_seconds: float = MAX_SECONDS, progress: Callable[[float], None] | None = None) -> ClipResult:
     """Run a video (or audio) file through a fresh session. Raises MediaError for unusable files."""
     path = Path(path)
+    for name, value in (("fps", fps), ("hop", hop), ("max_seconds", max_seconds)):
+        if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive number of {'frames a second' if name == 'fps' else 'seconds'}, got {value!r}")
     kind = kind_of(path)
     if kind not in ("video", "audio"):
         raise MediaError(f"{path.name}: not a video or audio file")
@@ -76,7 +79,7 @@ def _run(session, frames, audio, kind, path, hop, max_seconds, progress, notes) 
     if kind == "video" and next_frame is None:
         raise MediaError(f"{path.name}: no video frames could be decoded")
     updates: list[Update] = []
-    t_audio, n_hop = 0.0, int(hop * SAMPLE_RATE)
+    t_audio, n_hop = 0.0, max(1, int(hop * SAMPLE_RATE))
     pos = 0
     while next_frame is not None or pos < len(audio):
         take_frame = next_frame is not None and (pos >= len(audio) or next_frame[0] <= t_audio)
@@ -91,8 +94,8 @@ def _run(session, frames, audio, kind, path, hop, max_seconds, progress, notes) 
             t_audio += hop
         if progress and duration:
             progress(min(1.0, updates[-1].t / max(duration, 1e-6)))
-    if len(audio):
-        updates.append(session.flush(t=max(t_audio, duration)))
+    if len(audio):  # at the clip's end (t_audio is already one hop past it): a face seen to the end is still present
+        updates.append(session.flush(t=duration))
     if duration >= max_seconds - 1e-6:
         notes.append(f"only the first {max_seconds:.0f} s were analysed")
     return ClipResult(updates, notes, duration)

@@ -77,45 +77,59 @@ def read_items(src: Path, labels: Path, *, id_col: str = "clip_id", label_col: s
     except OSError as err:
         raise SystemExit(f"cannot read the labels file {labels}: {err}") from None
     with fh:
-        reader = csv.DictReader(fh)
-        cols = reader.fieldnames or []
-        if label_col not in cols:
-            raise SystemExit(f"{labels}: no column {label_col!r} (columns: {', '.join(cols)})")
-        if id_col not in cols and (path_col not in cols):
-            raise SystemExit(f"{labels}: needs an id column {id_col!r} or a path column {path_col!r}")
-        index = _media_index(src) if path_col not in cols else None
-        items, per_split = [], Counter()
-        for row in reader:
-            raw = (row.get(label_col) or "").strip()
-            try:
-                label = float(raw)
-            except ValueError:
-                skipped["no numeric label"] += 1
+        try:
+            return _read_rows(fh, src, labels, id_col, label_col, text_col, path_col, split_col, group_col, limit_per_split, skipped)
+        except UnicodeDecodeError as err:
+            raise SystemExit(f"{labels}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8 (e.g. \"CSV UTF-8\" in a spreadsheet)") from None
+
+
+def _read_rows(fh, src, labels, id_col, label_col, text_col, path_col, split_col, group_col, limit_per_split, skipped):
+    """The rows of an open labels file (:func:`read_items`)."""
+    reader = csv.DictReader(fh)
+    cols = reader.fieldnames or []
+    if label_col not in cols:
+        raise SystemExit(f"{labels}: no column {label_col!r} (columns: {', '.join(cols)})")
+    if id_col not in cols and (path_col not in cols):
+        raise SystemExit(f"{labels}: needs an id column {id_col!r} or a path column {path_col!r}")
+    index = _media_index(src) if path_col not in cols else None
+    items, per_split = [], Counter()
+    for row in reader:
+        raw = (row.get(label_col) or "").strip()
+        try:
+            label = float(raw)
+        except ValueError:
+            skipped["no numeric label"] += 1
+            continue
+        if not np.isfinite(label):
+            skipped["no numeric label"] += 1
+            continue
+        path = None
+        if path_col in cols and row.get(path_col):
+            path = src / row[path_col]
+        cid = (row.get(id_col) or (Path(row[path_col]).stem if path else "")).strip()
+        if not cid:
+            skipped["no id"] += 1
+            continue
+        if path is None and index is not None:
+            path = index.get(cid)
+        split = (row.get(split_col) or "").strip().lower() if split_col in cols else None
+        if split and split not in SPLITS:
+            skipped[f"unknown split {split!r}"] += 1
+            continue
+        if limit_per_split is not None:
+            key = split or "all"
+            if per_split[key] >= limit_per_split:
                 continue
-            if not np.isfinite(label):
-                skipped["no numeric label"] += 1
-                continue
-            path = None
-            if path_col in cols and row.get(path_col):
-                path = src / row[path_col]
-            cid = (row.get(id_col) or (Path(row[path_col]).stem if path else "")).strip()
-            if not cid:
-                skipped["no id"] += 1
-                continue
-            if path is None and index is not None:
-                path = index.get(cid)
-            split = (row.get(split_col) or "").strip().lower() if split_col in cols else None
-            if split and split not in SPLITS:
-                skipped[f"unknown split {split!r}"] += 1
-                continue
-            if limit_per_split is not None:
-                key = split or "all"
-                if per_split[key] >= limit_per_split:
-                    continue
-                per_split[key] += 1
-            text = row.get(text_col) if text_col and text_col in cols else None
-            group = (row.get(group_col) or "").strip() if group_col in cols else ""
-            items.append(Item(cid, label, path, text, split or None, group or cid))
+            per_split[key] += 1
+        text = row.get(text_col) if text_col and text_col in cols else None
+        group = (row.get(group_col) or "").strip() if group_col in cols else ""
+        items.append(Item(cid, label, path, text, split or None, group or cid))
+    seen: Counter = Counter(it.id for it in items)
+    dup = [k for k, n in seen.items() if n > 1]
+    if dup:  # features are kept and cached by id: two clips of one id would silently share one's features
+        how = (f"give each row its own {id_col!r}" if id_col in cols
+               else f"the ids come from the file names (without folder and extension): add a {id_col!r} column with one id per row")
+        raise SystemExit(f"{labels}: {len(dup)} id(s) appear on more than one row ({', '.join(map(repr, dup[:5]))}{', ...' if len(dup) > 5 else ''}); {how}")
     return items, skipped
 
 

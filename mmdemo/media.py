@@ -95,24 +95,38 @@ def read_audio(path: str | Path, max_seconds: float | None = None) -> np.ndarray
 
 
 def iter_frames(path: str | Path, *, fps: float = 5.0, max_frames: int | None = None) -> Iterator[tuple[float, np.ndarray]]:
-    """(time in s, RGB frame) sampled at about ``fps``. Raises MediaError if nothing decodes."""
+    """(time in s, RGB frame) sampled at about ``fps`` (0: every frame). A frame's time is its own
+    timestamp in the file, so variable-frame-rate videos (phones, browser recordings) keep their
+    timing; where the container gives none, the frame's index over the nominal frame rate. Raises
+    MediaError if nothing decodes."""
+    if fps is not None and not (np.isfinite(fps) and fps >= 0):
+        raise ValueError(f"fps must be >= 0 (0: every frame), got {fps!r}")
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"max_frames must be at least 1, got {max_frames!r}")
     cap = cv2.VideoCapture(str(check_file(path)))
     if not cap.isOpened():
         raise MediaError(f"{path}: not a readable video")
     try:
         src_fps = cap.get(cv2.CAP_PROP_FPS)
         src_fps = src_fps if src_fps and src_fps > 0 and np.isfinite(src_fps) else 25.0
-        step = max(1, int(round(src_fps / fps))) if fps else 1
+        period = 1.0 / fps if fps else 0.0
+        slack = 0.5 / src_fps  # a frame half a nominal frame early still counts as on time
         index = emitted = 0
+        t_prev, due = -1.0, 0.0
         while max_frames is None or emitted < max_frames:
             ok = cap.grab()
             if not ok:
                 break
-            if index % step == 0:
+            pts = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+            # the frame's timestamp, unless the backend has none (0 or not increasing after the first frame)
+            t = pts if np.isfinite(pts) and pts >= 0 and (index == 0 or pts > t_prev) else (index / src_fps if index == 0 else t_prev + 1.0 / src_fps)
+            t_prev = t
+            if t >= due - slack:
                 ok, bgr = cap.retrieve()
                 if ok and bgr is not None:
                     emitted += 1
-                    yield index / src_fps, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                    due = t + period
+                    yield t, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             index += 1
         if emitted == 0:
             raise MediaError(f"{path}: no video frames could be decoded")

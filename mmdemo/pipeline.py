@@ -444,9 +444,15 @@ class Session:
         with self._lock:
             t = self.now() if t is None else t
             text = text or ""
+            if not isinstance(text, str):
+                raise TypeError(f"text must be a string, got {type(text).__name__}")
             notes = []
+            clean = text.encode("utf-8", "replace").decode("utf-8")  # a lone surrogate (from JSON "\ud800") cannot be tokenised
+            if clean != text:
+                notes.append("characters that are not valid Unicode were replaced by '?'")
+                text = clean
             if len(text) > self.cfg.max_text_chars:
-                notes = [f"text cut to its first {self.cfg.max_text_chars:,} characters"]
+                notes.append(f"text cut to its first {self.cfg.max_text_chars:,} characters")
                 text = text[: self.cfg.max_text_chars]
             self.typed_notes = notes
             self.typed = text

@@ -15,6 +15,8 @@ import argparse
 import copy
 import json
 import logging
+import math
+import pickle
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -227,15 +229,30 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     names = list_fusions() if args.fusion == "all" else [n.strip() for n in args.fusion.split(",") if n.strip()]
+    if not names:
+        ap.error(f"--fusion names no method; choose from {', '.join(list_fusions())} or all")
     for n in names:
         if n not in list_fusions():
             ap.error(f"unknown fusion {n!r}; choose from {', '.join(list_fusions())} or all")
+    for flag, value, ok, what in (("--epochs", args.epochs, args.epochs >= 1, "at least 1"),
+                                  ("--batch-size", args.batch_size, args.batch_size >= 1, "at least 1"),
+                                  ("--patience", args.patience, args.patience >= 1, "at least 1"),
+                                  ("--hidden", args.hidden, args.hidden >= 1, "at least 1"),
+                                  ("--lr", args.lr, math.isfinite(args.lr) and args.lr > 0, "a positive number"),
+                                  ("--dropout", args.dropout, 0 <= args.dropout < 1, "in [0, 1)"),
+                                  ("--modality-dropout", args.modality_dropout, 0 <= args.modality_dropout < 1, "in [0, 1)")):
+        if not ok:
+            ap.error(f"{flag} must be {what}, got {value}")
+    try:
+        resolve_device(args.device)  # a misspelt device is refused before the data loads
+    except ValueError as err:
+        ap.error(str(err))
     try:
         data = load_dataset(args.data)
         if args.context:
             data = with_context(data)
-    except (OSError, ValueError) as err:
-        ap.error(str(err))
+    except (OSError, ValueError, EOFError, pickle.UnpicklingError) as err:
+        ap.error(f"{args.data}: {err}" if str(args.data) not in str(err) else str(err))
     empty = [s for s in ("train", "valid", "test") if len(data.splits[s]) == 0]
     if empty:
         ap.error(f"{args.data}: the {', '.join(empty)} split is empty (training needs train and valid, scoring needs test)")

@@ -529,3 +529,61 @@ def test_the_voice_goes_on_when_the_openSMILE_stream_fails(engine, speech48, mon
     assert s.egemaps is None and s.egemaps_failed
     assert any(u.present["audio"] for u in ups)  # read window by window instead
     assert sum("openSMILE stream failed" in r.message for r in caplog.records) == 1  # said once
+
+
+def _vfr_copy(src, dst):
+    """``src`` re-encoded keeping 3 frames of every 10 at their own times (a variable frame rate, as
+    phones and browser recordings have)."""
+    import subprocess
+
+    from tests.media import need
+
+    need("ffmpeg")
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(src), "-vf", r"select='lt(mod(n\,10)\,3)'", "-fps_mode", "vfr",
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", str(dst)], check=True, capture_output=True)
+    return dst
+
+
+def test_video_frames_keep_their_own_times(tmp_path):
+    from mmdemo.media import iter_frames
+
+    from tests.media import video
+
+    cfr = video(tmp_path / "cfr.mp4", seconds=3.0, size=160)  # 25 frames a second
+    ts = [t for t, _ in iter_frames(cfr, fps=5)]
+    assert len(ts) == 15 and np.allclose(np.diff(ts), 0.2, atol=0.021) and ts[0] == 0.0
+    assert len(list(iter_frames(cfr, fps=0))) == 75  # every frame
+    vfr = _vfr_copy(cfr, tmp_path / "vfr.mp4")  # 23 frames over the same 3 s
+    ts = [t for t, _ in iter_frames(vfr, fps=5)]
+    assert ts[-1] > 2.5, ts  # the last frames are read at their own times, not at 23 / nominal rate
+    assert all(b > a for a, b in zip(ts, ts[1:]))
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="fps"):
+            next(iter_frames(cfr, fps=bad))
+    with pytest.raises(ValueError, match="max_frames"):
+        next(iter_frames(cfr, max_frames=0))
+
+
+def test_clip_analysis_options_and_its_last_row(engine, tmp_path):
+    from mmdemo.clip import analyse_clip
+
+    from tests.media import espeak, video
+
+    clip = video(tmp_path / "talk.mp4", audio=espeak(tmp_path / "s.wav"), seconds=3.0, size=320)
+    for name, value in (("hop", 0.0), ("hop", -0.5), ("fps", 0.0), ("max_seconds", 0.0), ("fps", float("nan"))):
+        with pytest.raises(ValueError, match=name):  # refused at once (a zero hop used to loop forever)
+            analyse_clip(engine, clip, fusion="concat", **{name: value})
+    res = analyse_clip(engine, clip, fusion="concat", fps=5, hop=0.5)
+    with_face = [u.present["vision"] for u in res.updates]
+    assert all(with_face[-3:]), with_face  # a face seen to the clip's end is still there at its last row
+    assert res.updates[-1].t <= res.seconds + 1e-6
+
+
+def test_text_that_is_not_valid_unicode_does_not_break_the_session(engine):
+    s = engine.session("concat")
+    up = s.set_text("bad \ud800 movie", t=0.0)  # a lone surrogate, as JSON "\\ud800" decodes
+    assert up.present["text"] and any("replaced" in n for n in up.notes)
+    s.push_frame(astronaut(), t=0.1)  # the session goes on
+    assert s.set_text("a good movie", t=0.2).present["text"]
+    with pytest.raises(TypeError, match="string"):
+        s.set_text(b"bytes", t=0.3)

@@ -104,3 +104,26 @@ def test_cli_rejects_unknown_methods_and_bad_files(tmp_path):
     bad.write_text("garbage")
     with pytest.raises(SystemExit):
         main(["--fusion", "concat", "--data", str(bad), "--out", str(tmp_path)])
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--epochs", "0"], "--epochs"), (["--batch-size", "0"], "--batch-size"), (["--patience", "-1"], "--patience"),
+    (["--hidden", "0"], "--hidden"), (["--lr", "-1"], "--lr"), (["--lr", "nan"], "--lr"), (["--dropout", "1.5"], "--dropout"),
+    (["--modality-dropout", "-0.1"], "--modality-dropout"), (["--device", "tpu"], "unknown device"), (["--fusion", ","], "no method"),
+])
+def test_cli_refuses_nonsense_settings_before_training(tmp_path, capsys, extra, says):
+    data = make_synthetic(SyntheticSpec(sizes=(30, 10, 10), seq_len=0, seed=1)).save(tmp_path / "d.npz")
+    args = ["--fusion", "concat", "--data", str(data), "--out", str(tmp_path / "runs"), "--quiet"]
+    with pytest.raises(SystemExit) as err:
+        main(args + extra)  # argparse keeps the last --fusion
+    assert err.value.code == 2 and says in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # nothing trained, nothing written
+
+
+@pytest.mark.parametrize("content", [b"", b"\x80garbage", b"not a pickle at all"])
+def test_cli_names_an_unreadable_pickle(tmp_path, capsys, content):
+    bad = tmp_path / "bad.pkl"
+    bad.write_bytes(content)
+    with pytest.raises(SystemExit) as err:
+        main(["--fusion", "concat", "--data", str(bad), "--out", str(tmp_path / "runs")])
+    assert err.value.code == 2 and "bad.pkl" in capsys.readouterr().err
