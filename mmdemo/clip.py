@@ -68,15 +68,21 @@ def analyse_clip(engine: Engine, path: str | Path, *, fusion: str | None = None,
     elif len(audio) < engine.config.voice_window_s * SAMPLE_RATE:
         notes.append(f"the audio is {len(audio) / SAMPLE_RATE:.1f} s long, shorter than the {engine.config.voice_window_s:.1f} s "
                      "window the voice model reads: no voice reading (speech is still transcribed)")
-    frames = iter_frames(path, fps=fps, max_frames=int(max_seconds * fps)) if kind == "video" else (f for f in ())
+    frames = iter_frames(path, fps=fps, max_frames=max(1, int(max_seconds * fps))) if kind == "video" else (f for f in ())
     with closing(frames):  # the video reader is released on every exit, errors included
         return _run(session, frames, audio, kind, path, hop, max_seconds, progress, notes)
 
 
 def _run(session, frames, audio, kind, path, hop, max_seconds, progress, notes) -> ClipResult:
     duration = max(len(audio) / SAMPLE_RATE, 0.0)
-    next_frame = next(frames, None)
-    if kind == "video" and next_frame is None:
+    try:
+        next_frame = next(frames, None)
+    except MediaError:
+        if not len(audio):
+            raise
+        next_frame, frames = None, iter(())  # an audio-only file named like a video (.mp4 of sound only)
+        notes.append("the file has no readable video frames: the face is absent (its sound is analysed)")
+    if kind == "video" and next_frame is None and not len(audio):
         raise MediaError(f"{path.name}: no video frames could be decoded")
     updates: list[Update] = []
     t_audio, n_hop = 0.0, max(1, int(hop * SAMPLE_RATE))

@@ -24,6 +24,7 @@ import csv
 import hashlib
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -36,6 +37,7 @@ from tqdm.auto import tqdm
 
 from . import MODALITIES
 from .data import SPLITS, FeatureDataset, Split, split_by_group
+from .device import resolve_device
 from .encoders import DIMS, FaceEncoder, Transcriber, VoiceEncoder, WordsEncoder
 from .media import AUDIO_EXT, IMAGE_EXT, VIDEO_EXT, MediaError, iter_frames, kind_of, read_audio, read_image
 
@@ -188,13 +190,18 @@ class Extractor:
                 out.feats["vision"], out.reasons["vision"] = res.feature, res.reason
             elif kind == "video":
                 found, seen, reason = [], 0, "no face in any frame"
-                for _, frame in iter_frames(item.path, fps=self.fps, max_frames=self.max_frames):
-                    seen += 1
-                    res = self.face.encode(frame)
-                    if res.present:
-                        found.append(res.feature)
-                    else:
-                        reason = res.reason if not found else reason
+                try:
+                    for _, frame in iter_frames(item.path, fps=self.fps, max_frames=self.max_frames):
+                        seen += 1
+                        res = self.face.encode(frame)
+                        if res.present:
+                            found.append(res.feature)
+                        else:
+                            reason = res.reason if not found else reason
+                except MediaError:
+                    if seen or read_audio(item.path) is None:  # broken midway, or nothing readable at all: an error
+                        raise
+                    reason = "no video frames (an audio-only file)"  # e.g. an .mp4 of sound only: voice and words still count
                 out.info["face_frames"] = f"{len(found)}/{seen}"
                 out.feats["vision"] = np.mean(found, axis=0).astype(np.float32) if found else None
                 out.reasons["vision"] = "" if found else reason
@@ -445,6 +452,22 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--item-timeout must be positive")
     if args.workers is not None and args.workers < 1:
         ap.error("--workers must be at least 1")
+    if not (math.isfinite(args.fps) and args.fps > 0):
+        ap.error(f"--fps must be a positive number of frames a second, got {args.fps}")
+    if args.max_frames < 1:
+        ap.error(f"--max-frames must be at least 1, got {args.max_frames}")
+    if args.limit_per_split is not None and args.limit_per_split < 1:
+        ap.error(f"--limit-per-split must be at least 1, got {args.limit_per_split}")
+    for flag, share in (("--valid", args.valid), ("--test", args.test)):
+        if not 0 <= share < 1:
+            ap.error(f"{flag} must be a share in [0, 1), got {share}")
+    if args.valid + args.test >= 1:
+        ap.error(f"--valid + --test must leave rows to train on, got {args.valid} + {args.test}")
+    if args.device is not None:
+        try:
+            resolve_device(args.device)
+        except ValueError as err:
+            ap.error(str(err))
 
     modalities = tuple(m.strip() for m in args.modalities.split(",") if m.strip())
     bad = set(modalities) - set(MODALITIES)

@@ -211,7 +211,7 @@ def cross_validate(generic: Fusion, split: Split, cfg: PersonalConfig = Personal
 
 def _load_people(sources: list[Path], dims: dict[str, int]) -> list[tuple[str, list[dict], dict[str, np.ndarray], np.ndarray]]:
     """(person, moment rows, features, labels) of each exported profile file or profile folder."""
-    from .profile import Profile, read_profile_file
+    from .profile import Profile, ProfileError, read_profile_file
 
     people = []
     for src in sources:
@@ -223,7 +223,10 @@ def _load_people(sources: list[Path], dims: dict[str, int]) -> list[tuple[str, l
             rows = [{"clip_id": i, "text": t} for i, t in zip(sp.ids, sp.text)]
             people.append((prof.person, rows, sp.feats, sp.labels))
         else:
-            parsed = read_profile_file(src, dims)
+            try:
+                parsed = read_profile_file(src, dims)
+            except ProfileError as err:  # its messages speak of "the profile file": say which one
+                raise PersonalError(f"{src}: {err}") from None
             person = parsed["info"].get("person")
             if not isinstance(person, str) or not person.isalnum():
                 raise PersonalError(f"{src}: the profile names no person")

@@ -17,6 +17,7 @@ the history is a bounded deque. Switching the fusion method keeps the history an
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -76,6 +77,33 @@ class PipelineConfig:
     max_pending_asr: int = 2  # utterances waiting for speech recognition (per session); older ones are dropped
     max_text_chars: int = 10000  # longer typed text is cut (and the update says so)
     moment_s: float = 5.0  # "label this moment" takes the features (and, if kept, the audio) of the last this many seconds
+
+    def __post_init__(self):
+        """Settings that would break or silently disable a session (``app.py --set``) are refused, named."""
+        bad = []
+
+        def need(names: tuple[str, ...], ok, what: str) -> None:
+            for n in names:
+                v = getattr(self, n)
+                try:
+                    good = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and ok(v)
+                except TypeError:
+                    good = False
+                if not good:
+                    bad.append(f"{n}={v!r} (must be {what})")
+
+        need(("voice_window_s", "voice_hop_s", "voice_ttl_s", "face_ttl_s", "camera_timeout_s", "utterance_silence_s", "utterance_max_s",
+              "asr_note_s", "words_ttl_s", "moment_s"), lambda v: v > 0, "> 0")
+        need(("face_interval_s", "face_smooth_s", "utterance_min_s", "preroll_s"), lambda v: v >= 0, ">= 0")
+        need(("face_label_margin",), lambda v: 0 <= v < 1, "in [0, 1)")
+        need(("speech_threshold", "silence_threshold"), lambda v: 0 < v < 1, "in (0, 1)")
+        need(("spoken_keep", "transcript_chars", "history", "max_pending_asr", "max_text_chars"), lambda v: v >= 1 and v == int(v), "a whole number >= 1")
+        if self.torch_threads is not None:
+            need(("torch_threads",), lambda v: v >= 1 and v == int(v), "None or a whole number >= 1")
+        if not bad and self.silence_threshold > self.speech_threshold:
+            bad.append(f"silence_threshold={self.silence_threshold} is above speech_threshold={self.speech_threshold}")
+        if bad:
+            raise ValueError("pipeline settings out of range: " + "; ".join(bad))
 
 
 def config_with(settings: list[str] | tuple[str, ...], base: PipelineConfig = PipelineConfig()) -> PipelineConfig:

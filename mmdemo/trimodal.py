@@ -467,6 +467,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not Path(args.data).is_dir():
         ap.error(f"--data {args.data}: not a folder (expected labels.csv + text.npy/audio.npy/vision.npy)")
+    try:  # read once here so that a broken folder is named before any worker starts
+        ds = load_dataset(args.data)
+    except (OSError, ValueError) as err:
+        ap.error(f"--data {args.data}: {err}")
+    empty = [s for s in ("train", "valid", "test") if len(ds.splits[s]) == 0]
+    if empty:
+        ap.error(f"--data {args.data}: the {', '.join(empty)} split is empty (the search needs train and valid, the report test)")
     try:
         args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:

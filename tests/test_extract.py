@@ -131,3 +131,33 @@ def test_labels_that_would_mix_up_clips_are_refused(tmp_path):
     (tmp_path / "labels.csv").write_text("clip_id,label,text\nx,1,café\ny,-1,bad\n", encoding="utf-8")
     items, _ = read_items(tmp_path, tmp_path / "labels.csv")
     assert [i.id for i in items] == ["x", "y"] and items[0].text == "café"
+
+
+@pytest.mark.parametrize("extra", [["--fps", "0"], ["--fps", "-2"], ["--max-frames", "0"], ["--limit-per-split", "0"],
+                                   ["--valid", "1.2"], ["--valid", "0.5", "--test", "0.5"], ["--device", "tpu"]])
+def test_out_of_range_options_are_refused_before_any_file_is_read(tmp_path, extra):
+    (tmp_path / "labels.csv").write_text("clip_id,label,text\na,1,good\n")
+    with pytest.raises(SystemExit) as err:
+        extract_main([str(tmp_path), "--out", str(tmp_path / "x.npz"), "--no-transcribe"] + extra)
+    assert err.value.code == 2 and not (tmp_path / "x.npz").exists()
+
+
+def test_an_audio_only_mp4_gives_voice_and_no_face(tmp_path):
+    import subprocess
+
+    from tests.media import need
+
+    need("ffmpeg")
+    src = tmp_path / "clips"
+    src.mkdir()
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(espeak(tmp_path / "s.wav")), "-vn", "-c:a", "aac", str(src / "memo.mp4")],
+                   check=True, capture_output=True)
+    (src / "broken.mp4").write_bytes(b"not a video at all")
+    (src / "labels.csv").write_text("clip_id,path,label,split\nmemo,memo.mp4,1,train\nbroken,broken.mp4,1,train\n")
+    out = tmp_path / "f.npz"
+    assert extract_main([str(src), "--out", str(out), "--modalities", "audio,vision", "--no-transcribe", "--quiet",
+                         "--cache", str(tmp_path / "cache")]) == 0
+    tr = load_dataset(out).splits["train"]
+    assert list(tr.ids) == ["memo"] and tr.present["audio"][0] and not tr.present["vision"][0]
+    errors = json.loads((tmp_path / "f.errors.json").read_text())
+    assert [e["id"] for e in errors] == ["broken"]  # a file with neither frames nor sound is still an error

@@ -453,6 +453,12 @@ def test_profiles_of_many_people_merge_into_a_person_independent_folder(tmp_path
     carrier.import_file(files[1])
     with pytest.raises(PersonalError, match="profiles of two people"):
         merge([files[1], carrier.folder, files[2], files[3]], tmp_path / "mixed")
+    # a broken or missing file among many: the message names it
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"garbage garbage")
+    for bad in (junk, tmp_path / "gone.safetensors"):
+        with pytest.raises(PersonalError, match=bad.name):
+            merge([files[0], bad, files[2]], tmp_path / "broken")
 
 
 def test_the_merge_and_train_command_line(tmp_path, capsys):

@@ -489,7 +489,10 @@ def test_pipeline_settings_from_the_command_line():
     c = config_with(["face_interval_s=0", "voice_stream=false", "torch_threads=none", "history=100", "face_apart=false"])
     assert (c.face_interval_s, c.voice_stream, c.torch_threads, c.history, c.face_apart) == (0.0, False, None, 100, False)
     assert config_with([]) == PipelineConfig()
-    for bad in ("nope=1", "face_interval_s", "voice_stream=maybe", "history=1.5", "face_smooth_s=fast"):
+    for bad in ("nope=1", "face_interval_s", "voice_stream=maybe", "history=1.5", "face_smooth_s=fast",
+                # parsed, but out of range: each used to break every session or silently drop speech
+                "voice_window_s=0", "moment_s=0", "history=-1", "face_smooth_s=-1", "max_pending_asr=0", "max_text_chars=-5",
+                "face_label_margin=1", "speech_threshold=nan", "torch_threads=0"):
         with pytest.raises(ValueError, match=bad.split("=")[0]):
             config_with([bad])
 
@@ -587,3 +590,18 @@ def test_text_that_is_not_valid_unicode_does_not_break_the_session(engine):
     assert s.set_text("a good movie", t=0.2).present["text"]
     with pytest.raises(TypeError, match="string"):
         s.set_text(b"bytes", t=0.3)
+
+
+def test_an_audio_only_mp4_is_analysed_as_sound(engine, tmp_path):
+    import subprocess
+
+    from mmdemo.clip import analyse_clip
+
+    from tests.media import espeak, need
+
+    need("ffmpeg")
+    mp4 = tmp_path / "voice memo.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(espeak(tmp_path / "s.wav")), "-vn", "-c:a", "aac", str(mp4)], check=True, capture_output=True)
+    res = analyse_clip(engine, mp4, fusion="concat")
+    assert any("no readable video frames" in n for n in res.notes)
+    assert res.updates and not any(u.present["vision"] for u in res.updates) and any(u.present["audio"] for u in res.updates)

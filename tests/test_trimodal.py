@@ -326,3 +326,16 @@ def test_without_the_timing_pass_and_with_mmsa_timed_on_another_cpu_the_ratios_s
     assert "99.000 (timed here)" in trimodal.markdown(same)
     for env in ({"cpu": None}, {"date": "2025-01-01"}):
         assert trimodal.mmsa_here(same | {"mmsa_here": {**same["mmsa_here"], "env": {**same["mmsa_here"]["env"], **env}}}) is None
+
+
+def test_the_benchmark_names_a_broken_data_folder(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "labels.csv").write_text("clip_id,label\nx,not a number\n")
+    for folder in (empty, bad):
+        with pytest.raises(SystemExit) as err:
+            trimodal.main(["--data", str(folder), "--out", str(tmp_path / "out"), "--quiet"])
+        assert err.value.code == 2 and f"--data {folder}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
