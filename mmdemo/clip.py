@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import numbers
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .audio import SAMPLE_RATE
-from .media import MediaError, iter_frames, kind_of, read_audio
+from .media import MediaError, has_video_stream, iter_frames, kind_of, read_audio
 from .metrics import jsonable
 from .pipeline import Engine, Update
 
@@ -54,7 +55,7 @@ def analyse_clip(engine: Engine, path: str | Path, *, fusion: str | None = None,
     """Run a video (or audio) file through a fresh session. Raises MediaError for unusable files."""
     path = Path(path)
     for name, value in (("fps", fps), ("hop", hop), ("max_seconds", max_seconds)):
-        if not (isinstance(value, (int, float)) and np.isfinite(value) and value > 0):
+        if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be a positive number of {'frames a second' if name == 'fps' else 'seconds'}, got {value!r}")
     kind = kind_of(path)
     if kind not in ("video", "audio"):
@@ -78,7 +79,7 @@ def _run(session, frames, audio, kind, path, hop, max_seconds, progress, notes) 
     try:
         next_frame = next(frames, None)
     except MediaError:
-        if not len(audio):
+        if not len(audio) or has_video_stream(path) is not False:  # a picture that does not decode is an error, not "no face"
             raise
         next_frame, frames = None, iter(())  # an audio-only file named like a video (.mp4 of sound only)
         notes.append("the file has no readable video frames: the face is absent (its sound is analysed)")

@@ -22,7 +22,7 @@ def resolve_device(preference: str | None = None) -> torch.device:
     try:
         return torch.device(pref)
     except RuntimeError as err:
-        raise ValueError(f"unknown device {preference!r}: use auto, cpu or cuda") from err
+        raise ValueError(f"unknown device {pref!r}{'' if preference else ' (from MMDEMO_DEVICE)'}: use auto, cpu or cuda") from err
 
 
 def cpu_model() -> str:

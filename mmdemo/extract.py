@@ -39,11 +39,11 @@ from . import MODALITIES
 from .data import SPLITS, FeatureDataset, Split, split_by_group
 from .device import resolve_device
 from .encoders import DIMS, FaceEncoder, Transcriber, VoiceEncoder, WordsEncoder
-from .media import AUDIO_EXT, IMAGE_EXT, VIDEO_EXT, MediaError, iter_frames, kind_of, read_audio, read_image
+from .media import AUDIO_EXT, IMAGE_EXT, VIDEO_EXT, MediaError, has_video_stream, iter_frames, kind_of, read_audio, read_image
 
 log = logging.getLogger(__name__)
 
-EXTRACTOR_VERSION = "2"  # bump whenever an encoder computes something different
+EXTRACTOR_VERSION = "3"  # 3: video frames at their own timestamps. Bump whenever an encoder computes something different
 MEDIA_EXT = VIDEO_EXT | AUDIO_EXT | IMAGE_EXT
 
 
@@ -199,7 +199,7 @@ class Extractor:
                         else:
                             reason = res.reason if not found else reason
                 except MediaError:
-                    if seen or read_audio(item.path) is None:  # broken midway, or nothing readable at all: an error
+                    if seen or has_video_stream(item.path) is not False:  # a picture that does not decode (or broke midway): an error
                         raise
                     reason = "no video frames (an audio-only file)"  # e.g. an .mp4 of sound only: voice and words still count
                 out.info["face_frames"] = f"{len(found)}/{seen}"

@@ -50,6 +50,21 @@ def check_file(path: str | Path) -> Path:
     return path
 
 
+def has_video_stream(path: str | Path) -> bool | None:
+    """Does the container hold a video stream (ffprobe)? None when that cannot be told (no ffprobe,
+    or it fails): an audio-only file is then not assumed."""
+    if shutil.which("ffprobe") is None:
+        return None
+    try:
+        proc = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v", "-show_entries", "stream=codec_type", "-of", "csv=p=0", str(path)],
+                              capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if proc.returncode != 0:
+        return None
+    return bool(proc.stdout.strip())
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """RGB uint8."""
     data = np.fromfile(str(check_file(path)), dtype=np.uint8)
@@ -98,7 +113,8 @@ def iter_frames(path: str | Path, *, fps: float = 5.0, max_frames: int | None = 
     """(time in s, RGB frame) sampled at about ``fps`` (0: every frame). A frame's time is its own
     timestamp in the file, so variable-frame-rate videos (phones, browser recordings) keep their
     timing; where the container gives none, the frame's index over the nominal frame rate. Raises
-    MediaError if nothing decodes."""
+    MediaError if nothing decodes (and, being a generator, ValueError for a bad ``fps`` or
+    ``max_frames``) at the first frame asked for."""
     if fps is not None and not (np.isfinite(fps) and fps >= 0):
         raise ValueError(f"fps must be >= 0 (0: every frame), got {fps!r}")
     if max_frames is not None and max_frames < 1:
@@ -110,7 +126,7 @@ def iter_frames(path: str | Path, *, fps: float = 5.0, max_frames: int | None = 
         src_fps = cap.get(cv2.CAP_PROP_FPS)
         src_fps = src_fps if src_fps and src_fps > 0 and np.isfinite(src_fps) else 25.0
         period = 1.0 / fps if fps else 0.0
-        slack = 0.5 / src_fps  # a frame half a nominal frame early still counts as on time
+        slack = min(0.5 / src_fps, 0.5 * period)  # a frame half a nominal frame early still counts as on time
         index = emitted = 0
         t_prev, due = -1.0, 0.0
         while max_frames is None or emitted < max_frames:
@@ -121,11 +137,12 @@ def iter_frames(path: str | Path, *, fps: float = 5.0, max_frames: int | None = 
             # the frame's timestamp, unless the backend has none (0 or not increasing after the first frame)
             t = pts if np.isfinite(pts) and pts >= 0 and (index == 0 or pts > t_prev) else (index / src_fps if index == 0 else t_prev + 1.0 / src_fps)
             t_prev = t
-            if t >= due - slack:
+            if t + slack + 1e-9 >= due:
                 ok, bgr = cap.retrieve()
                 if ok and bgr is not None:
                     emitted += 1
-                    due = t + period
+                    while period and due <= t + slack + 1e-9:  # the next slot of a fixed grid: the rate stays fps on average
+                        due += period
                     yield t, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             index += 1
         if emitted == 0:

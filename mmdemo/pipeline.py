@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import os
 import threading
 import time
@@ -86,7 +87,7 @@ class PipelineConfig:
             for n in names:
                 v = getattr(self, n)
                 try:
-                    good = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and ok(v)
+                    good = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and ok(v)
                 except TypeError:
                     good = False
                 if not good:

@@ -113,7 +113,7 @@ def test_live_session_in_a_real_browser(server, media, tmp_path):
         page.locator("#text textarea").press_sequentially("What a wonderful day", delay=30)
         # the plots update live
         page.wait_for_function("window.mmLive.points > 40", timeout=90000)
-        page.wait_for_function("document.querySelector('#status').innerText.includes('face: present')", timeout=30000)
+        page.wait_for_function("document.querySelector('#status')?.innerText.includes('face: present')", timeout=30000)
         # switch the method mid-stream: the plots continue with it
         page.locator("#fusion input").click()
         page.locator("[role=option]", has_text="cross_attention").first.click()
@@ -123,7 +123,7 @@ def test_live_session_in_a_real_browser(server, media, tmp_path):
         traces = page.evaluate("document.querySelector('#live .js-plotly-plot').data.map(t => t.x.length)")
         assert min(traces[:5]) > 20  # prediction, smoothed line, three contributions
         # what was said appears as a transcript and feeds the words modality
-        page.wait_for_function("document.querySelector('#transcript textarea').value.toLowerCase().includes('movie')", timeout=90000)
+        page.wait_for_function("document.querySelector('#transcript textarea')?.value.toLowerCase().includes('movie')", timeout=90000)
         assert "words: present" in page.locator("#status").inner_text()
         assert "cross_attention" in page.locator("#method-info").inner_text()
         page.wait_for_timeout(500)
@@ -151,7 +151,7 @@ def test_two_sessions_do_not_see_each_other(server, media, tmp_path):
         for page in (pa, pb):
             page.wait_for_function("window.mmLive !== undefined", timeout=30000)
         pa.locator("#text textarea").press_sequentially("I hate this, it is terrible", delay=20)
-        pa.wait_for_function("document.querySelector('#status').innerText.includes('words: present')", timeout=30000)
+        pa.wait_for_function("document.querySelector('#status')?.innerText.includes('words: present')", timeout=30000)
         pb.locator("#fusion input").click()
         pb.locator("[role=option]", has_text="tensor").first.click()
         pb.wait_for_function("window.mmLive.fusion === 'tensor'", timeout=30000)
@@ -169,15 +169,15 @@ def test_calibrate_label_fit_switch_export_and_import(server, media, tmp_path):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         ctx, page = _streaming_page(p, tmp_path / "me", media, server)
-        page.wait_for_function("document.querySelector('#status').innerText.includes('face: present')", timeout=60000)
+        page.wait_for_function("document.querySelector('#status')?.innerText.includes('face: present')", timeout=60000)
         page.locator("#personalise").get_by_text("Calibrate & personalise").first.click()
-        page.wait_for_function("document.querySelector('#profile-info').innerText.includes('Profile')", timeout=30000)
+        page.wait_for_function("document.querySelector('#profile-info')?.innerText.includes('Profile')", timeout=30000)
         # 1. neutral baseline: a few seconds of the (fake) camera and microphone
         page.locator("#cal-start").click()
-        page.wait_for_function("document.querySelector('#cal-msg').innerText.includes('Calibrating')", timeout=30000)
+        page.wait_for_function("document.querySelector('#cal-msg')?.innerText.includes('Calibrating')", timeout=30000)
         page.wait_for_timeout(4000)
         page.locator("#cal-stop").click()
-        page.wait_for_function("document.querySelector('#baseline').innerText.includes('face: offset from')", timeout=30000)
+        page.wait_for_function("document.querySelector('#baseline')?.innerText.includes('face: offset from')", timeout=30000)
         assert "saved in your profile" in page.locator("#cal-msg").inner_text()
         page.locator("#personalise").screenshot(path=str(ARTIFACTS / "calibration.png"))
         # 2. label moments (face present; words typed), delete one
@@ -187,21 +187,21 @@ def test_calibrate_label_fit_switch_export_and_import(server, media, tmp_path):
             box.fill(str(v))
             box.press("Tab")
             page.locator("#label-btn").click()
-            page.wait_for_function(f"document.querySelector('#label-msg').innerText.includes('{i + 1} moments in your profile')", timeout=30000)
+            page.wait_for_function(f"document.querySelector('#label-msg')?.innerText.includes('{i + 1} moments in your profile')", timeout=30000)
         page.wait_for_function(f"document.querySelectorAll('.mm-delete').length === {len(labels)}", timeout=30000)
         page.locator(".mm-delete").first.click()
-        page.wait_for_function("document.querySelector('#label-msg').innerText.includes('Moment deleted')", timeout=30000)
+        page.wait_for_function("document.querySelector('#label-msg')?.innerText.includes('Moment deleted')", timeout=30000)
         page.wait_for_function(f"document.querySelectorAll('.mm-delete').length === {len(labels) - 1}", timeout=30000)
         page.locator("#personalise").screenshot(path=str(ARTIFACTS / "moments.png"))
         # 3. fit, switch to the personal model and back
         page.locator("#fit-btn").click()
-        page.wait_for_function("document.querySelector('#fit-msg').innerText.includes('fitted in')", timeout=120000)
+        page.wait_for_function("document.querySelector('#fit-msg')?.innerText.includes('fitted in')", timeout=120000)
         assert "personal" in page.locator("#personal-info").inner_text().lower()
-        page.wait_for_function("document.querySelector('#readout').innerText.includes('(personal)')", timeout=30000)
+        page.wait_for_function("document.querySelector('#readout')?.innerText.includes('(personal)')", timeout=30000)
         page.locator("#model-choice").get_by_text("generic").click()
-        page.wait_for_function("!document.querySelector('#readout').innerText.includes('(personal)')", timeout=30000)
+        page.wait_for_function("!document.querySelector('#readout')?.innerText.includes('(personal)')", timeout=30000)
         page.locator("#model-choice").get_by_text("personal").click()
-        page.wait_for_function("document.querySelector('#readout').innerText.includes('(personal)')", timeout=30000)
+        page.wait_for_function("document.querySelector('#readout')?.innerText.includes('(personal)')", timeout=30000)
         # 4. export, then import the same file: nothing doubles
         page.locator("#export-btn").click()
         link = page.locator("#export-file a").first
@@ -212,7 +212,7 @@ def test_calibrate_label_fit_switch_export_and_import(server, media, tmp_path):
         dl.value.save_as(str(exported))
         assert exported.stat().st_size > 1000
         page.locator("#import-file input[type=file]").set_input_files(str(exported))
-        page.wait_for_function("document.querySelector('#profile-msg').innerText.includes('Imported 0 moments')", timeout=30000)
+        page.wait_for_function("document.querySelector('#profile-msg')?.innerText.includes('Imported 0 moments')", timeout=30000)
         assert f"({len(labels) - 1} already here)" in page.locator("#profile-msg").inner_text()
         page.screenshot(path=str(ARTIFACTS / "personalise.png"), full_page=True)
         ctx.close()
@@ -236,9 +236,9 @@ def test_the_webrtc_transport_streams_camera_and_microphone(rtc_server, media, t
         assert page.evaluate("window.mmRtc.error") is None
         page.wait_for_function("window.mmRtc.frames.length >= 20", timeout=60000)
         page.wait_for_function("window.mmRtc.faces.length >= 3", timeout=30000)  # faces are read beside the frames
-        page.wait_for_function("document.querySelector('#status').innerText.includes('face: present')", timeout=30000)
-        page.wait_for_function("document.querySelector('#status').innerText.includes('voice: present')", timeout=60000)
-        page.wait_for_function("document.querySelector('#transcript textarea').value.length > 5", timeout=90000)
+        page.wait_for_function("document.querySelector('#status')?.innerText.includes('face: present')", timeout=30000)
+        page.wait_for_function("document.querySelector('#status')?.innerText.includes('voice: present')", timeout=60000)
+        page.wait_for_function("document.querySelector('#transcript textarea')?.value.length > 5", timeout=90000)
         assert page.evaluate("window.mmLive.points") >= 20
         assert page.locator("#readout").inner_text().strip().startswith(("+", "-", "−"))
         frames = page.evaluate("window.mmRtc.frames.length")
