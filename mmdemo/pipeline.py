@@ -17,8 +17,6 @@ the history is a bounded deque. Switching the fusion method keeps the history an
 from __future__ import annotations
 
 import logging
-import math
-import numbers
 import os
 import threading
 import time
@@ -43,6 +41,7 @@ from .encoders.voice import FRAME
 from .expression import shipped_expression
 from .fusion import Fusion, list_fusions
 from .profile import Moment
+from .settings import COUNT, NON_NEGATIVE, POSITIVE, PROBABILITY, SHARE, check_ranges
 from .smoothing import FeatureSmoother, LabelHysteresis
 from .speaker import SpeakerNorm, read_voice_features
 
@@ -81,30 +80,19 @@ class PipelineConfig:
 
     def __post_init__(self):
         """Settings that would break or silently disable a session (``app.py --set``) are refused, named."""
-        bad = []
-
-        def need(names: tuple[str, ...], ok, what: str) -> None:
-            for n in names:
-                v = getattr(self, n)
-                try:
-                    good = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and ok(v)
-                except TypeError:
-                    good = False
-                if not good:
-                    bad.append(f"{n}={v!r} (must be {what})")
-
-        need(("voice_window_s", "voice_hop_s", "voice_ttl_s", "face_ttl_s", "camera_timeout_s", "utterance_silence_s", "utterance_max_s",
-              "asr_note_s", "words_ttl_s", "moment_s"), lambda v: v > 0, "> 0")
-        need(("face_interval_s", "face_smooth_s", "utterance_min_s", "preroll_s"), lambda v: v >= 0, ">= 0")
-        need(("face_label_margin",), lambda v: 0 <= v < 1, "in [0, 1)")
-        need(("speech_threshold", "silence_threshold"), lambda v: 0 < v < 1, "in (0, 1)")
-        need(("spoken_keep", "transcript_chars", "history", "max_pending_asr", "max_text_chars"), lambda v: v >= 1 and v == int(v), "a whole number >= 1")
-        if self.torch_threads is not None:
-            need(("torch_threads",), lambda v: v >= 1 and v == int(v), "None or a whole number >= 1")
-        if not bad and self.silence_threshold > self.speech_threshold:
-            bad.append(f"silence_threshold={self.silence_threshold} is above speech_threshold={self.speech_threshold}")
-        if bad:
-            raise ValueError("pipeline settings out of range: " + "; ".join(bad))
+        rules = [(("voice_window_s", "voice_hop_s", "voice_ttl_s", "face_ttl_s", "camera_timeout_s", "utterance_silence_s",
+                   "utterance_max_s", "asr_note_s", "words_ttl_s", "moment_s"), POSITIVE),
+                 (("face_interval_s", "face_smooth_s", "utterance_min_s", "preroll_s"), NON_NEGATIVE),
+                 (("face_label_margin",), SHARE), (("speech_threshold", "silence_threshold"), PROBABILITY),
+                 (("spoken_keep", "transcript_chars", "history", "max_pending_asr", "max_text_chars"), COUNT)]
+        if self.torch_threads is not None:  # None: torch's default
+            rules.append((("torch_threads",), COUNT))
+        try:
+            order = [f"silence_threshold={self.silence_threshold} is above speech_threshold={self.speech_threshold}"] \
+                if self.silence_threshold > self.speech_threshold else []
+        except TypeError:  # not numbers: the rules above name them
+            order = []
+        check_ranges(self, rules, order)
 
 
 def config_with(settings: list[str] | tuple[str, ...], base: PipelineConfig = PipelineConfig()) -> PipelineConfig:

@@ -15,8 +15,8 @@ import argparse
 import copy
 import json
 import logging
-import math
 import pickle
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +31,7 @@ from .device import resolve_device
 from .fusion import Fusion, FusionConfig, create_fusion, list_fusions
 from .fusion.base import LOSSES, num_params
 from .metrics import HEADLINE, jsonable, regression_metrics
+from .settings import COUNT, NON_NEGATIVE, POSITIVE, SHARE, check_ranges
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +44,13 @@ class TrainConfig:
     weight_decay: float = 1e-4
     patience: int = 8  # epochs without a better validation MAE before stopping
     modality_dropout: float = 0.25
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # 0: no clipping
     seed: int = 0
     device: str = "auto"
+
+    def __post_init__(self):
+        check_ranges(self, [(("epochs", "batch_size", "patience"), COUNT), (("lr",), POSITIVE),
+                            (("weight_decay", "grad_clip"), NON_NEGATIVE), (("modality_dropout",), SHARE)])
 
 
 @dataclass
@@ -234,19 +239,13 @@ def main(argv: list[str] | None = None) -> int:
     for n in names:
         if n not in list_fusions():
             ap.error(f"unknown fusion {n!r}; choose from {', '.join(list_fusions())} or all")
-    for flag, value, ok, what in (("--epochs", args.epochs, args.epochs >= 1, "at least 1"),
-                                  ("--batch-size", args.batch_size, args.batch_size >= 1, "at least 1"),
-                                  ("--patience", args.patience, args.patience >= 1, "at least 1"),
-                                  ("--hidden", args.hidden, args.hidden >= 1, "at least 1"),
-                                  ("--lr", args.lr, math.isfinite(args.lr) and args.lr > 0, "a positive number"),
-                                  ("--dropout", args.dropout, 0 <= args.dropout < 1, "in [0, 1)"),
-                                  ("--modality-dropout", args.modality_dropout, 0 <= args.modality_dropout < 1, "in [0, 1)")):
-        if not ok:
-            ap.error(f"{flag} must be {what}, got {value}")
-    try:
-        resolve_device(args.device)  # a misspelt device is refused before the data loads
-    except ValueError as err:
-        ap.error(str(err))
+    try:  # settings out of range or a misspelt device: refused before the data loads
+        fcfg = FusionConfig(hidden=args.hidden, dropout=args.dropout, loss=args.loss)
+        tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
+                           modality_dropout=args.modality_dropout, seed=args.seed, device=args.device)
+        resolve_device(args.device)
+    except ValueError as err:  # the settings' field names, as the flags that set them
+        ap.error(re.sub(r"\b([a-z]+(?:_[a-z]+)*)=", lambda m: "--" + m.group(1).replace("_", "-") + "=", str(err)))
     try:
         data = load_dataset(args.data)
         if args.context:
@@ -257,11 +256,6 @@ def main(argv: list[str] | None = None) -> int:
     if empty:
         ap.error(f"{args.data}: the {', '.join(empty)} split is empty (training needs train and valid, scoring needs test)")
     print(f"data: {args.data}: {data.describe()}")
-    fcfg = FusionConfig(hidden=args.hidden, dropout=args.dropout, loss=args.loss)
-    tcfg = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
-        modality_dropout=args.modality_dropout, seed=args.seed, device=args.device,
-    )
     out = Path(args.out)
     rows = [{"method": "mean (baseline)", "test": mean_baseline(data)}]
     for n in tqdm(names, desc="methods", disable=args.quiet or len(names) == 1):

@@ -127,3 +127,16 @@ def test_cli_names_an_unreadable_pickle(tmp_path, capsys, content):
     with pytest.raises(SystemExit) as err:
         main(["--fusion", "concat", "--data", str(bad), "--out", str(tmp_path / "runs")])
     assert err.value.code == 2 and "bad.pkl" in capsys.readouterr().err
+
+
+def test_library_settings_out_of_range_are_refused_where_they_are_made():
+    from mmdemo.fusion import FusionConfig
+
+    for make, name in ((lambda: TrainConfig(epochs=0), "epochs"), (lambda: TrainConfig(lr=float("inf")), "lr"),
+                       (lambda: TrainConfig(modality_dropout=1.0), "modality_dropout"), (lambda: TrainConfig(batch_size=2.5), "batch_size"),
+                       (lambda: FusionConfig(hidden=0), "hidden"), (lambda: FusionConfig(dropout=-0.1), "dropout"),
+                       (lambda: FusionConfig(rank=0), "rank"), (lambda: FusionConfig(out_range=0), "out_range")):
+        with pytest.raises(ValueError, match=name):
+            make()
+    assert TrainConfig(grad_clip=0.0, weight_decay=0.0, modality_dropout=0.0).grad_clip == 0.0  # the off values stay allowed
+    assert FusionConfig(dropout=0.0, recon_weight=0.0).dropout == 0.0

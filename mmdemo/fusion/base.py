@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..settings import COUNT, NON_NEGATIVE, POSITIVE, SHARE, check_ranges
+
 Features = dict[str, Tensor]
 Presence = dict[str, Tensor]
 Steps = dict[str, Tensor | None]  # modality -> (B, T) bool step mask of a sequence; None: a vector, or every step real
@@ -54,6 +56,8 @@ class FusionConfig:
     def __post_init__(self):
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        check_ranges(self, [(("hidden", "heads", "layers", "rank", "tensor_dim"), COUNT), (("dropout",), SHARE),
+                            (("recon_weight", "unimodal_weight"), NON_NEGATIVE), (("out_range",), POSITIVE)])
 
 
 @dataclass

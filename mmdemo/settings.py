@@ -1,0 +1,35 @@
+"""Range checks of the settings dataclasses (pipeline, training, fusion): a value that would break or
+silently disable what reads it is refused when the settings are made, with its name, so that a
+command line, ``app.py --set`` or library code each get the same clear error before any work starts."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Iterable
+
+POSITIVE = (lambda v: v > 0, "> 0")
+NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
+SHARE = (lambda v: 0 <= v < 1, "in [0, 1)")
+PROBABILITY = (lambda v: 0 < v < 1, "in (0, 1)")
+COUNT = (lambda v: v >= 1 and v == int(v), "a whole number >= 1")
+
+Rule = tuple[tuple[str, ...], tuple[Callable[[float], bool], str]]
+
+
+def check_ranges(settings, rules: Iterable[Rule], extra: Iterable[str] = ()) -> None:
+    """Raise one ValueError naming every field of ``settings`` that breaks its rule (a finite real
+    number for which ``ok`` holds); ``extra``: further problems found by the caller."""
+    bad = []
+    for names, (ok, what) in rules:
+        for name in names:
+            v = getattr(settings, name)
+            try:
+                good = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and ok(v)
+            except TypeError:
+                good = False
+            if not good:
+                bad.append(f"{name}={v!r} (must be {what})")
+    bad += list(extra)
+    if bad:
+        raise ValueError(f"{type(settings).__name__} out of range: " + "; ".join(bad))
