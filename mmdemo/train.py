@@ -223,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr", type=float, default=TrainConfig.lr)
     ap.add_argument("--patience", type=int, default=TrainConfig.patience)
     ap.add_argument("--modality-dropout", type=float, default=TrainConfig.modality_dropout)
+    ap.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
     ap.add_argument("--hidden", type=int, default=FusionConfig.hidden)
     ap.add_argument("--dropout", type=float, default=FusionConfig.dropout)
     ap.add_argument("--loss", choices=LOSSES, default=FusionConfig.loss,
@@ -241,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"unknown fusion {n!r}; choose from {', '.join(list_fusions())} or all")
     try:  # settings out of range or a misspelt device: refused before the data loads
         fcfg = FusionConfig(hidden=args.hidden, dropout=args.dropout, loss=args.loss)
-        tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
+        tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience, weight_decay=args.weight_decay,
                            modality_dropout=args.modality_dropout, seed=args.seed, device=args.device)
         resolve_device(args.device)
     except ValueError as err:  # the settings' field names, as the flags that set them

@@ -97,6 +97,14 @@ def test_cli_trains_saves_and_compares(tmp_path, capsys):
     assert load_fusion(tmp_path / "huber" / "concat").cfg.loss == "huber"
 
 
+def test_cli_passes_every_training_setting(tmp_path):
+    data = make_synthetic(SyntheticSpec(sizes=(60, 20, 20), seq_len=0, seed=2)).save(tmp_path / "d.npz")
+    assert main(["--fusion", "concat", "--data", str(data), "--out", str(tmp_path / "runs"), "--epochs", "2", "--weight-decay", "0.03",
+                 "--lr", "0.0003", "--batch-size", "16", "--modality-dropout", "0.4", "--patience", "5", "--quiet"]) == 0
+    tc = json.loads((tmp_path / "runs" / "concat" / "provenance.json").read_text())["train_config"]
+    assert (tc["weight_decay"], tc["lr"], tc["batch_size"], tc["modality_dropout"], tc["patience"]) == (0.03, 0.0003, 16, 0.4, 5)
+
+
 def test_cli_rejects_unknown_methods_and_bad_files(tmp_path):
     with pytest.raises(SystemExit):
         main(["--fusion", "nope", "--data", "x.npz"])

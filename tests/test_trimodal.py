@@ -98,6 +98,115 @@ def test_configurations_start_with_the_defaults_and_never_repeat():
     assert trimodal.configurations(12, seed=0) == cs  # the same search every run
 
 
+def test_neighbours_step_one_setting_at_a_time():
+    c = {k: v[1] for k, v in trimodal.SEARCH.items()}
+    ns = trimodal.neighbours(c)
+    for n in ns:
+        changed = [k for k in c if n[k] != c[k]]
+        assert len(changed) == 1
+        grid = trimodal.SEARCH[changed[0]]
+        assert abs(grid.index(n[changed[0]]) - grid.index(c[changed[0]])) == 1
+    # every setting moved both ways where the grid allows (patience has two values: one way)
+    assert len(ns) == sum(min(2, len(v) - 1) for v in trimodal.SEARCH.values())
+    # at an edge: one way only; off the grid (a default): the grid values on either side
+    edge = c | {"hidden": trimodal.SEARCH["hidden"][-1], "lr": 2e-3}
+    moved = {(k, n[k]) for n in trimodal.neighbours(edge) for k in c if n[k] != edge[k]}
+    assert ("hidden", trimodal.SEARCH["hidden"][-2]) in moved and not any(k == "hidden" and v > edge["hidden"] for k, v in moved)
+    assert {v for k, v in moved if k == "lr"} == {1e-3, 3e-3}
+
+
+def test_the_shared_configuration_takes_what_most_methods_chose():
+    base = {k: v[0] for k, v in trimodal.SEARCH.items()}
+    chosen = [base | {"hidden": 128, "lr": 3e-4}, base | {"hidden": 128, "lr": 1e-3}, base | {"hidden": 64, "lr": 3e-4}, base | {"lr": 1e-3}]
+    shared = trimodal.shared_config(chosen)
+    assert shared["hidden"] == 128 and shared["dropout"] == base["dropout"]
+    assert shared["lr"] == 3e-4  # a tie (two and two): the tied value seen first
+    assert set(shared) == set(trimodal.SEARCH)
+    # the most common value, not always a majority; a tie goes to the value seen first, not the first config's
+    widths = [base | {"hidden": h} for h in (32, 64, 64, 128, 128)]
+    assert trimodal.shared_config(widths)["hidden"] == 64
+    assert trimodal.shared_config([base | {"hidden": h} for h in (32, 64, 128, 256)])["hidden"] == 32
+
+
+def test_the_search_outcome_says_where_the_best_was_found_and_whether_the_limit_stopped_it():
+    grid = {k: v[1] for k, v in trimodal.SEARCH.items()}
+    default = {k: v[0] for k, v in trimodal.SEARCH.items()} | {"lr": 2e-3}
+    step = trimodal.neighbours(grid)[0]
+    search = [{"config": default, "valid_mae": 0.7, "stage": 0}, {"config": grid, "valid_mae": 0.6, "stage": 0}]
+    assert trimodal.search_outcome({"search": search[:1]}, 0)["where"] == "the defaults"
+    o = trimodal.search_outcome({"search": search}, 0)
+    assert o["where"] == "the random draws" and o["at_limit"] and o["tried"] == 2  # no local round: its neighbours untried
+    moved = search + [{"config": step, "valid_mae": 0.5, "stage": 1}]
+    o = trimodal.search_outcome({"search": moved}, 1)
+    assert o["where"] == "local round 1" and o["at_limit"] and o["best"] == 0.5 and o["best_first"] == 0.6
+    settled = search + [{"config": n, "valid_mae": 0.65, "stage": 1} for n in trimodal.neighbours(grid)]
+    o = trimodal.search_outcome({"search": settled}, 2)
+    assert o["where"] == "the random draws" and not o["at_limit"]  # its neighbourhood tried, the best did not move
+
+
+def test_a_seed_with_a_constant_prediction_is_counted_not_averaged_as_nan():
+    runs = [{"test": {"mae": 0.9, "corr": 0.6}, "valid": {"mae": 0.5}, "s_per_epoch": 0.1, "epochs": 10},
+            {"test": {"mae": 1.3, "corr": float("nan")}, "valid": {"mae": 0.7}, "s_per_epoch": 0.1, "epochs": 2}]
+    s = trimodal.summary(runs)
+    assert s["mae"][0] == pytest.approx(1.1) and s["corr"] == (pytest.approx(0.6), 0.0)
+    assert s["undefined"] == {"corr": 1} and s["n_seeds"] == 2
+    assert "1 of 2 seeds undefined" in trimodal._pm(s, "corr") and "undefined" not in trimodal._pm(s, "mae")
+    assert "includes 1 of 2 seeds with a constant prediction" in trimodal._pm(s, "mae", constant_note=True)
+    assert trimodal._pm(trimodal.summary(runs[:1]), "mae", constant_note=True) == "0.900 ± 0.000"
+    none = trimodal.summary([runs[1]])
+    assert trimodal._pm(none, "corr") == "undefined"
+
+
+def test_the_local_search_moves_from_the_best_draw_and_never_reads_test(tmp_path, monkeypatch):
+    folder = make_folder(tmp_path / "f", n=200)
+    read = []
+    real_run_job = trimodal.run_job
+
+    def spy(job):
+        out = real_run_job(job)
+        read.append(job)
+        return out
+
+    monkeypatch.setattr(trimodal, "run_job", spy)
+    out = tmp_path / "out"
+    assert trimodal.main(["--data", str(folder), "--out", str(out), "--methods", "concat", "--search", "2", "--refine", "2", "--select-seeds", "1",
+                          "--seeds", "1", "--epochs", "4", "--timing-epochs", "0", "--no-context", "--workers", "1", "--quiet"]) == 0
+    res = json.loads((out / "trimodal.json").read_text())
+    search = res["methods"]["concat"]["search"]
+    draws = [r for r in search if r["stage"] == 0]
+    assert len(draws) == 2
+    # round 1: every neighbour of the best draw, nothing else
+    best0 = min(draws, key=lambda r: r["valid_mae"])["config"]
+    round1 = [r["config"] for r in search if r["stage"] == 1]
+    assert round1 == [n for n in trimodal.neighbours(best0) if n not in [d["config"] for d in draws]]
+    # round 2 only if round 1 moved the best, and then around the new best
+    best1 = min((r for r in search if r["stage"] <= 1), key=lambda r: r["valid_mae"])["config"]
+    round2 = [r["config"] for r in search if r["stage"] == 2]
+    if best1 == best0:
+        assert not round2
+    else:
+        assert round2 and all(c in trimodal.neighbours(best1) for c in round2)
+    assert len({json.dumps(r["config"], sort_keys=True) for r in search}) == len(search)  # nothing trained twice
+    assert res["methods"]["concat"]["config"] == min(search, key=lambda r: r["valid_mae"])["config"]
+    assert all(not j.test for j in read[:len(search)])  # the search never reads the test fold
+    md = (out / "trimodal.md").read_text()
+    assert "round(s) of local search" in md and "configurations tried" in md
+    # the tables again from the JSON, no training: the same text
+    n = len(read)
+    assert trimodal.main(["--render", str(out / "trimodal.json"), "--out", str(tmp_path / "again"), "--quiet"]) == 0
+    assert (tmp_path / "again" / "trimodal.md").read_text() == md and len(read) == n
+
+
+def test_render_names_a_file_it_cannot_read(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    for text in ("{not json", json.dumps({"methods": {}})):
+        bad.write_text(text)
+        with pytest.raises(SystemExit) as err:
+            trimodal.main(["--render", str(bad), "--out", str(tmp_path / "o")])
+        assert err.value.code == 2 and "not a trimodal.json" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "trimodal.md").exists()
+
+
 def test_the_benchmark_chooses_on_valid_and_reports_seeds_ablations_and_readings(tmp_path, monkeypatch):
     folder = make_folder(tmp_path / "f", n=320)
     read = []
@@ -110,7 +219,7 @@ def test_the_benchmark_chooses_on_valid_and_reports_seeds_ablations_and_readings
 
     monkeypatch.setattr(trimodal, "run_job", spy)
     out = tmp_path / "out"
-    assert trimodal.main(["--data", str(folder), "--out", str(out), "--methods", "concat,weighted", "--search", "3",
+    assert trimodal.main(["--data", str(folder), "--out", str(out), "--methods", "concat,weighted", "--search", "3", "--refine", "0",
                           "--select-seeds", "1", "--seeds", "1,2", "--epochs", "30", "--timing-epochs", "4", "--workers", "1", "--mmsa", str(tmp_path / "none.json"), "--quiet"]) == 0
     res = json.loads((out / "trimodal.json").read_text())
     md = (out / "trimodal.md").read_text()
@@ -135,6 +244,22 @@ def test_the_benchmark_chooses_on_valid_and_reports_seeds_ablations_and_readings
     assert best["corr"][0] > 0.5 and best["mae"][0] < res["mean_baseline"]["mae"]
     for section in ("beside MMSA", "Ablations", "What each method says", "Chosen configurations", "reference, not this run", "With video context"):
         assert section in md
+    # one configuration for all: what most methods chose, every method, the given seeds; with two
+    # methods every setting agrees or ties, and a tie goes to the first method: concat reuses its runs
+    sh = res["shared"]
+    assert sh["config"] == trimodal.shared_config([res["methods"][m]["config"] for m in ("concat", "weighted")]) == res["methods"]["concat"]["config"]
+    assert sh["reused"]["concat"] == "chosen"
+    assert sh["methods"]["concat"]["mae"] == res["methods"]["concat"]["chosen"]["mae"]
+    want_f, want_t = trimodal.split_config(sh["config"], epochs=30, seed=0)
+    shared_jobs = [(j.method, j.seed) for j, _ in read if j.test and not j.context and not j.readings and j.fusion == want_f
+                   and {k: v for k, v in j.train.items() if k != "seed"} == {k: v for k, v in want_t.items() if k != "seed"}]
+    defaults = trimodal.configurations(1)[0]
+    if sh["config"] in (res["methods"]["weighted"]["config"], defaults):
+        assert "weighted" in sh["reused"] and ("weighted", 1) not in shared_jobs
+    else:  # trained once per seed for weighted, never again for concat
+        assert "weighted" not in sh["reused"] and sorted(shared_jobs) == [("weighted", 1), ("weighted", 2)]
+    assert set(sh["methods"]) == {"concat", "weighted"} and all(0 < r["valid_mae"] and r["mae"][0] > 0 for r in sh["methods"].values())
+    assert "One configuration for every method" in md and "Reused runs: `concat` (its own choice)" in md
     # video context: every method at its chosen configuration and the best on words alone, the given seeds
     ctx = [(j, o) for j, o in read if j.context]
     assert len(ctx) == (2 + 1) * 2 and all(j.test and j.seed in (1, 2) for j, _ in ctx)
@@ -283,7 +408,7 @@ def test_a_chosen_configuration_with_mmsas_batch_size_is_timed_once(tmp_path, mo
     monkeypatch.setattr(trimodal, "run_all", lambda jobs, data, workers, desc, progress:
                         passes.append((desc, workers, list(jobs))) or real_run_all(jobs, data, workers, desc, progress))
     out = tmp_path / "out"
-    assert trimodal.main(["--data", str(folder), "--out", str(out), "--methods", "concat,weighted", "--search", "1", "--select-seeds", "1",
+    assert trimodal.main(["--data", str(folder), "--out", str(out), "--methods", "concat,weighted", "--search", "1", "--refine", "0", "--select-seeds", "1",
                           "--seeds", "1", "--epochs", "3", "--timing-epochs", "2", "--workers", "2", "--no-context",
                           "--mmsa", str(tmp_path / "none.json"), "--quiet"]) == 0
     assert [w for _, w, _ in passes[:-1]] == [2] * (len(passes) - 1) and passes[-1][:2] == ("timing (one run at a time)", 1)  # alone, last
@@ -307,7 +432,7 @@ def test_without_the_timing_pass_and_with_mmsa_timed_on_another_cpu_the_ratios_s
     mmsa.write_text(json.dumps({"env": {"cpu": "Some Other CPU", "mmsa": "2.2.1", "torch": "2.13.0", "date": "2026-01-01"},
                                 "models": {"LF-DNN": [{"seed": 1111, "test": {"MAE": 0.93, "Corr": 0.62}, "epochs": 10, "s_per_epoch": 99.0}]}}))
     out = tmp_path / "out"
-    assert trimodal.main(["--data", str(folder), "--out", str(out), "--methods", "concat", "--search", "1", "--select-seeds", "1",
+    assert trimodal.main(["--data", str(folder), "--out", str(out), "--methods", "concat", "--search", "1", "--refine", "0", "--select-seeds", "1",
                           "--seeds", "1", "--epochs", "3", "--timing-epochs", "0", "--workers", "1", "--no-context",
                           "--mmsa", str(mmsa), "--quiet"]) == 0
     res = json.loads((out / "trimodal.json").read_text())
