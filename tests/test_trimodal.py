@@ -38,6 +38,20 @@ def make_folder(folder: Path, n: int = 240, seed: int = 0, *, dims=None) -> Path
     return folder
 
 
+def record_jobs(monkeypatch) -> list:
+    """Every job the benchmark runs, with what it returned, in the order run (workers=1)."""
+    read = []
+    real_run_job = trimodal.run_job
+
+    def spy(job):
+        out = real_run_job(job)
+        read.append((job, out))
+        return out
+
+    monkeypatch.setattr(trimodal, "run_job", spy)
+    return read
+
+
 def test_a_feature_folder_loads_with_its_own_split(tmp_path):
     folder = make_folder(tmp_path / "f")
     a = np.load(folder / "audio.npy")
@@ -159,15 +173,7 @@ def test_a_seed_with_a_constant_prediction_is_counted_not_averaged_as_nan():
 
 def test_the_local_search_moves_from_the_best_draw_and_never_reads_test(tmp_path, monkeypatch):
     folder = make_folder(tmp_path / "f", n=200)
-    read = []
-    real_run_job = trimodal.run_job
-
-    def spy(job):
-        out = real_run_job(job)
-        read.append(job)
-        return out
-
-    monkeypatch.setattr(trimodal, "run_job", spy)
+    read = record_jobs(monkeypatch)
     out = tmp_path / "out"
     assert trimodal.main(["--data", str(folder), "--out", str(out), "--methods", "concat", "--search", "2", "--refine", "2", "--select-seeds", "1",
                           "--seeds", "1", "--epochs", "4", "--timing-epochs", "0", "--no-context", "--workers", "1", "--quiet"]) == 0
@@ -188,7 +194,7 @@ def test_the_local_search_moves_from_the_best_draw_and_never_reads_test(tmp_path
         assert round2 and all(c in trimodal.neighbours(best1) for c in round2)
     assert len({json.dumps(r["config"], sort_keys=True) for r in search}) == len(search)  # nothing trained twice
     assert res["methods"]["concat"]["config"] == min(search, key=lambda r: r["valid_mae"])["config"]
-    assert all(not j.test for j in read[:len(search)])  # the search never reads the test fold
+    assert all(not j.test for j, _ in read[:len(search)])  # the search never reads the test fold
     md = (out / "trimodal.md").read_text()
     assert "round(s) of local search" in md and "configurations tried" in md
     # the tables again from the JSON, no training: the same text
@@ -209,15 +215,7 @@ def test_render_names_a_file_it_cannot_read(tmp_path, capsys):
 
 def test_the_benchmark_chooses_on_valid_and_reports_seeds_ablations_and_readings(tmp_path, monkeypatch):
     folder = make_folder(tmp_path / "f", n=320)
-    read = []
-    real_run_job = trimodal.run_job
-
-    def spy(job):
-        out = real_run_job(job)
-        read.append((job, out))
-        return out
-
-    monkeypatch.setattr(trimodal, "run_job", spy)
+    read = record_jobs(monkeypatch)
     out = tmp_path / "out"
     assert trimodal.main(["--data", str(folder), "--out", str(out), "--methods", "concat,weighted", "--search", "3", "--refine", "0",
                           "--select-seeds", "1", "--seeds", "1,2", "--epochs", "30", "--timing-epochs", "4", "--workers", "1", "--mmsa", str(tmp_path / "none.json"), "--quiet"]) == 0
@@ -425,9 +423,7 @@ def test_a_chosen_configuration_with_mmsas_batch_size_is_timed_once(tmp_path, mo
 
 def test_without_the_timing_pass_and_with_mmsa_timed_on_another_cpu_the_ratios_say_so(tmp_path, monkeypatch):
     folder = make_folder(tmp_path / "f", n=160)
-    read = []
-    real_run_job = trimodal.run_job
-    monkeypatch.setattr(trimodal, "run_job", lambda job: read.append(job) or real_run_job(job))
+    read = record_jobs(monkeypatch)
     mmsa = tmp_path / "mmsa_reference.json"
     mmsa.write_text(json.dumps({"env": {"cpu": "Some Other CPU", "mmsa": "2.2.1", "torch": "2.13.0", "date": "2026-01-01"},
                                 "models": {"LF-DNN": [{"seed": 1111, "test": {"MAE": 0.93, "Corr": 0.62}, "epochs": 10, "s_per_epoch": 99.0}]}}))
@@ -437,7 +433,7 @@ def test_without_the_timing_pass_and_with_mmsa_timed_on_another_cpu_the_ratios_s
                           "--mmsa", str(mmsa), "--quiet"]) == 0
     res = json.loads((out / "trimodal.json").read_text())
     md = (out / "trimodal.md").read_text()
-    assert len(read) == 1 + 2 + 6 and all(j.train["epochs"] == 3 for j in read)  # search, chosen + defaults, ablations: nothing timed alone
+    assert len(read) == 1 + 2 + 6 and all(j.train["epochs"] == 3 for j, _ in read)  # search, chosen + defaults, ablations: nothing timed alone
     c = res["methods"]["concat"]["chosen"]
     assert "s_per_epoch_alone" not in c and "speedup_peer_batch" not in res["targets"]["concat"]
     # another CPU's MMSA timing is not used: the data README's, across machines
