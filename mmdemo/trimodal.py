@@ -378,7 +378,7 @@ def search_outcome(r: dict, refine: int) -> dict:
     stage = top.get("stage", 0)
     seen = [x["config"] for x in search]
     where = "the defaults" if top is search[0] else "the random draws" if not stage else f"local round {stage}"
-    at_limit = stage == refine and any(n not in seen for n in neighbours(top["config"]))
+    at_limit = refine > 0 and stage == refine and any(n not in seen for n in neighbours(top["config"]))
     first = min(x["valid_mae"] for x in search if x.get("stage", 0) == 0)
     return {"where": where, "at_limit": at_limit, "best": top["valid_mae"], "best_first": first, "tried": len(search)}
 
@@ -572,9 +572,10 @@ def markdown(res: dict) -> str:
         md.append(f"| `{m}` | " + " | ".join(f"{r['config'][k]:g}" for k in SEARCH) + f" | {o['best']:.3f} | {o['best_first']:.3f} | {o['tried']} | {where} |")
     limited = [m for m in res["methods"] if outcome[m]["at_limit"]]
     edges = {k: sum(r["config"][k] in (v[0], v[-1]) for r in res["methods"].values()) for k, v in space.items() if len(v) > 2}
-    md += ["", f"The local search stopped at its limit of {res.get('refine', 0)} round(s), its best still moving, for "
-           f"{len(limited)} of {len(res['methods'])} methods" + (f" ({', '.join(f'`{x}`' for x in limited)})" if limited else "")
-           + "; chosen at an edge of its range: " + ", ".join(f"{k} {n} of {len(res['methods'])}" for k, n in edges.items()) + "."]
+    lead = "Chosen" if not res.get("refine") else (
+        f"The local search stopped at its limit of {res['refine']} round(s), its best still moving, for {len(limited)} of {len(res['methods'])} methods"
+        + (f" ({', '.join(f'`{x}`' for x in limited)})" if limited else "") + "; chosen")
+    md += ["", lead + " at an edge of its range: " + ", ".join(f"{k} {n} of {len(res['methods'])}" for k, n in edges.items()) + "."]
     md += ["", f"Search space: {', '.join(f'{k} {list(v)}' for k, v in space.items())}. Run time {res['env']['seconds'] / 60:.1f} min.", ""]
     return "\n".join(md)
 

@@ -149,7 +149,7 @@ def test_the_search_outcome_says_where_the_best_was_found_and_whether_the_limit_
     search = [{"config": default, "valid_mae": 0.7, "stage": 0}, {"config": grid, "valid_mae": 0.6, "stage": 0}]
     assert trimodal.search_outcome({"search": search[:1]}, 0)["where"] == "the defaults"
     o = trimodal.search_outcome({"search": search}, 0)
-    assert o["where"] == "the random draws" and o["at_limit"] and o["tried"] == 2  # no local round: its neighbours untried
+    assert o["where"] == "the random draws" and not o["at_limit"] and o["tried"] == 2  # no local search ran: no limit to stop at
     moved = search + [{"config": step, "valid_mae": 0.5, "stage": 1}]
     o = trimodal.search_outcome({"search": moved}, 1)
     assert o["where"] == "local round 1" and o["at_limit"] and o["best"] == 0.5 and o["best_first"] == 0.6
