@@ -564,12 +564,12 @@ def markdown(res: dict) -> str:
         w = c.get("weights")
         md.append(f"| `{m}` | " + " | ".join(f"{c['abs_shapley'][x]:.3f}" for x in mods) + " | "
                   + " | ".join(f"{w[x]:.2f}" if w else "-" for x in mods) + " |")
-    md += ["", "### Chosen configurations", "", "| method | " + " | ".join(SEARCH) + " | mean valid MAE (search) | best of defaults + draws | "
-           "configurations tried | found in |", "|---|" + "---|" * (len(SEARCH) + 4)]
+    md += ["", "### Chosen configurations", "", "| method | " + " | ".join(space) + " | mean valid MAE (search) | best of defaults + draws | "
+           "configurations tried | found in |", "|---|" + "---|" * (len(space) + 4)]
     for m, r in res["methods"].items():
         o = outcome[m]
         where = o["where"] + (" (stopped at the --refine limit)" if o["at_limit"] else "")
-        md.append(f"| `{m}` | " + " | ".join(f"{r['config'][k]:g}" for k in SEARCH) + f" | {o['best']:.3f} | {o['best_first']:.3f} | {o['tried']} | {where} |")
+        md.append(f"| `{m}` | " + " | ".join(f"{r['config'][k]:g}" for k in space) + f" | {o['best']:.3f} | {o['best_first']:.3f} | {o['tried']} | {where} |")
     limited = [m for m in res["methods"] if outcome[m]["at_limit"]]
     edges = {k: sum(r["config"][k] in (v[0], v[-1]) for r in res["methods"].values()) for k, v in space.items() if len(v) > 2}
     lead = "Chosen" if not res.get("refine") else (
