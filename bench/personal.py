@@ -10,11 +10,11 @@ a resting face that reads negative), a biased voice (the same for the raw voice 
 For each user the generic model (the shipped checkpoint of ``--fusion``) and the personal model are
 scored on the same moments, the personal one out of sample (leave-one-out with ``--moments``
 moments: each moment predicted by a model fitted on the others). The personal model's settings
-(L2-SP strength, steps, loss) are chosen on the validation people and reported on the test people; the neutral baseline (calibration with a neutral photo and the calibration sentence) is
+(L2-SP strength, steps, learning rate, loss) are chosen on the validation people and reported on the test people; the neutral baseline (calibration with a neutral photo and the calibration sentence) is
 reported beside it. Fit times for 8 / 32 / 128 moments for every fusion method.
 
     python bench/personal.py [--data ../shared/data] [--users 12] [--moments 16] [--fusion weighted]
-                             [--anchors 0.3,1,3,10] [--steps 50,150]
+                             [--anchors 0.3,1,3,10] [--steps 50,150] [--lrs 0.003]
 Prints the tables and writes bench/results/personal.json and personal.md.
 """
 
@@ -52,11 +52,12 @@ VARIANTS = ["en+m1", "en+m2", "en+m3", "en+m4", "en+f1", "en+f2", "en+f3", "en+f
 BIAS_SCALE = 3.0  # a biased user: 3x the population's negative-minus-neutral difference (each model alone then reads neutral as about -1)
 ANCHORS = (0.3, 1.0, 3.0, 10.0)  # the L2-SP strengths searched
 STEPS = (50, 150)  # the step counts searched
+LRS = (PersonalConfig.lr,)  # the learning rates searched
 
 
-def grid(anchors=ANCHORS, steps=STEPS) -> list[PersonalConfig]:
-    """The personal-model settings the validation users choose among: every loss x strength x steps."""
-    return [PersonalConfig(anchor=a, steps=s, loss=loss) for loss in PERSONAL_LOSSES for a in anchors for s in steps]
+def grid(anchors=ANCHORS, steps=STEPS, lrs=LRS) -> list[PersonalConfig]:
+    """The personal-model settings the validation users choose among: every loss x strength x steps x learning rate."""
+    return [PersonalConfig(anchor=a, steps=s, lr=lr, loss=loss) for loss in PERSONAL_LOSSES for a in anchors for s in steps for lr in lrs]
 
 
 def numbers(kind):
@@ -170,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fusion", default="weighted")
     ap.add_argument("--anchors", type=numbers(float), default=ANCHORS, help="L2-SP strengths searched, comma-separated")
     ap.add_argument("--steps", type=numbers(int), default=STEPS, help="step counts searched, comma-separated")
+    ap.add_argument("--lrs", type=numbers(float), default=LRS, help="learning rates of the fine-tuning searched, comma-separated")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = ap.parse_args(argv)
     import torch
@@ -206,15 +208,15 @@ def main(argv: list[str] | None = None) -> int:
     valid = [u for u in users if u["fold"] == "valid"]
     test = [u for u in users if u["fold"] == "test"]
     choice = []
-    for cfg in grid(args.anchors, args.steps):
+    for cfg in grid(args.anchors, args.steps, args.lrs):
         res = {c: [score(u, c, cfg, False) for u in valid] for c in conditions}
         ratio = {c: float(np.mean([r["personal"] for r in v]) / np.mean([r["generic"] for r in v])) for c, v in res.items()}
         choice.append({"config": asdict(cfg), "ratio": ratio, "mean_ratio": float(np.mean(list(ratio.values())))})
-        print(f"valid {cfg.anchor=} {cfg.steps=} {cfg.loss=}: " + ", ".join(f"{c} {v:.3f}" for c, v in ratio.items()), flush=True)
+        print(f"valid {cfg.anchor=} {cfg.steps=} {cfg.lr=} {cfg.loss=}: " + ", ".join(f"{c} {v:.3f}" for c, v in ratio.items()), flush=True)
     # the lowest mean error ratio among settings that keep unbiased users within 5% of the generic model
     safe = [c for c in choice if c["ratio"]["no bias"] <= 1.05] or choice
     best = min(safe, key=lambda c: c["mean_ratio"])
-    cfg = replace(PersonalConfig(), **{k: best["config"][k] for k in ("anchor", "steps", "loss")})
+    cfg = replace(PersonalConfig(), **{k: best["config"][k] for k in ("anchor", "steps", "lr", "loss")})
 
     # -- report on the test users -------------------------------------------------------------------
     table = {}
@@ -233,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
               "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()},
               "seconds": time.perf_counter() - t_start, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     lines = [f"Simulated users, {args.moments} moments each, {args.fusion}; leave-one-out MAE on the {len(test)} test users "
-             f"(settings chosen on {len(valid)} validation users: anchor {cfg.anchor}, {cfg.steps} steps, {cfg.loss} loss)", "",
+             f"(settings chosen on {len(valid)} validation users: anchor {cfg.anchor}, {cfg.steps} steps, learning rate {cfg.lr:g}, {cfg.loss} loss)", "",
              f"Bias: {BIAS_SCALE:g}x the population's negative-minus-neutral raw-feature difference; each modality's own model "
              "reads the neutral reference " + ", ".join(f"{ {'vision': 'face', 'audio': 'voice'}[m]} {a:+.2f} -> {b:+.2f}" for m, (a, b) in bias_reading.items())
              + " (voice: against the population prior, a session's first seconds).", "",

@@ -404,6 +404,42 @@ def _mean(s: dict, k: str) -> float:
     return float("nan") if m is None else float(m)
 
 
+def _num(s: dict, k: str, pct: bool = False) -> str:
+    """The mean over seeds of metric ``k`` for a sentence: ``0.892`` (``78.0`` with ``pct``), or
+    ``undefined`` where no seed defined it."""
+    m = _mean(s, k)
+    if not np.isfinite(m):
+        return "undefined"
+    return f"{100 * m:.1f}" if pct else f"{m:.3f}"
+
+
+def _order(s: dict) -> float:
+    """Sort key by mean MAE, undefined last."""
+    m = _mean(s, "mae")
+    return m if np.isfinite(m) else float("inf")
+
+
+RESULT_KEYS = ("methods", "best", "seeds", "ablations", "env")
+METHOD_KEYS = ("chosen", "default", "config", "search")
+
+
+def check_result(res) -> None:
+    """Raise ValueError naming what is missing when ``res`` is not a result this command wrote."""
+    if not isinstance(res, dict):
+        raise ValueError("not a JSON object")
+    missing = [k for k in RESULT_KEYS if k not in res]
+    if missing:
+        raise ValueError(f"no {', '.join(missing)}")
+    if not isinstance(res["methods"], dict) or not res["methods"]:
+        raise ValueError("no methods")
+    for m, r in res["methods"].items():
+        gone = [k for k in METHOD_KEYS if not isinstance(r, dict) or k not in r]
+        if gone:
+            raise ValueError(f"method {m!r} has no {', '.join(gone)}")
+    if res["best"] not in res["methods"]:
+        raise ValueError(f"the best method {res['best']!r} is not among its methods")
+
+
 def targets(res: dict) -> dict:
     """The comparison with MMSA per method (mean test MAE and Corr over seeds) and the best
     method's absolute targets."""
@@ -517,18 +553,19 @@ def markdown(res: dict) -> str:
                + (f" (not: {', '.join(f'`{m}`' for m in res['methods'] if m not in won)})." if len(won) < len(res["methods"]) else ".")]
     md += ["", f"### Ablations: `{res['best']}` (its chosen configuration) on fewer modalities", "", head, sep]
     md.append(row("words + voice + face", res["methods"][res["best"]]["chosen"]))
-    for k, s in sorted(res["ablations"].items(), key=lambda kv: kv[1]["mae"][0]):
+    for k, s in sorted(res["ablations"].items(), key=lambda kv: _order(kv[1])):
         md.append(row(" + ".join(NAMES.get(m, m) for m in k.split("+")), s))
     full = res["methods"][res["best"]]["chosen"]
-    top, top_s = min(res["ablations"].items(), key=lambda kv: kv[1]["mae"][0])
-    if top_s["mae"][0] < full["mae"][0]:
-        md += ["", f"Fewer modalities do better here: {' + '.join(NAMES.get(m, m) for m in top.split('+'))} alone scores MAE "
-               f"{top_s['mae'][0]:.3f} (Corr {top_s['corr'][0]:.3f}) against {full['mae'][0]:.3f} ({full['corr'][0]:.3f}) with all three."]
-    else:
-        md += ["", f"All three modalities do best: MAE {full['mae'][0]:.3f} against {top_s['mae'][0]:.3f} for the best subset "
-               f"({' + '.join(NAMES.get(m, m) for m in top.split('+'))})."]
+    if res["ablations"]:
+        top, top_s = min(res["ablations"].items(), key=lambda kv: _order(kv[1]))
+        subset = " + ".join(NAMES.get(m, m) for m in top.split("+"))
+        if _order(top_s) < _order(full):
+            md += ["", f"Fewer modalities do better here: {subset} alone scores MAE {_num(top_s, 'mae')} (Corr {_num(top_s, 'corr')}) "
+                   f"against {_num(full, 'mae')} ({_num(full, 'corr')}) with all three."]
+        else:
+            md += ["", f"All three modalities do best: MAE {_num(full, 'mae')} against {_num(top_s, 'mae')} for the best subset ({subset})."]
     valid = np.mean([r["chosen"]["valid_mae"] for r in res["methods"].values()])
-    test = np.mean([r["chosen"]["mae"][0] for r in res["methods"].values()])
+    test = np.nanmean([_mean(r["chosen"], "mae") for r in res["methods"].values()])
     md += ["", f"Valid vs test: the chosen configurations average valid MAE {valid:.3f} and test MAE {test:.3f}. In this release the "
            "text-CNN and 3D-CNN extractors were trained on the train videos, which include the valid fold, so valid features are "
            "in-sample for them: a choice on valid favours configurations that trust the features most."]
@@ -541,18 +578,18 @@ def markdown(res: dict) -> str:
                "This is the information bc-LSTM reads (the neighbouring utterances of the same video), so these rows are the ones to set "
                "beside its published binary accuracy; bc-LSTM's own network, seeds and metric details differ. Context was not chosen on "
                "valid: it is reported as its own setting.", "", head, sep]
-        for m in sorted(ctx["methods"], key=lambda m: ctx["methods"][m]["mae"][0]):
+        for m in sorted(ctx["methods"], key=lambda m: _order(ctx["methods"][m])):
             md.append(row(f"`{m}` + context{' (best on valid)' if m == ctx['best'] else ''}", ctx["methods"][m]))
         if ctx.get("words_alone"):
             md.append(row(f"`{res['best']}` + context, words alone", ctx["words_alone"]))
         v_ctx = np.mean([r["valid_mae"] for r in ctx["methods"].values()])
-        t_ctx = np.mean([r["mae"][0] for r in ctx["methods"].values()])
-        gain = [res["methods"][m]["chosen"]["mae"][0] - r["mae"][0] for m, r in ctx["methods"].items()]
-        md += ["", f"Context lowers the test MAE of {sum(g > 0 for g in gain)} of {len(gain)} methods (mean change {-np.mean(gain):+.3f}; "
+        t_ctx = np.nanmean([_mean(r, "mae") for r in ctx["methods"].values()])
+        gain = [_mean(res["methods"][m]["chosen"], "mae") - _mean(r, "mae") for m, r in ctx["methods"].items()]
+        md += ["", f"Context lowers the test MAE of {sum(g > 0 for g in gain)} of {len(gain)} methods (mean change {-np.nanmean(gain):+.3f}; "
                f"mean valid MAE {v_ctx:.3f} with context against {valid:.3f} without, mean test MAE {t_ctx:.3f} against {test:.3f}). "
-               f"Best with context on valid: `{ctx['best']}`, MAE {cb['mae'][0]:.3f} (target ≤ 0.88 {'✓' if cb['mae'][0] <= 0.88 else '✗'}), "
-               f"Corr {cb['corr'][0]:.3f} (≥ 0.66 {'✓' if cb['corr'][0] >= 0.66 else '✗'}), Acc-2 non-0 {100 * cb['acc2_non0'][0]:.1f} "
-               f"(≥ 80 {'✓' if cb['acc2_non0'][0] >= 0.80 else '✗'}; bc-LSTM published about 80)."]
+               f"Best with context on valid: `{ctx['best']}`, MAE {_num(cb, 'mae')} (target ≤ 0.88 {'✓' if _mean(cb, 'mae') <= 0.88 else '✗'}), "
+               f"Corr {_num(cb, 'corr')} (≥ 0.66 {'✓' if _mean(cb, 'corr') >= 0.66 else '✗'}), Acc-2 non-0 {_num(cb, 'acc2_non0', True)} "
+               f"(≥ 80 {'✓' if _mean(cb, 'acc2_non0') >= 0.80 else '✗'}; bc-LSTM published about 80)."]
     mods = list(next(iter(res["methods"].values()))["chosen"]["abs_shapley"])
     md += ["", "### What each method says about the modalities (test fold, mean over seeds)", "",
            "Mean |Shapley| per modality (exact, over the three modalities), and the method's own weights where it has them "
@@ -604,9 +641,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         try:
             res = json.loads(Path(args.render).read_text())
-            md = markdown(res)
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            ap.error(f"--render {args.render}: not a trimodal.json this command wrote ({type(err).__name__}: {err})")
+        except (OSError, ValueError) as err:
+            ap.error(f"--render {args.render}: cannot read it ({type(err).__name__}: {err})")
+        try:
+            check_result(res)
+        except ValueError as err:
+            ap.error(f"--render {args.render}: not a trimodal.json this command wrote ({err})")
+        md = markdown(res)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "trimodal.md").write_text(md)

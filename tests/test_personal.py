@@ -483,10 +483,12 @@ def test_the_benchmark_searches_every_setting_it_is_given():
     spec = importlib.util.spec_from_file_location("bench_personal", Path(__file__).resolve().parents[1] / "bench" / "personal.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    cfgs = bench.grid((0.5, 2.0), (25, 50, 150))
-    assert len(cfgs) == 2 * 3 * len({c.loss for c in cfgs}) and len(set(cfgs)) == len(cfgs)
-    assert {(c.anchor, c.steps) for c in cfgs} == {(a, s) for a in (0.5, 2.0) for s in (25, 50, 150)}
-    assert bench.PersonalConfig().steps in bench.STEPS and bench.PersonalConfig().anchor in bench.ANCHORS  # the defaults were among the searched
+    cfgs = bench.grid((0.5, 2.0), (25, 50, 150), (1e-3, 1e-2))
+    assert len(cfgs) == 2 * 3 * 2 * len({c.loss for c in cfgs}) and len(set(cfgs)) == len(cfgs)
+    assert {(c.anchor, c.steps, c.lr) for c in cfgs} == {(a, s, lr) for a in (0.5, 2.0) for s in (25, 50, 150) for lr in (1e-3, 1e-2)}
+    assert {c.lr for c in bench.grid()} == {bench.PersonalConfig().lr}  # without --lrs: the default learning rate only
+    default = bench.PersonalConfig()
+    assert default.steps in bench.STEPS and default.anchor in bench.ANCHORS and default.lr in bench.LRS  # the defaults were among the searched
     steps = bench.numbers(int)
     assert steps("25, 50,150") == (25, 50, 150)
     for bad in ("", "0,50", "-1", "a", "2.5"):

@@ -1,6 +1,7 @@
 """Training on synthetic data with a known ground truth: text strong, audio weak, vision noise."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -100,9 +101,21 @@ def test_cli_trains_saves_and_compares(tmp_path, capsys):
 def test_cli_passes_every_training_setting(tmp_path):
     data = make_synthetic(SyntheticSpec(sizes=(60, 20, 20), seq_len=0, seed=2)).save(tmp_path / "d.npz")
     assert main(["--fusion", "concat", "--data", str(data), "--out", str(tmp_path / "runs"), "--epochs", "2", "--weight-decay", "0.03",
-                 "--lr", "0.0003", "--batch-size", "16", "--modality-dropout", "0.4", "--patience", "5", "--quiet"]) == 0
-    tc = json.loads((tmp_path / "runs" / "concat" / "provenance.json").read_text())["train_config"]
-    assert (tc["weight_decay"], tc["lr"], tc["batch_size"], tc["modality_dropout"], tc["patience"]) == (0.03, 0.0003, 16, 0.4, 5)
+                 "--lr", "0.0003", "--batch-size", "16", "--modality-dropout", "0.4", "--patience", "5", "--seed", "7", "--device", "cpu",
+                 "--hidden", "24", "--dropout", "0.35", "--loss", "huber", "--quiet"]) == 0
+    prov = json.loads((tmp_path / "runs" / "concat" / "provenance.json").read_text())
+    tc = prov["train_config"]
+    assert {k: tc[k] for k in ("epochs", "weight_decay", "lr", "batch_size", "modality_dropout", "patience", "seed", "device")} == \
+        {"epochs": 2, "weight_decay": 0.03, "lr": 0.0003, "batch_size": 16, "modality_dropout": 0.4, "patience": 5, "seed": 7, "device": "cpu"}
+    assert prov["context"] is False and prov["data"] == str(data)
+    fc = json.loads((tmp_path / "runs" / "concat" / "config.json").read_text())["config"]
+    assert (fc["hidden"], fc["dropout"], fc["loss"]) == (24, 0.35, "huber")
+    # every flag of the command line is one of those checked here (a new one must be added to this test)
+    import inspect
+
+    flags = set(re.findall(r'add_argument\("--([a-z-]+)"', inspect.getsource(main)))
+    assert flags == {"fusion", "data", "context", "out", "epochs", "batch-size", "lr", "patience", "modality-dropout", "weight-decay",
+                     "hidden", "dropout", "loss", "seed", "device", "quiet"}
 
 
 def test_cli_rejects_unknown_methods_and_bad_files(tmp_path):

@@ -52,6 +52,19 @@ def record_jobs(monkeypatch) -> list:
     return read
 
 
+def record_stages(monkeypatch) -> dict:
+    """The jobs of each stage of the benchmark, by the name it shows in its progress bar."""
+    stages = {}
+    real_run_all = trimodal.run_all
+
+    def spy(jobs, data, workers, desc, progress):
+        stages.setdefault(desc, []).extend(jobs)
+        return real_run_all(jobs, data, workers, desc, progress)
+
+    monkeypatch.setattr(trimodal, "run_all", spy)
+    return stages
+
+
 def test_a_feature_folder_loads_with_its_own_split(tmp_path):
     folder = make_folder(tmp_path / "f")
     a = np.load(folder / "audio.npy")
@@ -156,6 +169,12 @@ def test_the_search_outcome_says_where_the_best_was_found_and_whether_the_limit_
     settled = search + [{"config": n, "valid_mae": 0.65, "stage": 1} for n in trimodal.neighbours(grid)]
     o = trimodal.search_outcome({"search": settled}, 2)
     assert o["where"] == "the random draws" and not o["at_limit"]  # its neighbourhood tried, the best did not move
+    # the best found in the last allowed round, but every one of its neighbours already tried: nothing left to move to
+    last = {k: v[min(2, len(v) - 1)] for k, v in trimodal.SEARCH.items()}
+    tried = search + [{"config": last, "valid_mae": 0.4, "stage": 2}] + [{"config": n, "valid_mae": 0.7, "stage": 1} for n in trimodal.neighbours(last)]
+    o = trimodal.search_outcome({"search": tried}, 2)
+    assert o["where"] == "local round 2" and not o["at_limit"]
+    assert trimodal.search_outcome({"search": tried[:-1]}, 2)["at_limit"]  # one neighbour untried: stopped by the limit
 
 
 def test_a_seed_with_a_constant_prediction_is_counted_not_averaged_as_nan():
@@ -197,6 +216,10 @@ def test_the_local_search_moves_from_the_best_draw_and_never_reads_test(tmp_path
     assert all(not j.test for j, _ in read[:len(search)])  # the search never reads the test fold
     md = (out / "trimodal.md").read_text()
     assert "round(s) of local search" in md and "configurations tried" in md
+    top = min(search, key=lambda r: r["valid_mae"])
+    at_limit = top["stage"] == 2 and any(n not in [r["config"] for r in search] for n in trimodal.neighbours(top["config"]))
+    assert trimodal.search_outcome(res["methods"]["concat"], 2)["at_limit"] == at_limit
+    assert ("(stopped at the --refine limit)" in md) == at_limit
     # the tables again from the JSON, no training: the same text
     n = len(read)
     assert trimodal.main(["--render", str(out / "trimodal.json"), "--out", str(tmp_path / "again"), "--quiet"]) == 0
@@ -205,17 +228,44 @@ def test_the_local_search_moves_from_the_best_draw_and_never_reads_test(tmp_path
 
 def test_render_names_a_file_it_cannot_read(tmp_path, capsys):
     bad = tmp_path / "bad.json"
-    for text in ("{not json", json.dumps({"methods": {}})):
+    for text, says in (("{not json", "cannot read it"), ("[]", "not a JSON object"), (json.dumps({"methods": {}}), "no best, seeds"),
+                       (json.dumps({"methods": {"concat": {"chosen": {}}}, "best": "concat", "seeds": [1], "ablations": {}, "env": {}}),
+                        "'concat' has no default, config, search"),
+                       (json.dumps({"methods": {"concat": dict.fromkeys(trimodal.METHOD_KEYS, {})}, "best": "tensor", "seeds": [1],
+                                    "ablations": {}, "env": {}}), "'tensor' is not among")):
         bad.write_text(text)
         with pytest.raises(SystemExit) as err:
             trimodal.main(["--render", str(bad), "--out", str(tmp_path / "o")])
-        assert err.value.code == 2 and "not a trimodal.json" in capsys.readouterr().err
+        msg = capsys.readouterr().err
+        assert err.value.code == 2 and says in msg and str(bad) in msg
+    with pytest.raises(SystemExit):
+        trimodal.main(["--render", str(tmp_path / "absent.json"), "--out", str(tmp_path / "o")])
+    assert "cannot read it" in capsys.readouterr().err
     assert not (tmp_path / "o" / "trimodal.md").exists()
+
+
+def test_render_says_undefined_where_no_seed_defined_a_metric(tmp_path):
+    folder = make_folder(tmp_path / "f", n=200)
+    out = tmp_path / "out"
+    assert trimodal.main(["--data", str(folder), "--out", str(out), "--methods", "concat", "--search", "1", "--refine", "0", "--select-seeds", "1",
+                          "--seeds", "1", "--epochs", "2", "--timing-epochs", "0", "--workers", "1", "--quiet"]) == 0
+    res = json.loads((out / "trimodal.json").read_text())
+    assert res["context"] and res["ablations"]
+    # as JSON stores a mean no seed defined (every seed predicted a constant): null
+    for s in [res["ablations"]["text"], res["context"]["methods"]["concat"], res["methods"]["concat"]["chosen"]]:
+        s["corr"] = [None, None]
+    res["ablations"]["audio"]["mae"] = [None, None]
+    (out / "broken.json").write_text(json.dumps(res))
+    assert trimodal.main(["--render", str(out / "broken.json"), "--out", str(tmp_path / "again"), "--quiet"]) == 0
+    md = (tmp_path / "again" / "trimodal.md").read_text()
+    assert "nan" not in md.lower().replace("nanmean", "") and "undefined" in md
+    assert "Corr undefined" in md  # the sentence on the best method with context
 
 
 def test_the_benchmark_chooses_on_valid_and_reports_seeds_ablations_and_readings(tmp_path, monkeypatch):
     folder = make_folder(tmp_path / "f", n=320)
     read = record_jobs(monkeypatch)
+    stages = record_stages(monkeypatch)
     out = tmp_path / "out"
     assert trimodal.main(["--data", str(folder), "--out", str(out), "--methods", "concat,weighted", "--search", "3", "--refine", "0",
                           "--select-seeds", "1", "--seeds", "1,2", "--epochs", "30", "--timing-epochs", "4", "--workers", "1", "--mmsa", str(tmp_path / "none.json"), "--quiet"]) == 0
@@ -249,8 +299,9 @@ def test_the_benchmark_chooses_on_valid_and_reports_seeds_ablations_and_readings
     assert sh["reused"]["concat"] == "chosen"
     assert sh["methods"]["concat"]["mae"] == res["methods"]["concat"]["chosen"]["mae"]
     want_f, want_t = trimodal.split_config(sh["config"], epochs=30, seed=0)
-    shared_jobs = [(j.method, j.seed) for j, _ in read if j.test and not j.context and not j.readings and j.fusion == want_f
-                   and {k: v for k, v in j.train.items() if k != "seed"} == {k: v for k, v in want_t.items() if k != "seed"}]
+    shared_jobs = [(j.method, j.seed) for j in stages.get("one configuration for all", [])]
+    assert all(j.test and j.fusion == want_f and {k: v for k, v in j.train.items() if k != "seed"} == {k: v for k, v in want_t.items() if k != "seed"}
+               for j in stages.get("one configuration for all", []))
     defaults = trimodal.configurations(1)[0]
     if sh["config"] in (res["methods"]["weighted"]["config"], defaults):
         assert "weighted" in sh["reused"] and ("weighted", 1) not in shared_jobs
