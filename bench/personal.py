@@ -24,6 +24,7 @@ import argparse
 import csv
 import hashlib
 import json
+import math
 import os
 import platform
 import resource
@@ -67,7 +68,7 @@ def numbers(kind):
             values = tuple(kind(v) for v in text.split(",") if v.strip())
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-        if not values or any(v <= 0 for v in values):
+        if not values or any(not math.isfinite(v) or v <= 0 for v in values):
             raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
         return values
     return parse
@@ -227,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         gb, pb = np.array([r["generic"] for r in calib]), np.array([r["personal"] for r in calib])
         table[c] = {"users": len(test), "generic": float(g.mean()), "personal": float(p.mean()), "generic+baseline": float(gb.mean()),
                     "personal+baseline": float(pb.mean()), "personal_vs_generic": float(1 - p.mean() / g.mean()),
+                    "personal_vs_generic_with_baseline": float(1 - pb.mean() / gb.mean()),
                     "users_better": int((p < g).sum())}
     pool = as_read(users[0]["rec"], enc)
     times = fit_times(list_fusions(), pool, cfg, args.checkpoints)
@@ -239,11 +241,11 @@ def main(argv: list[str] | None = None) -> int:
              f"Bias: {BIAS_SCALE:g}x the population's negative-minus-neutral raw-feature difference; each modality's own model "
              "reads the neutral reference " + ", ".join(f"{ {'vision': 'face', 'audio': 'voice'}[m]} {a:+.2f} -> {b:+.2f}" for m, (a, b) in bias_reading.items())
              + " (voice: against the population prior, a session's first seconds).", "",
-             "| user | generic | personal | generic + baseline | personal + baseline | personal vs generic | users where personal is better |",
-             "|---|---|---|---|---|---|---|"]
+             "| user | generic | personal | generic + baseline | personal + baseline | personal vs generic | both with the baseline | users where personal is better |",
+             "|---|---|---|---|---|---|---|---|"]
     for c, r in table.items():
         lines.append(f"| {c} | {r['generic']:.3f} | {r['personal']:.3f} | {r['generic+baseline']:.3f} | {r['personal+baseline']:.3f} | "
-                     f"{100 * r['personal_vs_generic']:+.0f}% | {r['users_better']}/{r['users']} |")
+                     f"{100 * r['personal_vs_generic']:+.1f}% | {100 * r['personal_vs_generic_with_baseline']:+.1f}% | {r['users_better']}/{r['users']} |")
     lines += ["", "Fit time of a personal model (median of 3, wall s / CPU s, "
               f"{result['machine']['cores']} cores, {torch.get_num_threads()} torch threads):", "",
               "| method | 8 moments | 32 moments | 128 moments | held-out error of 16 moments, one run each: folds at once / one by one (wall s) |",

@@ -419,8 +419,18 @@ def _order(s: dict) -> float:
     return m if np.isfinite(m) else float("inf")
 
 
-RESULT_KEYS = ("methods", "best", "seeds", "ablations", "env")
+def _avg(values) -> str:
+    """The mean of the defined ``values`` for a sentence (``undefined`` when none is)."""
+    v = np.array([np.nan if x is None else x for x in values], dtype=float)
+    return f"{float(np.mean(v[np.isfinite(v)])):.3f}" if np.isfinite(v).any() else "undefined"
+
+
+# what markdown() reads: a file without one of these was not written by this command (or by an
+# older version of it)
+RESULT_KEYS = ("methods", "best", "seeds", "ablations", "env", "data", "configurations", "select_seeds", "max_epochs", "mean_baseline")
+ENV_KEYS = ("cpus", "date", "seconds", "workers")
 METHOD_KEYS = ("chosen", "default", "config", "search")
+SUMMARY_KEYS = ("mae", "corr", "acc2_has0", "acc2_non0", "f1_non0", "acc7", "s_per_epoch", "epochs", "valid_mae")
 
 
 def check_result(res) -> None:
@@ -429,14 +439,20 @@ def check_result(res) -> None:
         raise ValueError("not a JSON object")
     missing = [k for k in RESULT_KEYS if k not in res]
     if missing:
-        raise ValueError(f"no {', '.join(missing)}")
+        raise ValueError(f"missing keys: {', '.join(missing)}")
+    if not isinstance(res["env"], dict) or any(k not in res["env"] for k in ENV_KEYS):
+        raise ValueError(f"env lacks one of {', '.join(ENV_KEYS)}")
     if not isinstance(res["methods"], dict) or not res["methods"]:
-        raise ValueError("no methods")
+        raise ValueError("methods: not a non-empty object")
     for m, r in res["methods"].items():
         gone = [k for k in METHOD_KEYS if not isinstance(r, dict) or k not in r]
         if gone:
-            raise ValueError(f"method {m!r} has no {', '.join(gone)}")
-    if res["best"] not in res["methods"]:
+            raise ValueError(f"method {m!r}: missing keys: {', '.join(gone)}")
+        for label in ("chosen", "default"):
+            gone = [k for k in SUMMARY_KEYS if not isinstance(r[label], dict) or k not in r[label]]
+            if gone:
+                raise ValueError(f"method {m!r}, {label}: missing keys: {', '.join(gone)}")
+    if not isinstance(res["best"], str) or res["best"] not in res["methods"]:
         raise ValueError(f"the best method {res['best']!r} is not among its methods")
 
 
@@ -471,7 +487,7 @@ def markdown(res: dict) -> str:
     def row(name: str, s: dict, alone: bool = False) -> str:
         speed = s.get("s_per_epoch_alone", s["s_per_epoch"]) if alone else s["s_per_epoch"]
         return (f"| {name} | {_pm(s, 'mae')} | {_pm(s, 'corr')} | {_pm(s, 'acc2_has0', True)} | {_pm(s, 'acc2_non0', True)} | "
-                f"{_pm(s, 'f1_non0', True)} | {_pm(s, 'acc7', True)} | {speed:.3f} | {s['epochs']:.0f} | {s['valid_mae']:.3f} |")
+                f"{_pm(s, 'f1_non0', True)} | {_pm(s, 'acc7', True)} | {speed:.3f} | {s['epochs']:.0f} | {_avg([s['valid_mae']])} |")
 
     md = ["## Fusion on real paired data: CMU-MOSI with words, voice and face features of the same moment", "",
           f"`python -m mmdemo.trimodal --data ../shared/data/cmu-mosi-trimodal-features --out results/` ({res['data']}; the "
@@ -490,7 +506,7 @@ def markdown(res: dict) -> str:
     if res.get("quick"):
         md += ["**Quick run (CI): a handful of configurations and seeds, few epochs. The numbers say nothing about the methods.**", ""]
     md += ["### Every method (chosen configuration) beside MMSA 2.2.1 on the same file", "", head, sep]
-    for m in sorted(res["methods"], key=lambda m: res["methods"][m]["chosen"]["mae"][0]):
+    for m in sorted(res["methods"], key=lambda m: _order(res["methods"][m]["chosen"])):
         md.append(row(f"mmdemo `{m}`{' (best on valid)' if m == res['best'] else ''}", res["methods"][m]["chosen"], alone=True))
     timed_here = (mmsa_here(res) or {}).get("models", {})
     for name, r in MMSA.items():
@@ -546,7 +562,7 @@ def markdown(res: dict) -> str:
                "|---|---|---|---|---|---|---|---|"]
         for m, r in res["methods"].items():
             o = sh["methods"][m]
-            md.append(f"| `{m}` | {r['default']['valid_mae']:.3f} | {o['valid_mae']:.3f} | {r['chosen']['valid_mae']:.3f} | {_pm(r['default'], 'mae', constant_note=True)} | "
+            md.append(f"| `{m}` | {_avg([r['default']['valid_mae']])} | {_avg([o['valid_mae']])} | {_avg([r['chosen']['valid_mae']])} | {_pm(r['default'], 'mae', constant_note=True)} | "
                       f"{_pm(o, 'mae', constant_note=True)} | {_pm(r['chosen'], 'mae', constant_note=True)} | {_pm(o, 'corr')} |")
         won = [m for m, r in res["methods"].items() if sh["methods"][m]["valid_mae"] < r["default"]["valid_mae"]]
         md += ["", f"On valid it beats the training loop's defaults for {len(won)} of {len(res['methods'])} methods"
@@ -559,14 +575,16 @@ def markdown(res: dict) -> str:
     if res["ablations"]:
         top, top_s = min(res["ablations"].items(), key=lambda kv: _order(kv[1]))
         subset = " + ".join(NAMES.get(m, m) for m in top.split("+"))
-        if _order(top_s) < _order(full):
+        if not np.isfinite(_mean(top_s, "mae")) and not np.isfinite(_mean(full, "mae")):
+            md += ["", "No seed defined the MAE of the ablations or of all three modalities: no comparison."]
+        elif _order(top_s) < _order(full):
             md += ["", f"Fewer modalities do better here: {subset} alone scores MAE {_num(top_s, 'mae')} (Corr {_num(top_s, 'corr')}) "
                    f"against {_num(full, 'mae')} ({_num(full, 'corr')}) with all three."]
         else:
             md += ["", f"All three modalities do best: MAE {_num(full, 'mae')} against {_num(top_s, 'mae')} for the best subset ({subset})."]
-    valid = np.mean([r["chosen"]["valid_mae"] for r in res["methods"].values()])
-    test = np.nanmean([_mean(r["chosen"], "mae") for r in res["methods"].values()])
-    md += ["", f"Valid vs test: the chosen configurations average valid MAE {valid:.3f} and test MAE {test:.3f}. In this release the "
+    valid = _avg([r["chosen"]["valid_mae"] for r in res["methods"].values()])
+    test = _avg([_mean(r["chosen"], "mae") for r in res["methods"].values()])
+    md += ["", f"Valid vs test: the chosen configurations average valid MAE {valid} and test MAE {test}. In this release the "
            "text-CNN and 3D-CNN extractors were trained on the train videos, which include the valid fold, so valid features are "
            "in-sample for them: a choice on valid favours configurations that trust the features most."]
     ctx = res.get("context")
@@ -582,11 +600,13 @@ def markdown(res: dict) -> str:
             md.append(row(f"`{m}` + context{' (best on valid)' if m == ctx['best'] else ''}", ctx["methods"][m]))
         if ctx.get("words_alone"):
             md.append(row(f"`{res['best']}` + context, words alone", ctx["words_alone"]))
-        v_ctx = np.mean([r["valid_mae"] for r in ctx["methods"].values()])
-        t_ctx = np.nanmean([_mean(r, "mae") for r in ctx["methods"].values()])
+        v_ctx = _avg([r["valid_mae"] for r in ctx["methods"].values()])
+        t_ctx = _avg([_mean(r, "mae") for r in ctx["methods"].values()])
         gain = [_mean(res["methods"][m]["chosen"], "mae") - _mean(r, "mae") for m, r in ctx["methods"].items()]
-        md += ["", f"Context lowers the test MAE of {sum(g > 0 for g in gain)} of {len(gain)} methods (mean change {-np.nanmean(gain):+.3f}; "
-               f"mean valid MAE {v_ctx:.3f} with context against {valid:.3f} without, mean test MAE {t_ctx:.3f} against {test:.3f}). "
+        change = _avg([-g for g in gain])
+        md += ["", f"Context lowers the test MAE of {sum(g > 0 for g in gain)} of {len(gain)} methods (mean change "
+               f"{change if change == 'undefined' else f'{float(change):+.3f}'}; "
+               f"mean valid MAE {v_ctx} with context against {valid} without, mean test MAE {t_ctx} against {test}). "
                f"Best with context on valid: `{ctx['best']}`, MAE {_num(cb, 'mae')} (target ≤ 0.88 {'✓' if _mean(cb, 'mae') <= 0.88 else '✗'}), "
                f"Corr {_num(cb, 'corr')} (≥ 0.66 {'✓' if _mean(cb, 'corr') >= 0.66 else '✗'}), Acc-2 non-0 {_num(cb, 'acc2_non0', True)} "
                f"(≥ 80 {'✓' if _mean(cb, 'acc2_non0') >= 0.80 else '✗'}; bc-LSTM published about 80)."]

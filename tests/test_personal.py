@@ -494,3 +494,8 @@ def test_the_benchmark_searches_every_setting_it_is_given():
     for bad in ("", "0,50", "-1", "a", "2.5"):
         with pytest.raises(argparse.ArgumentTypeError):
             steps(bad)
+    rates = bench.numbers(float)
+    assert rates("0.003,0.01") == (0.003, 0.01)
+    for bad in ("nan", "inf", "0.01,nan", "0"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            rates(bad)

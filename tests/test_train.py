@@ -110,7 +110,8 @@ def test_cli_passes_every_training_setting(tmp_path):
     assert prov["context"] is False and prov["data"] == str(data)
     fc = json.loads((tmp_path / "runs" / "concat" / "config.json").read_text())["config"]
     assert (fc["hidden"], fc["dropout"], fc["loss"]) == (24, 0.35, "huber")
-    # every flag of the command line is one of those checked here (a new one must be added to this test)
+    # every flag of the command line is one of those checked here (a new one must be added to this test;
+    # --context's true value reaching provenance.json: tests/test_trimodal.py)
     import inspect
 
     flags = set(re.findall(r'add_argument\("--([a-z-]+)"', inspect.getsource(main)))

@@ -218,8 +218,7 @@ def test_the_local_search_moves_from_the_best_draw_and_never_reads_test(tmp_path
     assert "round(s) of local search" in md and "configurations tried" in md
     top = min(search, key=lambda r: r["valid_mae"])
     at_limit = top["stage"] == 2 and any(n not in [r["config"] for r in search] for n in trimodal.neighbours(top["config"]))
-    assert trimodal.search_outcome(res["methods"]["concat"], 2)["at_limit"] == at_limit
-    assert ("(stopped at the --refine limit)" in md) == at_limit
+    assert ("(stopped at the --refine limit)" in md) == at_limit  # what the table says follows the search it ran
     # the tables again from the JSON, no training: the same text
     n = len(read)
     assert trimodal.main(["--render", str(out / "trimodal.json"), "--out", str(tmp_path / "again"), "--quiet"]) == 0
@@ -228,11 +227,16 @@ def test_the_local_search_moves_from_the_best_draw_and_never_reads_test(tmp_path
 
 def test_render_names_a_file_it_cannot_read(tmp_path, capsys):
     bad = tmp_path / "bad.json"
-    for text, says in (("{not json", "cannot read it"), ("[]", "not a JSON object"), (json.dumps({"methods": {}}), "no best, seeds"),
-                       (json.dumps({"methods": {"concat": {"chosen": {}}}, "best": "concat", "seeds": [1], "ablations": {}, "env": {}}),
-                        "'concat' has no default, config, search"),
-                       (json.dumps({"methods": {"concat": dict.fromkeys(trimodal.METHOD_KEYS, {})}, "best": "tensor", "seeds": [1],
-                                    "ablations": {}, "env": {}}), "'tensor' is not among")):
+    top = {"best": "concat", "seeds": [1], "ablations": {}, "env": dict.fromkeys(trimodal.ENV_KEYS, 1), "data": "x", "configurations": 1,
+           "select_seeds": [0], "max_epochs": 2, "mean_baseline": {}}
+    summary = dict.fromkeys(trimodal.SUMMARY_KEYS, 0.5)
+    for text, says in (("{not json", "cannot read it"), ("[]", "not a JSON object"), (json.dumps({"methods": {}}), "missing keys: best, seeds"),
+                       (json.dumps(top | {"methods": {}}), "methods: not a non-empty object"),
+                       (json.dumps(top | {"env": {}, "methods": {}}), "env lacks"),
+                       (json.dumps(top | {"methods": {"concat": {"chosen": {}}}}), "'concat': missing keys: default, config, search"),
+                       (json.dumps(top | {"methods": {"concat": dict.fromkeys(trimodal.METHOD_KEYS, {})}}), "'concat', chosen: missing keys: mae"),
+                       (json.dumps(top | {"methods": {"concat": dict.fromkeys(trimodal.METHOD_KEYS, summary)}, "best": "tensor"}), "'tensor' is not among"),
+                       (json.dumps(top | {"methods": {"concat": dict.fromkeys(trimodal.METHOD_KEYS, summary)}, "best": [1]}), "is not among")):
         bad.write_text(text)
         with pytest.raises(SystemExit) as err:
             trimodal.main(["--render", str(bad), "--out", str(tmp_path / "o")])
@@ -258,8 +262,19 @@ def test_render_says_undefined_where_no_seed_defined_a_metric(tmp_path):
     (out / "broken.json").write_text(json.dumps(res))
     assert trimodal.main(["--render", str(out / "broken.json"), "--out", str(tmp_path / "again"), "--quiet"]) == 0
     md = (tmp_path / "again" / "trimodal.md").read_text()
-    assert "nan" not in md.lower().replace("nanmean", "") and "undefined" in md
-    assert "Corr undefined" in md  # the sentence on the best method with context
+    assert "nan" not in md.lower() and "undefined" in md
+    context = next(line for line in md.splitlines() if "Best with context on valid" in line)
+    assert "Corr undefined (≥ 0.66 ✗)" in context
+    # every seed of the chosen configuration without a defined MAE either: the tables and sentences still render
+    res["methods"]["concat"]["chosen"]["mae"] = [None, None]
+    res["context"]["methods"]["concat"]["mae"] = [None, None]
+    for s in res["ablations"].values():
+        s["mae"] = [None, None]
+    (out / "broken.json").write_text(json.dumps(res))
+    assert trimodal.main(["--render", str(out / "broken.json"), "--out", str(tmp_path / "again"), "--quiet"]) == 0
+    md = (tmp_path / "again" / "trimodal.md").read_text()
+    assert "nan" not in md.lower() and "test MAE undefined" in md and "mean change undefined" in md
+    assert "No seed defined the MAE" in md
 
 
 def test_the_benchmark_chooses_on_valid_and_reports_seeds_ablations_and_readings(tmp_path, monkeypatch):
