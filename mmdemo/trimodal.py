@@ -404,13 +404,17 @@ def _mean(s: dict, k: str) -> float:
     return float("nan") if m is None else float(m)
 
 
-def _num(s: dict, k: str, pct: bool = False) -> str:
-    """The mean over seeds of metric ``k`` for a sentence: ``0.892`` (``78.0`` with ``pct``), or
-    ``undefined`` where no seed defined it."""
-    m = _mean(s, k)
-    if not np.isfinite(m):
+def _fmt(v, pct: bool = False, signed: bool = False) -> str:
+    """A number for a table or a sentence: ``0.892`` (``78.0`` with ``pct``, ``+0.027`` with
+    ``signed``), or ``undefined`` for None or NaN (a metric no seed defined)."""
+    if v is None or not np.isfinite(v):
         return "undefined"
-    return f"{100 * m:.1f}" if pct else f"{m:.3f}"
+    return f"{100 * v:.1f}" if pct else f"{v:+.3f}" if signed else f"{v:.3f}"
+
+
+def _num(s: dict, k: str, pct: bool = False) -> str:
+    """The mean over seeds of metric ``k`` (:func:`_fmt`)."""
+    return _fmt(_mean(s, k), pct)
 
 
 def _order(s: dict) -> float:
@@ -419,10 +423,10 @@ def _order(s: dict) -> float:
     return m if np.isfinite(m) else float("inf")
 
 
-def _avg(values) -> str:
-    """The mean of the defined ``values`` for a sentence (``undefined`` when none is)."""
+def _avg(values, signed: bool = False) -> str:
+    """The mean of the defined ``values`` (:func:`_fmt`; ``undefined`` when none is)."""
     v = np.array([np.nan if x is None else x for x in values], dtype=float)
-    return f"{float(np.mean(v[np.isfinite(v)])):.3f}" if np.isfinite(v).any() else "undefined"
+    return _fmt(float(np.mean(v[np.isfinite(v)])) if np.isfinite(v).any() else None, signed=signed)
 
 
 # what markdown() reads: a file without one of these was not written by this command (or by an
@@ -487,7 +491,7 @@ def markdown(res: dict) -> str:
     def row(name: str, s: dict, alone: bool = False) -> str:
         speed = s.get("s_per_epoch_alone", s["s_per_epoch"]) if alone else s["s_per_epoch"]
         return (f"| {name} | {_pm(s, 'mae')} | {_pm(s, 'corr')} | {_pm(s, 'acc2_has0', True)} | {_pm(s, 'acc2_non0', True)} | "
-                f"{_pm(s, 'f1_non0', True)} | {_pm(s, 'acc7', True)} | {speed:.3f} | {s['epochs']:.0f} | {_avg([s['valid_mae']])} |")
+                f"{_pm(s, 'f1_non0', True)} | {_pm(s, 'acc7', True)} | {speed:.3f} | {s['epochs']:.0f} | {_fmt(s['valid_mae'])} |")
 
     md = ["## Fusion on real paired data: CMU-MOSI with words, voice and face features of the same moment", "",
           f"`python -m mmdemo.trimodal --data ../shared/data/cmu-mosi-trimodal-features --out results/` ({res['data']}; the "
@@ -562,7 +566,7 @@ def markdown(res: dict) -> str:
                "|---|---|---|---|---|---|---|---|"]
         for m, r in res["methods"].items():
             o = sh["methods"][m]
-            md.append(f"| `{m}` | {_avg([r['default']['valid_mae']])} | {_avg([o['valid_mae']])} | {_avg([r['chosen']['valid_mae']])} | {_pm(r['default'], 'mae', constant_note=True)} | "
+            md.append(f"| `{m}` | {_fmt(r['default']['valid_mae'])} | {_fmt(o['valid_mae'])} | {_fmt(r['chosen']['valid_mae'])} | {_pm(r['default'], 'mae', constant_note=True)} | "
                       f"{_pm(o, 'mae', constant_note=True)} | {_pm(r['chosen'], 'mae', constant_note=True)} | {_pm(o, 'corr')} |")
         won = [m for m, r in res["methods"].items() if sh["methods"][m]["valid_mae"] < r["default"]["valid_mae"]]
         md += ["", f"On valid it beats the training loop's defaults for {len(won)} of {len(res['methods'])} methods"
@@ -603,9 +607,7 @@ def markdown(res: dict) -> str:
         v_ctx = _avg([r["valid_mae"] for r in ctx["methods"].values()])
         t_ctx = _avg([_mean(r, "mae") for r in ctx["methods"].values()])
         gain = [_mean(res["methods"][m]["chosen"], "mae") - _mean(r, "mae") for m, r in ctx["methods"].items()]
-        change = _avg([-g for g in gain])
-        md += ["", f"Context lowers the test MAE of {sum(g > 0 for g in gain)} of {len(gain)} methods (mean change "
-               f"{change if change == 'undefined' else f'{float(change):+.3f}'}; "
+        md += ["", f"Context lowers the test MAE of {sum(g > 0 for g in gain)} of {len(gain)} methods (mean change {_avg([-g for g in gain], signed=True)}; "
                f"mean valid MAE {v_ctx} with context against {valid} without, mean test MAE {t_ctx} against {test}). "
                f"Best with context on valid: `{ctx['best']}`, MAE {_num(cb, 'mae')} (target ≤ 0.88 {'✓' if _mean(cb, 'mae') <= 0.88 else '✗'}), "
                f"Corr {_num(cb, 'corr')} (≥ 0.66 {'✓' if _mean(cb, 'corr') >= 0.66 else '✗'}), Acc-2 non-0 {_num(cb, 'acc2_non0', True)} "

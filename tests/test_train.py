@@ -1,5 +1,6 @@
 """Training on synthetic data with a known ground truth: text strong, audio weak, vision noise."""
 
+import inspect
 import json
 import re
 
@@ -112,8 +113,6 @@ def test_cli_passes_every_training_setting(tmp_path):
     assert (fc["hidden"], fc["dropout"], fc["loss"]) == (24, 0.35, "huber")
     # every flag of the command line is one of those checked here (a new one must be added to this test;
     # --context's true value reaching provenance.json: tests/test_trimodal.py)
-    import inspect
-
     flags = set(re.findall(r'add_argument\("--([a-z-]+)"', inspect.getsource(main)))
     assert flags == {"fusion", "data", "context", "out", "epochs", "batch-size", "lr", "patience", "modality-dropout", "weight-decay",
                      "hidden", "dropout", "loss", "seed", "device", "quiet"}
