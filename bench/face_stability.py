@@ -10,6 +10,9 @@ face-alone prediction, and how far the face-alone prediction strays from its mea
 (the target: within ±0.3).
 
     python bench/face_stability.py [--data ../shared/data] [--per-set 30] [--seconds 5] [--time-constants 0.35,0.7,1.0]
+                                   [--checkpoints DIR]
+The shipped models by default; ``--checkpoints`` reads others (for example the models of an earlier
+commit: ``git archive COMMIT checkpoints | tar -x -C OLD``, then ``--checkpoints OLD/checkpoints``).
 Prints a table and writes bench/results/face_stability.json.
 """
 
@@ -29,7 +32,7 @@ import numpy as np
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mmdemo.pipeline import Engine  # noqa: E402
+from mmdemo.pipeline import DEFAULT_CHECKPOINTS, Engine  # noqa: E402
 from mmdemo.smoothing import STEADY_MIN_SIDE, face_stability, steady_faces, steady_video  # noqa: E402
 
 SETS = {"photos, test people": "facial-expressions-muxspace", "FER-2013 test": "fer2013-faces"}
@@ -45,9 +48,10 @@ def main() -> None:
     ap.add_argument("--time-constants", default="", help="extra rows: the smoothing with these time constants (s), e.g. 0.35,0.7,1.0")
     ap.add_argument("--face-intervals", default="0,0.2",
                     help="extra rows: the face read at most every this many seconds (0 = every frame), with each smoothing")
+    ap.add_argument("--checkpoints", type=Path, default=DEFAULT_CHECKPOINTS, help="the models to read (default: the shipped ones)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "face_stability.json"))
     args = ap.parse_args()
-    engine = Engine(device="cpu")
+    engine = Engine(args.checkpoints, device="cpu")
     engine.warmup()
     raw_cfg = replace(engine.config, face_smooth_s=0.0, face_label_margin=0.0, face_interval_s=0.0)  # every frame, as it comes
     variants = {"smoothed": None, "raw": raw_cfg}
@@ -90,7 +94,8 @@ def main() -> None:
     for r in rows:
         print(f"| {r['set']} | {r['variant']} | {r['videos']} | {r['label_changes_per_s']:.2f} / {r['label_changes_per_s_p90']:.2f} | "
               f"{r['sign_changes_per_s']:.2f} | {r['max_from_mean_median']:.2f} | {100 * r['within_0.3']:.0f}% |")
-    env = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "seconds": time.time() - t0, "face_smooth_s": engine.config.face_smooth_s,
+    env = {"checkpoints": "shipped" if args.checkpoints.resolve() == Path(DEFAULT_CHECKPOINTS).resolve() else str(args.checkpoints),
+           "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "seconds": time.time() - t0, "face_smooth_s": engine.config.face_smooth_s,
            "face_interval_s": engine.config.face_interval_s,
            "date": time.strftime("%Y-%m-%d"), "per_set": args.per_set, "video_seconds": args.seconds, "fps": args.fps, "seed": args.seed}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

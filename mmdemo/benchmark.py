@@ -10,7 +10,9 @@
    beside trivial baselines (mean, VADER) and published results.
 3. Voice: leave-one-corpus-out over the three voice corpora (:mod:`mmdemo.crosscorpus`), per-speaker
    z-scores or raw features chosen there, the shipped head on all of them. Face: heads on the photos
-   and on photos + FER-2013 (equal weights; FER-2013 without fer's in-sample probabilities), scored as polarity (accuracy, macro-F1) on both test sets beside
+   and on photos + FER-2013 (equal weights; FER-2013 without fer's in-sample probabilities), the
+   shipped one the mean of a few heads (seeds) of the chosen configuration, how many chosen on the
+   validation people too; scored as polarity (accuracy, macro-F1) on both test sets beside
    majority and smile baselines. With ``--expression-cnn own``, mmdemo's expression CNN is first
    trained on FER-2013 train (:mod:`mmdemo.expression`), the face feature reads with it, FER-2013
    keeps its probabilities (out of sample on valid and test), and it ships beside the face head.
@@ -22,6 +24,10 @@
 
 ``--quick`` runs a small subset end to end (CI); it never writes into the shipped checkpoints
 unless ``--checkpoints`` says so.
+
+``--only face`` runs the face stage alone again on an earlier full run's tables (``--out``) with the
+expression CNN it shipped (``--checkpoints``): the face head, its tables and the model card change,
+nothing else (the fusion models read the face features, not the head).
 """
 
 from __future__ import annotations
@@ -148,14 +154,40 @@ def face_choice(rep: dict) -> str:
     """How the shipped face head was chosen, with its validation numbers."""
     h, f1, held = rep["head"], rep["valid_macro_f1"], rep.get("valid_steady")
     if not held:
-        return "its configuration chosen by the mean of the two validation folds' polarity macro-F1."
+        return "its configuration chosen by the mean of the two validation folds' polarity macro-F1." + members_choice(rep)
     return ("its configuration (width, dropout, loss) chosen on the validation people: the best mean polarity macro-F1 of "
             f"the two corpora among the configurations steady on at least {100 * STEADY_FLOOR:.0f}% of each corpus's "
             "steady-expression videos (one still each, shifted, scaled, relit and noised frame by frame, read through the live "
             "face smoothing), steady meaning that the face-alone reading holds within ±0.3 of its mean over the video: "
             f"hidden {h['hidden']}, dropout {h['dropout']}, loss {h.get('loss', 'l1')}; valid macro-F1 "
             + ", ".join(f"{k} {100 * v:.1f}" for k, v in f1.items()) + "; steady videos "
-            + ", ".join(f"{k} {100 * v:.0f}%" for k, v in held.items()) + ".")
+            + ", ".join(f"{k} {100 * v:.0f}%" for k, v in held.items()) + "." + members_choice(rep))
+
+
+def members_choice(rep: dict) -> str:
+    """How many heads (seeds) the shipped face head averages, and what each count scored on valid."""
+    mem = rep.get("members")
+    if not mem:
+        return ""
+    rows = "; ".join(f"{t['members']}: macro-F1 " + ", ".join(f"{k} {100 * v:.1f}" for k, v in t["valid_macro_f1"].items())
+                     + ("" if not t.get("valid_steady") else ", steady " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in t["valid_steady"].items()))
+                     for t in mem["tried"])
+    k, seeds = mem["chosen"], ", ".join(map(str, mem["seeds"]))
+    what = f"one head of that configuration (seed {seeds})" if k == 1 else f"the mean of {k} heads of that configuration (seeds {seeds})"
+    return (f" The shipped head is {what}: one head or the mean of several (other seeds; one head's reading of a slightly moved "
+            f"face depends on its seed), chosen the same way on the same validation numbers among "
+            f"{' / '.join(str(t['members']) for t in mem['tried'])} heads (fewer on a tie); by number of heads: {rows}."
+            + ("" if k == 1 else " The numbers above are the chosen mean's."))
+
+
+def shipped_rows(rep: dict, r: dict, feature: str) -> list[str]:
+    """The shipped face head's row (and, when it is a mean of several heads, one of them alone) in a polarity table."""
+    k = (rep.get("members") or {}).get("chosen", 1)
+    what = "head" if k == 1 else f"mean of {k} heads"
+    rows = [cls_row(f"mmdemo: {feature} -> {what} on photos + FER-2013 (shipped)", r["model"])]
+    if "one_head" in r:
+        rows.insert(0, cls_row(f"one of those heads alone (seed {rep['members']['seeds'][0]})", r["one_head"]))
+    return rows
 
 
 def face_tried(rep: dict) -> list[str]:
@@ -174,16 +206,16 @@ def face_tried(rep: dict) -> list[str]:
     return ["", *rows, ""]
 
 
-def face_fer_markdown(rep: dict, test) -> list[str]:
+def face_fer_markdown(rep: dict) -> list[str]:
     """The face tables when the face feature reads expressions with fer's CNN (in-sample on FER-2013)."""
-    return [f"### Face: expression photos, test people ({len(test)} photos with a face found)", "",
+    return [f"### Face: expression photos, test people ({rep['n_test']} photos with a face found)", "",
            "The shipped head learned from the photos and FER-2013 weighted equally (FER-2013 rows without fer's in-sample "
            f"probabilities), {face_choice(rep)}", *face_tried(rep), "", CLS_HEAD,
            cls_row("majority class (train)", rep["majority"]),
            cls_row(f"smile blendshape alone (thresholds {rep['smile']['thresholds'][0]:.2f}/{rep['smile']['thresholds'][1]:.2f} on valid)", rep["smile"]),
            cls_row("head on the photos alone (as before)", rep["photos_only_head"]),
            cls_row("head on photos + FER-2013 with fer's in-sample probabilities", rep["insample_head"]),
-           cls_row("mmdemo: blendshapes + pose + FER -> head on photos + FER-2013 (shipped)", rep["model"]), "",
+           *shipped_rows(rep, rep, "blendshapes + pose + FER"), "",
            f"Reference baseline of ../shared/data: {REFERENCE['faces']}.", "",
            f"### Face: FER-2013 test images ({rep['fer_test']['n_test']} with a face found)", "",
            "fer's expression CNN (part of the face feature) was trained on FER-2013, so its probabilities are in-sample here. The",
@@ -196,7 +228,7 @@ def face_fer_markdown(rep: dict, test) -> list[str]:
            cls_row("shipped head, CNN probabilities given (*in-sample*)", rep["fer_test"]["model_with_fer_probabilities"]), ""]
 
 
-def face_own_markdown(rep: dict, e: dict, test) -> list[str]:
+def face_own_markdown(rep: dict, e: dict) -> list[str]:
     """The face tables when the face feature reads expressions with mmdemo's CNN (learned from FER-2013 train only)."""
     def cnn_row(name: str, r: dict) -> str:
         p = r.get("polarity3") or {}
@@ -208,24 +240,25 @@ def face_own_markdown(rep: dict, e: dict, test) -> list[str]:
         rows.append(cnn_row(f"photos, test people ({e['photos_test']['n_polarity']}; the encoder's crop)", e["photos_test"]))
     return [f"### Face: the expression CNN (mmdemo's, learned from FER-2013 train, epoch {e['chosen_epoch']} chosen on valid: "
             f"{100 * e['valid_accuracy7']:.1f}%)", "", "Read once on images it never saw.", "", *rows, "",
-            f"### Face: expression photos, test people ({len(test)} photos with a face found)", "",
+            f"### Face: expression photos, test people ({rep['n_test']} photos with a face found)", "",
             f"The shipped head learned from the photos and FER-2013 weighted equally, {face_choice(rep)}", *face_tried(rep), "", CLS_HEAD,
             cls_row("majority class (train)", rep["majority"]),
             cls_row(f"smile blendshape alone (thresholds {rep['smile']['thresholds'][0]:.2f}/{rep['smile']['thresholds'][1]:.2f} on valid)", rep["smile"]),
             cls_row("head on the photos alone", rep["photos_only_head"]),
-            cls_row("mmdemo: blendshapes + pose + expression CNN -> head on photos + FER-2013 (shipped)", rep["model"]), "",
+            *shipped_rows(rep, rep, "blendshapes + pose + expression CNN"), "",
             f"Reference baseline of ../shared/data: {REFERENCE['faces']}.", "",
             f"### Face: FER-2013 test images ({rep['fer_test']['n_test']} with a face found)", "",
             "Out of sample for the expression CNN (it learned from FER-2013 train) and for the heads.", "", CLS_HEAD,
             cls_row("majority class (train)", rep["fer_test"]["majority"]),
             cls_row("head on the photos alone", rep["fer_test"]["photos_only_head"]),
-            cls_row("mmdemo: blendshapes + pose + expression CNN -> head on photos + FER-2013 (shipped)", rep["fer_test"]["model"]), ""]
+            *shipped_rows(rep, rep["fer_test"], "blendshapes + pose + expression CNN"), ""]
 
 
 # ----------------------------------------------------------------------------- models
 
 
 STEADY_FPS = 10.0  # frames a second of the steady-expression videos (as bench/face_stability.py)
+FACE_MEMBERS = (1, 3, 5)  # how many heads (seeds) the shipped face head may average; the validation people choose
 STEADY_FLOOR = 0.95  # a face head is steady enough when this share of every corpus's valid videos holds within ±0.3 (one in 30 may not)
 
 
@@ -263,15 +296,7 @@ def fit_balanced(parts: dict[str, FeatureDataset], grid: list[FusionConfig], tcf
     best = None
     for fcfg in grid:
         model, res, _ = train_method("concat", ds, fcfg, tcfg, progress=False)
-        valid = {}
-        for name, d in parts.items():
-            va = d.splits["valid"]
-            valid[name] = polarity_report(predict(model, Batches(va, model.modalities, model.device)), va.labels)["polarity3"]["macro_f1"]
-        held = {name: steady_reading(model, videos) for name, videos in steady.items()} if steady else None
-        f1 = float(np.mean(list(valid.values())))
-        steady_enough = held is None or min(held.values()) >= STEADY_FLOOR
-        # steady enough on every corpus first (the best macro-F1 among those), else the steadiest
-        score = (steady_enough, f1 if steady_enough else min(held.values()), f1)
+        valid, held, score = face_validation(model, parts, steady)
         log.info("  hidden %d dropout %.1f loss %s: valid polarity macro-F1 %s%s (%d epochs)", fcfg.hidden, fcfg.dropout, fcfg.loss,
                  ", ".join(f"{k} {100 * v:.1f}" for k, v in valid.items()),
                  "" if held is None else "; steady videos " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in held.items()), res.epochs_run)
@@ -280,6 +305,44 @@ def fit_balanced(parts: dict[str, FeatureDataset], grid: list[FusionConfig], tcf
         if best is None or score > best[0]:
             best = (score, model, fcfg, valid, held)
     return best[1], best[2], best[3], ds, best[4]
+
+
+def face_validation(model, parts: dict[str, FeatureDataset], steady: dict[str, list] | None) -> tuple[dict, dict | None, tuple]:
+    """A face head's validation numbers: per corpus the polarity macro-F1 of its valid fold, per
+    corpus the share of its steady-expression valid videos the head holds within ±0.3 (None without
+    ``steady``), and the score a choice maximises: steady enough on every corpus first (the best mean
+    macro-F1 among those), else the steadiest."""
+    valid = {}
+    for name, d in parts.items():
+        va = d.splits["valid"]
+        valid[name] = polarity_report(predict(model, Batches(va, model.modalities, model.device)), va.labels)["polarity3"]["macro_f1"]
+    held = {name: steady_reading(model, videos) for name, videos in steady.items()} if steady else None
+    f1 = float(np.mean(list(valid.values())))
+    steady_enough = held is None or min(held.values()) >= STEADY_FLOOR
+    return valid, held, (steady_enough, f1 if steady_enough else min(held.values()), f1)
+
+
+def fit_members(first, ds: FeatureDataset, fcfg: FusionConfig, tcfg: TrainConfig, parts: dict[str, FeatureDataset],
+                steady: dict[str, list] | None, counts: tuple[int, ...]) -> tuple:
+    """The chosen face head ``first`` (seed ``tcfg.seed``) and more heads of its configuration trained
+    on ``ds`` with the next seeds; the mean of the first k heads for each k of ``counts`` is scored on
+    the validation people like a configuration (:func:`face_validation`) and the best is returned
+    (fewer heads on a tie), with what each count scored. A single head's reading of a slightly moved
+    face depends on its seed; the mean of a few depends on it less."""
+    from .checkpoint import MeanOfModels
+
+    heads, tried, best = [first], [], None
+    for k in sorted(set(counts)):
+        while len(heads) < k:
+            heads.append(train_method("concat", ds, fcfg, dataclasses.replace(tcfg, seed=tcfg.seed + len(heads)), progress=False)[0])
+        model = heads[0] if k == 1 else MeanOfModels(heads[:k])
+        valid, held, score = face_validation(model, parts, steady)
+        log.info("  mean of %d head(s): valid polarity macro-F1 %s%s", k, ", ".join(f"{n} {100 * v:.1f}" for n, v in valid.items()),
+                 "" if held is None else "; steady videos " + ", ".join(f"{n} {100 * v:.0f}%" for n, v in held.items()))
+        tried.append({"members": k, "seeds": [tcfg.seed + i for i in range(k)], "valid_macro_f1": valid, "valid_steady": held})
+        if best is None or score > best[0]:
+            best = (score, model, tried[-1])
+    return best[1], best[2], tried
 
 
 def steady_features(data: Path, expression: Path | None, *, per_set: int, seconds: float, fps: float, seed: int) -> dict[str, list]:
@@ -320,6 +383,66 @@ def steady_reading(model, videos: list, fps: float = STEADY_FPS) -> float:
             return model({"vision": torch.as_tensor(x, dtype=torch.float32, device=model.device)}).prediction.cpu().numpy()
 
     return steady_share(read, videos, fps, tau_s=live.face_smooth_s, interval_s=live.face_interval_s, gap_s=live.face_ttl_s)
+
+
+def face_stage(data: Path, faces: FeatureDataset, fer: FeatureDataset, expression: Path | None, grid: list[FusionConfig],
+               tcfg_uni: TrainConfig, *, quick: bool, seed: int) -> tuple[dict, object, FeatureDataset]:
+    """The face head (:func:`fit_balanced`, then :func:`fit_members`) and its test scores. Returns
+    (the report, the shipped head, the photos + FER-2013 training set the fusion learns from)."""
+    # face: the head learns from the photos and FER-2013 (each by its own split, weighted equally).
+    # fer's CNN (part of the face feature) was trained on FER-2013, so its probabilities there are
+    # in-sample: FER-2013 rows teach the head (and the fusion) with those 7 values set to 0, so
+    # nothing learned or chosen leans on them; the photos keep them (out of sample for the CNN).
+    # With mmdemo's own CNN (--expression-cnn own), FER-2013's valid and test images are out of sample
+    # for it and the rows keep their probabilities; its train images are the CNN's own (their
+    # probabilities are a little more confident than on new faces: see the CNN's train/test scores).
+    insample = expression is None
+    photos = only_present(faces, "vision")
+    fer_p = only_present(fer, "vision")
+    fer_blind = without_fer_probabilities(fer_p) if insample else fer_p
+    log.info("face: steady-expression videos of the validation people")
+    steady = steady_features(data, expression, per_set=3 if quick else 30, seconds=2.0 if quick else 5.0, fps=STEADY_FPS, seed=seed)
+    if insample and "fer2013" in steady:  # read as its head learned FER-2013: without fer's in-sample probabilities
+        steady["fer2013"] = [[None if f is None else blind_to_fer(f) for f in v] for v in steady["fer2013"]]
+    log.info("face: heads on the photos alone and on photos + FER-2013")
+    photo_model, photo_cfg, _, _ = fit_unimodal(photos, grid, tcfg_uni)
+    # the face head's loss is chosen too: "l1" snaps an ambiguous face to -1, 0 or +1 frame by frame,
+    # "huber" reads it as a graded value in between (see FusionConfig.loss)
+    face_grid = [dataclasses.replace(c, loss=loss) for loss in LOSSES for c in grid]
+    face_tried: list[dict] = []
+    parts = {"photos": photos, "fer2013": fer_blind}
+    one_head, fcfg_face, _, face_train, _ = fit_balanced(parts, face_grid, tcfg_uni, steady, face_tried)
+    log.info("face: the mean of several heads of that configuration (other seeds)")
+    face_model, chosen, members = fit_members(one_head, face_train, fcfg_face, tcfg_uni, parts, steady, (1, 2) if quick else FACE_MEMBERS)
+    insample_model = fit_balanced({"photos": photos, "fer2013": fer_p}, [fcfg_face], tcfg_uni)[0] if insample else None
+
+    def read(model, ds):
+        test = ds.splits["test"]
+        return polarity_report(predict(model, Batches(test, model.modalities, model.device)), test.labels)
+
+    test = photos.splits["test"]
+    rep = {"model": read(face_model, photos), "photos_only_head": read(photo_model, photos),
+           "majority": majority_report(photos.splits["train"].labels, test.labels), "smile": smile_baseline(photos),
+           "head": asdict(fcfg_face), "valid_macro_f1": chosen["valid_macro_f1"], "valid_steady": chosen["valid_steady"], "tried": face_tried,
+           "members": {"chosen": chosen["members"], "seeds": chosen["seeds"], "tried": members}, "n_test": len(test),
+           "absent_test": int((~faces.splits["test"].present["vision"]).sum()),
+           "expression_cnn": "fer" if insample else "mmdemo (FER-2013 train)",
+           "fer_test": {"model": read(face_model, fer_blind), "photos_only_head": read(photo_model, fer_p),
+                        "majority": majority_report(fer_p.splits["train"].labels, fer_p.splits["test"].labels),
+                        "n_test": len(fer_p.splits["test"])},
+           "train_items": {"photos": len(photos.splits["train"]), "fer2013": len(fer_p.splits["train"])}}
+    if chosen["members"] > 1:  # what one head of the mean scores alone (the seed the configuration was chosen with)
+        rep["one_head"], rep["fer_test"]["one_head"] = read(one_head, photos), read(one_head, fer_blind)
+    if insample:
+        rep["insample_head"] = read(insample_model, photos)
+        rep["fer_test"] |= {"model_with_fer_probabilities": read(face_model, fer_p), "insample_head": read(insample_model, fer_p)}
+    return rep, face_model, face_train
+
+
+def face_markdown(rep: dict, expression: dict | None) -> list[str]:
+    """The face section of benchmark.md: with mmdemo's expression CNN (``expression``: what it
+    measured) or with fer's (None)."""
+    return face_fer_markdown(rep) if expression is None else face_own_markdown(rep, expression)
 
 
 def polarity_report(pred: np.ndarray, truth: np.ndarray) -> dict:
@@ -576,27 +699,96 @@ def with_train_features(ds: FeatureDataset, m: str, ids: np.ndarray, feats: np.n
 # ----------------------------------------------------------------------------- the run
 
 
+def unimodal_settings(args) -> tuple[TrainConfig, list[FusionConfig], int | None]:
+    """The unimodal heads' training settings, the widths and dropouts their validation folds choose
+    from, and the items read per split (None: all)."""
+    quick = args.quick
+    tcfg_uni = TrainConfig(epochs=8 if quick else 80, patience=3 if quick else 10, batch_size=128, lr=1e-3,
+                           modality_dropout=0.0, seed=args.seed, device=args.device)
+    grid = [FusionConfig(hidden=64, dropout=0.2)] if quick else [FusionConfig(hidden=h, dropout=d) for h in (64, 256) for d in (0.1, 0.3)]
+    return tcfg_uni, grid, 40 if quick else None
+
+
+def extract_corpus(args, name: str, limit: int | None, overlay: Path | None = None, **kw):
+    """One corpus's features with the live encoders (cached and resumable) and the extraction's summary."""
+    c = CORPORA[name]
+    folder = Path(args.data) / c["folder"]
+    log.info("features: %s (%s)%s", name, c["modality"], " with the fine-tuned text encoder" if overlay else "")
+    ds, summary, errors = run_extraction(folder, folder / "labels.csv", modalities=(c["modality"],), label_col=c["label"],
+                                         limit_per_split=limit, device=args.device, words_overlay=overlay,
+                                         progress=not args.quiet, **kw)
+    ds.meta = {"source": c["folder"]}  # no machine paths in what is written
+    return ds, summary | {"broken": len(errors)}
+
+
+FACE_SECTION, AFTER_FACE = "### Face:", "### Fusion on paired examples"
+
+
+def run_face_only(args) -> dict:
+    """``--only face``: the face stage again (features, heads, the mean of several, test scores) with
+    the expression CNN an earlier full run shipped in ``--checkpoints``; that run's ``benchmark.json``
+    and ``benchmark.md`` under ``--out`` get the new face section, the checkpoints the new face head
+    and model card. Nothing else changes: the fusion models learned from the face *features*, which a
+    new head does not change."""
+    from .expression import CONFIG as EXPRESSION_CONFIG
+    from .expression import WEIGHTS as EXPRESSION_WEIGHTS
+    from .expression import load_expression
+
+    data, out = Path(args.data), Path(args.out)
+    ckpt = Path(args.checkpoints) if args.checkpoints else out / "checkpoints"
+    try:
+        results = json.loads((out / "benchmark.json").read_text())
+        md = (out / "benchmark.md").read_text()
+        start, end = md.index(FACE_SECTION), md.index(AFTER_FACE)
+        if not isinstance(results, dict) or not {"face", "encoders"} <= set(results) or end < start:
+            raise ValueError("not the tables of a full run")
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"--only face: no tables of an earlier full run in {out} ({err}); run python -m mmdemo.benchmark without --only first") from None
+    if results.get("quick") != args.quick:
+        raise SystemExit(f"--only face: the run in {out} was {'' if results.get('quick') else 'not '}--quick, this one is {'' if args.quick else 'not '}--quick")
+    expression = None
+    if results.get("expression") is not None:  # that run read expressions with mmdemo's CNN: the one it shipped
+        if args.expression_cnn != "own":
+            raise SystemExit(f"--only face: the run in {out} read expressions with mmdemo's CNN, not fer's")
+        expression = ckpt / "unimodal" / "vision" / EXPRESSION_WEIGHTS
+        try:
+            load_expression(expression)
+            meta = json.loads((ckpt / "unimodal" / "vision" / EXPRESSION_CONFIG).read_text())
+        except Exception as err:  # noqa: BLE001 - safetensors raises its own error type for a damaged file
+            raise SystemExit(f"--only face: no expression CNN shipped in {ckpt} ({err})") from None
+        if meta.get("chosen_epoch") != results["expression"].get("chosen_epoch") or meta.get("valid_accuracy7") != results["expression"].get("valid_accuracy7"):
+            raise SystemExit(f"--only face: the expression CNN in {ckpt} is not the one the tables in {out} describe")
+    elif args.expression_cnn == "own":
+        raise SystemExit(f"--only face: the run in {out} read expressions with fer's CNN; pass --expression-cnn fer")
+    tcfg_uni, grid, limit = unimodal_settings(args)
+    faces, s_face = extract_corpus(args, "faces", limit, expression=expression)
+    fer, s_fer = extract_corpus(args, "fer2013", limit, expression=expression)
+    rep, face_model, _ = face_stage(data, faces, fer, expression, grid, tcfg_uni, quick=args.quick, seed=args.seed)
+    results["face"] = rep
+    results["encoders"] |= {"faces": s_face, "fer2013": s_fer}
+    provenance = {"generated_by": "python -m mmdemo.benchmark --only face", "data": "../shared/data (see checkpoints/README.md)",
+                  "quick": args.quick, "seed": args.seed, "date": time.strftime("%Y-%m-%d"),
+                  "corpus": "expression photos (muxspace/facial_expressions subset) + FER-2013"}
+    save_fusion(face_model, ckpt / "unimodal" / "vision", extra={"metrics.json": jsonable(rep), "provenance.json": jsonable(provenance)})
+    (ckpt / "README.md").write_text(model_card(results, ckpt))
+    (out / "benchmark.md").write_text(md[:start] + "\n".join(face_markdown(rep, results.get("expression"))) + "\n" + md[end:])
+    (out / "benchmark.json").write_text(json.dumps(jsonable(results), indent=2) + "\n")
+    return results
+
+
 def run(args) -> dict:
+    if getattr(args, "only", None) == "face":
+        return run_face_only(args)
     data, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = Path(args.checkpoints) if args.checkpoints else out / "checkpoints"
     quick = args.quick
-    limit = 40 if quick else None
-    tcfg_uni = TrainConfig(epochs=8 if quick else 80, patience=3 if quick else 10, batch_size=128, lr=1e-3,
-                           modality_dropout=0.0, seed=args.seed, device=args.device)
-    grid = [FusionConfig(hidden=64, dropout=0.2)] if quick else [FusionConfig(hidden=h, dropout=d) for h in (64, 256) for d in (0.1, 0.3)]
+    tcfg_uni, grid, limit = unimodal_settings(args)
     results: dict = {"quick": quick, "encoders": {}, "words": {}, "voice": {}, "face": {}, "fusion": {}, "speed": {}}
     md: list[str] = []
 
     def extract(name: str, overlay: Path | None = None, **kw):
-        c = CORPORA[name]
-        folder = data / c["folder"]
-        log.info("features: %s (%s)%s", name, c["modality"], " with the fine-tuned text encoder" if overlay else "")
-        ds, summary, errors = run_extraction(folder, folder / "labels.csv", modalities=(c["modality"],), label_col=c["label"],
-                                             limit_per_split=limit, device=args.device, words_overlay=overlay,
-                                             progress=not args.quiet, **kw)
-        ds.meta = {"source": c["folder"]}  # no machine paths in what is written
-        return ds, summary | {"broken": len(errors)}
+        return extract_corpus(args, name, limit, overlay, **kw)
 
     def save_words() -> None:  # see reused_words: what a later run can take, written as it is done
         (out / WORDS_DONE).write_text(json.dumps(jsonable({"words": results["words"]}), indent=2) + "\n")
@@ -752,54 +944,9 @@ def run(args) -> dict:
         "config": asdict(voice_cfg), "features": "speaker_z" if voice_cfg.norm == "speaker" else "raw",
         "clips": {c.name: {s: int((c.split == s).sum()) for s in SPLITS} for c in corpora}}
     md += voice_markdown(vres, corpora, {n: v["title"] for n, v in VOICE_CORPORA.items()})
-    # face: the head learns from the photos and FER-2013 (each by its own split, weighted equally).
-    # fer's CNN (part of the face feature) was trained on FER-2013, so its probabilities there are
-    # in-sample: FER-2013 rows teach the head (and the fusion) with those 7 values set to 0, so
-    # nothing learned or chosen leans on them; the photos keep them (out of sample for the CNN).
-    # With mmdemo's own CNN (--expression-cnn own), FER-2013's valid and test images are out of sample
-    # for it and the rows keep their probabilities; its train images are the CNN's own (their
-    # probabilities are a little more confident than on new faces: see the CNN's train/test scores).
-    insample = expression is None
-    photos = only_present(faces, "vision")
-    fer_p = only_present(fer, "vision")
-    fer_blind = without_fer_probabilities(fer_p) if insample else fer_p
-    log.info("face: steady-expression videos of the validation people")
-    steady = steady_features(data, expression, per_set=3 if quick else 30, seconds=2.0 if quick else 5.0, fps=STEADY_FPS, seed=args.seed)
-    if insample and "fer2013" in steady:  # read as its head learned FER-2013: without fer's in-sample probabilities
-        steady["fer2013"] = [[None if f is None else blind_to_fer(f) for f in v] for v in steady["fer2013"]]
-    log.info("face: heads on the photos alone and on photos + FER-2013")
-    photo_model, photo_cfg, _, _ = fit_unimodal(photos, grid, tcfg_uni)
-    # the face head's loss is chosen too: "l1" snaps an ambiguous face to -1, 0 or +1 frame by frame,
-    # "huber" reads it as a graded value in between (see FusionConfig.loss)
-    face_grid = [dataclasses.replace(c, loss=loss) for loss in LOSSES for c in grid]
-    face_tried: list[dict] = []
-    face_model, fcfg_face, face_valid, face_train, face_steady = fit_balanced({"photos": photos, "fer2013": fer_blind}, face_grid, tcfg_uni, steady,
-                                                                               face_tried)
-    insample_model = fit_balanced({"photos": photos, "fer2013": fer_p}, [fcfg_face], tcfg_uni)[0] if insample else None
-
-    def read(model, ds):
-        test = ds.splits["test"]
-        return polarity_report(predict(model, Batches(test, model.modalities, model.device)), test.labels)
-
-    test = photos.splits["test"]
-    rep = {"model": read(face_model, photos), "photos_only_head": read(photo_model, photos),
-           "majority": majority_report(photos.splits["train"].labels, test.labels), "smile": smile_baseline(photos),
-           "head": asdict(fcfg_face), "valid_macro_f1": face_valid, "valid_steady": face_steady, "tried": face_tried, "n_test": len(test),
-           "absent_test": int((~faces.splits["test"].present["vision"]).sum()),
-           "expression_cnn": "fer" if insample else "mmdemo (FER-2013 train)",
-           "fer_test": {"model": read(face_model, fer_blind), "photos_only_head": read(photo_model, fer_p),
-                        "majority": majority_report(fer_p.splits["train"].labels, fer_p.splits["test"].labels),
-                        "n_test": len(fer_p.splits["test"])},
-           "train_items": {"photos": len(photos.splits["train"]), "fer2013": len(fer_p.splits["train"])}}
-    if insample:
-        rep["insample_head"] = read(insample_model, photos)
-        rep["fer_test"] |= {"model_with_fer_probabilities": read(face_model, fer_p), "insample_head": read(insample_model, fer_p)}
+    rep, face_model, face_train = face_stage(data, faces, fer, expression, grid, tcfg_uni, quick=quick, seed=args.seed)
     results["face"] = rep
-    if not insample:
-        e = results["expression"]
-        md += face_own_markdown(rep, e, test)
-    else:
-        md += face_fer_markdown(rep, test)
+    md += face_markdown(rep, results.get("expression"))
     faces_for_fusion = face_train  # photos and FER-2013 in equal shares (FER-2013 without fer's in-sample probabilities)
 
 
@@ -1046,6 +1193,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reuse-expression", metavar="DIR", help="with --expression-cnn own: take the expression CNN an earlier run "
                     "trained with the same settings (DIR/expression/) instead of training it again; the face features it "
                     "gives are then read from the extraction cache")
+    ap.add_argument("--only", choices=("face",), help="face: only the face stage again (features, heads, test scores), with the "
+                    "expression CNN that --checkpoints holds, updating that earlier full run's tables in --out, the face head and the "
+                    "model card (about 25 min on 2 CPU cores instead of hours)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--quiet", action="store_true")
@@ -1054,6 +1204,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--oof-folds must be at least 2")
     if args.reuse_expression and args.expression_cnn != "own":
         ap.error("--reuse-expression goes with --expression-cnn own")
+    if args.only and (args.reuse_words or args.reuse_expression):
+        ap.error("--only face reads the expression CNN of --checkpoints; --reuse-words / --reuse-expression go with a full run")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     missing = [c["folder"] for c in CORPORA.values() if not (Path(args.data) / c["folder"] / "labels.csv").exists()]
     if missing:

@@ -2,7 +2,9 @@
 
 A checkpoint folder holds ``model.safetensors`` (the state dict, nothing executable), ``config.json``
 (fusion name, modality dims, FusionConfig) and optionally ``metrics.json`` / ``provenance.json``.
-Never pickled modules, no absolute paths.
+Never pickled modules, no absolute paths. A :class:`MeanOfModels` (several models of one method and
+configuration, read as their mean) saves the same way, with ``"members": K`` in its config and each
+member's weights under ``members.<k>.``.
 """
 
 from __future__ import annotations
@@ -13,20 +15,57 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
-from .fusion import Fusion, FusionConfig, create_fusion
+from .fusion import Fusion, FusionConfig, FusionOutput, create_fusion
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 FORMAT = "mmdemo-fusion/1"
 
 
-def save_fusion(model: Fusion, folder: str | Path, *, extra: dict | None = None) -> Path:
+class MeanOfModels(nn.Module):
+    """Models of one method, modalities and configuration that differ only in their training seed,
+    read as one: the mean of their predictions (and of their own modality weights). A single small
+    head's answer to a slightly moved face depends on its seed; the mean of a few does less (see
+    the face head in ``python -m mmdemo.benchmark``). It reads like a :class:`Fusion`: same call,
+    ``modalities``, ``dims``, ``cfg``, ``name``, ``device`` and :meth:`complete_inputs`, so
+    :func:`mmdemo.contributions.explain` explains it like any model."""
+
+    def __init__(self, members: list[Fusion]):
+        super().__init__()
+        if not members:
+            raise ValueError("a mean of models needs at least one model")
+        first = members[0]
+        for m in members[1:]:
+            if (m.name, m.dims, m.cfg) != (first.name, first.dims, first.cfg):
+                raise ValueError(f"a mean of models needs one method, modalities and configuration; got {first.name} {first.dims} "
+                                 f"and {m.name} {m.dims} (or another configuration)")
+        self.members = nn.ModuleList(members)
+        self.name, self.dims, self.modalities, self.cfg, self.has_weights = first.name, first.dims, first.modalities, first.cfg, first.has_weights
+
+    @property
+    def device(self) -> torch.device:
+        return self.members[0].device
+
+    def complete_inputs(self, feats, present=None, steps=None):
+        """As :meth:`Fusion.complete_inputs` (every member reads the same inputs)."""
+        return self.members[0].complete_inputs(feats, present, steps)
+
+    def forward(self, feats, present=None, steps=None) -> FusionOutput:
+        outs = [m(feats, present, steps) for m in self.members]
+        weights = None if outs[0].weights is None else torch.stack([o.weights for o in outs]).mean(dim=0)
+        return FusionOutput(torch.stack([o.prediction for o in outs]).mean(dim=0), weights)
+
+
+def save_fusion(model: Fusion | MeanOfModels, folder: str | Path, *, extra: dict | None = None) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(folder / WEIGHTS), metadata={"format": FORMAT, "fusion": model.name})
     config = {"format": FORMAT, "fusion": model.name, "dims": model.dims, "config": asdict(model.cfg)}
+    if isinstance(model, MeanOfModels):
+        config["members"] = len(model.members)
     (folder / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     for name, payload in (extra or {}).items():
         (folder / name).write_text(json.dumps(payload, indent=2) + "\n")
@@ -43,8 +82,9 @@ def read_config(folder: str | Path) -> dict:
     return config
 
 
-def load_fusion(folder: str | Path, *, device: str | torch.device = "cpu") -> Fusion:
-    """Rebuild the model from its config and load the weights with ``strict=True``."""
+def load_fusion(folder: str | Path, *, device: str | torch.device = "cpu") -> Fusion | MeanOfModels:
+    """Rebuild the model from its config and load the weights with ``strict=True`` (a
+    :class:`MeanOfModels` where the config names its ``members``)."""
     folder = Path(folder)
     config = read_config(folder)
     unknown = set(config["config"]) - {f.name for f in fields(FusionConfig)}
@@ -54,7 +94,13 @@ def load_fusion(folder: str | Path, *, device: str | torch.device = "cpu") -> Fu
         cfg = FusionConfig(**config["config"])
     except ValueError as err:
         raise ValueError(f"{folder}: {err}") from None
-    model = create_fusion(config["fusion"], dims=config["dims"], cfg=cfg)
+    members = config.get("members")
+    if members is None:
+        model = create_fusion(config["fusion"], dims=config["dims"], cfg=cfg)
+    elif isinstance(members, int) and not isinstance(members, bool) and members >= 1:
+        model = MeanOfModels([create_fusion(config["fusion"], dims=config["dims"], cfg=cfg) for _ in range(members)])
+    else:
+        raise ValueError(f"{folder}: config's members must be a positive whole number, got {members!r}")
     state = load_file(str(folder / WEIGHTS))
     model.load_state_dict(state, strict=True)
     return model.to(device).eval()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mmdemo import benchmark
-from mmdemo.checkpoint import load_fusion
+from mmdemo.checkpoint import MeanOfModels, load_fusion
 from mmdemo.data import FeatureDataset, Split
 from mmdemo.fusion import list_fusions
 from mmdemo.fusion.base import LOSSES
@@ -130,6 +130,36 @@ def test_quick_benchmark_writes_tables_checkpoints_and_a_model_card(tmp_path):
     assert res2["face"]["expression_cnn"].startswith("mmdemo") and res2["expression"]["fer2013_test"]["n"] > 0
     assert "model_with_fer_probabilities" not in res2["face"]["fer_test"] and "expression CNN alone" in md2 and "*in-sample*" not in md2
     assert Engine(ckpt, device="cpu").face.expression == shipped_cnn
+    # the shipped face head is the mean of the heads (seeds) the validation people chose, and loads as one
+    members = res2["face"]["members"]
+    assert [t["members"] for t in members["tried"]] == [1, 2] and members["chosen"] in (1, 2)
+    assert members["seeds"] == list(range(members["chosen"]))
+    config = json.loads((ckpt / "unimodal" / "vision" / "config.json").read_text())
+    assert config.get("members", 1) == members["chosen"]
+    assert isinstance(load_fusion(ckpt / "unimodal" / "vision"), MeanOfModels) == (members["chosen"] > 1)
+    assert res2["face"]["valid_macro_f1"] == members["tried"][members["chosen"] - 1]["valid_macro_f1"]  # the chosen mean's numbers
+    # --only face: the face stage again on that run's tables and the expression CNN it shipped; the same seed gives the same tables
+    before_json = json.loads((again / "benchmark.json").read_text())
+    assert benchmark.main(["--data", str(SHARED), "--out", str(again), "--quick", "--quiet", "--device", "cpu", "--only", "face",
+                           "--checkpoints", str(ckpt)]) == 0
+    assert (again / "benchmark.md").read_text() == md2
+    after_json = json.loads((again / "benchmark.json").read_text())
+    assert after_json["face"] == before_json["face"] and after_json["fusion"] == before_json["fusion"]
+    assert json.loads((ckpt / "unimodal" / "vision" / "provenance.json").read_text())["generated_by"].endswith("--only face")
+    # ... another seed: other heads, only the face section of the tables changes
+    assert benchmark.main(["--data", str(SHARED), "--out", str(again), "--quick", "--quiet", "--device", "cpu", "--only", "face",
+                           "--checkpoints", str(ckpt), "--seed", "3"]) == 0
+    md3 = (again / "benchmark.md").read_text()
+    cut = lambda text: (text[:text.index(benchmark.FACE_SECTION)], text[text.index(benchmark.AFTER_FACE):])  # noqa: E731
+    assert cut(md3) == cut(md2) and md3 != md2 and json.loads((again / "benchmark.json").read_text())["face"]["members"]["seeds"][0] == 3
+    # ... refused without an earlier full run's tables, or with another expression CNN than that run's
+    with pytest.raises(SystemExit, match="no tables of an earlier full run"):
+        benchmark.main(["--data", str(SHARED), "--out", str(tmp_path / "none"), "--quick", "--quiet", "--only", "face", "--checkpoints", str(ckpt)])
+    with pytest.raises(SystemExit, match="not fer's"):
+        benchmark.main(["--data", str(SHARED), "--out", str(again), "--quick", "--quiet", "--only", "face", "--checkpoints", str(ckpt),
+                        "--expression-cnn", "fer"])
+    with pytest.raises(SystemExit, match="was --quick"):
+        benchmark.main(["--data", str(SHARED), "--out", str(again), "--quiet", "--only", "face", "--checkpoints", str(ckpt)])
     # the neutral face the calibration compares with is read with the same CNN: same blendshapes and pose, other expression part
     neutral_own = json.loads((ckpt / "neutral_reference.json").read_text())
     face_fer, face_own = (np.array(n["vectors"]["vision"]) for n in (neutral_fer, neutral_own))

@@ -311,3 +311,44 @@ def test_a_checkpoint_records_its_loss_and_one_without_it_loads_as_l1(build, tmp
     (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="hinge"):
         load_fusion(tmp_path / "m")
+
+
+@pytest.mark.parametrize("name", ["concat", "weighted"])  # without and with the method's own modality weights
+def test_a_mean_of_models_reads_as_their_mean_and_saves_and_loads_strictly(build, name, tmp_path):
+    import json
+
+    from mmdemo.checkpoint import MeanOfModels
+
+    members = [build(name, seed=s).eval() for s in range(3)]
+    mean = MeanOfModels(members).eval()
+    assert (mean.name, mean.dims, mean.modalities, mean.cfg) == (name, members[0].dims, members[0].modalities, members[0].cfg)
+    feats = make_batch(batch=6)
+    pres = presence_patterns(mean.modalities, 6)
+    outs = [m(feats, pres) for m in members]
+    out = mean(feats, pres)
+    assert torch.allclose(out.prediction, sum(o.prediction for o in outs) / 3)
+    assert not torch.allclose(outs[0].prediction, outs[1].prediction)  # the seeds differ, so the mean is not one of them
+    if outs[0].weights is None:
+        assert out.weights is None
+    else:
+        assert torch.allclose(out.weights, sum(o.weights for o in outs) / 3)
+        some = torch.stack([pres[m] for m in mean.modalities], dim=1).any(dim=1).float()  # rows with a modality present
+        assert torch.allclose(out.weights.sum(dim=1), some)
+    save_fusion(mean, tmp_path / "m")
+    back = load_fusion(tmp_path / "m")
+    assert isinstance(back, MeanOfModels) and len(back.members) == 3
+    assert torch.equal(back(feats, pres).prediction, out.prediction)
+    # an explanation treats it like any model: exact Shapley values sum to the prediction less the baseline
+    e = explain(back, feats, pres)
+    assert torch.allclose(e.shapley.sum(dim=1), e.prediction - e.baseline, atol=1e-5)
+    # strict: one member fewer in the config than in the weights, or a count that is not a positive whole number
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    for bad, match in ((2, "Unexpected key"), (0, "positive whole number"), ("3", "positive whole number"), (True, "positive whole number")):
+        (tmp_path / "m" / "config.json").write_text(json.dumps(cfg | {"members": bad}))
+        with pytest.raises((ValueError, RuntimeError), match=match):
+            load_fusion(tmp_path / "m")
+    # one method, modalities and configuration only
+    with pytest.raises(ValueError, match="one method"):
+        MeanOfModels([members[0], build(name, seed=0, hidden=16)])
+    with pytest.raises(ValueError, match="at least one"):
+        MeanOfModels([])
