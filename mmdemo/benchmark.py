@@ -11,8 +11,8 @@
 3. Voice: leave-one-corpus-out over the three voice corpora (:mod:`mmdemo.crosscorpus`), per-speaker
    z-scores or raw features chosen there, the shipped head on all of them. Face: heads on the photos
    and on photos + FER-2013 (equal weights; FER-2013 without fer's in-sample probabilities), the
-   shipped one the mean of a few heads (seeds) of the chosen configuration, how many chosen on the
-   validation people too; scored as polarity (accuracy, macro-F1) on both test sets beside
+   shipped one a single head or the mean of a few heads (seeds) of the chosen configuration, as the
+   validation people choose; scored as polarity (accuracy, macro-F1) on both test sets beside
    majority and smile baselines. With ``--expression-cnn own``, mmdemo's expression CNN is first
    trained on FER-2013 train (:mod:`mmdemo.expression`), the face feature reads with it, FER-2013
    keeps its probabilities (out of sample on valid and test), and it ships beside the face head.
