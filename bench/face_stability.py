@@ -12,7 +12,7 @@ face-alone prediction, and how far the face-alone prediction strays from its mea
     python bench/face_stability.py [--data ../shared/data] [--per-set 30] [--seconds 5] [--time-constants 0.35,0.7,1.0]
                                    [--checkpoints DIR]
 The shipped models by default; ``--checkpoints`` reads others (for example the models of an earlier
-commit: ``git archive COMMIT checkpoints | tar -x -C OLD``, then ``--checkpoints OLD/checkpoints``).
+commit: ``mkdir OLD && git archive COMMIT checkpoints | tar -x -C OLD``, then ``--checkpoints OLD/checkpoints``).
 Prints a table and writes bench/results/face_stability.json.
 """
 
@@ -51,6 +51,8 @@ def main() -> None:
     ap.add_argument("--checkpoints", type=Path, default=DEFAULT_CHECKPOINTS, help="the models to read (default: the shipped ones)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "face_stability.json"))
     args = ap.parse_args()
+    if not (args.checkpoints / "unimodal" / "vision" / "config.json").is_file():  # else every row would read nothing
+        ap.error(f"--checkpoints {args.checkpoints}: no face head there (unimodal/vision/config.json)")
     engine = Engine(args.checkpoints, device="cpu")
     engine.warmup()
     raw_cfg = replace(engine.config, face_smooth_s=0.0, face_label_margin=0.0, face_interval_s=0.0)  # every frame, as it comes
@@ -94,7 +96,7 @@ def main() -> None:
     for r in rows:
         print(f"| {r['set']} | {r['variant']} | {r['videos']} | {r['label_changes_per_s']:.2f} / {r['label_changes_per_s_p90']:.2f} | "
               f"{r['sign_changes_per_s']:.2f} | {r['max_from_mean_median']:.2f} | {100 * r['within_0.3']:.0f}% |")
-    env = {"checkpoints": "shipped" if args.checkpoints.resolve() == Path(DEFAULT_CHECKPOINTS).resolve() else str(args.checkpoints),
+    env = {"checkpoints": "shipped" if args.checkpoints.resolve() == Path(DEFAULT_CHECKPOINTS).resolve() else args.checkpoints.resolve().name,
            "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "seconds": time.time() - t0, "face_smooth_s": engine.config.face_smooth_s,
            "face_interval_s": engine.config.face_interval_s,
            "date": time.strftime("%Y-%m-%d"), "per_set": args.per_set, "video_seconds": args.seconds, "fps": args.fps, "seed": args.seed}

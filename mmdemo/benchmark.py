@@ -26,8 +26,10 @@
 unless ``--checkpoints`` says so.
 
 ``--only face`` runs the face stage alone again on an earlier full run's tables (``--out``) with the
-expression CNN it shipped (``--checkpoints``): the face head, its tables and the model card change,
-nothing else (the fusion models read the face features, not the head).
+expression CNN it shipped (``--checkpoints``): the face head, its tables, the encoders' table and
+the model card change, nothing else (the fusion models read the face features, not the head). Where
+the face features are extracted again rather than read from the cache (another machine), they may
+differ slightly from those the fusion models and the neutral reference learned from.
 """
 
 from __future__ import annotations
@@ -224,6 +226,8 @@ def face_fer_markdown(rep: dict) -> list[str]:
            cls_row("majority class (train)", rep["fer_test"]["majority"]),
            cls_row("head on the photos alone (*in-sample* CNN probabilities)", rep["fer_test"]["photos_only_head"]),
            cls_row("head on photos + FER-2013 with fer's probabilities (*in-sample*)", rep["fer_test"]["insample_head"]),
+           *([cls_row(f"one of those heads alone (seed {rep['members']['seeds'][0]}), CNN probabilities left out", rep["fer_test"]["one_head"])]
+             if "one_head" in rep["fer_test"] else []),
            cls_row("shipped head, CNN probabilities left out", rep["fer_test"]["model"]),
            cls_row("shipped head, CNN probabilities given (*in-sample*)", rep["fer_test"]["model_with_fer_probabilities"]), ""]
 
@@ -259,6 +263,7 @@ def face_own_markdown(rep: dict, e: dict) -> list[str]:
 
 STEADY_FPS = 10.0  # frames a second of the steady-expression videos (as bench/face_stability.py)
 FACE_MEMBERS = (1, 3, 5)  # how many heads (seeds) the shipped face head may average; the validation people choose
+QUICK_FACE_MEMBERS = (1, 2)  # the same with --quick
 STEADY_FLOOR = 0.95  # a face head is steady enough when this share of every corpus's valid videos holds within ±0.3 (one in 30 may not)
 
 
@@ -331,6 +336,8 @@ def fit_members(first, ds: FeatureDataset, fcfg: FusionConfig, tcfg: TrainConfig
     face depends on its seed; the mean of a few depends on it less."""
     from .checkpoint import MeanOfModels
 
+    if not counts or min(counts) < 1:
+        raise ValueError(f"numbers of heads must be positive whole numbers, got {counts!r}")
     heads, tried, best = [first], [], None
     for k in sorted(set(counts)):
         while len(heads) < k:
@@ -405,7 +412,7 @@ def face_stage(data: Path, faces: FeatureDataset, fer: FeatureDataset, expressio
     if insample and "fer2013" in steady:  # read as its head learned FER-2013: without fer's in-sample probabilities
         steady["fer2013"] = [[None if f is None else blind_to_fer(f) for f in v] for v in steady["fer2013"]]
     log.info("face: heads on the photos alone and on photos + FER-2013")
-    photo_model, photo_cfg, _, _ = fit_unimodal(photos, grid, tcfg_uni)
+    photo_model = fit_unimodal(photos, grid, tcfg_uni)[0]
     # the face head's loss is chosen too: "l1" snaps an ambiguous face to -1, 0 or +1 frame by frame,
     # "huber" reads it as a graded value in between (see FusionConfig.loss)
     face_grid = [dataclasses.replace(c, loss=loss) for loss in LOSSES for c in grid]
@@ -413,7 +420,7 @@ def face_stage(data: Path, faces: FeatureDataset, fer: FeatureDataset, expressio
     parts = {"photos": photos, "fer2013": fer_blind}
     one_head, fcfg_face, _, face_train, _ = fit_balanced(parts, face_grid, tcfg_uni, steady, face_tried)
     log.info("face: the mean of several heads of that configuration (other seeds)")
-    face_model, chosen, members = fit_members(one_head, face_train, fcfg_face, tcfg_uni, parts, steady, (1, 2) if quick else FACE_MEMBERS)
+    face_model, chosen, members = fit_members(one_head, face_train, fcfg_face, tcfg_uni, parts, steady, QUICK_FACE_MEMBERS if quick else FACE_MEMBERS)
     insample_model = fit_balanced({"photos": photos, "fer2013": fer_p}, [fcfg_face], tcfg_uni)[0] if insample else None
 
     def read(model, ds):
@@ -587,7 +594,7 @@ def out_of_fold_features(words: FeatureDataset, videos: dict[str, str], k: int, 
     reused = [] if reuse is None else reuse.get("oof_folds", list(range(k)))
     if reuse is not None:  # the fold encoders of an earlier run (see --reuse-words): only the embedding is redone
         prev = reuse["info"] or {}
-        info = dict(prev, reused_from=str(reuse["dir"]), reused_folds=reused)  # seconds: the earlier run's
+        info = dict(prev, reused_from=shown_path(reuse["dir"]), reused_folds=reused)  # seconds: the earlier run's
         info.pop("seconds_this_run", None)  # what that run re-did is not this run's
         info["seconds"] = float(prev.get("seconds") or 0.0)
         info["valid_mae"], info["train_texts"] = ([(list(prev.get(key) or []) + [None] * k)[i] for i in range(k)] for key in ("valid_mae", "train_texts"))
@@ -721,7 +728,18 @@ def extract_corpus(args, name: str, limit: int | None, overlay: Path | None = No
     return ds, summary | {"broken": len(errors)}
 
 
+def shown_path(path) -> str:
+    """A folder as the tables name it: relative to the working directory when it lies inside it,
+    else its name alone (no machine paths in what is written)."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return p.name
+
+
 FACE_SECTION, AFTER_FACE = "### Face:", "### Fusion on paired examples"
+ENCODERS_SECTION = "### What the encoders returned"
 
 
 def run_face_only(args) -> dict:
@@ -746,6 +764,8 @@ def run_face_only(args) -> dict:
         raise SystemExit(f"--only face: no tables of an earlier full run in {out} ({err}); run python -m mmdemo.benchmark without --only first") from None
     if results.get("quick") != args.quick:
         raise SystemExit(f"--only face: the run in {out} was {'' if results.get('quick') else 'not '}--quick, this one is {'' if args.quick else 'not '}--quick")
+    if not (ckpt / "unimodal" / "vision" / "config.json").is_file():  # a full run ships a face head beside the rest
+        raise SystemExit(f"--only face: {ckpt} holds no checkpoints of a full run (no unimodal/vision/config.json); pass the run's --checkpoints")
     expression = None
     if results.get("expression") is not None:  # that run read expressions with mmdemo's CNN: the one it shipped
         if args.expression_cnn != "own":
@@ -769,10 +789,17 @@ def run_face_only(args) -> dict:
     provenance = {"generated_by": "python -m mmdemo.benchmark --only face", "data": "../shared/data (see checkpoints/README.md)",
                   "quick": args.quick, "seed": args.seed, "date": time.strftime("%Y-%m-%d"),
                   "corpus": "expression photos (muxspace/facial_expressions subset) + FER-2013"}
+    # every text first, then the writes, so that a failure leaves the files as they were
+    md = md[:start] + "\n".join(face_markdown(rep, results.get("expression"))) + "\n" + md[end:]
+    enc = md.find(ENCODERS_SECTION)
+    if enc >= 0:  # the encoders' table: the face corpora's extraction is this run's
+        enc_end = md.find("\n### ", enc + len(ENCODERS_SECTION))
+        md = md[:enc] + encoder_summary(results["encoders"]) + "\n" + (md[enc_end:] if enc_end >= 0 else "")
+    card, table = model_card(results, ckpt), json.dumps(jsonable(results), indent=2) + "\n"
     save_fusion(face_model, ckpt / "unimodal" / "vision", extra={"metrics.json": jsonable(rep), "provenance.json": jsonable(provenance)})
-    (ckpt / "README.md").write_text(model_card(results, ckpt))
-    (out / "benchmark.md").write_text(md[:start] + "\n".join(face_markdown(rep, results.get("expression"))) + "\n" + md[end:])
-    (out / "benchmark.json").write_text(json.dumps(jsonable(results), indent=2) + "\n")
+    (ckpt / "README.md").write_text(card)
+    (out / "benchmark.md").write_text(md)
+    (out / "benchmark.json").write_text(table)
     return results
 
 
@@ -820,7 +847,7 @@ def run(args) -> dict:
             for f in (EXPRESSION_WEIGHTS, EXPRESSION_CONFIG):
                 if (prev_cnn["dir"] / f).resolve() != (out / "expression" / f).resolve():
                     shutil.copyfile(prev_cnn["dir"] / f, out / "expression" / f)
-            results["expression"] = prev_cnn["result"] | {"reused_from": str(args.reuse_expression)}
+            results["expression"] = prev_cnn["result"] | {"reused_from": shown_path(args.reuse_expression)}
         else:
             log.info("face: the expression CNN on FER-2013 train")
             results["expression"] = train_expression_cnn(data, out / "expression", ecfg, limit=limit, progress=not args.quiet)
@@ -845,7 +872,7 @@ def run(args) -> dict:
             overlay = overlay_dir / "encoder.safetensors"
             if overlay.resolve() != (reuse["dir"] / "words_finetuned" / "encoder.safetensors").resolve():
                 shutil.copyfile(reuse["dir"] / "words_finetuned" / "encoder.safetensors", overlay)
-            results["words"]["finetune"] = dict(reuse["finetune"], reused_from=str(reuse["dir"]))
+            results["words"]["finetune"] = dict(reuse["finetune"], reused_from=shown_path(reuse["dir"]))
         else:
             tr, va = words_frozen.splits["train"], words_frozen.splits["valid"]
             keep_tr, keep_va = tr.present["text"], va.present["text"]
@@ -898,7 +925,7 @@ def run(args) -> dict:
     like = None
     wanted_seeds = list(range(2 if quick else args.mosi_seeds))
     if args.finetune != "skip" and args.reuse_words and (reuse.get("mosi_only") or {}).get("seeds") == wanted_seeds and wanted_seeds:
-        like = dict(reuse["mosi_only"], reused_from=str(reuse["dir"]))
+        like = dict(reuse["mosi_only"], reused_from=shown_path(reuse["dir"]))
         results["words"]["mosi_only"] = like
     elif args.finetune != "skip" and args.mosi_seeds:
         seeds = list(range(2 if quick else args.mosi_seeds))
@@ -1023,7 +1050,7 @@ def run(args) -> dict:
 
     # -- 5. checkpoints ------------------------------------------------------------------------
     write_checkpoints(ckpt, results, w_model, voice_model, face_model, fusion_models, w_overlay, args, voice_prior, expression)
-    results["checkpoints"] = str(ckpt)
+    results["checkpoints"] = shown_path(ckpt)
     (ckpt / "README.md").write_text(model_card(results, ckpt))
     header = ["# mmdemo benchmark on real data", "",
               "Generated by `python -m mmdemo.benchmark`" + (" --quick (a small subset: numbers are not meaningful)" if quick else "") + ".",
@@ -1036,7 +1063,7 @@ def run(args) -> dict:
 
 
 def encoder_summary(enc: dict) -> str:
-    lines = ["### What the encoders returned", "", "| corpus | modality | items | found | share | absent because | extraction s |", "|---|---|---|---|---|---|---|"]
+    lines = [ENCODERS_SECTION, "", "| corpus | modality | items | found | share | absent because | extraction s |", "|---|---|---|---|---|---|---|"]
     for corpus, s in enc.items():
         for m, v in s["modalities"].items():
             why = "; ".join(f"{k or '?'}: {n}" for k, n in v["absent_because"].items()) or "-"
@@ -1089,7 +1116,9 @@ def model_card(results: dict, ckpt: Path) -> str:
         "(details in results/benchmark.md).", "",
         "## Files", "",
         "- `words/encoder.safetensors`: the fine-tuned top layers of all-MiniLM-L6-v2 (fp16), loaded over the packaged model (only when fine-tuning won on the valid folds)." if w["chosen"] == "fine-tuned" else "- words: the packaged all-MiniLM-L6-v2 as is (fine-tuning did not win on the valid folds).",
-        "- `unimodal/{text,audio,vision}/`: one head per modality (each modality alone), `fusion/<method>/`: one model per fusion method.",
+        "- `unimodal/{text,audio,vision}/`: one head per modality (each modality alone" + ("" if (f.get("members") or {}).get("chosen", 1) == 1
+        else f"; the face's is the mean of {f['members']['chosen']} heads of one configuration, trained with seeds {', '.join(map(str, f['members']['seeds']))}")
+        + "), `fusion/<method>/`: one model per fusion method.",
         "  Each is `model.safetensors` + `config.json` (rebuilt through the registry, loaded strictly) + `metrics.json` + `provenance.json`.",
         *([] if f.get("expression_cnn", "fer") == "fer" else [
             "- `unimodal/vision/expression.safetensors` + `expression.json`: mmdemo's expression CNN (fp16; its settings, the epoch chosen "
@@ -1195,7 +1224,7 @@ def main(argv: list[str] | None = None) -> int:
                     "gives are then read from the extraction cache")
     ap.add_argument("--only", choices=("face",), help="face: only the face stage again (features, heads, test scores), with the "
                     "expression CNN that --checkpoints holds, updating that earlier full run's tables in --out, the face head and the "
-                    "model card (about 25 min on 2 CPU cores instead of hours)")
+                    "model card (about 15 min on 2 CPU cores instead of hours, 10 of them extracting FER-2013's features where they are not cached)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--quiet", action="store_true")

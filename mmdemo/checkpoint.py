@@ -26,21 +26,26 @@ FORMAT = "mmdemo-fusion/1"
 
 class MeanOfModels(nn.Module):
     """Models of one method, modalities and configuration that differ only in their training seed,
-    read as one: the mean of their predictions (and of their own modality weights). A single small
-    head's answer to a slightly moved face depends on its seed; the mean of a few does less (see
-    the face head in ``python -m mmdemo.benchmark``). It reads like a :class:`Fusion`: same call,
-    ``modalities``, ``dims``, ``cfg``, ``name``, ``device`` and :meth:`complete_inputs`, so
-    :func:`mmdemo.contributions.explain` explains it like any model."""
+    read as one: the mean of their predictions (and of their own modality weights). The face stage
+    of ``python -m mmdemo.benchmark`` lets the validation people choose between one head and such a
+    mean (README, "Face"). It reads like a :class:`Fusion`: same call, ``modalities``, ``dims``,
+    ``cfg``, ``name``, ``device`` and :meth:`complete_inputs`, so
+    :func:`mmdemo.contributions.explain` explains it like any model. Members are plain fusion models
+    (a mean of means could not be loaded back) with their modalities in one order (a member's weight
+    columns and inputs follow it)."""
 
     def __init__(self, members: list[Fusion]):
         super().__init__()
         if not members:
             raise ValueError("a mean of models needs at least one model")
+        for m in members:
+            if isinstance(m, MeanOfModels) or not isinstance(m, Fusion):
+                raise TypeError(f"a mean of models takes fusion models, not {type(m).__name__}")
         first = members[0]
         for m in members[1:]:
-            if (m.name, m.dims, m.cfg) != (first.name, first.dims, first.cfg):
-                raise ValueError(f"a mean of models needs one method, modalities and configuration; got {first.name} {first.dims} "
-                                 f"and {m.name} {m.dims} (or another configuration)")
+            if (type(m), m.name, m.modalities, m.dims, m.cfg) != (type(first), first.name, first.modalities, first.dims, first.cfg):
+                raise ValueError(f"a mean of models needs one method, modalities (in one order) and configuration; got {first.name} "
+                                 f"{first.modalities} {first.dims} and {m.name} {m.modalities} {m.dims} (or another configuration)")
         self.members = nn.ModuleList(members)
         self.name, self.dims, self.modalities, self.cfg, self.has_weights = first.name, first.dims, first.modalities, first.cfg, first.has_weights
 

@@ -338,9 +338,17 @@ def test_a_mean_of_models_reads_as_their_mean_and_saves_and_loads_strictly(build
     back = load_fusion(tmp_path / "m")
     assert isinstance(back, MeanOfModels) and len(back.members) == 3
     assert torch.equal(back(feats, pres).prediction, out.prediction)
-    # an explanation treats it like any model: exact Shapley values sum to the prediction less the baseline
+    # an explanation treats it like any model: exact Shapley values sum to the prediction less the
+    # baseline, and (Shapley values are linear in the model) they are the mean of its members' values,
+    # also where a modality is not given at all
     e = explain(back, feats, pres)
     assert torch.allclose(e.shapley.sum(dim=1), e.prediction - e.baseline, atol=1e-5)
+    assert torch.allclose(e.shapley, sum(explain(m, feats, pres).shapley for m in members) / 3, atol=1e-5)
+    gone = mean.modalities[-1]
+    part = {m: x for m, x in feats.items() if m != gone}
+    e = explain(back, part, {m: p for m, p in pres.items() if m != gone})
+    assert torch.all(e.shapley[:, mean.modalities.index(gone)] == 0)
+    assert torch.allclose(e.shapley, sum(explain(m, part, {k: p for k, p in pres.items() if k != gone}).shapley for m in members) / 3, atol=1e-5)
     # strict: one member fewer in the config than in the weights, or a count that is not a positive whole number
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     for bad, match in ((2, "Unexpected key"), (0, "positive whole number"), ("3", "positive whole number"), (True, "positive whole number")):
@@ -352,3 +360,11 @@ def test_a_mean_of_models_reads_as_their_mean_and_saves_and_loads_strictly(build
         MeanOfModels([members[0], build(name, seed=0, hidden=16)])
     with pytest.raises(ValueError, match="at least one"):
         MeanOfModels([])
+    # the same modalities in another order would read each other's inputs once saved and loaded
+    other = build(name, seed=1)
+    other.modalities = tuple(reversed(other.modalities))
+    with pytest.raises(ValueError, match="one order"):
+        MeanOfModels([members[0], other])
+    # a mean of means could not be loaded back
+    with pytest.raises(TypeError, match="fusion models"):
+        MeanOfModels([mean, members[0]])
