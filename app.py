@@ -685,6 +685,7 @@ def build(studio: Studio) -> gr.Blocks:
     gr.set_static_paths([str(PLOTLY_JS)])
     head = f"<script src='/gradio_api/file={PLOTLY_JS}'></script>"
     choices = studio.fusions
+    default = studio.engine.default_fusion() if choices else None  # the live session's, and the clip analysis's
     h = Handlers(studio)
 
     with gr.Blocks(title="mmdemo · live multimodal sentiment", delete_cache=(300, 600)) as demo:
@@ -705,9 +706,9 @@ def build(studio: Studio) -> gr.Blocks:
                     transcript = gr.Textbox(label="what you said (Whisper tiny.en)", interactive=False, lines=3, elem_id="transcript")
                 with gr.Column(scale=3, min_width=420):
                     with gr.Row():
-                        fusion = gr.Dropdown(choices=choices, value=choices[0] if choices else None, label="fusion method", elem_id="fusion",
+                        fusion = gr.Dropdown(choices=choices, value=default, label="fusion method", elem_id="fusion",
                                              interactive=bool(choices))
-                    method_info = gr.Markdown(method_md(studio, choices[0]) if choices else "", elem_id="method-info")
+                    method_info = gr.Markdown(method_md(studio, default) if choices else "", elem_id="method-info")
                     model_status = gr.Markdown(studio.status(), elem_id="model-status")
                     readout = gr.HTML(readout_html(None), elem_id="readout", js_on_load=None)
                     status = gr.HTML(status_html(None), elem_id="status", js_on_load=None)
@@ -765,7 +766,7 @@ def build(studio: Studio) -> gr.Blocks:
             with gr.Row():
                 with gr.Column(scale=2):
                     video = gr.Video(sources=["upload"], label="video clip (with its audio)", elem_id="clip")
-                    clip_fusion = gr.Dropdown(choices=choices, value=choices[0] if choices else None, label="fusion method")
+                    clip_fusion = gr.Dropdown(choices=choices, value=default, label="fusion method")
                     fps = gr.Slider(1, 10, value=5, step=1, label="frames analysed per second")
                     go_btn = gr.Button("Analyse", variant="primary", elem_id="analyse")
                 with gr.Column(scale=3):

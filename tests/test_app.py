@@ -221,6 +221,19 @@ def test_analyse_uploads(studio, tmp_path, quiet_log):
     assert handlers.on_analyse(None, "weighted", 5)[0].startswith("Upload")
 
 
+def test_every_fusion_menu_starts_on_the_live_sessions_method(studio):
+    demo = studio_app.build(studio)
+    menus = [b for b in demo.blocks.values() if isinstance(b, gr.Dropdown) and b.label == "fusion method"]
+    assert len(menus) == 2  # the live tab and the clip analysis
+    session = studio.engine.session()
+    try:
+        assert {m.value for m in menus} == {studio.engine.default_fusion()} == {session.fusion_name}
+    finally:
+        session.close()
+    info = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "method-info")
+    assert studio.engine.default_fusion() in info.value
+
+
 @pytest.fixture(scope="module")
 def served(studio):
     demo = studio_app.build(studio)
