@@ -478,11 +478,14 @@ class Handlers:
                 for name in prof.personal_fusions():
                     s.set_personal(name, prof.load_personal(name)[0])
             moments = prof.moments()
+            shown = baseline_md(s.baseline if s else None), personal_md(s, prof) if s else ""
         except Exception as err:  # noqa: BLE001 - the live studio works without a profile
             log.warning("profile not loaded: %s", err)
             msg, moments, prof = f"⚠️ your profile could not be loaded: {err}", [], None
-        return (pid, s, baseline_md(s.baseline if s else None), moments, msg,
-                personal_md(s, prof) if s else "", f"Profile {pid[:8]}… · stored in {data_root_text(self.studio)}")
+            if s is not None:  # nothing half-loaded stays in the session
+                s.set_baseline(None)
+            shown = baseline_md(None), ""
+        return (pid, s, shown[0], moments, msg, shown[1], f"Profile {pid[:8]}… · stored in {data_root_text(self.studio)}")
 
     def on_calibrate_start(self, state):
         if state is None:
@@ -608,17 +611,22 @@ class Handlers:
             prof = self._profile(pid)
             got = prof.import_file(file if isinstance(file, str) else getattr(file, "name", file),
                                    configs=shipped_configs(self.studio.engine.checkpoints))
-        except (ProfileError, OSError) as err:
+        except (ProfileError, OSError, ValueError) as err:  # ValueError: text a file holds that cannot be written (checked, but kept as a message)
             return f"⚠️ not imported: {err}", gr.skip(), gr.skip(), gr.skip(), state
-        if state is not None:
-            if got["baseline"]:
-                state.set_baseline(prof.load_baseline())
-            for name in got["personal"]:
-                state.set_personal(name, prof.load_personal(name)[0])
+        try:
+            if state is not None:
+                if got["baseline"]:
+                    state.set_baseline(prof.load_baseline())
+                for name in got["personal"]:
+                    state.set_personal(name, prof.load_personal(name)[0])
+            moments = prof.moments()
+        except (ProfileError, OSError, ValueError) as err:
+            log.warning("imported profile not loaded: %s", err)
+            return f"⚠️ imported, but it could not be loaded here: {err}", gr.skip(), gr.skip(), gr.skip(), state
         msg = (f"✓ Imported {got['moments_added']} moments" + (f" ({got['moments_skipped']} already here)" if got["moments_skipped"] else "")
                + (", the baseline" if got["baseline"] else "") + (f", personal models for {', '.join(got['personal'])}" if got["personal"] else "") + "."
                + (f" Kept this profile's own {', '.join(got['kept'])} (delete it to take the imported one)." if got["kept"] else ""))
-        return msg, prof.moments(), baseline_md(state.baseline if state else None), personal_md(state, prof), state
+        return msg, moments, baseline_md(state.baseline if state else None), personal_md(state, prof), state
 
     def on_delete_all(self, pid, state):
         try:
@@ -646,7 +654,7 @@ class Handlers:
         stem = Path(video).stem
         csv_path, json_path = result.to_csv(out / f"{stem}.csv"), result.to_json(out / f"{stem}.json")
         if not rows:
-            return "⚠️ nothing could be analysed in this clip", None, str(csv_path), str(json_path)
+            return ("⚠️ nothing could be analysed in this clip" + "".join(f"\n- {n}" for n in result.notes)), None, str(csv_path), str(json_path)
         preds = np.array([r["prediction"] for r in rows])
         summary = [f"**{Path(video).name}**: {result.seconds:.1f} s, {len(rows)} updates with **{fusion}**; "
                    f"mean sentiment {preds.mean():+.2f} (min {preds.min():+.2f}, max {preds.max():+.2f})."]

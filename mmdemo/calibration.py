@@ -100,9 +100,9 @@ class Baseline:
             name = DISPLAY_NAMES[m]
             if m in self.offsets:
                 unit = "frames" if m == "vision" else "voice windows"
-                r = self.readings.get(m)
-                read = "" if not r else f"; read alone: {r['before']:+.2f} before, {r['after']:+.2f} after"
-                lines.append(f"{name}: offset from {self.samples[m]} {unit}{read}")
+                r = self.readings.get(m) or {}
+                read = f"; read alone: {r['before']:+.2f} before, {r['after']:+.2f} after" if {"before", "after"} <= set(r) else ""
+                lines.append(f"{name}: offset from {self.samples.get(m, '?')} {unit}{read}")
             else:
                 lines.append(f"{name}: not calibrated ({self.skipped.get(m, 'not measured')})")
         return lines
@@ -121,7 +121,12 @@ class Baseline:
             clean[m] = x
         samples = {str(k): int(v) for k, v in dict(info.get("samples", {})).items()}
         readings = {str(k): {kk: float(vv) for kk, vv in dict(v).items()} for k, v in dict(info.get("readings", {})).items()}
-        skipped = {str(k): str(v) for k, v in dict(info.get("skipped", {})).items()}
+        skipped = {str(k): str(v)[:200] for k, v in dict(info.get("skipped", {})).items()}
+        for m in clean:  # what describe() shows of each offset (a file of another version may lack it)
+            if samples.get(m, 0) < 1:
+                raise ValueError(f"baseline offset for {m!r} without the number of samples it came from")
+            if m in readings and not {"before", "after"} <= set(readings[m]):
+                raise ValueError(f"baseline reading for {m!r} without its values before and after")
         return cls(clean, samples, float(info.get("seconds", 0.0)), readings, skipped)
 
 

@@ -29,6 +29,14 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+
+def warn_scale(labels: np.ndarray, where) -> None:
+    """A warning when labels leave the CMU-MOSI scale (-3 .. +3) that the models, metrics (Acc-7 clips
+    to it) and plots assume: another scale (1-5, 0-100) trains, but its numbers mean something else."""
+    if len(labels) and (labels.min() < -3 or labels.max() > 3):
+        log.warning("%s: labels from %g to %g, outside the CMU-MOSI scale -3 .. +3 that mmdemo's models, metrics and plots "
+                    "assume; rescale them (for example (x - 3) * 1.5 for a 1-5 scale)", where, labels.min(), labels.max())
+
 SPLITS = ("train", "valid", "test")
 
 
@@ -181,13 +189,16 @@ class FeatureDataset:
         csv_path = folder / "labels.csv"
         if not csv_path.exists():
             raise FileNotFoundError(f"{folder}: no labels.csv (a feature folder needs labels.csv and <modality>.npy files)")
-        with open(csv_path, newline="", encoding="utf-8") as f:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's "CSV UTF-8" starts with a byte-order mark
             rows = list(csv.DictReader(f))
         if not rows:
             raise ValueError(f"{csv_path}: no rows")
         missing = {"clip_id", "label", "split"} - set(rows[0])
         if missing:
             raise ValueError(f"{csv_path}: missing column(s) {sorted(missing)}")
+        short = next((i for i, r in enumerate(rows) if None in r.values() or None in r), None)  # fewer or more fields than the header
+        if short is not None:
+            raise ValueError(f"{csv_path}: row {short + 2} has {'fewer' if None in rows[short].values() else 'more'} fields than the header")
         arrays = {}
         for m in ("text", "audio", "vision"):
             f = folder / f"{m}.npy"
@@ -208,6 +219,7 @@ class FeatureDataset:
             raise ValueError(f"{csv_path}: a label is not a number ({err})") from None
         if not np.isfinite(labels).all():
             raise ValueError(f"{csv_path}: label of {rows[int(np.argmax(~np.isfinite(labels)))]['clip_id']} is not finite")
+        warn_scale(labels, csv_path)
         split = np.array([r["split"].strip() for r in rows])
         unknown = set(split) - set(SPLITS)
         if unknown:

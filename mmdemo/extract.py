@@ -36,7 +36,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import MODALITIES
-from .data import SPLITS, FeatureDataset, Split, split_by_group
+from .data import SPLITS, FeatureDataset, Split, split_by_group, warn_scale
 from .device import resolve_device
 from .encoders import DIMS, FaceEncoder, Transcriber, VoiceEncoder, WordsEncoder
 from .media import AUDIO_EXT, IMAGE_EXT, VIDEO_EXT, MediaError, has_video_stream, iter_frames, kind_of, read_audio, read_image
@@ -132,6 +132,7 @@ def _read_rows(fh, src, labels, id_col, label_col, text_col, path_col, split_col
         how = (f"give each row its own {id_col!r}" if id_col in cols
                else f"the ids come from the file names (without folder and extension): add a {id_col!r} column with one id per row")
         raise SystemExit(f"{labels}: {len(dup)} id(s) appear on more than one row ({', '.join(map(repr, dup[:5]))}{', ...' if len(dup) > 5 else ''}); {how}")
+    warn_scale(np.array([it.label for it in items], np.float32), labels)
     return items, skipped
 
 

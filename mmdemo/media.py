@@ -16,7 +16,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 
-from .audio import SAMPLE_RATE, resample, to_mono_float
+from .audio import SAMPLE_RATE, AudioError, check_rate, resample, to_mono_float
 
 VIDEO_EXT = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".y4m", ".ogv"}
 AUDIO_EXT = {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus", ".aiff", ".aif", ".wma"}
@@ -101,6 +101,10 @@ def read_audio(path: str | Path, max_seconds: float | None = None) -> np.ndarray
     if kind_of(path) != "video":
         try:
             info = sf.info(str(path))
+            try:
+                check_rate(info.samplerate)  # a header that says 1 Hz would stretch 40 samples over 40 s
+            except AudioError as err:
+                raise MediaError(f"{path.name}: {err}") from None
             frames = int(max_seconds * info.samplerate) if max_seconds else -1
             data, sr = sf.read(str(path), frames=frames, dtype="float32", always_2d=True)
             return resample(to_mono_float(data), sr)

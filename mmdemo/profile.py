@@ -42,6 +42,7 @@ import secrets
 import shutil
 import tempfile
 import time
+import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -57,6 +58,14 @@ COLUMNS = ("clip_id", "label", "split", "text", "video_id", "created", "seconds"
 MAX_MOMENTS = 5000
 MAX_PROFILE_BYTES = 64 * 2**20  # an imported profile file larger than this is refused
 MAX_TEXT = 2000  # characters of a moment's words kept in labels.csv
+
+
+def stored_text(value, limit: int = MAX_TEXT) -> str:
+    """A moment's text (or a short field) as labels.csv keeps it: valid Unicode (a lone surrogate,
+    from JSON's "\\ud800", becomes '?'), line breaks as "\\n" (a bare carriage return would end a
+    CSV row), no other control characters, at most ``limit`` characters."""
+    text = str(value).encode("utf-8", "replace").decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+    return "".join(c for c in text if c in "\n\t" or unicodedata.category(c) != "Cc")[:limit]
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -168,7 +177,7 @@ class Profile:
             for m, x in arrays.items():
                 _atomic_write(new / f"{m}.npy", lambda f, x=x: np.save(f, np.asarray(x, np.float32), allow_pickle=False))
             buf = io.StringIO()
-            w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+            w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")  # texts come through stored_text: no bare "\r" to split a row
             w.writeheader()
             for r in rows:
                 w.writerow({k: r.get(k, "") for k in COLUMNS})
@@ -240,7 +249,7 @@ class Profile:
             clip = ""
             if keep_clip and (moment.audio is not None or moment.frame is not None):
                 clip = self._write_clip(clip_id, moment)
-            rows.append({"clip_id": clip_id, "label": f"{label:g}", "split": "train", "text": moment.text[:MAX_TEXT],
+            rows.append({"clip_id": clip_id, "label": f"{label:g}", "split": "train", "text": stored_text(moment.text),
                          "video_id": self.person, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                          "seconds": f"{moment.seconds:.1f}", "clip": clip})
             try:
@@ -516,8 +525,8 @@ def _read_profile_file(path: Path, dims: dict[str, int], configs: dict[str, dict
     for r in moments:
         if not isinstance(r, dict) or not PROFILE_CLIP.match(str(r.get("clip_id", ""))):
             raise ProfileError("the profile holds a moment without a valid id")
-        rows.append({"clip_id": r["clip_id"], "text": str(r.get("text", ""))[:MAX_TEXT],
-                     "created": str(r.get("created", ""))[:32], "seconds": str(r.get("seconds", ""))[:8]})
+        rows.append({"clip_id": r["clip_id"], "text": stored_text(r.get("text", "")),
+                     "created": stored_text(r.get("created", ""), 32), "seconds": stored_text(r.get("seconds", ""), 8)})
     if len({r["clip_id"] for r in rows}) != n:
         raise ProfileError("the profile holds the same moment twice")
     baseline = None

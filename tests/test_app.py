@@ -219,6 +219,12 @@ def test_analyse_uploads(studio, tmp_path, quiet_log):
     text.write_text("hello")
     assert handlers.on_analyse(str(text), "weighted", 5)[0].startswith("⚠️")
     assert handlers.on_analyse(None, "weighted", 5)[0].startswith("Upload")
+    # a sound file with a header and no samples: nothing to analyse, and the message says why
+    import soundfile as sf
+
+    sf.write(tmp_path / "silent.wav", np.zeros(0, np.float32), 16000)
+    summary = handlers.on_analyse(str(tmp_path / "silent.wav"), "weighted", 5)[0]
+    assert summary.startswith("⚠️ nothing could be analysed") and "audio" in summary.split("\n", 1)[1]
 
 
 def test_every_fusion_menu_starts_on_the_live_sessions_method(studio):

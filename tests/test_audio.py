@@ -81,3 +81,16 @@ def test_missing_empty_and_folder_paths_say_what_is_wrong(tmp_path, reader):
     with pytest.raises(MediaError) as info:  # not empty: the decoder's own reason
         read(junk)
     assert "the file is empty" not in str(info.value)
+
+
+def test_an_audio_file_whose_header_gives_a_nonsense_rate_is_refused(tmp_path):
+    """40 samples whose header says 1 Hz would otherwise become 40 s of audio."""
+    import soundfile as sf
+
+    from mmdemo.media import MediaError, read_audio
+
+    sf.write(tmp_path / "odd.wav", np.zeros(40, np.float32), 1)
+    with pytest.raises(MediaError, match="sample rate 1 Hz"):
+        read_audio(tmp_path / "odd.wav")
+    sf.write(tmp_path / "fine.wav", np.zeros(8000, np.float32), 8000)
+    assert len(read_audio(tmp_path / "fine.wav")) == 16000

@@ -219,6 +219,9 @@ TYPE_CASES = {
     "an unknown loss": lambda info: info | {"personal": {"weighted": info["personal"]["weighted"] | {
         "config": info["personal"]["weighted"]["config"] | {"loss": "hinge"}}}},
     "baseline is a list": lambda info: info | {"baseline": [1, 2]},
+    # another version's baseline: an offset without the count of samples it came from, a reading without its value after
+    "a baseline offset without its samples": lambda info: info | {"baseline": {k: v for k, v in info["baseline"].items() if k != "samples"}},
+    "a baseline reading half given": lambda info: info | {"baseline": info["baseline"] | {"readings": {"vision": {"before": -1.0}}}},
     "moments are not objects": lambda info: info | {"moments": ["x"] * len(info["moments"])},
 }
 
@@ -273,6 +276,30 @@ def test_a_corrupt_or_foreign_profile_is_refused_and_nothing_changes(profile, ge
     with pytest.raises(ProfileError):
         target.import_file(bad)
     assert len(target.moments()) == 1 and target.load_baseline() is None and target.personal_fusions() == []
+
+
+def test_any_text_a_moment_holds_reads_back_and_keeps_the_profile_whole(profile, generic, tmp_path):
+    """A bare carriage return would end a CSV row (the profile would then read as damaged), a lone
+    surrogate cannot be written as UTF-8, other control characters mean nothing: typed or imported,
+    the moments stay readable, one row each."""
+    profile.add(moment(seed=1, text="first line\rsecond line\r\nthird"), label=1)
+    profile.add(moment(seed=2, text="bad \ud800 ok\x00\x1b 👩\u200d💻\u2028end"), label=-1)
+    rows = profile.moments()
+    assert [r["text"] for r in rows] == ["first line\nsecond line\nthird", "bad ? ok 👩\u200d💻\u2028end"]
+    good = _full_profile(profile, generic).export(tmp_path / "good.safetensors")
+
+    def odd_texts(info):
+        moments = [dict(m) for m in info["moments"]]
+        moments[0]["text"], moments[1]["created"], moments[2]["text"] = "a\rb", "2026\r01", "lone \ud800"
+        return info | {"moments": moments}
+
+    odd = _tamper(good, tmp_path / "odd.safetensors", _edit_info(odd_texts))
+    other = Profile(tmp_path / "other", new_profile_id(), DIMS)
+    assert other.import_file(odd)["moments_added"] == len(rows) + 10
+    texts = [r["text"] for r in other.moments()]
+    assert len(texts) == len(rows) + 10 and "a\nb" in texts and "lone ?" in texts
+    assert len(other.split()) == len(texts)  # features and rows still line up
+    assert other.load_baseline() is not None
 
 
 def test_imported_metrics_keep_known_keys_and_types_only():

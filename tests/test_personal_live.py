@@ -278,3 +278,22 @@ def test_partial_metrics_of_an_imported_model_do_not_break_the_panel(handlers, t
     assert msg.startswith("✓") and "Personal model for **weighted** loaded" in pers
     pid2, s2, _, listed, load_msg, pers2, _ = handlers.on_profile_load(pid, handlers.on_load()[0])
     assert load_msg == "" and len(listed) == 8 and "weighted" in s2.personal
+
+
+def test_a_damaged_stored_baseline_is_reported_and_the_panels_still_show(handlers):
+    """A baseline file another version wrote (an offset without the count of samples it came from)
+    must not stop the page from loading: the panels show, with a message, and nothing half-loaded
+    stays in the session."""
+    from mmdemo.calibration import Baseline
+    from tests.test_personal import _edit_info, _tamper
+
+    from mmdemo.encoders import DIMS
+
+    pid, s = _tab(handlers)
+    prof = handlers._profile(pid)
+    prof.save_baseline(Baseline({"vision": np.ones(DIMS["vision"], np.float32)}, {"vision": 12, "audio": 0}, 10.0, {}, {}))
+    path = prof.folder / "baseline.safetensors"
+    _tamper(path, path, _edit_info(lambda info: {k: v for k, v in info.items() if k != "samples"}))
+    pid2, s2, base_md, listed, msg, pers_md, line = handlers.on_profile_load(pid, handlers.on_load()[0])
+    assert pid2 == pid and msg.startswith("⚠️") and "baseline" in msg
+    assert s2.baseline is None and listed == [] and isinstance(base_md, str) and isinstance(pers_md, str) and pid[:8] in line

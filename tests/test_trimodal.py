@@ -103,12 +103,28 @@ def set_cell(path: Path, row: int, column: str, value: str) -> None:
     (lambda f: set_cell(f / "labels.csv", 0, "label", "nan"), "not finite"),
     (lambda f: set_cell(f / "labels.csv", 1, "clip_id", "v0_0"), "more than once"),
     (lambda f: np.save(f / "audio.npy", np.zeros((240, 3, 7), np.float32)), "one vector per row"),
+    # a row with a field too few or too many (a hand-edited file): its line number, not a traceback
+    (lambda f: (f / "labels.csv").write_text((f / "labels.csv").read_text().replace(",valid,", ",", 1)), r"row \d+ has fewer fields"),
+    (lambda f: (f / "labels.csv").write_text((f / "labels.csv").read_text().replace(",valid,", ",valid,,,,,,", 1)), r"row \d+ has more fields"),
 ])
 def test_a_broken_feature_folder_says_what_is_wrong(tmp_path, damage, message):
     folder = make_folder(tmp_path / "f")
     damage(folder)
     with pytest.raises((ValueError, OSError), match=message):
         load_dataset(folder)
+
+
+def test_a_spreadsheets_csv_loads_and_another_label_scale_is_warned_of(tmp_path, caplog):
+    folder = make_folder(tmp_path / "f")
+    text = (folder / "labels.csv").read_text()
+    (folder / "labels.csv").write_text("\ufeff" + text, encoding="utf-8")  # "CSV UTF-8" of a spreadsheet: a byte-order mark first
+    with caplog.at_level("WARNING", logger="mmdemo.data"):
+        ds = load_dataset(folder)
+    assert len(ds.splits["train"]) > 0 and "outside the CMU-MOSI scale" not in caplog.text
+    set_cell(folder / "labels.csv", 0, "label", "5")  # a 1-5 scale, say
+    with caplog.at_level("WARNING", logger="mmdemo.data"):
+        load_dataset(folder)
+    assert "outside the CMU-MOSI scale" in caplog.text
 
 
 def test_the_train_cli_reads_a_feature_folder(tmp_path, capsys):
