@@ -10,6 +10,7 @@ member's weights under ``members.<k>.``.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -63,17 +64,28 @@ class MeanOfModels(nn.Module):
         return FusionOutput(torch.stack([o.prediction for o in outs]).mean(dim=0), weights)
 
 
+def _replace(path: Path, write) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, then one rename over it: an interrupted
+    save (Ctrl-C, a full disk) leaves the earlier file whole, never a truncated one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def save_fusion(model: Fusion | MeanOfModels, folder: str | Path, *, extra: dict | None = None) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / WEIGHTS), metadata={"format": FORMAT, "fusion": model.name})
+    _replace(folder / WEIGHTS, lambda p: save_file(state, str(p), metadata={"format": FORMAT, "fusion": model.name}))
     config = {"format": FORMAT, "fusion": model.name, "dims": model.dims, "config": asdict(model.cfg)}
     if isinstance(model, MeanOfModels):
         config["members"] = len(model.members)
-    (folder / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    _replace(folder / CONFIG, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
     for name, payload in (extra or {}).items():
-        (folder / name).write_text(json.dumps(payload, indent=2) + "\n")
+        _replace(folder / name, lambda p, payload=payload: p.write_text(json.dumps(payload, indent=2) + "\n"))
     return folder
 
 

@@ -36,15 +36,18 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import MODALITIES
+from .audio import SAMPLE_RATE
 from .data import SPLITS, FeatureDataset, Split, split_by_group, warn_scale
 from .device import resolve_device
 from .encoders import DIMS, FaceEncoder, Transcriber, VoiceEncoder, WordsEncoder
 from .media import AUDIO_EXT, IMAGE_EXT, VIDEO_EXT, MediaError, has_video_stream, iter_frames, kind_of, read_audio, read_image
+from .settings import output_problem
 
 log = logging.getLogger(__name__)
 
 EXTRACTOR_VERSION = "3"  # 3: video frames at their own timestamps. Bump whenever an encoder computes something different
 MEDIA_EXT = VIDEO_EXT | AUDIO_EXT | IMAGE_EXT
+MAX_ITEM_SECONDS = 1800.0  # the audio read of one item (a clip or an utterance): a day-long recording would not fit in memory
 
 
 @dataclass
@@ -210,7 +213,9 @@ class Extractor:
                 out.feats["vision"], out.reasons["vision"] = None, "no image or video"
         audio = None
         if kind in ("audio", "video") and ("audio" in self.modalities or ("text" in self.modalities and not _has_text(item) and self.transcribe)):
-            audio = read_audio(item.path)
+            audio = read_audio(item.path, max_seconds=MAX_ITEM_SECONDS)
+            if audio is not None and len(audio) >= MAX_ITEM_SECONDS * SAMPLE_RATE:
+                out.info["audio_note"] = f"only the first {MAX_ITEM_SECONDS / 60:.0f} min of the audio were read"
         if "audio" in self.modalities:
             if audio is None:
                 out.feats["audio"], out.reasons["audio"] = None, "no audio track" if kind == "video" else "no audio"
@@ -476,6 +481,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--modalities must be a subset of {','.join(MODALITIES)}")
     if not args.src.is_dir():
         ap.error(f"{args.src} is not a folder")
+    problem = output_problem(args.out, folder=False)
+    if problem:
+        ap.error(f"--out: {problem}")
     labels = args.labels or args.src / "labels.csv"
     ds, summary, errors = run_extraction(
         args.src, labels, modalities=modalities, id_col=args.id_column, label_col=args.label_column,

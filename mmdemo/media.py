@@ -82,7 +82,10 @@ def _ffmpeg_audio(path: str | Path, max_seconds: float | None = None) -> np.ndar
     if max_seconds:
         cmd += ["-t", str(max_seconds)]
     cmd += ["-f", "f32le", "-"]
-    proc = subprocess.run(cmd, capture_output=True, timeout=600)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        raise MediaError(f"{path}: ffmpeg took over 10 minutes to decode the audio; the file may be damaged") from None
     err = proc.stderr.decode("utf-8", "replace").strip()
     if proc.returncode != 0:
         if "does not contain any stream" in err or "Output file #0 does not contain" in err or "matches no streams" in err:

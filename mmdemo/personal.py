@@ -39,6 +39,7 @@ import torch
 from . import DISPLAY_NAMES, MODALITIES
 from .data import Split, split_by_group
 from .fusion import Fusion
+from .settings import output_problem
 from .train import adam
 
 log = logging.getLogger(__name__)
@@ -337,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     from .profile import ProfileError
     from .train import main as train_main
 
+    problem = output_problem(args.out, folder=True)
+    if problem:
+        ap.error(f"--out: {problem}")
     try:
         if args.cmd == "merge":
             summary = merge(args.profiles, args.out)
@@ -354,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
             ref = neutral_reference(args.data, expression=shipped_expression(args.out))
             path = ref.save(args.out)
             print(f"wrote {path}: " + "; ".join(f"{DISPLAY_NAMES[k]}: {v}" for k, v in ref.source.items()))
-    except (PersonalError, ProfileError, FileNotFoundError) as err:
+    except (PersonalError, ProfileError, OSError) as err:  # OSError: a folder that exists already, a full disk, ...
         ap.error(str(err))
     return 0
 

@@ -417,7 +417,7 @@ class Session:
                 reason, _, _ = self.engine.voice.check(window, np.asarray(self.probs, dtype=np.float32)[-(len(window) // FRAME) :])
                 self.reasons["audio"] = reason or (f"voice warming up ({self.ring.filled / SAMPLE_RATE:.1f} of "
                                                    f"{self.cfg.voice_window_s:.1f} s of audio heard)")
-            elif t - self.last_voice_t >= self.cfg.voice_hop_s:
+            elif t - self.last_voice_t >= self.cfg.voice_hop_s or t < self.last_voice_t:  # (a clock that went back: read now, not hours later)
                 t1, c1 = time.perf_counter(), time.process_time()
                 window = self.ring.last()
                 win_probs = np.asarray(self.probs, dtype=np.float32)[-(len(window) // FRAME) :]
@@ -751,7 +751,8 @@ class Session:
         present = {}
         for m in MODALITIES:
             f = self.features[m]
-            present[m] = f is not None and t - f[1] <= ttl[m]
+            # a face or voice reading stamped later than now (a caller's clock that jumped) is not a fresh one
+            present[m] = f is not None and t - f[1] <= ttl[m] and (m == "text" or t >= f[1])
             if not present[m] and not self.reasons[m]:
                 self.reasons[m] = {"vision": "no face seen for a moment", "audio": "no speech for a moment", "text": "no text"}[m]
         if self.last_frame_t is not None and t - self.last_frame_t > cfg.camera_timeout_s:

@@ -33,3 +33,24 @@ def check_ranges(settings, rules: Iterable[Rule], extra: Iterable[str] = ()) -> 
     bad += list(extra)
     if bad:
         raise ValueError(f"{type(settings).__name__} out of range: " + "; ".join(bad))
+
+
+def output_problem(path, *, folder: bool) -> str | None:
+    """Why a command could not write its output at ``path`` (a ``folder``, or a file), or None: checked
+    before the command's work starts, so that a typo does not cost an hour of extraction or training."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        return f"{path} exists and is not a folder"
+    if not folder and path.is_dir():
+        return f"{path} is a folder; give a file name, e.g. {path / 'features.npz'}"
+    parent = path if folder else path.parent
+    while not parent.exists() and parent != parent.parent:  # the nearest folder that exists: the rest will be made in it
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is a file, so {path} cannot be made"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"no permission to write in {parent}"
+    return None

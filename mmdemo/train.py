@@ -31,7 +31,7 @@ from .device import resolve_device
 from .fusion import Fusion, FusionConfig, create_fusion, list_fusions
 from .fusion.base import LOSSES, num_params
 from .metrics import HEADLINE, jsonable, regression_metrics
-from .settings import COUNT, NON_NEGATIVE, POSITIVE, SHARE, check_ranges
+from .settings import COUNT, NON_NEGATIVE, POSITIVE, SHARE, check_ranges, output_problem
 
 log = logging.getLogger(__name__)
 
@@ -247,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
         resolve_device(args.device)
     except ValueError as err:  # the settings' field names, as the flags that set them
         ap.error(re.sub(r"\b([a-z]+(?:_[a-z]+)*)=", lambda m: "--" + m.group(1).replace("_", "-") + "=", str(err)))
+    problem = output_problem(args.out, folder=True)
+    if problem:
+        ap.error(f"--out: {problem}")
     try:
         data = load_dataset(args.data)
         if args.context:
@@ -258,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"{args.data}: the {', '.join(empty)} split is empty (training needs train and valid, scoring needs test)")
     print(f"data: {args.data}: {data.describe()}")
     out = Path(args.out)
+    for stale in ("comparison.md", "comparison.json"):  # an earlier run's table would not match checkpoints half-replaced by this one
+        (out / stale).unlink(missing_ok=True)
     rows = [{"method": "mean (baseline)", "test": mean_baseline(data)}]
     for n in tqdm(names, desc="methods", disable=args.quiet or len(names) == 1):
         model, res, test = train_method(n, data, fcfg, tcfg, progress=not args.quiet)

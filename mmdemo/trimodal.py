@@ -57,6 +57,7 @@ from .data import FeatureDataset, load_dataset, with_context
 from .device import cpu_model
 from .fusion import FusionConfig, list_fusions
 from .metrics import jsonable
+from .settings import output_problem
 from .train import TrainConfig, mean_baseline
 
 # Widened on 2026-12-03: the first search (3 values per setting, without the outer ones here) chose
@@ -660,6 +661,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--render", metavar="JSON", help="no training: write trimodal.md under --out again from a trimodal.json this command wrote")
     args = ap.parse_args(argv)
+    problem = output_problem(args.out, folder=True)
+    if problem:
+        ap.error(f"--out: {problem}")
     if args.render:
         try:
             res = json.loads(Path(args.render).read_text())
@@ -669,7 +673,10 @@ def main(argv: list[str] | None = None) -> int:
             check_result(res)
         except ValueError as err:
             ap.error(f"--render {args.render}: not a trimodal.json this command wrote ({err})")
-        md = markdown(res)
+        try:
+            md = markdown(res)
+        except (TypeError, KeyError, ValueError, AttributeError, IndexError) as err:  # the right keys, values of the wrong kind
+            ap.error(f"--render {args.render}: not a trimodal.json this command wrote ({type(err).__name__}: {err})")
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "trimodal.md").write_text(md)
@@ -700,9 +707,9 @@ def main(argv: list[str] | None = None) -> int:
     res = run(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "trimodal.json").write_text(json.dumps(jsonable(res | {"targets": targets(res)}), indent=1) + "\n")  # first: --render rebuilds the rest from it
     md = markdown(res)
     (out / "trimodal.md").write_text(md)
-    (out / "trimodal.json").write_text(json.dumps(jsonable(res | {"targets": targets(res)}), indent=1) + "\n")
     print(md)
     print(f"wrote {out / 'trimodal.md'} and {out / 'trimodal.json'}")
     return 0

@@ -94,3 +94,37 @@ def test_an_audio_file_whose_header_gives_a_nonsense_rate_is_refused(tmp_path):
         read_audio(tmp_path / "odd.wav")
     sf.write(tmp_path / "fine.wav", np.zeros(8000, np.float32), 8000)
     assert len(read_audio(tmp_path / "fine.wav")) == 16000
+
+
+def test_an_odd_rate_gets_a_filter_of_bounded_size_and_stream_and_one_shot_still_agree():
+    """A rate sharing almost no factor with 16 kHz (a client's WAV header can say anything) would
+    need a filter of millions of taps; it is read as the nearest multiple of 100 Hz instead, while
+    every common rate keeps its exact ratio."""
+    from mmdemo.audio import MAX_FACTOR, AudioError, check_rate, ratio
+
+    assert ratio(44100) == (160, 441) and ratio(11025) == (640, 441) and ratio(48000) == (1, 3)
+    for sr in (383993, 383987, 16001, 4001, 99991):
+        up, down = ratio(sr)
+        assert max(up, down) <= MAX_FACTOR and abs(16000 * down / up - sr) <= 50
+        assert getattr(StreamResampler(sr), "taps", 0) <= 2 * 10 * MAX_FACTOR + 1  # 16001 Hz: read as 16 kHz, no filter
+    x = np.random.default_rng(0).normal(size=10000).astype(np.float32)
+    r = StreamResampler(383987)
+    np.testing.assert_allclose(np.concatenate([r(x[:3000]), r(x[3000:]), r.flush()]), resample(x, 383987), atol=1e-5)
+    for bad in (float("inf"), float("nan"), "fast"):
+        with pytest.raises(AudioError):
+            check_rate(bad)
+
+
+def test_an_ffmpeg_that_hangs_gives_a_media_error_not_a_crash(tmp_path, monkeypatch):
+    import subprocess
+
+    from mmdemo import media
+
+    def hang(cmd, **kw):
+        raise subprocess.TimeoutExpired(cmd, kw.get("timeout"))
+
+    path = tmp_path / "clip.m4a"
+    path.write_bytes(b"\x00" * 100)
+    monkeypatch.setattr(media.subprocess, "run", hang)
+    with pytest.raises(media.MediaError, match="10 minutes"):
+        media._ffmpeg_audio(path)

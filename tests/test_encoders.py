@@ -51,6 +51,11 @@ def test_any_frame_size_and_layout(face):
     assert not small.present and "too small" in small.reason
     thumb = face.encode(cv2.resize(img[20:260, 110:350], (60, 60)))  # a thumbnail is enlarged, not refused
     assert thumb.present, thumb.reason
+    # a thin strip, enlarged like a thumbnail, would pass the face model's image size limit, which
+    # aborts the whole process (no exception to catch): it is refused before
+    for shape in ((16, 4000, 3), (6000, 32, 3)):
+        strip = face.encode(np.full(shape, 128, np.uint8))
+        assert not strip.present and "too narrow" in strip.reason
 
 
 def test_blank_black_and_faceless_frames_are_absent(face):

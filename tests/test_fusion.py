@@ -1,5 +1,7 @@
 """Contract tests, parametrized over the registry: a new method is covered with no new test code."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -368,3 +370,22 @@ def test_a_mean_of_models_reads_as_their_mean_and_saves_and_loads_strictly(build
     # a mean of means could not be loaded back
     with pytest.raises(TypeError, match="fusion models"):
         MeanOfModels([mean, members[0]])
+
+
+def test_a_save_that_fails_half_way_leaves_the_earlier_checkpoint_whole(build, tmp_path, monkeypatch):
+    from mmdemo import checkpoint
+
+    old = build("concat", seed=0).eval()
+    save_fusion(old, tmp_path / "m")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()}
+
+    def interrupted(state, path, metadata=None):
+        Path(path).write_bytes(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "save_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_fusion(build("concat", seed=1, hidden=16), tmp_path / "m")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()} == before  # no temporary file left either
+    feats = make_batch(batch=4)
+    assert torch.equal(load_fusion(tmp_path / "m")(feats).prediction, old(feats).prediction)

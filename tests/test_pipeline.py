@@ -608,3 +608,23 @@ def test_an_audio_only_mp4_is_analysed_as_sound(engine, tmp_path):
     res = analyse_clip(engine, mp4, fusion="concat")
     assert any("no readable video frames" in n for n in res.notes)
     assert res.updates and not any(u.present["vision"] for u in res.updates) and any(u.present["audio"] for u in res.updates)
+
+
+def test_a_voice_reading_stamped_in_the_future_does_not_stay_present(engine, speech48):
+    """A library caller whose clock jumps an hour ahead once, then comes back: the reading from 'the
+    future' is not kept as fresh, and the voice is read again at once rather than an hour later."""
+    s = engine.session("weighted")
+    n = 4800
+    chunks = [speech48[i : i + n] for i in range(0, len(speech48) - n, n)]
+    t = 0.0
+    for c in chunks[:40]:
+        up = s.push_audio(c, 48000, t=t)
+        t += 0.1
+    assert up.present["audio"]
+    s.push_audio(chunks[40], 48000, t=t + 3600)  # one chunk stamped an hour ahead
+    silence = np.zeros(n, np.int16)
+    for _ in range(60):  # then 6 s of silence at the right time: the voice goes absent as usual
+        t += 0.1
+        up = s.push_audio(silence, 48000, t=t)
+    assert not up.present["audio"]
+    s.close()

@@ -161,3 +161,29 @@ def test_library_settings_out_of_range_are_refused_where_they_are_made():
             make()
     assert TrainConfig(grad_clip=0.0, weight_decay=0.0, modality_dropout=0.0).grad_clip == 0.0  # the off values stay allowed
     assert FusionConfig(dropout=0.0, recon_weight=0.0).dropout == 0.0
+
+
+def test_every_cli_refuses_an_output_it_cannot_write_before_any_work(tmp_path, capsys):
+    """A file where a folder goes (or a folder where a file goes) is named at once, not after an
+    hour of extraction or training."""
+    from mmdemo.extract import main as extract_main
+    from mmdemo.personal import main as personal_main
+    from mmdemo.settings import output_problem
+    from mmdemo.trimodal import main as trimodal_main
+
+    a_file = tmp_path / "taken"
+    a_file.write_text("x")
+    src = tmp_path / "media"
+    src.mkdir()
+    calls = {
+        "train": lambda: main(["--fusion", "concat", "--data", str(tmp_path / "nowhere.npz"), "--out", str(a_file)]),
+        "trimodal": lambda: trimodal_main(["--data", str(tmp_path / "nowhere"), "--out", str(a_file / "deeper")]),
+        "extract": lambda: extract_main([str(src), "--out", str(src)]),  # a folder where the .npz goes
+        "personal merge": lambda: personal_main(["merge", str(a_file), "--out", str(a_file)]),
+    }
+    for name, call in calls.items():
+        with pytest.raises(SystemExit) as info:
+            call()
+        assert info.value.code == 2, name
+        assert "--out" in capsys.readouterr().err, name
+    assert output_problem(tmp_path / "new" / "runs", folder=True) is None and output_problem(tmp_path / "f.npz", folder=False) is None

@@ -293,6 +293,26 @@ def test_render_says_undefined_where_no_seed_defined_a_metric(tmp_path):
     assert "No seed defined the MAE" in md
 
 
+@pytest.mark.parametrize("damage", [
+    lambda r: r["env"].update(seconds="long"),
+    lambda r: r["methods"]["concat"]["chosen"].pop("abs_shapley", None) or r["methods"]["concat"]["chosen"].update(mae="low"),
+    lambda r: r["methods"]["concat"].update(search=None),
+    lambda r: r.update(ablations=[1, 2]),
+], ids=["a string of seconds", "a string MAE", "no search", "ablations as a list"])
+def test_render_refuses_the_right_keys_with_values_of_the_wrong_kind(tmp_path, capsys, damage):
+    folder = make_folder(tmp_path / "f", n=200)
+    out = tmp_path / "out"
+    assert trimodal.main(["--data", str(folder), "--out", str(out), "--methods", "concat", "--search", "1", "--refine", "0", "--select-seeds", "1",
+                          "--seeds", "1", "--epochs", "2", "--timing-epochs", "0", "--workers", "1", "--no-context", "--quiet"]) == 0
+    res = json.loads((out / "trimodal.json").read_text())
+    damage(res)
+    (out / "odd.json").write_text(json.dumps(res))
+    with pytest.raises(SystemExit) as err:
+        trimodal.main(["--render", str(out / "odd.json"), "--out", str(tmp_path / "again"), "--quiet"])
+    assert err.value.code == 2 and "not a trimodal.json this command wrote" in capsys.readouterr().err
+    assert not (tmp_path / "again" / "trimodal.md").exists()
+
+
 def test_the_benchmark_chooses_on_valid_and_reports_seeds_ablations_and_readings(tmp_path, monkeypatch):
     folder = make_folder(tmp_path / "f", n=320)
     read = record_jobs(monkeypatch)

@@ -44,6 +44,7 @@ _SMILE = (BLENDSHAPES.index("mouthSmileLeft"), BLENDSHAPES.index("mouthSmileRigh
 MIN_SIDE = 16  # smaller frames cannot hold a detectable face
 UPSCALE_BELOW = 96  # small stills (thumbnails, crops) are enlarged before detection
 DARK = 8.0  # mean grey level under which a frame counts as black
+MAX_ASPECT = 8.0  # a frame more than this many times longer than wide (or wide than long) holds no usable face
 
 
 def _asset(name: str):
@@ -183,6 +184,8 @@ class FaceEncoder(Encoder):
         h0, w0 = rgb.shape[:2]
         if min(h0, w0) < MIN_SIDE:
             return EncoderResult.absent(self.modality, f"frame too small ({w0}x{h0})")
+        if max(h0, w0) > MAX_ASPECT * min(h0, w0):  # enlarged for detection, a 16x4000 strip would pass the face model's image size limit (and abort the process)
+            return EncoderResult.absent(self.modality, f"unusable frame: {w0}x{h0} is too narrow to hold a face")
         grey_full = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
         if float(grey_full.mean()) < DARK:
             return EncoderResult.absent(self.modality, "the camera delivers black frames", brightness=float(grey_full.mean()))
