@@ -380,6 +380,7 @@ class Handlers:
         close_session(self.studio.live.pop(getattr(request, "session_hash", None), None))
 
     def on_load(self, request: gr.Request = None):
+        self.clips.sweep()  # old analyses and exports go even when nobody analyses or exports again
         try:
             s = self.studio.engine.session()
             if getattr(request, "session_hash", None):
@@ -510,6 +511,8 @@ class Handlers:
     def on_calibrate_stop(self, pid, state):
         if state is None:
             return "⚠️ the session has not started yet: reload the page", gr.skip(), state
+        if state.calibration_progress() is None:  # Stop pressed again, or after the timer finished it: the last message stands
+            return gr.skip(), gr.skip(), state
         try:
             baseline = state.finish_calibration()
         except CalibrationError as err:
@@ -563,6 +566,7 @@ class Handlers:
         name = state.fusion_name  # the method selected when the fit started (the user may switch meanwhile)
         try:
             prof = self._profile(pid)
+            generation = prof.generation()  # before the moments are read: a change after it refuses the save
             split = prof.split()
             generic = self.studio.engine.fusion(name)
             cfg = self.studio.personal_cfg
@@ -571,7 +575,7 @@ class Handlers:
             t0 = time.perf_counter()
             model = fit_personal(generic, split, cfg)
             metrics["fit_seconds"] = time.perf_counter() - t0
-            prof.save_personal(model, metrics)
+            prof.save_personal(model, metrics, generation=generation)
             state.set_personal(model.name, model)
             up = state.set_use_personal(True)
         except (PersonalError, ProfileError, OSError, KeyError) as err:
@@ -629,15 +633,20 @@ class Handlers:
         return msg, moments, baseline_md(state.baseline if state else None), personal_md(state, prof), state
 
     def on_delete_all(self, pid, state):
+        if state is not None:  # a calibration running now would save its baseline again when it ends
+            state.cancel_calibration()
         try:
-            self._profile(pid).delete_all()
+            prof = self._profile(pid)
+            prof.delete_all()
+            self.clips.remove(f"mmdemo-profile-{prof.id[:8]}.safetensors")  # this profile's exports waiting for download
         except (ProfileError, OSError) as err:
-            return f"⚠️ {err}", gr.skip(), gr.skip(), gr.skip(), state
+            return f"⚠️ {err}", gr.skip(), gr.skip(), gr.skip(), state, gr.skip(), gr.skip()
         if state is not None:
             state.set_baseline(None)
             state.personal.clear()
             state.set_use_personal(False)
-        return "Everything of this profile was deleted from this computer.", [], baseline_md(None), personal_md(state, None), state
+        return ("Everything of this profile was deleted from this computer.", [], baseline_md(None), personal_md(state, None), state,
+                gr.Timer(active=False), gr.update(value="generic"))
 
     def on_analyse(self, video, fusion, fps, progress=gr.Progress()):
         if not video:
@@ -809,7 +818,7 @@ def build(studio: Studio) -> gr.Blocks:
                            show_progress="hidden")
         export_btn.click(h.on_export, inputs=[profile], outputs=[profile_msg, export_file])
         import_file.upload(h.on_import, inputs=[import_file, profile, state], outputs=[profile_msg, moments_state, base_md, pers_md, state])
-        delete_all.click(h.on_delete_all, inputs=[profile, state], outputs=[profile_msg, moments_state, base_md, pers_md, state])
+        delete_all.click(h.on_delete_all, inputs=[profile, state], outputs=[profile_msg, moments_state, base_md, pers_md, state, cal_timer, model_choice])
         cam.stream(h.on_frame, inputs=[cam, state], outputs=[annotated, live, readout, status, state],
                    stream_every=0.1, time_limit=3600, concurrency_limit=8, show_progress="hidden")
         mic.stream(h.on_audio, inputs=[mic, state], outputs=[live, readout, status, transcript, state],
@@ -946,6 +955,11 @@ class ClipOutputs:
         self.root.mkdir(parents=True, exist_ok=True)
         self.sweep()
         return Path(tempfile.mkdtemp(prefix="clip-", dir=self.root))
+
+    def remove(self, name: str) -> None:
+        """Every output file called ``name`` (a profile's export, when its data is deleted)."""
+        for f in self.root.glob(f"clip-*/{name}"):
+            f.unlink(missing_ok=True)
 
     def sweep(self) -> None:
         for folder in self.root.glob("clip-*"):

@@ -318,32 +318,53 @@ class Profile:
         except Exception as err:  # noqa: BLE001 - a damaged file is reported, never half-used
             raise ProfileError(f"{path}: unreadable baseline ({err})") from None
 
-    def save_personal(self, model, metrics: dict) -> None:
+    def generation(self) -> str | None:
+        """Which writing of the moments is current (None: no moments): every add, delete or import
+        makes a new one, so a model fitted on one generation can tell that the moments changed."""
+        current = self._current()
+        return None if current is None else current.name
+
+    def save_personal(self, model, metrics: dict, *, generation: str | None | bool = False) -> None:
+        """Store the personal model of its method. With ``generation`` (what :meth:`generation` said
+        when its moments were read), refused if the moments changed meanwhile: deleted in another tab
+        (or all of the profile's data), they must not come back as a model fitted on them."""
         from .checkpoint import save_fusion
 
         with self.locked():
-            folder = self.folder / "personal" / model.name
-            tmp = self.folder / "personal" / f".{model.name}.{secrets.token_hex(4)}"
+            if generation is not False and self.generation() != generation:
+                raise ProfileError("the moments changed while the model was being fitted (added or deleted, perhaps in another tab); "
+                                   "it was not saved: fit again")
+            root = self.folder / "personal"
+            folder, tmp = root / model.name, root / f".{model.name}.{secrets.token_hex(4)}"
             save_fusion(model, tmp, extra={"metrics.json": metrics})
-            shutil.rmtree(folder, ignore_errors=True)
+            old = root / f".{model.name}.old-{secrets.token_hex(4)}"
+            if folder.exists():  # set aside, then the new one in its place: a reader finds one whole model or none
+                os.replace(folder, old)
             os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
 
     def load_personal(self, fusion: str):
-        """(model, metrics) of the personal model for ``fusion``, or None."""
+        """(model, metrics) of the personal model for ``fusion``, or None. A damaged or foreign one
+        raises :class:`ProfileError` (never half-used)."""
         from .checkpoint import load_fusion
 
         folder = self.folder / "personal" / fusion
         if not (folder / "config.json").exists():
             return None
-        model = load_fusion(folder)
+        try:
+            model = load_fusion(folder)
+            metrics = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").exists() else {}
+        except FileNotFoundError:  # replaced by another tab's save at this moment
+            return None
+        except Exception as err:  # noqa: BLE001 - safetensors and torch raise their own types for a damaged file
+            raise ProfileError(f"{folder}: unreadable personal model ({type(err).__name__}: {str(err)[:200]})") from None
         if model.dims != self.dims:
             raise ProfileError(f"{folder}: personal model for feature sizes {model.dims}, the encoders give {self.dims}")
-        metrics = json.loads((folder / "metrics.json").read_text()) if (folder / "metrics.json").exists() else {}
         return model, metrics
 
     def personal_fusions(self) -> list[str]:
-        root = self.folder / "personal"
-        return sorted(p.name for p in root.iterdir() if (p / "config.json").exists()) if root.exists() else []
+        root = self.folder / "personal"  # dot-folders are saves in progress, never models
+        return sorted(p.name for p in root.iterdir() if not p.name.startswith(".") and (p / "config.json").exists()) if root.exists() else []
 
     def delete_personal(self, fusion: str | None = None) -> None:
         with self.locked():
@@ -361,16 +382,16 @@ class Profile:
         path = Path(path)
         with self.locked():  # one consistent reading, even with another tab writing
             rows, arrays = self._read()
+            baseline = self.load_baseline()
+            models = {name: got for name in self.personal_fusions() if (got := self.load_personal(name)) is not None}
         split, rows = self._as_split(rows, arrays), self._listing(rows, arrays)
         tensors = {"moments/labels": torch.from_numpy(split.labels.copy())}
         for m in MODALITIES:
             tensors[f"moments/{m}"] = torch.from_numpy(split.feats[m].copy())
-        baseline = self.load_baseline()
         if baseline is not None:
             tensors |= {f"baseline/{m}": torch.from_numpy(x.copy()) for m, x in baseline.offsets.items()}
         personal = {}
-        for name in self.personal_fusions():
-            model, metrics = self.load_personal(name)
+        for name, (model, metrics) in models.items():
             tensors |= {f"personal/{name}/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
             personal[name] = {"config": asdict(model.cfg), "metrics": metrics}
         info = {"person": self.person, "dims": self.dims, "exported": time.strftime("%Y-%m-%dT%H:%M:%S"),

@@ -35,6 +35,7 @@ from .pipeline import Session, Update
 log = logging.getLogger(__name__)
 
 MAX_SDP = 64 * 1024  # an SDP offer from a browser is a few kB
+MAX_PENDING_S = 10.0  # audio kept while the previous chunk is processed; beyond it (the machine far behind) the oldest goes
 
 
 class RtcError(ValueError):
@@ -251,10 +252,15 @@ class _Link:
             except Exception as err:  # noqa: BLE001 - one odd frame must not end the stream
                 log.warning("webrtc audio frame skipped: %s", err)
                 continue
+            if self.stopping:  # after Stop nothing is processed: nothing is kept either (a client could keep sending for hours)
+                self.audio, pending = [], 0
+                continue
             if sr != self.audio_rate:
                 self.audio, pending, self.audio_rate = [], 0, sr
             self.audio.append(x)
             pending += len(x)
+            while pending > MAX_PENDING_S * sr and len(self.audio) > 1:  # processing fell behind: the oldest audio goes
+                pending -= len(self.audio.pop(0))
             if pending >= self.bridge.audio_chunk_s * sr and not self.audio_busy and not self.stopping:
                 chunk, self.audio, pending = np.concatenate(self.audio), [], 0
                 self.audio_busy = True

@@ -2,6 +2,7 @@
 (photos, espeak-ng speech, known labels), live sessions, the app's handlers. Slow."""
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -204,6 +205,7 @@ def test_the_calibrate_and_personalise_flow(handlers, tmp_path):
         s.push_frame(f, t=t0 + 0.25 * i)  # 2.5 s of camera (the face is read at most 5 times a second)
     msg, md, s = h.on_calibrate_stop(pid, s)
     assert "saved in your profile" in msg and "face: offset from" in md and "voice: not calibrated" in md
+    assert h.on_calibrate_stop(pid, s)[0] == studio_app.gr.skip()  # Stop pressed again: the message above stands
     # eight moments with different labels and words
     known = []
     texts = [t for t, _ in SCRIPT[:8]]
@@ -246,8 +248,14 @@ def test_the_calibrate_and_personalise_flow(handlers, tmp_path):
     assert msg == "Moment deleted." and len(moments) == 9
     msg, moments = h.on_delete("20260101-000000-abcdef", other)
     assert "another tab" in msg
-    msg, moments, base, pers, s3 = h.on_delete_all(other, s3)
-    assert moments == [] and s3.baseline is None and not s3.personal
+    # delete everything while a calibration runs and an export waits for download: neither outlives it
+    msg, file3 = h.on_export(other)
+    assert Path(file3["value"]).exists()
+    h.on_calibrate_start(s3)
+    msg, moments, base, pers, s3, timer, choice = h.on_delete_all(other, s3)
+    assert moments == [] and s3.baseline is None and not s3.personal and choice["value"] == "generic"
+    assert s3.calibration_progress() is None and not Path(file3["value"]).exists()
+    assert h.on_calibrate_tick(other, s3)[0] == studio_app.gr.skip()  # the timer's next tick saves nothing
     folder = h.studio.profile(other).folder
     assert [p.name for p in folder.iterdir()] == [".lock"]  # everything gone; the empty lock file keeps other tabs safe
 
@@ -297,3 +305,45 @@ def test_a_damaged_stored_baseline_is_reported_and_the_panels_still_show(handler
     pid2, s2, base_md, listed, msg, pers_md, line = handlers.on_profile_load(pid, handlers.on_load()[0])
     assert pid2 == pid and msg.startswith("⚠️") and "baseline" in msg
     assert s2.baseline is None and listed == [] and isinstance(base_md, str) and isinstance(pers_md, str) and pid[:8] in line
+
+
+def test_a_fit_whose_moments_were_deleted_meanwhile_is_not_saved_and_a_damaged_model_is_a_message(handlers, monkeypatch):
+    """Delete my data (or one moment) in another tab while a fit runs: the model fitted on them
+    must not come back. A damaged personal-model file gives a message, not a bare error; a save in
+    progress is never listed as a model."""
+    import app as app_module
+    from mmdemo.profile import ProfileError
+
+    h = handlers
+    pid, s = _tab(h)
+    for i, (text, label) in enumerate(SCRIPT[:8]):
+        h.on_text(text, s)
+        assert h.on_label(label, False, pid, [], s)[0].startswith("✓")
+    real_fit = app_module.fit_personal
+
+    def fit_then_delete(*args, **kw):  # the other tab's delete lands while this fit runs
+        model = real_fit(*args, **kw)
+        h._profile(pid).delete_all()
+        return model
+
+    monkeypatch.setattr(app_module, "fit_personal", fit_then_delete)
+    msg, *_ = h.on_fit(pid, s)
+    assert msg.startswith("⚠️") and "fit again" in msg
+    prof = h._profile(pid)
+    assert prof.personal_fusions() == [] and not (prof.folder / "personal").exists()
+    monkeypatch.setattr(app_module, "fit_personal", real_fit)
+    for i, (text, label) in enumerate(SCRIPT[:8]):
+        h.on_text(text, s)
+        h.on_label(label, False, pid, [], s)
+    assert h.on_fit(pid, s)[0].startswith("✓")
+    (prof.folder / "personal" / ".weighted.0123abcd").mkdir()  # another tab's save in progress
+    assert prof.personal_fusions() == ["weighted"]
+    weights = prof.folder / "personal" / "weighted" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # damaged
+    with pytest.raises(ProfileError, match="unreadable personal model"):
+        prof.load_personal("weighted")
+    s.personal.clear()
+    msg, *_ = h.on_model_choice("personal", pid, s)
+    assert msg.startswith("⚠️") and "unreadable" in msg
+    msg, file = h.on_export(pid)
+    assert msg.startswith("⚠️")

@@ -351,3 +351,41 @@ def test_the_signalling_route_refuses_what_it_should(tmp_path):
     assert r.status_code == 400 and "no media" in r.json()["error"]
     with pytest.raises(ValueError):
         studio_app.Studio(DEFAULT_CHECKPOINTS, "cpu", data_dir=tmp_path, transport="carrier-pigeon")
+
+
+def test_audio_after_stop_or_far_behind_is_not_kept_without_limit(engine_cpu):
+    """After the page's Stop nothing is processed, so nothing is kept (a client could send for
+    hours); while a chunk is being processed the audio waiting for it is bounded."""
+    from aiortc.mediastreams import MediaStreamError
+
+    from mmdemo.webrtc import MAX_PENDING_S, _Link
+
+    x = np.zeros(960, np.int16)
+
+    class Track:  # 60 s of 20 ms frames at 48 kHz, then the end of the stream
+        def __init__(self, n=3000):
+            self.n = n
+
+        async def recv(self):
+            if self.n == 0:
+                raise MediaStreamError
+            self.n -= 1
+            f = av.AudioFrame.from_ndarray(x.reshape(1, -1), format="s16", layout="mono")
+            f.sample_rate = 48000
+            return f
+
+    bridge = _bridge()
+    stopped = _Link(bridge, None, engine_cpu.session("weighted"))
+    stopped.stopping = True
+    behind = _Link(bridge, None, engine_cpu.session("weighted"))
+    behind.audio_busy = True  # the previous chunk never finishes
+
+    async def go():
+        await stopped.run_audio(Track())
+        await behind.run_audio(Track())
+        await bridge.close()
+
+    asyncio.run(go())
+    assert stopped.audio == []
+    kept = sum(len(a) for a in behind.audio) / 48000
+    assert MAX_PENDING_S - 0.1 <= kept <= MAX_PENDING_S + 0.1
