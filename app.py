@@ -471,22 +471,39 @@ class Handlers:
         s = state
         if not isinstance(pid, str) or not PROFILE_ID.match(pid):
             pid = new_profile_id()
-        msg = ""
+        problems, moments, prof = [], [], None
         try:
             prof = self._profile(pid)
-            if s is not None:
-                s.set_baseline(prof.load_baseline())
-                for name in prof.personal_fusions():
-                    s.set_personal(name, prof.load_personal(name)[0])
             moments = prof.moments()
-            shown = baseline_md(s.baseline if s else None), personal_md(s, prof) if s else ""
         except Exception as err:  # noqa: BLE001 - the live studio works without a profile
             log.warning("profile not loaded: %s", err)
-            msg, moments, prof = f"⚠️ your profile could not be loaded: {err}", [], None
-            if s is not None:  # nothing half-loaded stays in the session
+            problems.append(f"your moments could not be read: {err}")
+        if s is not None and prof is not None:  # the baseline and each personal model on their own: one damaged file hides nothing else
+            try:
+                s.set_baseline(prof.load_baseline())
+            except Exception as err:  # noqa: BLE001
                 s.set_baseline(None)
-            shown = baseline_md(None), ""
-        return (pid, s, shown[0], moments, msg, shown[1], f"Profile {pid[:8]}… · stored in {data_root_text(self.studio)}")
+                problems.append(f"your baseline could not be loaded: {err}")
+            try:
+                names = prof.personal_fusions()
+            except OSError as err:
+                names = []
+                problems.append(f"your personal models could not be listed: {err}")
+            for name in names:
+                try:
+                    got = prof.load_personal(name)
+                except Exception as err:  # noqa: BLE001
+                    got = None
+                    problems.append(f"your personal model for {name} could not be loaded: {err}")
+                if got is not None:  # None: being replaced by another tab's fit right now
+                    s.set_personal(name, got[0])
+        try:
+            pers = personal_md(s, prof) if s else ""
+        except Exception as err:  # noqa: BLE001
+            pers = ""
+            problems.append(str(err))
+        msg = "".join(f"⚠️ {p}\n" for p in problems).strip()
+        return (pid, s, baseline_md(s.baseline if s else None), moments, msg, pers, f"Profile {pid[:8]}… · stored in {data_root_text(self.studio)}")
 
     def on_calibrate_start(self, state):
         if state is None:
@@ -511,7 +528,7 @@ class Handlers:
     def on_calibrate_stop(self, pid, state):
         if state is None:
             return "⚠️ the session has not started yet: reload the page", gr.skip(), state
-        if state.calibration_progress() is None:  # Stop pressed again, or after the timer finished it: the last message stands
+        if state.calibration_progress() is None and state.baseline is not None:  # Stop again, or after the timer finished it: the message stands
             return gr.skip(), gr.skip(), state
         try:
             baseline = state.finish_calibration()
@@ -622,7 +639,8 @@ class Handlers:
                 if got["baseline"]:
                     state.set_baseline(prof.load_baseline())
                 for name in got["personal"]:
-                    state.set_personal(name, prof.load_personal(name)[0])
+                    if (model := prof.load_personal(name)) is not None:
+                        state.set_personal(name, model[0])
             moments = prof.moments()
         except (ProfileError, OSError, ValueError) as err:
             log.warning("imported profile not loaded: %s", err)
@@ -640,13 +658,13 @@ class Handlers:
             prof.delete_all()
             self.clips.remove(f"mmdemo-profile-{prof.id[:8]}.safetensors")  # this profile's exports waiting for download
         except (ProfileError, OSError) as err:
-            return f"⚠️ {err}", gr.skip(), gr.skip(), gr.skip(), state, gr.skip(), gr.skip()
+            return f"⚠️ {err}", gr.skip(), gr.skip(), gr.skip(), state, gr.skip(), gr.skip(), gr.skip()
         if state is not None:
             state.set_baseline(None)
             state.personal.clear()
             state.set_use_personal(False)
         return ("Everything of this profile was deleted from this computer.", [], baseline_md(None), personal_md(state, None), state,
-                gr.Timer(active=False), gr.update(value="generic"))
+                gr.Timer(active=False), gr.update(value="generic"), gr.update(value=None, visible=False))
 
     def on_analyse(self, video, fusion, fps, progress=gr.Progress()):
         if not video:
@@ -818,7 +836,7 @@ def build(studio: Studio) -> gr.Blocks:
                            show_progress="hidden")
         export_btn.click(h.on_export, inputs=[profile], outputs=[profile_msg, export_file])
         import_file.upload(h.on_import, inputs=[import_file, profile, state], outputs=[profile_msg, moments_state, base_md, pers_md, state])
-        delete_all.click(h.on_delete_all, inputs=[profile, state], outputs=[profile_msg, moments_state, base_md, pers_md, state, cal_timer, model_choice])
+        delete_all.click(h.on_delete_all, inputs=[profile, state], outputs=[profile_msg, moments_state, base_md, pers_md, state, cal_timer, model_choice, export_file])
         cam.stream(h.on_frame, inputs=[cam, state], outputs=[annotated, live, readout, status, state],
                    stream_every=0.1, time_limit=3600, concurrency_limit=8, show_progress="hidden")
         mic.stream(h.on_audio, inputs=[mic, state], outputs=[live, readout, status, transcript, state],

@@ -54,15 +54,16 @@ def to_mono_float(samples) -> np.ndarray:
     return np.clip(y, -1.0, 1.0)
 
 
-MAX_FACTOR = 4000  # the largest up or down factor of a resampling filter (its taps: 20x this)
+MAX_FACTOR = 5600  # the largest up or down factor of a resampling filter (its taps: 20x this; 44,056 Hz needs 5,507)
 
 
 def ratio(sr_in: int, sr_out: int = SAMPLE_RATE) -> tuple[int, int]:
     """(up, down) of the polyphase filter from ``sr_in`` to ``sr_out``. A rate that shares almost no
     factor with ``sr_out`` (383,993 Hz: a filter of millions of taps, seconds of CPU per chunk) is
-    read as the nearest multiple of 100 Hz (every common rate keeps its exact filter: 11,025 Hz gives
-    640 / 441): a pitch error of at most 1.25% (at 4 kHz; 0.01% at 384 kHz), which no feature here
-    notices."""
+    read as the nearest multiple of 100 Hz: a pitch error of at most 1.25% (at 4 kHz; 0.01% at 384
+    kHz), which no feature here notices. Every common rate keeps its exact filter (8, 11.025, 16,
+    22.05, 32, 44.1, 44.056, 48, 88.2, 96, 192 kHz ...); rare ones such as the old 11,127 and
+    22,254 Hz are rounded (0.1-0.25%)."""
     g = math.gcd(sr_in, sr_out)
     up, down = sr_out // g, sr_in // g
     if max(up, down) > MAX_FACTOR:

@@ -196,9 +196,10 @@ class FeatureDataset:
         missing = {"clip_id", "label", "split"} - set(rows[0])
         if missing:
             raise ValueError(f"{csv_path}: missing column(s) {sorted(missing)}")
-        short = next((i for i, r in enumerate(rows) if None in r.values() or None in r), None)  # fewer or more fields than the header
+        # a row with more fields than the header, or without one of the three it needs (optional columns may be left off at the end)
+        short = next((i for i, r in enumerate(rows) if None in r or any(r[k] is None for k in ("clip_id", "label", "split"))), None)
         if short is not None:
-            raise ValueError(f"{csv_path}: row {short + 2} has {'fewer' if None in rows[short].values() else 'more'} fields than the header")
+            raise ValueError(f"{csv_path}: row {short + 2} has {'more' if None in rows[short] else 'fewer'} fields than the header")
         arrays = {}
         for m in ("text", "audio", "vision"):
             f = folder / f"{m}.npy"

@@ -751,8 +751,9 @@ class Session:
         present = {}
         for m in MODALITIES:
             f = self.features[m]
-            # a face or voice reading stamped later than now (a caller's clock that jumped) is not a fresh one
-            present[m] = f is not None and t - f[1] <= ttl[m] and (m == "text" or t >= f[1])
+            # a face or voice reading stamped far later than now (a caller's clock that jumped) is not a fresh one;
+            # a little later is normal (a frame's update is stamped before its face is read, the voice meanwhile)
+            present[m] = f is not None and t - f[1] <= ttl[m] and (m == "text" or f[1] - t <= ttl[m])
             if not present[m] and not self.reasons[m]:
                 self.reasons[m] = {"vision": "no face seen for a moment", "audio": "no speech for a moment", "text": "no text"}[m]
         if self.last_frame_t is not None and t - self.last_frame_t > cfg.camera_timeout_s:

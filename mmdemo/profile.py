@@ -66,6 +66,8 @@ def stored_text(value, limit: int = MAX_TEXT) -> str:
     CSV row), no other control characters, at most ``limit`` characters."""
     text = str(value).encode("utf-8", "replace").decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
     return "".join(c for c in text if c in "\n\t" or unicodedata.category(c) != "Cc")[:limit]
+
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -336,12 +338,19 @@ class Profile:
                                    "it was not saved: fit again")
             root = self.folder / "personal"
             folder, tmp = root / model.name, root / f".{model.name}.{secrets.token_hex(4)}"
-            save_fusion(model, tmp, extra={"metrics.json": metrics})
             old = root / f".{model.name}.old-{secrets.token_hex(4)}"
-            if folder.exists():  # set aside, then the new one in its place: a reader finds one whole model or none
-                os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
+            try:
+                save_fusion(model, tmp, extra={"metrics.json": metrics})
+                if folder.exists():  # set aside, then the new one in its place: a reader finds one whole model or none
+                    os.replace(folder, old)
+                os.replace(tmp, folder)
+            except BaseException:
+                if old.exists() and not folder.exists():  # the earlier model back where it was
+                    os.replace(old, folder)
+                raise
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.rmtree(old, ignore_errors=True)
 
     def load_personal(self, fusion: str):
         """(model, metrics) of the personal model for ``fusion``, or None. A damaged or foreign one

@@ -102,7 +102,7 @@ def test_an_odd_rate_gets_a_filter_of_bounded_size_and_stream_and_one_shot_still
     every common rate keeps its exact ratio."""
     from mmdemo.audio import MAX_FACTOR, AudioError, check_rate, ratio
 
-    assert ratio(44100) == (160, 441) and ratio(11025) == (640, 441) and ratio(48000) == (1, 3)
+    assert ratio(44100) == (160, 441) and ratio(11025) == (640, 441) and ratio(48000) == (1, 3) and ratio(44056) == (2000, 5507)
     for sr in (383993, 383987, 16001, 4001, 99991):
         up, down = ratio(sr)
         assert max(up, down) <= MAX_FACTOR and abs(16000 * down / up - sr) <= 50

@@ -252,8 +252,9 @@ def test_the_calibrate_and_personalise_flow(handlers, tmp_path):
     msg, file3 = h.on_export(other)
     assert Path(file3["value"]).exists()
     h.on_calibrate_start(s3)
-    msg, moments, base, pers, s3, timer, choice = h.on_delete_all(other, s3)
+    msg, moments, base, pers, s3, timer, choice, shown_file = h.on_delete_all(other, s3)
     assert moments == [] and s3.baseline is None and not s3.personal and choice["value"] == "generic"
+    assert shown_file["value"] is None and shown_file["visible"] is False  # the download link goes too
     assert s3.calibration_progress() is None and not Path(file3["value"]).exists()
     assert h.on_calibrate_tick(other, s3)[0] == studio_app.gr.skip()  # the timer's next tick saves nothing
     folder = h.studio.profile(other).folder
@@ -347,3 +348,6 @@ def test_a_fit_whose_moments_were_deleted_meanwhile_is_not_saved_and_a_damaged_m
     assert msg.startswith("⚠️") and "unreadable" in msg
     msg, file = h.on_export(pid)
     assert msg.startswith("⚠️")
+    # a new tab: the damaged model is named, the moments and the rest still load
+    pid2, s2, _, listed, msg, *_ = h.on_profile_load(pid, h.on_load()[0])
+    assert len(listed) == 8 and "personal model for weighted" in msg and "weighted" not in s2.personal
