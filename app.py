@@ -502,7 +502,7 @@ class Handlers:
         except Exception as err:  # noqa: BLE001
             pers = ""
             problems.append(str(err))
-        msg = "".join(f"⚠️ {p}\n" for p in problems).strip()
+        msg = "\n\n".join(f"⚠️ {p}" for p in problems)  # Markdown: one paragraph each
         return (pid, s, baseline_md(s.baseline if s else None), moments, msg, pers, f"Profile {pid[:8]}… · stored in {data_root_text(self.studio)}")
 
     def on_calibrate_start(self, state):
@@ -528,7 +528,7 @@ class Handlers:
     def on_calibrate_stop(self, pid, state):
         if state is None:
             return "⚠️ the session has not started yet: reload the page", gr.skip(), state
-        if state.calibration_progress() is None and state.baseline is not None:  # Stop again, or after the timer finished it: the message stands
+        if state.calibration_progress() is None and state.calibration_started:  # Stop again, or after the timer ended it: its message stands
             return gr.skip(), gr.skip(), state
         try:
             baseline = state.finish_calibration()

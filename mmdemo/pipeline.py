@@ -265,6 +265,7 @@ class Session:
         # calibration and personal models (see mmdemo.calibration, mmdemo.personal)
         self.baseline: Baseline | None = None
         self.calibrator: Calibrator | None = None
+        self.calibration_started = False  # a calibration ran in this session (finished, failed or running)
         self.personal: dict[str, Fusion] = {}  # fusion name -> this person's model
         self.use_personal = False
         # what the models read over the last seconds, for "label this moment"
@@ -567,6 +568,7 @@ class Session:
                                    "(python -m mmdemo.personal reference writes it): calibration is not available")
         with self._lock:
             self.calibrator = Calibrator(self.engine.neutral, self.now() if t is None else t)
+            self.calibration_started = True
 
     def calibration_progress(self, t: float | None = None) -> tuple[dict[str, int], float] | None:
         """(samples collected so far per calibrated modality, seconds since the start); None when

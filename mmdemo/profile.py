@@ -345,12 +345,11 @@ class Profile:
                     os.replace(folder, old)
                 os.replace(tmp, folder)
             except BaseException:
-                if old.exists() and not folder.exists():  # the earlier model back where it was
-                    os.replace(old, folder)
-                raise
-            finally:
                 shutil.rmtree(tmp, ignore_errors=True)
-                shutil.rmtree(old, ignore_errors=True)
+                if old.exists() and not folder.exists():  # the earlier model back where it was (if that fails too, it stays
+                    os.replace(old, folder)              # aside as a dot-folder, never listed and never deleted here)
+                raise
+            shutil.rmtree(old, ignore_errors=True)  # only once the new model is in place
 
     def load_personal(self, fusion: str):
         """(model, metrics) of the personal model for ``fusion``, or None. A damaged or foreign one

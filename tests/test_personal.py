@@ -526,3 +526,29 @@ def test_the_benchmark_searches_every_setting_it_is_given():
     for bad in ("nan", "inf", "0.01,nan", "0"):
         with pytest.raises(argparse.ArgumentTypeError):
             rates(bad)
+
+
+def test_a_personal_model_save_that_fails_keeps_the_earlier_model(profile, generic, monkeypatch):
+    import os
+
+    from mmdemo import profile as profile_module
+
+    for i in range(8):
+        profile.add(moment(seed=i), label=(i % 7) - 3)
+    first = fit_personal(generic, profile.split(), PersonalConfig(steps=2))
+    profile.save_personal(first, {"moments": 8})
+    real_replace = os.replace
+
+    def failing(src, dst):  # setting the old model aside works; putting the new one in place fails (a full disk, say)
+        if Path(src).name.startswith(".weighted.") and not Path(src).name.startswith(".weighted.old"):
+            raise OSError("no space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(profile_module.os, "replace", failing)
+    with pytest.raises(OSError):
+        profile.save_personal(fit_personal(generic, profile.split(), PersonalConfig(steps=20)), {"moments": 8})
+    monkeypatch.setattr(profile_module.os, "replace", real_replace)
+    back, metrics = profile.load_personal("weighted")
+    sp = profile.split()
+    np.testing.assert_allclose(predict(back, sp), predict(first, sp), atol=1e-6)
+    assert [p.name for p in (profile.folder / "personal").iterdir()] == ["weighted"]  # nothing left aside

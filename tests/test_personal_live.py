@@ -197,6 +197,7 @@ def test_the_calibrate_and_personalise_flow(handlers, tmp_path):
     assert "nothing to label" in msg and isinstance(known, type(studio_app.gr.skip()))  # no modality yet
     msg, *_ = h.on_fit(pid, s)
     assert "at least 8" in msg
+    assert "start one first" in h.on_calibrate_stop(pid, s)[0]  # Stop before any calibration
     # a calibration with the camera on and no microphone
     msg, timer, s = h.on_calibrate_start(s)
     assert "Calibrating" in msg
