@@ -100,9 +100,9 @@ class Baseline:
             name = DISPLAY_NAMES[m]
             if m in self.offsets:
                 unit = "frames" if m == "vision" else "voice windows"
-                r = self.readings.get(m) or {}
-                read = f"; read alone: {r['before']:+.2f} before, {r['after']:+.2f} after" if {"before", "after"} <= set(r) else ""
-                lines.append(f"{name}: offset from {self.samples.get(m, '?')} {unit}{read}")
+                r = self.readings.get(m)
+                read = "" if not r else f"; read alone: {r['before']:+.2f} before, {r['after']:+.2f} after"
+                lines.append(f"{name}: offset from {self.samples[m]} {unit}{read}")
             else:
                 lines.append(f"{name}: not calibrated ({self.skipped.get(m, 'not measured')})")
         return lines
