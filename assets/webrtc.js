@@ -57,6 +57,7 @@ function handle(m) {
     clearTimeout(panelTimer); showPanel(); drawBox(m);
     window.mmRtc.lastWord = true;
     if (stopped) stopped();
+    else if (typeof m.why === 'string') stop(m.why);  // the server ended the connection (say, no media came for a minute)
     return;
   }
   if (!panelTimer) panelTimer = setTimeout(showPanel, 200);

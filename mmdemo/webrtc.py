@@ -149,6 +149,8 @@ class _Link:
         self.frames_in = self.frames_done = 0
         self.closed = False
         self.stopping = False  # the page pressed Stop: no more media is read or reported
+        self.stopped_at: float | None = None  # time.monotonic() of the Stop
+        self.last_media = time.monotonic()  # of the last video or audio frame received (or of the connection's start)
 
     def spawn(self, coro) -> None:
         task = asyncio.ensure_future(coro)
@@ -177,6 +179,7 @@ class _Link:
                 frame = await track.recv()
             except MediaStreamError:
                 break
+            self.last_media = time.monotonic()
             self.frames_in += 1
             if self.stopping:
                 continue  # Stop was pressed: frames still in flight are not read
@@ -247,6 +250,7 @@ class _Link:
                 frame = await track.recv()
             except MediaStreamError:
                 break
+            self.last_media = time.monotonic()
             try:
                 x, sr = audio_samples(frame)
             except Exception as err:  # noqa: BLE001 - one odd frame must not end the stream
@@ -284,13 +288,16 @@ class _Link:
         finally:
             self.audio_busy = False
 
-    async def stop(self) -> None:
+    async def stop(self, why: str | None = None) -> None:
         """The page pressed Stop (a ``{"stop": true}`` message): no more media is read; the session
         hears that its camera and microphone stopped (what it still had to transcribe is
-        transcribed) and the page gets that last update, ``src`` "stopped", before it hangs up."""
+        transcribed) and the page gets that last update, ``src`` "stopped", before it hangs up.
+        ``why``: the server stops the connection itself and says why in the message (the page then
+        hangs up and shows it)."""
         if self.stopping or self.closed:
             return
         self.stopping = True
+        self.stopped_at = time.monotonic()
         self.latest = None
         for _ in range(500):  # a frame or chunk being read finishes first (else its answer would follow the stop)
             if not (self.video_busy or self.audio_busy or self.face_busy):
@@ -298,7 +305,7 @@ class _Link:
             await asyncio.sleep(0.01)
         await self.bridge.run(self.session.stop_camera)
         up = await self.bridge.run(self.session.stop_audio)
-        self.send(up, "stopped")
+        self.send(up, "stopped", **({"why": why} if why else {}))
 
     def on_message(self, message) -> None:
         try:
@@ -336,8 +343,11 @@ class RtcBridge:
     data-channel message of an update (a dict; ``pts`` and ``recv`` are added for frames)."""
 
     def __init__(self, payload: Callable[[Session, Update, str], dict], *, max_connections: int = 16, max_fps: float = 12.0,
-                 audio_chunk_s: float = 0.1, audio_report_s: float = 0.5, connect_timeout_s: float = 30.0, workers: int = 4, face_workers: int = 2):
+                 audio_chunk_s: float = 0.1, audio_report_s: float = 0.5, connect_timeout_s: float = 30.0, idle_timeout_s: float = 60.0,
+                 stop_grace_s: float = 10.0, workers: int = 4, face_workers: int = 2):
         self.payload = payload
+        self.idle_timeout_s = idle_timeout_s
+        self.stop_grace_s = stop_grace_s
         self.max_connections = max_connections
         self.min_frame_gap_s = 1.0 / max_fps
         self.audio_chunk_s = audio_chunk_s
@@ -408,14 +418,36 @@ class RtcBridge:
         except Exception as err:  # noqa: BLE001 - an unusable offer: say so, keep nothing
             await link.close()
             raise RtcError(f"the offer could not be answered: {err}") from None
-        link.spawn(self._expire(link))
+        link.spawn(self._watch(link))
         return {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
 
-    async def _expire(self, link: _Link) -> None:
-        """A connection that does not come up within connect_timeout_s is dropped."""
-        await asyncio.sleep(self.connect_timeout_s)
-        if link.pc.connectionState != "connected":
-            await link.close()
+    async def _watch(self, link: _Link) -> None:
+        """Frees the slots of connections of no use (there are max_connections): one that does not
+        come up within connect_timeout_s; one that sent no video or audio for idle_timeout_s (a page
+        left open whose camera and microphone went away: stopped, the page told why); one whose page
+        pressed Stop, or was stopped so, but did not hang up within stop_grace_s."""
+        tick = max(0.05, min(self.connect_timeout_s, self.idle_timeout_s, self.stop_grace_s) / 4)
+        up_by = time.monotonic() + self.connect_timeout_s
+        while link.pc.connectionState != "connected":
+            if link.closed:
+                return
+            if time.monotonic() > up_by:
+                await link.close()
+                return
+            await asyncio.sleep(tick)
+        link.last_media = max(link.last_media, time.monotonic())  # idleness counts from when it came up
+        while not link.closed:
+            now = time.monotonic()
+            if link.stopped_at is not None:
+                if now - link.stopped_at > self.stop_grace_s:
+                    log.info("webrtc: a page that pressed Stop did not hang up within %.0f s: closed", self.stop_grace_s)
+                    await link.close()
+                    return
+            elif now - link.last_media > self.idle_timeout_s:
+                log.info("webrtc: no media for %.0f s: the connection is closed", self.idle_timeout_s)
+                # the page hears why and hangs up; if it does not, the Stop's grace ends it
+                await link.stop(why=f"no video or audio arrived for {self.idle_timeout_s:.0f} s: the connection was closed (press Start again)")
+            await asyncio.sleep(tick)
 
     def stats(self) -> list[dict]:
         return [{"frames_in": lk.frames_in, "frames_done": lk.frames_done, "state": lk.pc.connectionState} for lk in self.links]

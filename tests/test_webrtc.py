@@ -389,3 +389,95 @@ def test_audio_after_stop_or_far_behind_is_not_kept_without_limit(engine_cpu):
     assert stopped.audio == []
     kept = sum(len(a) for a in behind.audio) / 48000
     assert MAX_PENDING_S - 0.1 <= kept <= MAX_PENDING_S + 0.1
+
+
+def _connect(bridge, session, client, channel_messages):
+    """Offers ``client``'s tracks and a data channel to ``bridge`` and completes the handshake."""
+    from aiortc import RTCSessionDescription
+
+    async def go():
+        channel = client.createDataChannel("results")
+        channel.on("message", lambda m: channel_messages.append(json.loads(m)))
+        await client.setLocalDescription(await client.createOffer())
+        answer = await bridge.answer({"sdp": client.localDescription.sdp, "type": "offer"}, session)
+        await client.setRemoteDescription(RTCSessionDescription(**answer))
+        return channel
+
+    return go()
+
+
+async def _until(check, seconds: float) -> bool:
+    for _ in range(int(seconds * 10)):
+        if check():
+            return True
+        await asyncio.sleep(0.1)
+    return check()
+
+
+def test_a_connection_whose_media_stops_is_stopped_with_a_reason_and_its_slot_freed(engine_cpu):
+    """A page left open whose camera went away (the track sends nothing more, the connection stays
+    up) holds no slot for ever: after idle_timeout_s the page is told why, and when it does not hang
+    up, the connection is closed after stop_grace_s; the session hears that its camera stopped."""
+    from aiortc import RTCConfiguration, RTCPeerConnection, VideoStreamTrack
+
+    from mmdemo.webrtc import RtcBridge
+
+    face = np.ascontiguousarray(astronaut()[::4, ::4])
+    frozen = asyncio.Event()
+
+    class Camera(VideoStreamTrack):
+        sent = 0
+
+        async def recv(self):
+            if self.sent >= 10:
+                frozen.set()
+                await asyncio.Event().wait()  # nothing more, ever; the connection stays up
+            self.sent += 1
+            pts, time_base = await self.next_timestamp()
+            frame = av.VideoFrame.from_ndarray(face, format="rgb24")
+            frame.pts, frame.time_base = pts, time_base
+            return frame
+
+    bridge = RtcBridge(lambda s, u, src: {"src": src, "present": u.present}, connect_timeout_s=20, idle_timeout_s=1.0, stop_grace_s=1.0)
+    session = engine_cpu.session("weighted")
+    messages: list[dict] = []
+
+    async def go():
+        client = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        client.addTrack(Camera())
+        await _connect(bridge, session, client, messages)
+        assert await _until(lambda: frozen.is_set() and any(m["src"] == "frame" for m in messages), 30)
+        assert len(bridge.links) == 1
+        assert await _until(lambda: any(m["src"] == "stopped" for m in messages), 10)
+        (last,) = [m for m in messages if m["src"] == "stopped"]
+        assert "no video or audio" in last["why"] and not last["present"]["vision"]
+        assert await _until(lambda: not bridge.links, 10)  # the client never hung up: the server did
+        await client.close()
+        await bridge.close()
+
+    asyncio.run(go())
+    assert session.reasons["vision"] == "camera stopped"
+
+
+def test_a_page_that_pressed_stop_but_never_hangs_up_is_closed(engine_cpu):
+    from aiortc import RTCConfiguration, RTCPeerConnection
+
+    from mmdemo.webrtc import RtcBridge
+
+    bridge = RtcBridge(lambda s, u, src: {"src": src}, connect_timeout_s=20, idle_timeout_s=600, stop_grace_s=1.0)
+    session = engine_cpu.session("weighted")
+    messages: list[dict] = []
+
+    async def go():
+        client = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        channel = await _connect(bridge, session, client, messages)
+        assert await _until(lambda: channel.readyState == "open", 30)
+        channel.send(json.dumps({"stop": True}))
+        assert await _until(lambda: any(m["src"] == "stopped" for m in messages), 10)
+        assert [m for m in messages if m["src"] == "stopped"][0].get("why") is None  # the page's own Stop: no reason added
+        assert len(bridge.links) == 1
+        assert await _until(lambda: not bridge.links, 10)
+        await client.close()
+        await bridge.close()
+
+    asyncio.run(go())
