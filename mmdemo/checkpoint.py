@@ -2,7 +2,8 @@
 
 A checkpoint folder holds ``model.safetensors`` (the state dict, nothing executable), ``config.json``
 (fusion name, modality dims, FusionConfig) and optionally ``metrics.json`` / ``provenance.json``.
-Never pickled modules, no absolute paths. A :class:`MeanOfModels` (several models of one method and
+Never pickled modules, no absolute paths. A folder is replaced whole (:func:`replacing_folder`):
+an interrupted save leaves the earlier model, never its weights beside another's config. A :class:`MeanOfModels` (several models of one method and
 configuration, read as their mean) saves the same way, with ``"members": K`` in its config and each
 member's weights under ``members.<k>.``.
 """
@@ -11,6 +12,9 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import shutil
+from contextlib import contextmanager
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -64,28 +68,54 @@ class MeanOfModels(nn.Module):
         return FusionOutput(torch.stack([o.prediction for o in outs]).mean(dim=0), weights)
 
 
-def _replace(path: Path, write) -> None:
-    """``write(tmp)`` to a temporary file beside ``path``, then one rename over it: an interrupted
-    save (Ctrl-C, a full disk) leaves the earlier file whole, never a truncated one."""
-    tmp = path.with_name(f".{path.name}.tmp")
+@contextmanager
+def replacing_folder(folder: str | Path, *, keep: bool = True):
+    """Writes ``folder`` as a whole: yields a private staging folder beside it (a dot-folder; a copy
+    of ``folder`` when ``keep`` and it exists), which takes ``folder``'s place when the block ends
+    without an error: the earlier folder is set aside by one rename, the new one put in by another,
+    then the earlier one deleted. A reader finds the earlier folder or the new one, each whole (or,
+    between the two renames, none), never a mix of both. On an error, Ctrl-C included, the staging
+    folder goes and ``folder`` is as it was."""
+    folder = Path(folder)
+    token = secrets.token_hex(4)
+    stage, old = folder.with_name(f".{folder.name}.new-{token}"), folder.with_name(f".{folder.name}.old-{token}")
+    folder.parent.mkdir(parents=True, exist_ok=True)
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        if keep and folder.is_dir():
+            shutil.copytree(folder, stage)
+        else:
+            stage.mkdir()
+        yield stage
+        if folder.exists():
+            os.replace(folder, old)
+        os.replace(stage, folder)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        if old.exists() and not folder.exists():  # the earlier folder back where it was (if that fails too, it stays
+            os.replace(old, folder)              # aside as a dot-folder, never deleted here)
+        raise
+    shutil.rmtree(old, ignore_errors=True)  # only once the new folder is in place
+
+
+OWN_FILES = ("metrics.json", "provenance.json")  # an earlier model's, which a save that does not write them removes
 
 
 def save_fusion(model: Fusion | MeanOfModels, folder: str | Path, *, extra: dict | None = None) -> Path:
+    """Weights, config and ``extra`` JSON files (name -> payload) in ``folder``, replaced whole
+    (:func:`replacing_folder`): other files there stay (the face head's folder also holds the
+    expression CNN); an earlier model's metrics or provenance that this save does not write go."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _replace(folder / WEIGHTS, lambda p: save_file(state, str(p), metadata={"format": FORMAT, "fusion": model.name}))
     config = {"format": FORMAT, "fusion": model.name, "dims": model.dims, "config": asdict(model.cfg)}
     if isinstance(model, MeanOfModels):
         config["members"] = len(model.members)
-    _replace(folder / CONFIG, lambda p: p.write_text(json.dumps(config, indent=2) + "\n"))
-    for name, payload in (extra or {}).items():
-        _replace(folder / name, lambda p, payload=payload: p.write_text(json.dumps(payload, indent=2) + "\n"))
+    texts = {CONFIG: json.dumps(config, indent=2) + "\n"} | {name: json.dumps(payload, indent=2) + "\n" for name, payload in (extra or {}).items()}
+    with replacing_folder(folder) as stage:
+        save_file(state, str(stage / WEIGHTS), metadata={"format": FORMAT, "fusion": model.name})
+        for name in OWN_FILES:
+            (stage / name).unlink(missing_ok=True)
+        for name, text in texts.items():
+            (stage / name).write_text(text)
     return folder
 
 

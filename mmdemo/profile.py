@@ -336,20 +336,9 @@ class Profile:
             if generation is not False and self.generation() != generation:
                 raise ProfileError("the moments changed while the model was being fitted (added or deleted, perhaps in another tab); "
                                    "it was not saved: fit again")
-            root = self.folder / "personal"
-            folder, tmp = root / model.name, root / f".{model.name}.{secrets.token_hex(4)}"
-            old = root / f".{model.name}.old-{secrets.token_hex(4)}"
-            try:
-                save_fusion(model, tmp, extra={"metrics.json": metrics})
-                if folder.exists():  # set aside, then the new one in its place: a reader finds one whole model or none
-                    os.replace(folder, old)
-                os.replace(tmp, folder)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                if old.exists() and not folder.exists():  # the earlier model back where it was (if that fails too, it stays
-                    os.replace(old, folder)              # aside as a dot-folder, never listed and never deleted here)
-                raise
-            shutil.rmtree(old, ignore_errors=True)  # only once the new model is in place
+            # replaced whole: a reader finds one whole model or none; a save that fails leaves the earlier
+            # one (staging and set-aside folders are dot-folders, never listed)
+            save_fusion(model, self.folder / "personal" / model.name, extra={"metrics.json": metrics})
 
     def load_personal(self, fusion: str):
         """(model, metrics) of the personal model for ``fusion``, or None. A damaged or foreign one

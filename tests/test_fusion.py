@@ -389,3 +389,37 @@ def test_a_save_that_fails_half_way_leaves_the_earlier_checkpoint_whole(build, t
     assert {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()} == before  # no temporary file left either
     feats = make_batch(batch=4)
     assert torch.equal(load_fusion(tmp_path / "m")(feats).prediction, old(feats).prediction)
+
+
+def test_a_checkpoint_folder_is_replaced_whole(build, tmp_path, monkeypatch):
+    """Weights written, then the disk fills while the metrics are written: the folder still holds
+    the earlier model's weights *and* files (before, each file was replaced alone: new weights beside
+    the old config); nothing is left beside it. A save that succeeds keeps files it does not own (the
+    face head's folder also holds the expression CNN) and drops an earlier model's metrics it does not
+    replace."""
+    old = build("concat", seed=0).eval()
+    folder = tmp_path / "m"
+    save_fusion(old, folder, extra={"metrics.json": {"mae": 1.0}, "provenance.json": {"seed": 0}})
+    (folder / "expression.json").write_text("{}\n")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    real = Path.write_text
+
+    def full_disk(self, text, *a, **kw):
+        if self.name == "metrics.json":
+            raise OSError("no space left on device")
+        return real(self, text, *a, **kw)
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(OSError):
+        save_fusion(build("concat", seed=1, hidden=16), folder, extra={"metrics.json": {"mae": 2.0}})
+    monkeypatch.setattr(Path, "write_text", real)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]
+    feats = make_batch(batch=4)
+    assert torch.equal(load_fusion(folder)(feats).prediction, old(feats).prediction)
+
+    new = build("concat", seed=1, hidden=16).eval()
+    save_fusion(new, folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "expression.json", "model.safetensors"]
+    assert torch.equal(load_fusion(folder)(feats).prediction, new(feats).prediction)
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]
