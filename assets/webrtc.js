@@ -8,7 +8,7 @@ const overlay = element.querySelector('.mm-rtc-overlay');
 const startBtn = element.querySelector('.mm-rtc-start');
 const stopBtn = element.querySelector('.mm-rtc-stop');
 const state = element.querySelector('.mm-rtc-state');
-let pc = null, stream = null, dc = null, stopped = null;
+let pc = null, stream = null, dc = null, stopped = null, serverWhy = null;
 window.mmRtc = {messages: 0, frames: [], faces: [], state: 'idle', error: null, lastWord: false};
 
 function say(text) { state.textContent = text; window.mmRtc.state = text; }
@@ -57,7 +57,7 @@ function handle(m) {
     clearTimeout(panelTimer); showPanel(); drawBox(m);
     window.mmRtc.lastWord = true;
     if (stopped) stopped();
-    else if (typeof m.why === 'string') stop(m.why);  // the server ended the connection (say, no media came for a minute)
+    else if (typeof m.why === 'string') { serverWhy = m.why; stop(m.why); }  // the server ended the connection (say, no media came for a minute)
     return;
   }
   if (!panelTimer) panelTimer = setTimeout(showPanel, 200);
@@ -84,6 +84,7 @@ function gathered(conn) {
 async function start() {
   if (pc) return;
   window.mmRtc.lastWord = false;
+  serverWhy = null;
   startBtn.disabled = true;
   for (let i = 0; i < 150 && !props.value; i++) {  // the session token arrives with the page's load event
     say('waiting for the session…');
@@ -103,6 +104,8 @@ async function start() {
     pc = new RTCPeerConnection({iceServers: []});
     dc = pc.createDataChannel('results', {ordered: true, maxRetransmits: 0});
     dc.onmessage = e => { try { handle(JSON.parse(e.data)); } catch (err) { console.warn('mmdemo: bad message', err); } };
+    // the server closed the channel (its last message, sent without retransmits, may not have come): say so at once
+    dc.onclose = () => { if (pc) stop(serverWhy || 'the server closed the connection'); };
     pc.addEventListener('connectionstatechange', () => {
       say('WebRTC: ' + pc.connectionState);
       if (pc && (pc.connectionState === 'failed' || pc.connectionState === 'disconnected')) stop('the connection was lost (' + pc.connectionState + ')');

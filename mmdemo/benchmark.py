@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from . import DISPLAY_NAMES
-from .checkpoint import replacing_folder, save_fusion
+from .checkpoint import replace_problem, replacing_folder, save_fusion
 from .contributions import explain
 from .crosscorpus import VOICE_CORPORA, VOICE_GRID, corpus_from_split_features, previous_voice_head, voice_dataset, voice_labels, voice_markdown, voice_stage
 from .data import SPLITS, FeatureDataset, Split
@@ -754,6 +754,8 @@ def run_face_only(args) -> dict:
 
     data, out = Path(args.data), Path(args.out)
     ckpt = Path(args.checkpoints) if args.checkpoints else out / "checkpoints"
+    if replace_problem(ckpt):  # now, not after the hours of work whose models it would hold
+        raise SystemExit(f"--checkpoints {ckpt}: {replace_problem(ckpt)}")
     try:
         results = json.loads((out / "benchmark.json").read_text())
         md = (out / "benchmark.md").read_text()
@@ -810,6 +812,8 @@ def run(args) -> dict:
     data, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = Path(args.checkpoints) if args.checkpoints else out / "checkpoints"
+    if replace_problem(ckpt):  # now, not after the hours of work whose models it would hold
+        raise SystemExit(f"--checkpoints {ckpt}: {replace_problem(ckpt)}")
     quick = args.quick
     tcfg_uni, grid, limit = unimodal_settings(args)
     results: dict = {"quick": quick, "encoders": {}, "words": {}, "voice": {}, "face": {}, "fusion": {}, "speed": {}}

@@ -77,12 +77,19 @@ def replacing_folder(folder: str | Path, *, keep: bool = True):
     between the two renames, none), never a mix of both. On an error, Ctrl-C included, the staging
     folder goes and ``folder`` is as it was."""
     folder = Path(folder)
+    if folder.is_symlink():  # the folder it names is the one replaced (the link stays)
+        folder = folder.resolve()
+    problem = replace_problem(folder)
+    if problem:
+        raise OSError(f"{folder}: {problem}")
     token = secrets.token_hex(4)
     stage, old = folder.with_name(f".{folder.name}.new-{token}"), folder.with_name(f".{folder.name}.old-{token}")
     folder.parent.mkdir(parents=True, exist_ok=True)
     try:
         if keep and folder.is_dir():
-            shutil.copytree(folder, stage)
+            # links copied as links; plain copies of the files (not their modes: a read-only file is
+            # written over in the copy); staging folders an earlier save left behind are not copied
+            shutil.copytree(folder, stage, symlinks=True, copy_function=shutil.copyfile, ignore=shutil.ignore_patterns(".*.new-*", ".*.old-*"))
         else:
             stage.mkdir()
         yield stage
@@ -95,6 +102,24 @@ def replacing_folder(folder: str | Path, *, keep: bool = True):
             os.replace(old, folder)              # aside as a dot-folder, never deleted here)
         raise
     shutil.rmtree(old, ignore_errors=True)  # only once the new folder is in place
+
+
+def replace_problem(folder: str | Path) -> str | None:
+    """Why :func:`replacing_folder` could not replace ``folder`` (None when it can): checked before
+    long work whose results it would write, so that they are not lost at the end."""
+    folder = Path(folder)
+    if folder.is_symlink():
+        folder = folder.resolve()
+    if folder.exists() and not folder.is_dir():
+        return "exists and is not a folder"
+    if folder.is_dir() and os.path.ismount(folder):
+        return "is a mount point: it cannot be replaced by a rename (give a folder inside it)"
+    parent = folder.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"its parent folder {parent} is not writable (the new folder is written beside it, then renamed)"
+    return None
 
 
 OWN_FILES = ("metrics.json", "provenance.json")  # an earlier model's, which a save that does not write them removes

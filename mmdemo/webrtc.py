@@ -306,6 +306,7 @@ class _Link:
         await self.bridge.run(self.session.stop_camera)
         up = await self.bridge.run(self.session.stop_audio)
         self.send(up, "stopped", **({"why": why} if why else {}))
+        self.stopped_at = time.monotonic()  # the page's grace to hang up counts from its last message
 
     def on_message(self, message) -> None:
         try:
@@ -436,18 +437,26 @@ class RtcBridge:
                 return
             await asyncio.sleep(tick)
         link.last_media = max(link.last_media, time.monotonic())  # idleness counts from when it came up
-        while not link.closed:
-            now = time.monotonic()
-            if link.stopped_at is not None:
-                if now - link.stopped_at > self.stop_grace_s:
-                    log.info("webrtc: a page that pressed Stop did not hang up within %.0f s: closed", self.stop_grace_s)
-                    await link.close()
-                    return
-            elif now - link.last_media > self.idle_timeout_s:
-                log.info("webrtc: no media for %.0f s: the connection is closed", self.idle_timeout_s)
-                # the page hears why and hangs up; if it does not, the Stop's grace ends it
-                await link.stop(why=f"no video or audio arrived for {self.idle_timeout_s:.0f} s: the connection was closed (press Start again)")
-            await asyncio.sleep(tick)
+        try:
+            while not link.closed:
+                now = time.monotonic()
+                if link.stopped_at is not None:
+                    if now - link.stopped_at > self.stop_grace_s:
+                        log.info("webrtc: a page that pressed Stop did not hang up within %.0f s: closed", self.stop_grace_s)
+                        await link.close()
+                        return
+                elif now - link.last_media > self.idle_timeout_s:
+                    log.info("webrtc: no media for %.0f s: the connection is closed", self.idle_timeout_s)
+                    # the page hears why and hangs up (in a task of its own: this watch goes on, and
+                    # the Stop's grace ends a page that does not hang up, or a stop that failed)
+                    link.spawn(link.stop(why=f"no video or audio arrived for {self.idle_timeout_s:.0f} s: the connection was closed (press Start again)"))
+                    link.stopped_at = link.stopped_at or time.monotonic()
+                await asyncio.sleep(tick)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # noqa: BLE001 - a watch that fails must not leave the slot taken
+            log.warning("webrtc: watching a connection failed (%s): closed", err)
+            await link.close()
 
     def stats(self) -> list[dict]:
         return [{"frames_in": lk.frames_in, "frames_done": lk.frames_done, "state": lk.pc.connectionState} for lk in self.links]

@@ -1,5 +1,6 @@
 """Contract tests, parametrized over the registry: a new method is covered with no new test code."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -423,3 +424,38 @@ def test_a_checkpoint_folder_is_replaced_whole(build, tmp_path, monkeypatch):
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "expression.json", "model.safetensors"]
     assert torch.equal(load_fusion(folder)(feats).prediction, new(feats).prediction)
     assert [p.name for p in tmp_path.iterdir()] == ["m"]
+
+
+def test_replacing_a_folder_follows_a_link_skips_leftovers_and_refuses_what_it_cannot_replace(build, tmp_path):
+    import os
+
+    from mmdemo.checkpoint import replace_problem, replacing_folder
+
+    real = tmp_path / "real"
+    save_fusion(build("concat", seed=0).eval(), real)
+    (real / "keep.json").write_text("{}\n")
+    os.chmod(real / "keep.json", 0o444)  # read-only (as git-annex leaves files): the copy is written over all the same
+    (real / ".sub.new-dead").mkdir()  # a staging folder a killed save left behind
+    link = tmp_path / "ckpt"
+    link.symlink_to(real, target_is_directory=True)
+    new = build("concat", seed=1, hidden=16).eval()
+    with replacing_folder(link) as stage:
+        save_fusion(new, stage / "inner")
+        (stage / "keep.json").write_text('{"new": 1}\n')
+    assert link.is_symlink() and link.resolve() == real.resolve()  # the link stays; the folder it names is replaced
+    assert json.loads((real / "keep.json").read_text()) == {"new": 1}
+    assert not (real / ".sub.new-dead").exists()
+    feats = make_batch(batch=4)
+    assert torch.equal(load_fusion(real / "inner")(feats).prediction, new(feats).prediction)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "real"]  # nothing left aside
+
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert "not a folder" in replace_problem(a_file)
+    with pytest.raises(OSError, match="not a folder"):
+        with replacing_folder(a_file):
+            pass
+    assert a_file.read_text() == "x"
+    if os.path.ismount("/proc"):
+        assert "mount point" in replace_problem("/proc")
+    assert replace_problem(tmp_path / "new" / "deeper") is None

@@ -438,7 +438,7 @@ def test_a_connection_whose_media_stops_is_stopped_with_a_reason_and_its_slot_fr
             frame.pts, frame.time_base = pts, time_base
             return frame
 
-    bridge = RtcBridge(lambda s, u, src: {"src": src, "present": u.present}, connect_timeout_s=20, idle_timeout_s=1.0, stop_grace_s=1.0)
+    bridge = RtcBridge(lambda s, u, src: {"src": src, "present": u.present}, connect_timeout_s=20, idle_timeout_s=3.0, stop_grace_s=1.0)
     session = engine_cpu.session("weighted")
     messages: list[dict] = []
 
