@@ -3,6 +3,7 @@ same moment (``../shared/data/cmu-mosi-trimodal-features/``), beside the peer im
 researchers use today (MMSA).
 
     python -m mmdemo.trimodal --data ../shared/data/cmu-mosi-trimodal-features --out results/
+    python -m mmdemo.trimodal --data ../shared/data/cmu-mosi-trimodal-features --words mosei --out results/mosei-words/
 
 1. **Search, on the valid fold only.** The same ``--search`` configurations for every method: the
    training loop's defaults, then random draws from :data:`SEARCH` (width, dropout, learning rate,
@@ -30,6 +31,11 @@ researchers use today (MMSA).
 The MMSA rows are the data folder's own measurements (same file, MMSA's defaults, seeds
 1111-1115). Speed ratios use MMSA timed on this machine by ``bench/mmsa_reference.py`` (run in a
 separate environment) when its result file exists, and say so when they cannot.
+
+``--words mosei`` replaces the release's words feature by mmdemo's own (:func:`mosei_words`: the
+live app's MiniLM embedding, its top layers fine-tuned on CMU-MOSEI's transcripts only, so that
+every CMU-MOSI segment is out of sample for it); voice and face stay the release's, and the results
+say that the MMSA rows, on the release's words feature, are then not like-for-like.
 
 Writes ``trimodal.md`` and ``trimodal.json`` under ``--out``. The models trained here read the
 release's features (text-CNN, openSMILE, 3D-CNN), not the live encoders' features: they are a
@@ -166,14 +172,97 @@ def subset(ds: FeatureDataset, modalities: tuple[str, ...]) -> FeatureDataset:
                            for s, sp in ds.splits.items()}, dict(ds.meta))
 
 
+WORDS = ("release", "mosei")  # --words: the release's text-CNN features, or mmdemo's encoder fine-tuned on CMU-MOSEI
+WORDS_DIR = "words-mosei"  # under --out: the fine-tuned layers and the features, reused while their inputs are the same
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def mosei_words(data: Path, mosei: Path, out: Path, cfg=None, *, progress: bool = True, limit: int | None = None) -> dict:
+    """mmdemo's own words feature for every segment of ``data``: all-MiniLM-L6-v2 with its top
+    layers fine-tuned (:func:`mmdemo.text_model.finetune`, the benchmark's settings) on CMU-MOSEI's
+    train transcripts, early-stopped on CMU-MOSEI's valid fold (no CMU-MOSI text or label is read
+    in fine-tuning, and the two corpora share no video), then the live words feature of each
+    transcript (the 384-d mean-pooled, L2-normalised embedding). Every CMU-MOSI feature is thus out
+    of sample for the encoder, train fold included. Writes ``out/words-mosei/`` (the fine-tuned
+    layers, ``text.npy`` in the folder's row order, ``words.json``) and reuses it while the settings
+    and both label files are the same. ``limit``: the first ``limit`` transcripts of each MOSEI fold
+    only (a quick run). Returns the ``words.json`` record."""
+    import csv
+    from dataclasses import asdict
+
+    from .encoders.words import WordsEncoder
+    from .text_model import FinetuneConfig, finetune, save_overlay
+
+    cfg = cfg or FinetuneConfig(device="cpu")
+    folder = Path(out) / WORDS_DIR
+    key = {"finetune": asdict(cfg), "mosei_labels": _sha256(Path(mosei) / "labels.csv"), "data_labels": _sha256(Path(data) / "labels.csv")}
+    if limit:
+        key["limit"] = limit
+    record_path = folder / "words.json"
+    if record_path.is_file() and (folder / "text.npy").is_file():
+        try:
+            record = json.loads(record_path.read_text())
+        except ValueError:
+            record = {}
+        if record.get("key") == key:
+            return record | {"reused": True}
+    with open(Path(mosei) / "labels.csv", newline="", encoding="utf-8-sig") as f:
+        rows = [r for r in csv.DictReader(f) if (r.get("text") or "").strip()]
+    fold = {s: [r for r in rows if r.get("split") == s][:limit or None] for s in ("train", "valid")}
+    if not fold["train"] or not fold["valid"]:
+        raise ValueError(f"{mosei}: labels.csv needs train and valid rows with text (columns clip_id, label, text, split)")
+    ft = finetune([r["text"] for r in fold["train"]], np.array([float(r["label"]) for r in fold["train"]], np.float32),
+                  [r["text"] for r in fold["valid"]], np.array([float(r["label"]) for r in fold["valid"]], np.float32), cfg, progress=progress)
+    overlay = save_overlay(ft["overlay"], folder, {"train_layers": cfg.train_layers, "valid_mae_head": ft["valid_mae"]})
+    with open(Path(data) / "labels.csv", newline="", encoding="utf-8-sig") as f:
+        segments = list(csv.DictReader(f))
+    feats, why = WordsEncoder(device=cfg.device if cfg.device != "auto" else None, overlay=overlay).encode_batch([r.get("text") or "" for r in segments])
+    np.save(folder / "text.npy", feats)
+    record = {"key": key, "source": "all-MiniLM-L6-v2, top layers fine-tuned on CMU-MOSEI train transcripts (early stopping on CMU-MOSEI valid)",
+              "mosei_train": len(fold["train"]), "mosei_valid": len(fold["valid"]), "mosei_valid_mae": ft["valid_mae"],
+              "history": ft["history"], "seconds": ft["seconds"], "dim": int(feats.shape[1]),
+              "ids": [r["clip_id"] for r in segments], "absent": {r["clip_id"]: w for r, w in zip(segments, why) if w}}
+    record_path.write_text(json.dumps(jsonable(record), indent=1) + "\n")
+    return record
+
+
+def load_source(path: str, words: str | None = None) -> FeatureDataset:
+    """The feature folder at ``path``; with ``words`` (a ``words-mosei`` folder of
+    :func:`mosei_words`), its text features replaced by those (a segment without a transcript
+    counts as words missing)."""
+    ds = load_dataset(path)
+    if words is None:
+        return ds
+    from .data import Split
+
+    record = json.loads((Path(words) / "words.json").read_text())
+    feats = np.load(Path(words) / "text.npy")
+    row = {cid: i for i, cid in enumerate(record["ids"])}
+    splits = {}
+    for name, sp in ds.splits.items():
+        missing = [i for i in sp.ids if i not in row]
+        if missing:
+            raise ValueError(f"{words}: no words feature for {len(missing)} segment(s) of {path} (e.g. {missing[0]}): made for another folder")
+        idx = np.array([row[i] for i in sp.ids], dtype=int)
+        present = np.array([i not in record["absent"] for i in sp.ids], dtype=bool)
+        splits[name] = Split(feats=sp.feats | {"text": feats[idx]}, present=sp.present | {"text": present}, labels=sp.labels, ids=sp.ids,
+                             text=sp.text, steps=sp.steps, groups=sp.groups)
+    return FeatureDataset(splits, dict(ds.meta))
+
+
 _DATA: dict[str, FeatureDataset] = {}
 
 
-def _init(path: str) -> None:
+def _init(path: str, words: str | None = None) -> None:
     import torch
 
     torch.set_num_threads(1)
-    _DATA["all"] = load_dataset(path)
+    _DATA["all"] = load_source(path, words)
 
 
 def run_job(job: Job) -> dict:
@@ -206,7 +295,7 @@ def run_job(job: Job) -> dict:
     return out
 
 
-def run_all(jobs: list[Job], data: str, workers: int, desc: str, progress: bool) -> list[dict]:
+def run_all(jobs: list[Job], data: str, workers: int, desc: str, progress: bool, words: str | None = None) -> list[dict]:
     from tqdm.auto import tqdm
 
     if workers <= 1:
@@ -214,13 +303,13 @@ def run_all(jobs: list[Job], data: str, workers: int, desc: str, progress: bool)
 
         threads = torch.get_num_threads()
         try:
-            _init(data)
+            _init(data, words)
             return [run_job(j) for j in tqdm(jobs, desc=desc, disable=not progress)]
         finally:
             torch.set_num_threads(threads)  # the caller's process keeps its own setting
     import multiprocessing as mp
 
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init, initargs=(data,)) as ex:
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init, initargs=(data, words)) as ex:
         return list(tqdm(ex.map(run_job, jobs), total=len(jobs), desc=desc, disable=not progress))
 
 
@@ -245,7 +334,8 @@ def summary(runs: list[dict]) -> dict:
 
 def run(args) -> dict:
     data = str(args.data)
-    ds = load_dataset(data)
+    own_words = getattr(args, "words_dir", None)
+    ds = load_source(data, own_words)
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else list_fusions()
     unknown = set(methods) - set(list_fusions())
     if unknown:
@@ -263,7 +353,7 @@ def run(args) -> dict:
             break
         jobs = [Job(m, mods, *split_config(c, epochs=args.epochs, seed=s), seed=s, test=False) for m, c in pairs for s in range(args.select_seeds)]
         desc = "search (valid fold)" if stage == 0 else f"local search {stage}/{args.refine} (valid fold)"
-        out = run_all(jobs, data, args.workers, desc, not args.quiet)
+        out = run_all(jobs, data, args.workers, desc, not args.quiet, own_words)
         before = {m: min(search[m], key=lambda r: r["valid_mae"])["config"] if search[m] else None for m in methods}
         for i, (m, c) in enumerate(pairs):
             rs = out[i * args.select_seeds:(i + 1) * args.select_seeds]
@@ -284,7 +374,7 @@ def run(args) -> dict:
             for s in seeds:
                 jobs.append(Job(m, mods, *split_config(c, epochs=args.epochs, seed=s), seed=s, test=True, readings=label == "chosen"))
                 keys.append((m, label))
-    out = run_all(jobs, data, args.workers, f"reported runs ({len(seeds)} seeds)", not args.quiet)
+    out = run_all(jobs, data, args.workers, f"reported runs ({len(seeds)} seeds)", not args.quiet, own_words)
     runs: dict = {m: {"chosen": [], "default": []} for m in methods}
     for (m, label), r in zip(keys, out):
         runs[m][label].append(r)
@@ -301,14 +391,14 @@ def run(args) -> dict:
                 shared["reused"][m] = label
     fresh = [m for m in methods if m not in shared["reused"]]
     jobs = [Job(m, mods, *split_config(shared["config"], epochs=args.epochs, seed=s), seed=s, test=True) for m in fresh for s in seeds]
-    out = run_all(jobs, data, args.workers, "one configuration for all", not args.quiet) if jobs else []
+    out = run_all(jobs, data, args.workers, "one configuration for all", not args.quiet, own_words) if jobs else []
     for m in methods:
         k = fresh.index(m) if m in fresh else None
         shared["methods"][m] = summary(out[k * len(seeds):(k + 1) * len(seeds)] if k is not None else runs[m][shared["reused"][m]])
     # 3. ablations with the best method
     subsets = [s for k in range(1, len(mods)) for s in itertools.combinations(mods, k)]
     jobs = [Job(best, s, *split_config(chosen[best], epochs=args.epochs, seed=sd), seed=sd, test=True) for s in subsets for sd in seeds]
-    out = run_all(jobs, data, args.workers, "ablations", not args.quiet)
+    out = run_all(jobs, data, args.workers, "ablations", not args.quiet, own_words)
     ablations = {"+".join(s): summary(out[i * len(seeds):(i + 1) * len(seeds)]) for i, s in enumerate(subsets)}
     # 4. the setting of the published bc-LSTM numbers: each row also sees its video's mean (every
     # method at its chosen configuration, and the best method on words alone); not chosen on valid
@@ -317,7 +407,7 @@ def run(args) -> dict:
         words = tuple(m for m in mods if m == "text")
         runs_ctx = [(m, mods) for m in methods] + ([(best, words)] if words and len(mods) > 1 else [])
         jobs = [Job(m, ms, *split_config(chosen[m], epochs=args.epochs, seed=sd), seed=sd, test=True, context=True) for m, ms in runs_ctx for sd in seeds]
-        out = run_all(jobs, data, args.workers, "with video context", not args.quiet)
+        out = run_all(jobs, data, args.workers, "with video context", not args.quiet, own_words)
         context = {"methods": {m: summary(out[i * len(seeds):(i + 1) * len(seeds)]) for i, (m, ms) in enumerate(runs_ctx) if ms == mods}}
         if len(runs_ctx) > len(methods):
             context["words_alone"] = summary(out[len(methods) * len(seeds):])
@@ -331,7 +421,7 @@ def run(args) -> dict:
         timed += [(m, "s_per_epoch_peer_batch", chosen[m] | {"batch_size": peer_batch[m]}) for m in methods if peer_batch[m] != chosen[m]["batch_size"]]
         jobs = [Job(m, mods, *split_config(c | {"patience": args.timing_epochs}, epochs=args.timing_epochs, seed=sd), seed=sd, test=False)
                 for m, _, c in timed for sd in reps]
-        out = run_all(jobs, data, 1, "timing (one run at a time)", not args.quiet)
+        out = run_all(jobs, data, 1, "timing (one run at a time)", not args.quiet, own_words)
         for k, (m, key, _) in enumerate(timed):
             results[m]["chosen"][key] = float(np.median([r["s_per_epoch"] for r in out[k * len(reps):(k + 1) * len(reps)]]))
         for m in methods:  # the chosen batch is MMSA's: one configuration, timed once
@@ -340,7 +430,17 @@ def run(args) -> dict:
            "seconds": time.perf_counter() - t0, "date": time.strftime("%Y-%m-%d"), "timing_epochs": args.timing_epochs, "timing_repeats": min(TIMING_REPEATS, len(seeds))}
     return {"mmsa_here": mmsa_timed_here(args.mmsa), "data": ds.describe(), "source": Path(data).name, "seeds": list(seeds), "select_seeds": list(range(args.select_seeds)),
             "search_space": SEARCH, "configurations": len(configs), "refine": args.refine, "max_epochs": args.epochs, "methods": results, "best": best,
-            "ablations": ablations, "shared": shared, "context": context, "mean_baseline": mean_baseline(ds), "mmsa": MMSA, "env": env, "quick": args.quick}
+            "ablations": ablations, "shared": shared, "context": context, "mean_baseline": mean_baseline(ds), "mmsa": MMSA, "env": env, "quick": args.quick,
+            "words": words_summary(getattr(args, "words_record", None))}
+
+
+def words_summary(record: dict | None) -> dict | None:
+    """What the results say of an own words feature (:func:`mosei_words`): None for the release's."""
+    if record is None:
+        return None
+    return {"source": record["source"], "dim": record["dim"], "mosei_train": record["mosei_train"], "mosei_valid": record["mosei_valid"],
+            "mosei_valid_mae": record["mosei_valid_mae"], "finetune_seconds": record["seconds"], "epochs": len(record["history"]),
+            "absent": len(record["absent"]), "reused": bool(record.get("reused")), "config": record["key"]["finetune"]}
 
 
 def mmsa_timed_here(path) -> dict | None:
@@ -494,8 +594,14 @@ def markdown(res: dict) -> str:
         return (f"| {name} | {_pm(s, 'mae')} | {_pm(s, 'corr')} | {_pm(s, 'acc2_has0', True)} | {_pm(s, 'acc2_non0', True)} | "
                 f"{_pm(s, 'f1_non0', True)} | {_pm(s, 'acc7', True)} | {speed:.3f} | {s['epochs']:.0f} | {_fmt(s['valid_mae'])} |")
 
-    md = ["## Fusion on real paired data: CMU-MOSI with words, voice and face features of the same moment", "",
-          f"`python -m mmdemo.trimodal --data ../shared/data/cmu-mosi-trimodal-features --out results/` ({res['data']}; the "
+    own = res.get("words")
+    title = "## Fusion on real paired data: CMU-MOSI with words, voice and face features of the same moment"
+    command = "`python -m mmdemo.trimodal --data ../shared/data/cmu-mosi-trimodal-features --out results/`"
+    if own:
+        title += ", the words read by mmdemo's own encoder"
+        command = "`python -m mmdemo.trimodal --data ../shared/data/cmu-mosi-trimodal-features --words mosei --out results/mosei-words/`"
+    md = [title, "",
+          f"{command} ({res['data']}; the "
           "release's speaker-independent split, valid = every 6th train video). Mean ± std over seeds "
           f"{seeds} on the test fold (std over seeds with ddof 0, as MMSA computes it); every configuration chosen on the valid fold alone ({res['configurations']} configurations "
           f"per method, the defaults first, then up to {res.get('refine', 0)} round(s) of local search around each method's best, one setting one step at a time: "
@@ -510,7 +616,17 @@ def markdown(res: dict) -> str:
              f"from runs that shared the cores ({res['env']['workers']} at a time)."), ""]
     if res.get("quick"):
         md += ["**Quick run (CI): a handful of configurations and seeds, few epochs. The numbers say nothing about the methods.**", ""]
-    md += ["### Every method (chosen configuration) beside MMSA 2.2.1 on the same file", "", head, sep]
+    if own:
+        md += [f"**The words feature is not the release's.** Here it is mmdemo's: {own['source']} ({own['mosei_train']} train and "
+               f"{own['mosei_valid']} valid transcripts; MOSEI valid MAE of the fine-tuning head {own['mosei_valid_mae']:.3f}, the best of "
+               f"{own['epochs']} epoch(s); {own['dim']}-d, the live app's words feature{'; reused from an earlier run' if own['reused'] else ''}"
+               f"), {own['absent']} segment(s) without a transcript counted as words missing. No CMU-MOSI text or label was read to make it, "
+               "so every segment's words feature is out of sample, the train and valid folds' too (the release's text-CNN was trained "
+               "on the train videos: in-sample there). The voice and face features are the release's. The MMSA rows read the "
+               "release's text-CNN features: beside these rows they are **not like-for-like** (different words features, this one "
+               f"learned from {own['mosei_train']} labelled MOSEI transcripts); they show what a researcher gets from those tools on the release's features, "
+               "not what MMSA's models would reach on these.", ""]
+    md += ["### Every method (chosen configuration) beside MMSA 2.2.1 " + ("(on the release's words features)" if own else "on the same file"), "", head, sep]
     for m in sorted(res["methods"], key=lambda m: _order(res["methods"][m]["chosen"])):
         md.append(row(f"mmdemo `{m}`{' (best on valid)' if m == res['best'] else ''}", res["methods"][m]["chosen"], alone=True))
     timed_here = (mmsa_here(res) or {}).get("models", {})
@@ -551,7 +667,8 @@ def markdown(res: dict) -> str:
                "with the counterpart's default batch size for MOSI, so that both epochs take the same number of steps."]
     b = tg["best"]
     md += ["", f"Best method on valid: `{res['best']}`. Targets for it: MAE ≤ 0.88 {'✓' if b['mae_0.88'] else '✗'}, Corr ≥ 0.66 "
-           f"{'✓' if b['corr_0.66'] else '✗'}, Acc-2 non-0 ≥ 80 {'✓' if b['acc2_non0_80'] else '✗'}.", "",
+           f"{'✓' if b['corr_0.66'] else '✗'}, Acc-2 non-0 ≥ 80 {'✓' if b['acc2_non0_80'] else '✗'}"
+           + (" (with mmdemo's words feature, not the release's: see above)." if own else "."), "",
            "### What the search bought: the training loop's defaults, same seeds", "", head, sep]
     for m in res["methods"]:
         md.append(row(f"`{m}` defaults", res["methods"][m]["default"]))
@@ -590,8 +707,11 @@ def markdown(res: dict) -> str:
     valid = _avg([r["chosen"]["valid_mae"] for r in res["methods"].values()])
     test = _avg([_mean(r["chosen"], "mae") for r in res["methods"].values()])
     md += ["", f"Valid vs test: the chosen configurations average valid MAE {valid} and test MAE {test}. In this release the "
-           "text-CNN and 3D-CNN extractors were trained on the train videos, which include the valid fold, so valid features are "
-           "in-sample for them: a choice on valid favours configurations that trust the features most."]
+           + ("3D-CNN face extractor was trained on the train videos, which include the valid fold, so valid face features are "
+              "in-sample for it (the words feature here is out of sample everywhere): a choice on valid favours configurations that "
+              "trust the face most." if own else
+              "text-CNN and 3D-CNN extractors were trained on the train videos, which include the valid fold, so valid features are "
+              "in-sample for them: a choice on valid favours configurations that trust the features most.")]
     ctx = res.get("context")
     if ctx:
         cb = ctx["methods"][ctx["best"]]
@@ -645,6 +765,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cmu-mosi-trimodal-features"),
                     help="the cmu-mosi-trimodal-features folder (labels.csv + text/audio/vision.npy)")
     ap.add_argument("--out", default="results", help="folder for trimodal.md and trimodal.json")
+    ap.add_argument("--words", choices=WORDS, default="release",
+                    help="the words feature: the release's text-CNN (default), or mosei: mmdemo's own encoder (all-MiniLM-L6-v2) "
+                         "fine-tuned on CMU-MOSEI's transcripts only, so that every CMU-MOSI segment is out of sample for it "
+                         "(about 20 min on 2 cores the first time; kept in OUT/words-mosei/ and reused)")
+    ap.add_argument("--mosei", help="with --words mosei: the cmu-mosei-text folder (default: beside --data)")
     ap.add_argument("--search", type=int, default=16, help="configurations per method (the defaults + random draws)")
     ap.add_argument("--refine", type=int, default=REFINE_ROUNDS, help="rounds of local search around each method's best configuration "
                     "(every configuration one step away along one setting; 0: the random draws only)")
@@ -704,9 +829,25 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--refine: 0 (no local search) or more rounds")
     if args.timing_epochs < 0:
         ap.error("--timing-epochs: 0 (skip) or more")
-    res = run(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.words == "mosei":
+        from .text_model import FinetuneConfig
+
+        mosei = Path(args.mosei) if args.mosei else Path(args.data).resolve().parent / "cmu-mosei-text"
+        if not (mosei / "labels.csv").is_file():
+            ap.error(f"--mosei {mosei}: no labels.csv there (the cmu-mosei-text folder)")
+        if "text" not in ds.modalities or any(sp.text is None for sp in ds.splits.values()):
+            ap.error(f"--words mosei: {args.data} has no transcripts (a text column in labels.csv) to encode")
+        cfg = FinetuneConfig(device="cpu", epochs=1) if args.quick else FinetuneConfig(device="cpu")
+        if args.quick:  # CI: a few hundred transcripts, one epoch
+            args.mosei_limit = 256
+        try:
+            args.words_record = mosei_words(Path(args.data), mosei, out, cfg, progress=not args.quiet, limit=getattr(args, "mosei_limit", None))
+        except (OSError, ValueError) as err:
+            ap.error(f"--words mosei: {err}")
+        args.words_dir = str(out / WORDS_DIR)
+    res = run(args)
     (out / "trimodal.json").write_text(json.dumps(jsonable(res | {"targets": targets(res)}), indent=1) + "\n")  # first: --render rebuilds the rest from it
     md = markdown(res)
     (out / "trimodal.md").write_text(md)

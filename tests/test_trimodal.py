@@ -57,9 +57,9 @@ def record_stages(monkeypatch) -> dict:
     stages = {}
     real_run_all = trimodal.run_all
 
-    def spy(jobs, data, workers, desc, progress):
+    def spy(jobs, data, workers, desc, progress, words=None):
         stages.setdefault(desc, []).extend(jobs)
-        return real_run_all(jobs, data, workers, desc, progress)
+        return real_run_all(jobs, data, workers, desc, progress, words)
 
     monkeypatch.setattr(trimodal, "run_all", spy)
     return stages
@@ -514,8 +514,8 @@ def test_a_chosen_configuration_with_mmsas_batch_size_is_timed_once(tmp_path, mo
     monkeypatch.setitem(trimodal.COUNTERPART, "weighted", "TFN")  # weighted's: another one
     passes = []
     real_run_all = trimodal.run_all
-    monkeypatch.setattr(trimodal, "run_all", lambda jobs, data, workers, desc, progress:
-                        passes.append((desc, workers, list(jobs))) or real_run_all(jobs, data, workers, desc, progress))
+    monkeypatch.setattr(trimodal, "run_all", lambda jobs, data, workers, desc, progress, words=None:
+                        passes.append((desc, workers, list(jobs))) or real_run_all(jobs, data, workers, desc, progress, words))
     out = tmp_path / "out"
     assert trimodal.main(["--data", str(folder), "--out", str(out), "--methods", "concat,weighted", "--search", "1", "--refine", "0", "--select-seeds", "1",
                           "--seeds", "1", "--epochs", "3", "--timing-epochs", "2", "--workers", "2", "--no-context",
@@ -571,3 +571,70 @@ def test_the_benchmark_names_a_broken_data_folder(tmp_path, capsys):
             trimodal.main(["--data", str(folder), "--out", str(tmp_path / "out"), "--quiet"])
         assert err.value.code == 2 and f"--data {folder}" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def make_mosei(folder: Path) -> Path:
+    """A tiny folder in the layout of cmu-mosei-text: praise labelled positive, complaints negative."""
+    folder.mkdir(parents=True, exist_ok=True)
+    good = ["I loved it", "a wonderful film", "great acting and a great story", "it was brilliant", "truly excellent"]
+    bad = ["I hated it", "a terrible film", "boring and far too long", "it was awful", "truly dreadful"]
+    with open(folder / "labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["clip_id", "video_id", "segment", "label", "text", "speaker", "split"])
+        for k in range(4):
+            for i, (g, b) in enumerate(zip(good, bad)):
+                split = "valid" if k == 3 else "train"
+                w.writerow([f"m{k}_{i}g", f"m{k}", f"{i}g", "2.0", g, f"s{k}", split])
+                w.writerow([f"m{k}_{i}b", f"m{k}", f"{i}b", "-2.0", b, f"s{k}", split])
+    return folder
+
+
+@pytest.mark.slow
+def test_mmdemos_own_words_feature_replaces_the_release_one_and_is_reused(tmp_path, monkeypatch):
+    """--words mosei: MiniLM fine-tuned on MOSEI transcripts only (never the folder's), then each
+    segment's transcript encoded in its row; a segment without a transcript has words missing; a
+    second run reuses the features; features made for another folder are refused."""
+    from mmdemo.text_model import FinetuneConfig
+
+    data = make_folder(tmp_path / "data", n=40)
+    set_cell(data / "labels.csv", 3, "text", "")
+    mosei, out = make_mosei(tmp_path / "mosei"), tmp_path / "out"
+    cfg = FinetuneConfig(device="cpu", epochs=1, batch_size=8)
+    rec = trimodal.mosei_words(data, mosei, out, cfg, progress=False)
+    assert rec["mosei_train"] == 30 and rec["mosei_valid"] == 10 and not rec.get("reused")
+    ids = [r["clip_id"] for r in csv.DictReader(open(data / "labels.csv"))]
+    assert rec["ids"] == ids and list(rec["absent"]) == [ids[3]]
+    feats = np.load(out / trimodal.WORDS_DIR / "text.npy")
+    assert feats.shape == (40, 384) and not feats[3].any()
+    assert np.allclose(np.linalg.norm(feats[[0, 1, 2, 4]], axis=1), 1.0, atol=1e-4)  # the live feature: L2-normalised
+
+    ds = trimodal.load_source(str(data), str(out / trimodal.WORDS_DIR))
+    assert ds.dims == {"text": 384, "audio": 7, "vision": 9}
+    for sp in ds.splits.values():
+        rows = [ids.index(i) for i in sp.ids]
+        assert np.array_equal(sp.feats["text"], feats[rows])
+        assert np.array_equal(sp.present["text"], np.array([r != 3 for r in rows]))
+    release = load_dataset(data)
+    assert np.array_equal(ds.splits["test"].feats["audio"], release.splits["test"].feats["audio"])  # voice and face as released
+
+    def no_finetuning(*a, **kw):
+        raise AssertionError("fine-tuned again")
+
+    monkeypatch.setattr("mmdemo.text_model.finetune", no_finetuning)
+    assert trimodal.mosei_words(data, mosei, out, cfg, progress=False)["reused"]
+    with pytest.raises(ValueError, match="another folder"):
+        trimodal.load_source(str(make_folder(tmp_path / "other", n=48, seed=1)), str(out / trimodal.WORDS_DIR))
+
+
+@pytest.mark.slow
+def test_the_cli_with_mmdemos_words_says_the_mmsa_rows_are_not_like_for_like(tmp_path, capsys):
+    data, mosei, out = make_folder(tmp_path / "data", n=40), make_mosei(tmp_path / "mosei"), tmp_path / "out"
+    assert trimodal.main(["--data", str(data), "--words", "mosei", "--mosei", str(mosei), "--out", str(out), "--quick", "--quiet",
+                          "--methods", "concat", "--no-context", "--timing-epochs", "0"]) == 0
+    res = json.loads((out / "trimodal.json").read_text())
+    assert res["words"]["dim"] == 384 and res["words"]["mosei_train"] == 30 and res["words"]["config"]["epochs"] == 1
+    md = (out / "trimodal.md").read_text()
+    assert "not like-for-like" in md and "--words mosei" in md
+    with pytest.raises(SystemExit):
+        trimodal.main(["--data", str(data), "--words", "mosei", "--mosei", str(tmp_path / "nowhere"), "--out", str(out)])
+    assert "no labels.csv" in capsys.readouterr().err
