@@ -185,6 +185,8 @@ def finetune(train_texts, train_y, valid_texts, valid_y, cfg: FinetuneConfig = F
             stale += 1
             if stale > cfg.patience:
                 break
+    if best_state is None:
+        raise ValueError("fine-tuning never reached a finite validation MAE (are the labels numbers?)")
     overlay = {f"encoder.layer.{top.first + int(n.split('.')[0])}.{n.split('.', 1)[1]}": v.half() for n, v in best_state.items()}
     predictions = {}
     if predict:

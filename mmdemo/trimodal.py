@@ -174,6 +174,7 @@ def subset(ds: FeatureDataset, modalities: tuple[str, ...]) -> FeatureDataset:
 
 WORDS = ("release", "mosei")  # --words: the release's text-CNN features, or mmdemo's encoder fine-tuned on CMU-MOSEI
 WORDS_DIR = "words-mosei"  # under --out: the fine-tuned layers and the features, reused while their inputs are the same
+WORDS_FORMAT = "mmdemo-words/1"  # of words.json; a change of how the features are made changes it (and the cache key)
 
 
 def _sha256(path: Path) -> str:
@@ -193,42 +194,76 @@ def mosei_words(data: Path, mosei: Path, out: Path, cfg=None, *, progress: bool 
     and both label files are the same. ``limit``: the first ``limit`` transcripts of each MOSEI fold
     only (a quick run). Returns the ``words.json`` record."""
     import csv
+    import math
     from dataclasses import asdict
 
-    from .encoders.words import WordsEncoder
+    from .data import warn_scale
+    from .encoders.words import MiniLM, WordsEncoder, check_text
     from .text_model import FinetuneConfig, finetune, save_overlay
 
     cfg = cfg or FinetuneConfig(device="cpu")
     folder = Path(out) / WORDS_DIR
-    key = {"finetune": asdict(cfg), "mosei_labels": _sha256(Path(mosei) / "labels.csv"), "data_labels": _sha256(Path(data) / "labels.csv")}
+    key = {"format": WORDS_FORMAT, "finetune": asdict(cfg), "mosei_labels": _sha256(Path(mosei) / "labels.csv"),
+           "data_labels": _sha256(Path(data) / "labels.csv")}
     if limit:
         key["limit"] = limit
-    record_path = folder / "words.json"
-    if record_path.is_file() and (folder / "text.npy").is_file():
+    record_path, feats_path = folder / "words.json", folder / "text.npy"
+    if record_path.is_file() and feats_path.is_file():
         try:
             record = json.loads(record_path.read_text())
         except ValueError:
             record = {}
-        if record.get("key") == key:
+        if record.get("key") == key and record.get("text_sha256") == _sha256(feats_path):
             return record | {"reused": True}
     with open(Path(mosei) / "labels.csv", newline="", encoding="utf-8-sig") as f:
-        rows = [r for r in csv.DictReader(f) if (r.get("text") or "").strip()]
+        reader = csv.DictReader(f)
+        gone = {"label", "text", "split"} - set(reader.fieldnames or ())
+        if gone:
+            raise ValueError(f"{mosei}/labels.csv: no {', '.join(sorted(gone))} column (expected clip_id, label, text, split)")
+        rows = [r for r in reader if (r.get("text") or "").strip()]
     fold = {s: [r for r in rows if r.get("split") == s][:limit or None] for s in ("train", "valid")}
     if not fold["train"] or not fold["valid"]:
-        raise ValueError(f"{mosei}: labels.csv needs train and valid rows with text (columns clip_id, label, text, split)")
-    ft = finetune([r["text"] for r in fold["train"]], np.array([float(r["label"]) for r in fold["train"]], np.float32),
-                  [r["text"] for r in fold["valid"]], np.array([float(r["label"]) for r in fold["valid"]], np.float32), cfg, progress=progress)
+        raise ValueError(f"{mosei}/labels.csv: needs train and valid rows with text")
+    labels = {}
+    for name, part in fold.items():
+        try:
+            labels[name] = np.array([float(r["label"]) for r in part], np.float32)
+        except (TypeError, ValueError):
+            bad = next(r for r in part if not _is_number(r["label"]))
+            raise ValueError(f"{mosei}/labels.csv: label {bad['label']!r} of {bad.get('clip_id', '?')} is not a number") from None
+        if not all(math.isfinite(v) for v in labels[name]):
+            raise ValueError(f"{mosei}/labels.csv: a {name} label is not finite")
+        warn_scale(labels[name], f"{mosei}/labels.csv")
+    record_path.unlink(missing_ok=True)  # a run stopped from here on leaves nothing that could be reused
+    ft = finetune([r["text"] for r in fold["train"]], labels["train"], [r["text"] for r in fold["valid"]], labels["valid"], cfg, progress=progress)
     overlay = save_overlay(ft["overlay"], folder, {"train_layers": cfg.train_layers, "valid_mae_head": ft["valid_mae"]})
     with open(Path(data) / "labels.csv", newline="", encoding="utf-8-sig") as f:
         segments = list(csv.DictReader(f))
-    feats, why = WordsEncoder(device=cfg.device if cfg.device != "auto" else None, overlay=overlay).encode_batch([r.get("text") or "" for r in segments])
-    np.save(folder / "text.npy", feats)
+    checked = [check_text(r.get("text") or "") for r in segments]
+    # a model of its own (not the app's shared one, which is kept by the overlay's path: a file
+    # written again here would not be read again)
+    model = MiniLM(device=cfg.device if cfg.device != "auto" else None, overlay=overlay)
+    feats = np.zeros((len(segments), WordsEncoder.dim), np.float32)
+    ok = [i for i, (_, why) in enumerate(checked) if not why]
+    if ok:
+        feats[ok] = model.embed([checked[i][0] for i in ok])
+    np.save(feats_path, feats)
     record = {"key": key, "source": "all-MiniLM-L6-v2, top layers fine-tuned on CMU-MOSEI train transcripts (early stopping on CMU-MOSEI valid)",
               "mosei_train": len(fold["train"]), "mosei_valid": len(fold["valid"]), "mosei_valid_mae": ft["valid_mae"],
-              "history": ft["history"], "seconds": ft["seconds"], "dim": int(feats.shape[1]),
-              "ids": [r["clip_id"] for r in segments], "absent": {r["clip_id"]: w for r, w in zip(segments, why) if w}}
-    record_path.write_text(json.dumps(jsonable(record), indent=1) + "\n")
+              "history": ft["history"], "seconds": ft["seconds"], "dim": int(feats.shape[1]), "text_sha256": _sha256(feats_path),
+              "ids": [r["clip_id"] for r in segments], "absent": {r["clip_id"]: why for r, (_, why) in zip(segments, checked) if why}}
+    tmp = record_path.with_name(".words.json.tmp")
+    tmp.write_text(json.dumps(jsonable(record), indent=1) + "\n")
+    os.replace(tmp, record_path)  # last: its hash of text.npy ties the two together
     return record
+
+
+def _is_number(text) -> bool:
+    try:
+        float(text)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def load_source(path: str, words: str | None = None) -> FeatureDataset:
@@ -241,6 +276,10 @@ def load_source(path: str, words: str | None = None) -> FeatureDataset:
     from .data import Split
 
     record = json.loads((Path(words) / "words.json").read_text())
+    if record.get("text_sha256") != _sha256(Path(words) / "text.npy"):
+        raise ValueError(f"{words}: text.npy is not the one words.json describes (a run stopped while writing it?): make it again")
+    if record.get("key", {}).get("data_labels") != _sha256(Path(path) / "labels.csv"):
+        raise ValueError(f"{words}: made for another folder's labels.csv than {path}'s")
     feats = np.load(Path(words) / "text.npy")
     row = {cid: i for i, cid in enumerate(record["ids"])}
     splits = {}
@@ -262,6 +301,7 @@ def _init(path: str, words: str | None = None) -> None:
     import torch
 
     torch.set_num_threads(1)
+    _DATA.clear()  # another run in this process (workers=1) must not read the last one's data
     _DATA["all"] = load_source(path, words)
 
 
@@ -837,7 +877,9 @@ def main(argv: list[str] | None = None) -> int:
         mosei = Path(args.mosei) if args.mosei else Path(args.data).resolve().parent / "cmu-mosei-text"
         if not (mosei / "labels.csv").is_file():
             ap.error(f"--mosei {mosei}: no labels.csv there (the cmu-mosei-text folder)")
-        if "text" not in ds.modalities or any(sp.text is None for sp in ds.splits.values()):
+        if "text" not in ds.modalities:
+            ap.error(f"--words mosei: {args.data} has no text.npy (its words features are the ones replaced)")
+        if not any(sp.text is not None and any(str(t).strip() for t in sp.text) for sp in ds.splits.values()):
             ap.error(f"--words mosei: {args.data} has no transcripts (a text column in labels.csv) to encode")
         cfg = FinetuneConfig(device="cpu", epochs=1) if args.quick else FinetuneConfig(device="cpu")
         if args.quick:  # CI: a few hundred transcripts, one epoch

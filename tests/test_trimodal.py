@@ -600,13 +600,30 @@ def test_mmdemos_own_words_feature_replaces_the_release_one_and_is_reused(tmp_pa
     set_cell(data / "labels.csv", 3, "text", "")
     mosei, out = make_mosei(tmp_path / "mosei"), tmp_path / "out"
     cfg = FinetuneConfig(device="cpu", epochs=1, batch_size=8)
+    import mmdemo.text_model as text_model
+
+    real_finetune, seen = text_model.finetune, []
+
+    def spy(train_texts, train_y, valid_texts, valid_y, *a, **kw):
+        seen.extend(list(train_texts) + list(valid_texts))
+        return real_finetune(train_texts, train_y, valid_texts, valid_y, *a, **kw)
+
+    monkeypatch.setattr(text_model, "finetune", spy)
     rec = trimodal.mosei_words(data, mosei, out, cfg, progress=False)
     assert rec["mosei_train"] == 30 and rec["mosei_valid"] == 10 and not rec.get("reused")
-    ids = [r["clip_id"] for r in csv.DictReader(open(data / "labels.csv"))]
+    mosei_texts = {r["text"] for r in csv.DictReader(open(mosei / "labels.csv"))}
+    assert len(seen) == 40 and set(seen) <= mosei_texts  # fine-tuned on MOSEI's transcripts alone
+    segments = list(csv.DictReader(open(data / "labels.csv")))
+    ids = [r["clip_id"] for r in segments]
     assert rec["ids"] == ids and list(rec["absent"]) == [ids[3]]
     feats = np.load(out / trimodal.WORDS_DIR / "text.npy")
     assert feats.shape == (40, 384) and not feats[3].any()
     assert np.allclose(np.linalg.norm(feats[[0, 1, 2, 4]], axis=1), 1.0, atol=1e-4)  # the live feature: L2-normalised
+    from mmdemo.encoders.words import MiniLM
+
+    tuned = MiniLM(device="cpu", overlay=out / trimodal.WORDS_DIR / "encoder.safetensors")
+    for i in (0, 17, 39):  # row i is transcript i, read by the fine-tuned encoder
+        np.testing.assert_allclose(feats[i], tuned.embed([segments[i]["text"]])[0], atol=1e-5)
 
     ds = trimodal.load_source(str(data), str(out / trimodal.WORDS_DIR))
     assert ds.dims == {"text": 384, "audio": 7, "vision": 9}
@@ -622,8 +639,19 @@ def test_mmdemos_own_words_feature_replaces_the_release_one_and_is_reused(tmp_pa
 
     monkeypatch.setattr("mmdemo.text_model.finetune", no_finetuning)
     assert trimodal.mosei_words(data, mosei, out, cfg, progress=False)["reused"]
+    npy = out / trimodal.WORDS_DIR / "text.npy"
+    kept = npy.read_bytes()
+    np.save(npy, feats[:20])  # a run stopped while writing the features
+    with pytest.raises(ValueError, match="not the one words.json describes"):
+        trimodal.load_source(str(data), str(out / trimodal.WORDS_DIR))
+    npy.write_bytes(kept)
     with pytest.raises(ValueError, match="another folder"):
         trimodal.load_source(str(make_folder(tmp_path / "other", n=48, seed=1)), str(out / trimodal.WORDS_DIR))
+    for changed in (lambda: trimodal.mosei_words(data, mosei, out, FinetuneConfig(device="cpu", epochs=1, batch_size=8, seed=1), progress=False),
+                    lambda: trimodal.mosei_words(data, mosei, out, cfg, progress=False, limit=5)):
+        with pytest.raises(AssertionError, match="fine-tuned again"):  # other settings: never the cached features
+            changed()
+    assert not (out / trimodal.WORDS_DIR / "words.json").exists()  # and nothing reusable is left by a stopped run
 
 
 @pytest.mark.slow
@@ -638,3 +666,18 @@ def test_the_cli_with_mmdemos_words_says_the_mmsa_rows_are_not_like_for_like(tmp
     with pytest.raises(SystemExit):
         trimodal.main(["--data", str(data), "--words", "mosei", "--mosei", str(tmp_path / "nowhere"), "--out", str(out)])
     assert "no labels.csv" in capsys.readouterr().err
+    bad = make_mosei(tmp_path / "bad")
+    set_cell(bad / "labels.csv", 2, "label", "positive")
+    with pytest.raises(SystemExit):
+        trimodal.main(["--data", str(data), "--words", "mosei", "--mosei", str(bad), "--out", str(tmp_path / "o2"), "--quick"])
+    err = capsys.readouterr().err
+    assert "'positive'" in err and "is not a number" in err
+    no_text = make_folder(tmp_path / "no-text", n=40)
+    rows = list(csv.DictReader(open(no_text / "labels.csv")))
+    with open(no_text / "labels.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["clip_id", "video_id", "label", "split"], extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    with pytest.raises(SystemExit):
+        trimodal.main(["--data", str(no_text), "--words", "mosei", "--mosei", str(mosei), "--out", str(tmp_path / "o3"), "--quick"])
+    assert "no transcripts" in capsys.readouterr().err
