@@ -754,8 +754,9 @@ def run_face_only(args) -> dict:
 
     data, out = Path(args.data), Path(args.out)
     ckpt = Path(args.checkpoints) if args.checkpoints else out / "checkpoints"
-    if replace_problem(ckpt):  # now, not after the hours of work whose models it would hold
-        raise SystemExit(f"--checkpoints {ckpt}: {replace_problem(ckpt)}")
+    problem = replace_problem(ckpt)
+    if problem:  # now, not after the hours of work whose models it would hold
+        raise SystemExit(f"--checkpoints {ckpt}: {problem}")
     try:
         results = json.loads((out / "benchmark.json").read_text())
         md = (out / "benchmark.md").read_text()
@@ -812,8 +813,9 @@ def run(args) -> dict:
     data, out = Path(args.data), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = Path(args.checkpoints) if args.checkpoints else out / "checkpoints"
-    if replace_problem(ckpt):  # now, not after the hours of work whose models it would hold
-        raise SystemExit(f"--checkpoints {ckpt}: {replace_problem(ckpt)}")
+    problem = replace_problem(ckpt)
+    if problem:  # now, not after the hours of work whose models it would hold
+        raise SystemExit(f"--checkpoints {ckpt}: {problem}")
     quick = args.quick
     tcfg_uni, grid, limit = unimodal_settings(args)
     results: dict = {"quick": quick, "encoders": {}, "words": {}, "voice": {}, "face": {}, "fusion": {}, "speed": {}}

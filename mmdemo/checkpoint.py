@@ -69,9 +69,9 @@ class MeanOfModels(nn.Module):
 
 
 @contextmanager
-def replacing_folder(folder: str | Path, *, keep: bool = True):
+def replacing_folder(folder: str | Path):
     """Writes ``folder`` as a whole: yields a private staging folder beside it (a dot-folder; a copy
-    of ``folder`` when ``keep`` and it exists), which takes ``folder``'s place when the block ends
+    of ``folder`` when it exists), which takes ``folder``'s place when the block ends
     without an error: the earlier folder is set aside by one rename, the new one put in by another,
     then the earlier one deleted. A reader finds the earlier folder or the new one, each whole (or,
     between the two renames, none), never a mix of both. On an error, Ctrl-C included, the staging
@@ -86,7 +86,7 @@ def replacing_folder(folder: str | Path, *, keep: bool = True):
     stage, old = folder.with_name(f".{folder.name}.new-{token}"), folder.with_name(f".{folder.name}.old-{token}")
     folder.parent.mkdir(parents=True, exist_ok=True)
     try:
-        if keep and folder.is_dir():
+        if folder.is_dir():
             # links copied as links; plain copies of the files (not their modes: a read-only file is
             # written over in the copy); staging folders an earlier save left behind are not copied
             shutil.copytree(folder, stage, symlinks=True, copy_function=shutil.copyfile, ignore=shutil.ignore_patterns(".*.new-*", ".*.old-*"))

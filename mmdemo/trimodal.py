@@ -226,13 +226,15 @@ def mosei_words(data: Path, mosei: Path, out: Path, cfg=None, *, progress: bool 
         raise ValueError(f"{mosei}/labels.csv: needs train and valid rows with text")
     labels = {}
     for name, part in fold.items():
-        try:
-            labels[name] = np.array([float(r["label"]) for r in part], np.float32)
-        except (TypeError, ValueError):
-            bad = next(r for r in part if not _is_number(r["label"]))
-            raise ValueError(f"{mosei}/labels.csv: label {bad['label']!r} of {bad.get('clip_id', '?')} is not a number") from None
-        if not all(math.isfinite(v) for v in labels[name]):
-            raise ValueError(f"{mosei}/labels.csv: a {name} label is not finite")
+        values = []
+        for r in part:
+            try:
+                values.append(float(r["label"]))
+            except (TypeError, ValueError):
+                values.append(math.nan)
+            if not math.isfinite(values[-1]):
+                raise ValueError(f"{mosei}/labels.csv: label {r['label']!r} of {r.get('clip_id', '?')} is not a number, or not a finite one")
+        labels[name] = np.array(values, np.float32)
         warn_scale(labels[name], f"{mosei}/labels.csv")
     record_path.unlink(missing_ok=True)  # a run stopped from here on leaves nothing that could be reused
     ft = finetune([r["text"] for r in fold["train"]], labels["train"], [r["text"] for r in fold["valid"]], labels["valid"], cfg, progress=progress)
@@ -256,14 +258,6 @@ def mosei_words(data: Path, mosei: Path, out: Path, cfg=None, *, progress: bool 
     tmp.write_text(json.dumps(jsonable(record), indent=1) + "\n")
     os.replace(tmp, record_path)  # last: its hash of text.npy ties the two together
     return record
-
-
-def _is_number(text) -> bool:
-    try:
-        float(text)
-    except (TypeError, ValueError):
-        return False
-    return True
 
 
 def load_source(path: str, words: str | None = None) -> FeatureDataset:
@@ -881,11 +875,10 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--words mosei: {args.data} has no text.npy (its words features are the ones replaced)")
         if not any(sp.text is not None and any(str(t).strip() for t in sp.text) for sp in ds.splits.values()):
             ap.error(f"--words mosei: {args.data} has no transcripts (a text column in labels.csv) to encode")
+        # --quick (CI): a few hundred transcripts, one epoch
         cfg = FinetuneConfig(device="cpu", epochs=1) if args.quick else FinetuneConfig(device="cpu")
-        if args.quick:  # CI: a few hundred transcripts, one epoch
-            args.mosei_limit = 256
         try:
-            args.words_record = mosei_words(Path(args.data), mosei, out, cfg, progress=not args.quiet, limit=getattr(args, "mosei_limit", None))
+            args.words_record = mosei_words(Path(args.data), mosei, out, cfg, progress=not args.quiet, limit=256 if args.quick else None)
         except (OSError, ValueError) as err:
             ap.error(f"--words mosei: {err}")
         args.words_dir = str(out / WORDS_DIR)
