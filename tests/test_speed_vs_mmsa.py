@@ -1,0 +1,117 @@
+"""bench/speed_vs_mmsa.py: mmdemo and MMSA timed in alternating turns of one run (MMSA faked here:
+it is never installed with mmdemo)."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_trimodal import make_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_speed_vs_mmsa", ROOT / "bench" / "speed_vs_mmsa.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def fake_mmsa(tmp_path: Path, log: Path, *, fail: bool = False) -> Path:
+    """A stand-in for MMSA's Python: writes what bench/mmsa_reference.py writes, with s/epoch 10, 20, ...
+    on its 1st, 2nd, ... call, and logs each call."""
+    script = tmp_path / "mmsa-python"
+    names = {"lf_dnn": "LF-DNN", "tfn": "TFN", "lmf": "LMF", "mfn": "MFN"}
+    script.write_text(f"""#!{sys.executable}
+import json, sys
+args = sys.argv[2:]
+opt = dict(zip(args[::2], args[1::2]))
+log = {str(log)!r}
+calls = sum(1 for line in open(log) if line.startswith("mmsa")) + 1 if __import__("os").path.exists(log) else 1
+open(log, "a").write("mmsa " + opt["--models"] + "\\n")
+if {fail!r}:
+    sys.stderr.write("MMSA: something broke\\n"); sys.exit(1)
+names = {names!r}
+json.dump({{"env": {{}}, "models": {{names[k]: [{{"seed": int(opt["--seeds"]), "s_per_epoch": 10.0 * calls}}] for k in opt["--models"].split(",")}}}},
+          open(opt["--out"], "w"))
+""")
+    script.chmod(0o755)
+    return script
+
+
+def results_file(tmp_path: Path) -> Path:
+    config = {"hidden": 16, "dropout": 0.1, "lr": 1e-3, "weight_decay": 1e-4, "modality_dropout": 0.0, "patience": 10}
+    res = {"methods": {"concat": {"config": config | {"batch_size": 16}}, "tensor": {"config": config | {"batch_size": 32}}}, "words": None}
+    path = tmp_path / "trimodal.json"
+    path.write_text(json.dumps(res))
+    return path
+
+
+def test_turns_alternate_and_each_ratio_compares_one_round(bench, tmp_path, monkeypatch):
+    folder = make_folder(tmp_path / "f", n=120)
+    log = tmp_path / "log"
+    timed = iter([1.0, 2.0, 4.0, 5.0, 8.0, 10.0])  # concat own, concat at LF-DNN's batch, tensor (TFN's batch is its own), per round
+
+    def time_mmdemo(ds, method, config, epochs, seed):
+        assert epochs == 2 and seed == 1111 and ds.dims == {"text": 12, "audio": 7, "vision": 9}
+        with open(log, "a") as f:
+            f.write(f"mmdemo {method} {config['batch_size']}\n")
+        return next(timed)
+
+    monkeypatch.setattr(bench, "time_mmdemo", time_mmdemo)
+    out = tmp_path / "out" / "speed.json"
+    assert bench.main(["--mmsa-python", str(fake_mmsa(tmp_path, log)), "--data", str(folder), "--results", str(results_file(tmp_path)),
+                       "--rounds", "2", "--epochs", "2", "--out", str(out)]) == 0
+    turns = log.read_text().split("\n")[:-1]
+    # round 1: MMSA first, round 2: mmdemo first; MMSA runs the counterparts only, in one call per round
+    assert turns == ["mmsa lf_dnn,tfn", "mmdemo concat 16", "mmdemo concat 128", "mmdemo tensor 32",
+                     "mmdemo concat 16", "mmdemo concat 128", "mmdemo tensor 32", "mmsa lf_dnn,tfn"]
+    res = json.loads(out.read_text())
+    assert res["mmsa"]["LF-DNN"]["s_per_epoch"] == [10.0, 20.0] and res["mmsa"]["TFN"]["batch_size"] == 32
+    concat, tensor = res["methods"]["concat"], res["methods"]["tensor"]
+    assert concat["peer"] == "LF-DNN" and tensor["peer"] == "TFN"
+    assert concat["own"]["s_per_epoch"] == [1.0, 5.0] and concat["peer_batch"]["s_per_epoch"] == [2.0, 8.0]
+    # ratios are per round: 10/2 and 20/8, not a ratio of medians
+    assert concat["peer_batch"]["ratio_min"] == pytest.approx(2.5) and concat["peer_batch"]["ratio_max"] == pytest.approx(5.0)
+    assert concat["peer_batch"]["ratio"] == pytest.approx(3.75)
+    assert tensor["peer_batch"]["s_per_epoch"] == tensor["own"]["s_per_epoch"] == [4.0, 10.0]
+    md = out.with_suffix(".md").read_text()
+    assert "| `concat` | MMSA LF-DNN" in md and "2 rounds" in md and "in some rounds" in md  # 3x in round 1 only
+
+
+def test_a_failing_mmsa_and_a_wrong_results_file_are_named(bench, tmp_path):
+    folder = make_folder(tmp_path / "f", n=120)
+    log = tmp_path / "log"
+    with pytest.raises(SystemExit, match="(?s)MMSA run failed.*something broke"):
+        bench.main(["--mmsa-python", str(fake_mmsa(tmp_path, log, fail=True)), "--data", str(folder), "--results", str(results_file(tmp_path)),
+                    "--rounds", "1", "--epochs", "1", "--out", str(tmp_path / "o.json")])
+    assert not (tmp_path / "o.json").exists()
+    (tmp_path / "bad.json").write_text("{}")
+    for results, mmsa in ((tmp_path / "bad.json", fake_mmsa(tmp_path, log)), (results_file(tmp_path), tmp_path / "no-such-python")):
+        with pytest.raises(SystemExit) as e:
+            bench.main(["--mmsa-python", str(mmsa), "--data", str(folder), "--results", str(results), "--out", str(tmp_path / "o.json")])
+        assert e.value.code == 2
+
+
+def test_one_real_timing_of_a_configuration(bench, tmp_path, monkeypatch):
+    from mmdemo import train
+    from mmdemo.trimodal import load_source
+
+    runs = []
+    real_fit = train.fit
+
+    def spy(model, data, cfg, **kw):
+        runs.append((model.name, cfg, real_fit(model, data, cfg, **kw)))
+        return runs[-1][2]
+
+    monkeypatch.setattr(train, "fit", spy)
+    ds = load_source(str(make_folder(tmp_path / "f", n=120)))
+    config = {"hidden": 8, "dropout": 0.1, "lr": 1e-3, "weight_decay": 1e-4, "modality_dropout": 0.0, "batch_size": 32, "patience": 1}
+    s = bench.time_mmdemo(ds, "concat", config, 3, 0)
+    (name, cfg, res), = runs
+    assert name == "concat" and cfg.batch_size == 32 and cfg.device == "cpu"
+    assert res.epochs_run == 3 and s == pytest.approx(res.seconds / 3)  # patience is lifted: every epoch runs
