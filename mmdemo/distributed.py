@@ -30,7 +30,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from . import MODALITIES
-from .extract import Extractor, Item, ItemFeatures, PartCache, _has_text, attach_words
+from .extract import Extractor, Item, ItemFeatures, PartCache, _has_text, attach_words, finished, pending
 from .media import MediaError
 
 log = logging.getLogger(__name__)
@@ -107,10 +107,10 @@ def ray_extract(items: list[Item], extractor_kwargs: dict, cache: PartCache, *, 
     ``stats``, when given, gets the seconds spent starting the workers and extracting."""
     if workers is not None and workers < 1:
         raise ValueError("workers must be at least 1")
-    todo = [it for it in items if it.id not in cache.done]
+    prints, todo = pending(items, cache)
     errors: list[dict] = []
     if not todo:
-        return {it.id: cache.done[it.id] for it in items if it.id in cache.done}, errors
+        return finished(items, cache, prints), errors
     ray = start(address)
     from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
@@ -229,7 +229,7 @@ def ray_extract(items: list[Item], extractor_kwargs: dict, cache: PartCache, *, 
                     drop(actor)
                     continue
                 timing["media_s"] += time.monotonic() - t0
-                f.id = it.id
+                f.id, f.fingerprint = it.id, prints[it.id]
                 batch.append(f)
                 texts.append(it.text if _has_text(it) else f.transcript)
                 bar.update(1)
@@ -257,4 +257,4 @@ def ray_extract(items: list[Item], extractor_kwargs: dict, cache: PartCache, *, 
         stats.update(startup_s=t_work - t_start, work_s=time.perf_counter() - t_work, workers=n, cpus_per_worker=cpus)
     if timing:
         log.info("extraction time (ray): %s", ", ".join(f"{k} {v:.1f}" for k, v in timing.items()))
-    return {it.id: cache.done[it.id] for it in items if it.id in cache.done}, errors
+    return finished(items, cache, prints), errors

@@ -67,6 +67,7 @@ class ItemFeatures:
     reasons: dict[str, str] = field(default_factory=dict)
     transcript: str = ""
     info: dict = field(default_factory=dict)
+    fingerprint: str = ""  # of the item's inputs (:func:`fingerprint`): a cached item whose inputs changed is redone
 
 
 # ----------------------------------------------------------------------------- reading labels
@@ -240,6 +241,17 @@ def _has_text(item: Item) -> bool:
     return bool(item.text and item.text.strip())
 
 
+def fingerprint(item: Item) -> str:
+    """What an item's features are made from: its text and its media file's path, size and
+    modification time (reading every file to hash it would cost as much as a rerun)."""
+    try:
+        st = item.path.stat() if item.path else None
+        media = f"{item.path}|{st.st_size}|{st.st_mtime_ns}" if st else ""
+    except OSError:
+        media = f"{item.path}|missing"
+    return hashlib.sha1(f"{item.text or ''}\x00{media}".encode()).hexdigest()[:16]
+
+
 # ----------------------------------------------------------------------------- cache (resume)
 
 
@@ -254,13 +266,14 @@ class PartCache:
             try:
                 with np.load(part, allow_pickle=False) as z:
                     a = {k: z[k] for k in z.files}  # each key of an npz decompresses its whole array: read once
+                prints = a.get("fingerprint", np.full(len(a["ids"]), ""))  # parts of older versions have none: redone
                 for i, cid in enumerate(a["ids"]):
-                    f = ItemFeatures(str(cid), transcript=str(a["transcript"][i]))
+                    f = ItemFeatures(str(cid), transcript=str(a["transcript"][i]), fingerprint=str(prints[i]))
                     for m in modalities:
                         # a copy: a view would keep the part's whole array alive per item (GBs for a corpus)
                         f.feats[m] = a[f"feat/{m}"][i].copy() if a[f"present/{m}"][i] else None
                         f.reasons[m] = str(a[f"reason/{m}"][i])
-                    self.done[f.id] = f
+                    self.done[f.id] = f  # parts are read in order: an item redone later replaces its older features
             except Exception as err:  # noqa: BLE001 - a torn part is redone, not fatal
                 log.warning("ignoring unreadable cache part %s (%s)", part, err)
         self.next = len(list(folder.glob("part-*.npz")))
@@ -268,7 +281,8 @@ class PartCache:
     def write(self, batch: list[ItemFeatures]) -> None:
         if not batch:
             return
-        arrays = {"ids": np.array([b.id for b in batch]), "transcript": np.array([b.transcript for b in batch])}
+        arrays = {"ids": np.array([b.id for b in batch]), "transcript": np.array([b.transcript for b in batch]),
+                  "fingerprint": np.array([b.fingerprint for b in batch])}
         for m in self.modalities:
             arrays[f"feat/{m}"] = _stack([b.feats.get(m) for b in batch], DIMS[m])
             arrays[f"present/{m}"] = np.array([b.feats.get(m) is not None for b in batch])
@@ -293,12 +307,26 @@ def cache_key(src: Path, labels: Path, modalities, fps: float, max_frames: int, 
     return hashlib.sha1("|".join(parts).encode()).hexdigest()[:16]
 
 
+def pending(items: list[Item], cache: PartCache) -> tuple[dict[str, str], list[Item]]:
+    """Every item's :func:`fingerprint`, and the items to extract: those not in ``cache``, or cached
+    from other inputs (an edited transcript, a replaced media file)."""
+    prints = {it.id: fingerprint(it) for it in items}
+    return prints, [it for it in items if it.id not in cache.done or cache.done[it.id].fingerprint != prints[it.id]]
+
+
+def finished(items: list[Item], cache: PartCache, prints: dict[str, str]) -> dict[str, ItemFeatures]:
+    """The cached features of ``items`` made from their current inputs (an item whose changed input
+    failed to read is an error of this run, not its old features)."""
+    return {it.id: cache.done[it.id] for it in items if it.id in cache.done and cache.done[it.id].fingerprint == prints[it.id]}
+
+
 # ----------------------------------------------------------------------------- the run
 
 
 def extract(items: list[Item], extractor: Extractor, cache: PartCache, *, chunk: int = 64, progress: bool = True) -> tuple[dict[str, ItemFeatures], list[dict]]:
-    """Features of every item (cached ones reused); returns (features by id, errors)."""
-    todo = [it for it in items if it.id not in cache.done]
+    """Features of every item (cached ones reused unless their text or media file changed);
+    returns (features by id, errors)."""
+    prints, todo = pending(items, cache)
     errors: list[dict] = []
     timing: Counter = Counter()
     bar = tqdm(total=len(items), initial=len(items) - len(todo), desc="extract", unit="clip", disable=not progress)
@@ -313,6 +341,7 @@ def extract(items: list[Item], extractor: Extractor, cache: PartCache, *, chunk:
                 bar.update(1)
                 continue
             timing["media_s"] += time.perf_counter() - t0
+            f.fingerprint = prints[it.id]
             batch.append(f)
             texts.append(it.text if _has_text(it) else f.transcript)
             bar.update(1)
@@ -325,7 +354,7 @@ def extract(items: list[Item], extractor: Extractor, cache: PartCache, *, chunk:
     bar.close()
     if timing:
         log.info("extraction time: %s", ", ".join(f"{k} {v:.1f}" for k, v in timing.items()))
-    return {it.id: cache.done[it.id] for it in items if it.id in cache.done}, errors
+    return finished(items, cache, prints), errors
 
 
 def build_dataset(items: list[Item], feats: dict[str, ItemFeatures], modalities, meta: dict, *, valid: float = 0.1, test: float = 0.2) -> FeatureDataset:
@@ -395,7 +424,7 @@ def run_extraction(src: Path, labels: Path, *, modalities=MODALITIES, id_col: st
         for p in folder.glob("part-*.npz"):
             p.unlink()
     parts = PartCache(folder, modalities)
-    resumed = sum(it.id in parts.done for it in items)
+    resumed = len(items) - len(pending(items, parts)[1])
     if resumed and progress:
         print(f"resuming: {resumed} clips already extracted in {folder}")
     kwargs = {"modalities": modalities, "fps": fps, "max_frames": max_frames, "transcribe": transcribe, "device": device, "words_overlay": words_overlay,
@@ -410,6 +439,9 @@ def run_extraction(src: Path, labels: Path, *, modalities=MODALITIES, id_col: st
     else:
         feats, errors = extract(items, Extractor(**kwargs), parts, chunk=chunk, progress=progress)
     seconds = time.perf_counter() - t0
+    if items and not feats:  # every item failed: say why here, as no errors.json will be written
+        why = "; ".join(f"{e['id']}: {e['error']}" for e in errors[:5]) + (f"; and {len(errors) - 5} more" if len(errors) > 5 else "")
+        raise SystemExit(f"no clip could be extracted: nothing to write ({why})" if errors else "no clip could be extracted: nothing to write")
     summary = summarize(items, feats, modalities, errors) | {"skipped_rows": dict(skipped), "seconds": seconds, "resumed": resumed}
     meta = {"source": str(src), "labels": str(labels), "label_column": label_col, "modalities": list(modalities),
             "fps": fps, "extractor": EXTRACTOR_VERSION, "words_overlay": str(words_overlay) if words_overlay else None,

@@ -219,8 +219,11 @@ def _load_people(sources: list[Path], dims: dict[str, int]) -> list[tuple[str, l
         if src.is_dir():
             if not (src / "moments").exists():
                 raise PersonalError(f"{src}: not a profile folder (no moments/)")
-            prof = Profile(src.parent.parent, src.name, dims)
-            sp = prof.split()
+            try:
+                prof = Profile.at(src, dims)
+                sp = prof.split()
+            except ProfileError as err:
+                raise PersonalError(str(err) if str(src) in str(err) else f"{src}: {err}") from None
             rows = [{"clip_id": i, "text": t} for i, t in zip(sp.ids, sp.text)]
             people.append((prof.person, rows, sp.feats, sp.labels))
         else:
@@ -240,7 +243,12 @@ def merge(sources: list[str | Path], out: str | Path, *, dims: dict[str, int] | 
     from .encoders import DIMS
 
     dims = dims or dict(DIMS)
-    people = [p for p in _load_people([Path(s) for s in sources], dims) if len(p[1])]  # a profile without moments adds no one
+    sources = [Path(s) for s in sources]
+    loaded = _load_people(sources, dims)
+    empty = [str(src) for src, p in zip(sources, loaded) if not len(p[1])]
+    if empty:  # a profile without moments adds no one: said, not silently dropped
+        log.warning("no labelled moments in %s: left out", ", ".join(empty))
+    people = [p for p in loaded if len(p[1])]
     ids = [p[0] for p in people]
     if len(set(ids)) != len(ids):
         raise PersonalError("the same person appears twice; merge each profile once")
@@ -275,7 +283,8 @@ def merge(sources: list[str | Path], out: str | Path, *, dims: dict[str, int] | 
         np.save(out / f"{m}.npy", np.concatenate(arrays[m]), allow_pickle=False)
     counts = {s: int(sum(1 for r in rows if r["split"] == s)) for s in ("train", "valid", "test")}
     people_per = {s: int((split == s).sum()) for s in ("train", "valid", "test")}
-    return {"people": len(people), "moments": len(rows), "moments_per_split": counts, "people_per_split": people_per, "folder": str(out)}
+    return {"people": len(people), "moments": len(rows), "moments_per_split": counts, "people_per_split": people_per, "folder": str(out),
+            "without_moments": empty}
 
 
 # ============================================================================ the neutral reference

@@ -134,6 +134,19 @@ class Profile:
         self.dims = {m: int(dims[m]) for m in MODALITIES}
         self.folder = Path(root) / "profiles" / profile_id
 
+    @classmethod
+    def at(cls, folder: str | Path, dims: dict[str, int]) -> Profile:
+        """The profile in ``folder`` wherever it lies (a copy of an app's ``profiles/<id>/`` folder):
+        its name must still be the 32-hex id the app gave it (who the moments are of comes from it)."""
+        folder = Path(folder)
+        try:
+            prof = cls(folder.parent, folder.name, dims)
+        except ProfileError:
+            raise ProfileError(f"{folder}: a profile folder keeps the name the app gave it (32 hex digits, its id); "
+                               f"this one is named {folder.name!r}: rename it back, or export the profile from the app and merge the file") from None
+        prof.folder = folder
+        return prof
+
     # ------------------------------------------------------------------ locking and reading
     @contextlib.contextmanager
     def locked(self):

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from mmdemo.extract import ItemFeatures, PartCache
+from mmdemo.extract import DIMS, ItemFeatures, PartCache
 
 
 def test_parts_come_back_item_by_item_without_holding_whole_parts(tmp_path):
@@ -49,3 +49,97 @@ def test_the_cache_key_follows_the_expression_cnn_the_face_reads_with(tmp_path):
     assert cache_key(src, labels, ("text",), 5.0, 300, "label", "text", None, w1) == cache_key(src, labels, ("text",), 5.0, 300, "label", "text")
     with pytest.raises(SystemExit, match="no expression CNN weights"):
         run_extraction(src, labels, modalities=("vision",), expression=tmp_path / "missing.safetensors", progress=False)
+
+
+class CountingExtractor:
+    """A stand-in for the encoders: words read the text, voice the media file's bytes; counts calls."""
+
+    modalities = ("text", "audio")
+
+    def __init__(self):
+        self.read, self.encoded = [], []
+        outer = self
+
+        class Words:
+            def encode_batch(self, texts):
+                outer.encoded += list(texts)
+                return [np.full(DIMS["text"], len(t), np.float32) for t in texts], ["" for _ in texts]
+
+        self.words = Words()
+
+    def media(self, item):
+        from mmdemo.extract import ItemFeatures
+        from mmdemo.media import MediaError
+
+        self.read.append(item.id)
+        data = item.path.read_bytes()
+        if data.startswith(b"broken"):
+            raise MediaError(f"{item.path}: cannot decode")
+        return ItemFeatures(item.id, feats={"audio": np.full(DIMS["audio"], len(data), np.float32)}, reasons={"audio": ""})
+
+
+def test_a_cached_clip_whose_transcript_or_file_changed_is_extracted_again(tmp_path):
+    from mmdemo.extract import Item, extract
+
+    media = tmp_path / "media"
+    media.mkdir()
+    for k in range(3):
+        (media / f"c{k}.wav").write_bytes(b"x" * (10 + k))
+    items = [Item(f"c{k}", 0.0, media / f"c{k}.wav", f"text {k}", "train", f"c{k}") for k in range(3)]
+    ex = CountingExtractor()
+    feats, errors = extract(items, ex, PartCache(tmp_path / "cache", ex.modalities), progress=False)
+    assert not errors and ex.read == ["c0", "c1", "c2"]
+
+    # unchanged: nothing is read again
+    ex = CountingExtractor()
+    again, _ = extract(items, ex, PartCache(tmp_path / "cache", ex.modalities), progress=False)
+    assert ex.read == [] and all(np.array_equal(again[i].feats["text"], feats[i].feats["text"]) for i in again)
+
+    # an edited transcript and a replaced media file: those two are redone, and their new features come back
+    items[0] = Item("c0", 0.0, media / "c0.wav", "a much longer transcript than before", "train", "c0")
+    (media / "c1.wav").write_bytes(b"y" * 40)
+    ex = CountingExtractor()
+    new, errors = extract(items, ex, PartCache(tmp_path / "cache", ex.modalities), progress=False)
+    assert sorted(ex.read) == ["c0", "c1"] and not errors
+    assert new["c0"].feats["text"][0] == len("a much longer transcript than before") and new["c1"].feats["audio"][0] == 40
+    assert np.array_equal(new["c2"].feats["audio"], feats["c2"].feats["audio"])
+    ex = CountingExtractor()
+    assert extract(items, ex, PartCache(tmp_path / "cache", ex.modalities), progress=False)[0]["c1"].feats["audio"][0] == 40 and ex.read == []
+
+    # a changed file that no longer reads is this run's error, not its old features
+    (media / "c2.wav").write_bytes(b"broken file")
+    ex = CountingExtractor()
+    last, errors = extract(items, ex, PartCache(tmp_path / "cache", ex.modalities), progress=False)
+    assert "c2" not in last and [e["id"] for e in errors] == ["c2"]
+
+
+def test_parts_of_an_older_version_without_fingerprints_are_redone(tmp_path):
+    from mmdemo.extract import Item, extract
+
+    (tmp_path / "a.wav").write_bytes(b"abc")
+    (tmp_path / "cache").mkdir()
+    np.savez(tmp_path / "cache" / "part-00000.npz", ids=np.array(["a"]), transcript=np.array(["old"]),
+             **{"feat/text": np.zeros((1, DIMS["text"]), np.float32), "present/text": np.array([True]), "reason/text": np.array([""]),
+                "feat/audio": np.zeros((1, DIMS["audio"]), np.float32), "present/audio": np.array([True]), "reason/audio": np.array([""])})
+    ex = CountingExtractor()
+    cache = PartCache(tmp_path / "cache", ex.modalities)
+    assert cache.done["a"].fingerprint == ""
+    feats, _ = extract([Item("a", 0.0, tmp_path / "a.wav", "hello", "train", "a")], ex, cache, progress=False)
+    assert ex.read == ["a"] and feats["a"].feats["audio"][0] == 3
+
+
+def test_when_every_clip_fails_the_message_says_why(tmp_path, monkeypatch):
+    import pytest
+
+    from mmdemo import extract as ex
+
+    class Failing(CountingExtractor):
+        def __init__(self, **kwargs):
+            super().__init__()
+
+    monkeypatch.setattr(ex, "Extractor", Failing)
+    for k in range(7):
+        (tmp_path / f"c{k}.wav").write_bytes(b"broken")
+    (tmp_path / "labels.csv").write_text("clip_id,label,path\n" + "".join(f"c{k},1,c{k}.wav\n" for k in range(7)))
+    with pytest.raises(SystemExit, match=r"nothing to write \(c0: .*cannot decode.*; and 2 more\)"):
+        ex.run_extraction(tmp_path, tmp_path / "labels.csv", modalities=("audio",), cache=tmp_path / "cache", progress=False)

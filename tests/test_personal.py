@@ -488,6 +488,29 @@ def test_profiles_of_many_people_merge_into_a_person_independent_folder(tmp_path
             merge([files[0], bad, files[2]], tmp_path / "broken")
 
 
+def test_a_copied_profile_folder_merges_as_its_person_and_a_renamed_or_empty_one_is_named(tmp_path, caplog):
+    import shutil
+
+    files = _people(tmp_path, 4, 3, folders=True)
+    original = Profile(tmp_path / "root", files[0].name, DIMS)
+    copy = tmp_path / "elsewhere" / files[0].name
+    shutil.copytree(files[0], copy, symlinks=True)  # cp -r keeps the moments link as a link
+    summary = merge([copy, *files[1:]], tmp_path / "merged")
+    assert summary["people"] == 4 and summary["moments"] == 12  # the copy's moments, not an empty profile
+    labels = (tmp_path / "merged" / "labels.csv").read_text()
+    assert labels.count(original.person) == 3
+    renamed = tmp_path / "carol"
+    shutil.copytree(files[0], renamed, symlinks=True)
+    with pytest.raises(PersonalError, match="carol.*rename it back"):
+        merge([renamed, *files[1:]], tmp_path / "renamed")
+    empty = Profile(tmp_path / "root", new_profile_id(), DIMS)
+    empty.add(moment(seed=5), label=1)
+    empty.delete(empty.moments()[0]["clip_id"])
+    summary = merge([*files, empty.folder], tmp_path / "with-empty")
+    assert summary["people"] == 4 and summary["without_moments"] == [str(empty.folder)]
+    assert "no labelled moments in" in caplog.text and str(empty.folder) in caplog.text
+
+
 def test_the_merge_and_train_command_line(tmp_path, capsys):
     from mmdemo.personal import main
 
