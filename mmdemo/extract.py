@@ -75,8 +75,10 @@ class ItemFeatures:
 
 def read_items(src: Path, labels: Path, *, id_col: str = "clip_id", label_col: str = "label", text_col: str | None = "text",
                path_col: str | None = "path", split_col: str | None = "split", group_col: str | None = "speaker",
-               limit_per_split: int | None = None) -> tuple[list[Item], Counter]:
-    """Rows of ``labels`` as items; the counter says how many rows were skipped and why."""
+               limit_per_split: int | None = None, valid: float = 0.1, test: float = 0.2) -> tuple[list[Item], Counter]:
+    """Rows of ``labels`` as items; the counter says how many rows were skipped and why.
+    ``limit_per_split``: the first N rows of each split (the CSV's, else the split by group that
+    :func:`build_dataset` gives with ``valid`` and ``test``)."""
     skipped: Counter = Counter()
     try:
         fh = open(labels, newline="", encoding="utf-8-sig")
@@ -84,12 +86,12 @@ def read_items(src: Path, labels: Path, *, id_col: str = "clip_id", label_col: s
         raise SystemExit(f"cannot read the labels file {labels}: {err}") from None
     with fh:
         try:
-            return _read_rows(fh, src, labels, id_col, label_col, text_col, path_col, split_col, group_col, limit_per_split, skipped)
+            return _read_rows(fh, src, labels, id_col, label_col, text_col, path_col, split_col, group_col, limit_per_split, skipped, valid, test)
         except UnicodeDecodeError as err:
             raise SystemExit(f"{labels}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8 (e.g. \"CSV UTF-8\" in a spreadsheet)") from None
 
 
-def _read_rows(fh, src, labels, id_col, label_col, text_col, path_col, split_col, group_col, limit_per_split, skipped):
+def _read_rows(fh, src, labels, id_col, label_col, text_col, path_col, split_col, group_col, limit_per_split, skipped, valid, test):
     """The rows of an open labels file (:func:`read_items`)."""
     reader = csv.DictReader(fh)
     cols = reader.fieldnames or []
@@ -122,13 +124,14 @@ def _read_rows(fh, src, labels, id_col, label_col, text_col, path_col, split_col
         if split and split not in SPLITS:
             skipped[f"unknown split {split!r}"] += 1
             continue
+        text = row.get(text_col) if text_col and text_col in cols else None
+        group = (row.get(group_col) or "").strip() if group_col in cols else ""
         if limit_per_split is not None:
-            key = split or "all"
+            # without a split column, the split the item will get (the same hash of its group)
+            key = split or str(split_by_group([group or cid], valid=valid, test=test)[0])
             if per_split[key] >= limit_per_split:
                 continue
             per_split[key] += 1
-        text = row.get(text_col) if text_col and text_col in cols else None
-        group = (row.get(group_col) or "").strip() if group_col in cols else ""
         items.append(Item(cid, label, path, text, split or None, group or cid))
     seen: Counter = Counter(it.id for it in items)
     dup = [k for k, n in seen.items() if n > 1]
@@ -406,7 +409,7 @@ def run_extraction(src: Path, labels: Path, *, modalities=MODALITIES, id_col: st
     (:mod:`mmdemo.distributed`), ``workers`` of them, each item at most ``item_timeout_s``."""
     modalities = tuple(modalities)
     items, skipped = read_items(src, labels, id_col=id_col, label_col=label_col, text_col=text_col, path_col=path_col,
-                                split_col=split_col, group_col=group_col, limit_per_split=limit_per_split)
+                                split_col=split_col, group_col=group_col, limit_per_split=limit_per_split, valid=valid, test=test)
     if not items:
         raise SystemExit(f"{labels}: no usable rows ({dict(skipped)})")
     if expression is not None and "vision" in modalities:  # a damaged file would cache every face as absent
@@ -418,6 +421,13 @@ def run_extraction(src: Path, labels: Path, *, modalities=MODALITIES, id_col: st
             load_expression(expression)
         except Exception as err:
             raise SystemExit(f"{expression}: not a usable expression CNN ({err})") from None
+    if words_overlay is not None:  # the folder the app reads (checkpoints/words) or its file
+        given = Path(words_overlay)
+        words_overlay = given / "encoder.safetensors" if given.is_dir() else given
+        if not words_overlay.is_file():
+            raise SystemExit(f"{given}: no fine-tuned words layers there (checkpoints/words, or its encoder.safetensors)")
+        if "text" not in modalities:
+            words_overlay = None  # words are not extracted: nothing reads them
     key = cache_key(src, labels, modalities, fps, max_frames, label_col, text_col, words_overlay, expression)
     folder = cache or Path(os.environ.get("MMDEMO_CACHE", Path.home() / ".cache" / "mmdemo")) / "extract" / key
     if not resume and folder.exists():

@@ -143,3 +143,43 @@ def test_when_every_clip_fails_the_message_says_why(tmp_path, monkeypatch):
     (tmp_path / "labels.csv").write_text("clip_id,label,path\n" + "".join(f"c{k},1,c{k}.wav\n" for k in range(7)))
     with pytest.raises(SystemExit, match=r"nothing to write \(c0: .*cannot decode.*; and 2 more\)"):
         ex.run_extraction(tmp_path, tmp_path / "labels.csv", modalities=("audio",), cache=tmp_path / "cache", progress=False)
+
+
+def test_the_words_overlay_may_be_the_folder_the_app_reads_and_a_missing_one_is_named(tmp_path, monkeypatch):
+    import pytest
+
+    from mmdemo import extract as ex
+
+    made = []
+
+    class Recording(CountingExtractor):
+        def __init__(self, **kwargs):
+            super().__init__()
+            made.append(kwargs)
+
+    monkeypatch.setattr(ex, "Extractor", Recording)
+    (tmp_path / "a.wav").write_bytes(b"abc")
+    (tmp_path / "labels.csv").write_text("clip_id,label,path,text\na,1,a.wav,hello\n")
+    words = tmp_path / "words"
+    words.mkdir()
+    (words / "encoder.safetensors").write_bytes(b"layers")
+    ds, _, _ = ex.run_extraction(tmp_path, tmp_path / "labels.csv", modalities=("text", "audio"), cache=tmp_path / "cache",
+                                 words_overlay=words, progress=False)
+    assert made[-1]["words_overlay"] == words / "encoder.safetensors" and ds.meta["words_overlay"] == str(words / "encoder.safetensors")
+    for gone in (tmp_path / "nowhere", tmp_path / "empty"):
+        (tmp_path / "empty").mkdir(exist_ok=True)
+        with pytest.raises(SystemExit, match=f"{gone.name}: no fine-tuned words layers"):
+            ex.run_extraction(tmp_path, tmp_path / "labels.csv", modalities=("text",), cache=tmp_path / "cache", words_overlay=gone, progress=False)
+
+
+def test_limit_per_split_without_a_split_column_limits_each_split_the_rows_will_get(tmp_path):
+    from collections import Counter
+
+    from mmdemo.data import split_by_group
+    from mmdemo.extract import read_items
+
+    (tmp_path / "labels.csv").write_text("clip_id,label,text,speaker\n" + "".join(f"c{k},1,words {k},s{k // 2}\n" for k in range(60)))
+    items, _ = read_items(tmp_path, tmp_path / "labels.csv", limit_per_split=4)
+    got = Counter(str(split_by_group([it.group], valid=0.1, test=0.2)[0]) for it in items)
+    assert got == {"train": 4, "valid": 4, "test": 4}
+    assert [it.id for it in items] == sorted((it.id for it in items), key=lambda i: int(i[1:]))  # the first rows of each, in order

@@ -28,6 +28,7 @@ def test_one_install_line_runs_the_app_and_ci_uses_it():
         assert f" {pkg}" in line
     assert "pip install -r requirements.txt" in line
     assert README.index(line) < README.index(readme_tests()) < 1500  # the first lines give both
+    assert readme_tests().split()[-3:] == [".venv/bin/python", "-m", "pytest"]  # the install line's venv, also from a new shell
     ci = (ROOT / ".ci" / "run").read_text()
     assert "README.md" in ci and "eval" in ci
 
