@@ -261,14 +261,15 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"{args.data}: the {', '.join(empty)} split is empty (training needs train and valid, scoring needs test)")
     print(f"data: {args.data}: {data.describe()}")
     out = Path(args.out)
-    for stale in ("comparison.md", "comparison.json"):  # an earlier run's table would not match checkpoints half-replaced by this one
-        (out / stale).unlink(missing_ok=True)
     rows = [{"method": "mean (baseline)", "test": mean_baseline(data)}]
     for n in tqdm(names, desc="methods", disable=args.quiet or len(names) == 1):
         model, res, test = train_method(n, data, fcfg, tcfg, progress=not args.quiet)
         valid = evaluate(model, data.splits["valid"])
         metrics = {"test": test, "valid": valid, "best_epoch": res.best_epoch, "epochs_run": res.epochs_run, "seconds": res.seconds}
         provenance = {"data": str(args.data), "context": args.context, "data_meta": data.meta, "train_config": asdict(tcfg)}
+        if len(rows) == 1:  # before the first checkpoint is replaced (not before: a run stopped while training changed nothing)
+            for stale in ("comparison.md", "comparison.json"):  # an earlier run's table would not match checkpoints half-replaced by this one
+                (out / stale).unlink(missing_ok=True)
         save_fusion(model, out / n, extra={"metrics.json": jsonable(metrics), "provenance.json": jsonable(provenance)})
         rows.append({"method": n, "params": num_params(model), "epochs": res.epochs_run, "seconds_per_epoch": res.seconds_per_epoch, "test": test})
     table = comparison_markdown(rows)

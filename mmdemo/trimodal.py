@@ -366,14 +366,21 @@ def summary(runs: list[dict]) -> dict:
     return out
 
 
+def chosen_methods(spec: str | None) -> list[str]:
+    """The registered methods ``--methods`` names (all of them without it)."""
+    methods = [m.strip() for m in spec.split(",") if m.strip()] if spec else list_fusions()
+    unknown = set(methods) - set(list_fusions())
+    if unknown or not methods:
+        raise SystemExit(f"unknown method(s) {sorted(unknown)}; choose from {', '.join(list_fusions())}" if unknown
+                         else f"--methods names no method; choose from {', '.join(list_fusions())}")
+    return methods
+
+
 def run(args) -> dict:
     data = str(args.data)
     own_words = getattr(args, "words_dir", None)
     ds = load_source(data, own_words)
-    methods = [m.strip() for m in args.methods.split(",")] if args.methods else list_fusions()
-    unknown = set(methods) - set(list_fusions())
-    if unknown:
-        raise SystemExit(f"unknown method(s) {sorted(unknown)}; choose from {', '.join(list_fusions())}")
+    methods = chosen_methods(args.methods)
     configs = configurations(args.search, seed=0)
     mods = ds.modalities
     t0 = time.perf_counter()
@@ -863,6 +870,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--refine: 0 (no local search) or more rounds")
     if args.timing_epochs < 0:
         ap.error("--timing-epochs: 0 (skip) or more")
+    try:
+        chosen_methods(args.methods)  # before fine-tuning the words encoder: a typo must not cost 20 minutes
+    except SystemExit as err:
+        ap.error(str(err))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.words == "mosei":

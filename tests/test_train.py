@@ -81,7 +81,7 @@ def test_seeded_training_is_deterministic_on_cpu(synth):
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
-def test_cli_trains_saves_and_compares(tmp_path, capsys):
+def test_cli_trains_saves_and_compares(tmp_path, capsys, monkeypatch):
     data = make_synthetic(SyntheticSpec(sizes=(120, 40, 60), seq_len=0, seed=1)).save(tmp_path / "d.npz")
     assert main(["--fusion", "concat,weighted", "--data", str(data), "--out", str(tmp_path / "runs"), "--epochs", "3", "--quiet"]) == 0
     printed = capsys.readouterr().out
@@ -97,6 +97,18 @@ def test_cli_trains_saves_and_compares(tmp_path, capsys):
     assert model.cfg.loss == "l1"  # the literature's MAE by default; --loss huber on request
     assert main(["--fusion", "concat", "--data", str(data), "--out", str(tmp_path / "huber"), "--epochs", "2", "--quiet", "--loss", "huber"]) == 0
     assert load_fusion(tmp_path / "huber" / "concat").cfg.loss == "huber"
+    # a run stopped while it trains its first method leaves the last run's table with its checkpoints
+    from mmdemo import train
+
+    before = (tmp_path / "runs" / "comparison.json").read_text()
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "train_method", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        main(["--fusion", "concat,weighted", "--data", str(data), "--out", str(tmp_path / "runs"), "--epochs", "3", "--quiet"])
+    assert (tmp_path / "runs" / "comparison.json").read_text() == before
 
 
 def test_cli_passes_every_training_setting(tmp_path):

@@ -681,3 +681,18 @@ def test_the_cli_with_mmdemos_words_says_the_mmsa_rows_are_not_like_for_like(tmp
     with pytest.raises(SystemExit):
         trimodal.main(["--data", str(no_text), "--words", "mosei", "--mosei", str(mosei), "--out", str(tmp_path / "o3"), "--quick"])
     assert "no transcripts" in capsys.readouterr().err
+
+
+def test_a_wrong_method_name_is_refused_before_the_words_encoder_is_fine_tuned(tmp_path, monkeypatch, capsys):
+    folder = make_folder(tmp_path / "f", n=80)
+    monkeypatch.setattr(trimodal, "mosei_words", lambda *a, **k: pytest.fail("fine-tuned before the methods were checked"))
+    mosei = tmp_path / "mosei"
+    mosei.mkdir()
+    (mosei / "labels.csv").write_text("clip_id,label,split,text\n")
+    for spec in ("concatt", ",", "concat,tensr"):
+        with pytest.raises(SystemExit) as e:
+            trimodal.main(["--data", str(folder), "--out", str(tmp_path / "o"), "--methods", spec, "--words", "mosei", "--mosei", str(mosei), "--quiet"])
+        assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown method(s) ['concatt']" in err and "names no method" in err and "['tensr']" in err
+    assert trimodal.chosen_methods("concat, tensor,") == ["concat", "tensor"]
