@@ -42,6 +42,7 @@ import soundfile as sf  # noqa: E402
 from mmdemo import DISPLAY_NAMES, MODALITIES, assets  # noqa: E402
 from mmdemo.calibration import CALIBRATION_S, NEUTRAL_SENTENCE, Baseline, CalibrationError  # noqa: E402
 from mmdemo.clip import analyse_clip  # noqa: E402
+from mmdemo.device import resolve_device  # noqa: E402
 from mmdemo.encoders import DIMS  # noqa: E402
 from mmdemo.media import MediaError  # noqa: E402
 from mmdemo.personal import PersonalConfig, PersonalError, cross_validate, fit_personal  # noqa: E402
@@ -1015,7 +1016,7 @@ def parse_auth(value: str | None):
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="mmdemo live studio")
     ap.add_argument("--host", default=os.environ.get("MMDEMO_HOST", os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")))
-    ap.add_argument("--port", type=int, default=int(os.environ.get("MMDEMO_PORT", os.environ.get("GRADIO_SERVER_PORT", 7860))))
+    ap.add_argument("--port", type=int, default=os.environ.get("MMDEMO_PORT", os.environ.get("GRADIO_SERVER_PORT", "7860")))  # argparse checks a default from the environment too
     ap.add_argument("--share", action="store_true", help="create a public Gradio share link")
     ap.add_argument("--auth", default=os.environ.get("MMDEMO_AUTH"), help="user:password (or env MMDEMO_AUTH)")
     ap.add_argument("--device", default=os.environ.get("MMDEMO_DEVICE"), help="cpu or cuda (default: cuda when present)")
@@ -1028,6 +1029,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a live-pipeline setting (mmdemo.pipeline.PipelineConfig), e.g. --set face_interval_s=0 --set voice_stream=false")
     args = ap.parse_args(argv)
+    if args.transport not in TRANSPORTS:  # argparse's choices do not check a default (MMDEMO_TRANSPORT)
+        ap.error(f"--transport (or MMDEMO_TRANSPORT) {args.transport!r}: choose from {', '.join(TRANSPORTS)}")
+    try:
+        resolve_device(args.device)
+    except ValueError as err:
+        ap.error(f"--device (or MMDEMO_DEVICE): {err}")
+    if not args.checkpoints.is_dir():
+        ap.error(f"--checkpoints (or MMDEMO_CHECKPOINTS) {args.checkpoints}: no such folder (the project's checkpoints/ holds the shipped models)")
     try:
         config = config_with(args.set)
     except ValueError as err:

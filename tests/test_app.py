@@ -267,3 +267,21 @@ def test_api_through_gradio_client(served, tmp_path):
     clip = video(tmp_path / "c.mp4", audio=wav, seconds=2.5)
     summary, _fig, csv_file, json_file = client.predict(handle_file(str(clip)), "tensor", 5, api_name="/analyse")
     assert "tensor" in summary and os.path.exists(csv_file) and os.path.exists(json_file)
+
+
+@pytest.mark.parametrize("argv, env, says", [
+    (["--device", "tpu"], {}, "--device (or MMDEMO_DEVICE): unknown device 'tpu'"),
+    ([], {"MMDEMO_DEVICE": "gpu0"}, "unknown device 'gpu0'"),
+    ([], {"MMDEMO_TRANSPORT": "carrier-pigeon"}, "choose from"),
+    (["--checkpoints", "no/such/folder"], {}, "no/such/folder: no such folder"),
+    ([], {"MMDEMO_PORT": "eighty"}, "invalid int value: 'eighty'"),
+])
+def test_bad_settings_stop_the_app_with_a_message_before_any_model_loads(monkeypatch, capsys, argv, env, says):
+    monkeypatch.setattr(studio_app, "Studio", lambda *a, **k: pytest.fail("the studio started with a bad setting"))
+    for k in ("MMDEMO_DEVICE", "MMDEMO_TRANSPORT", "MMDEMO_PORT", "GRADIO_SERVER_PORT", "MMDEMO_CHECKPOINTS"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(SystemExit) as e:
+        studio_app.main(argv)
+    assert e.value.code == 2 and says in capsys.readouterr().err
