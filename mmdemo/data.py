@@ -174,6 +174,11 @@ class FeatureDataset:
                     steps={m: z[f"{s}/steps/{m}"] for m in mods if f"{s}/steps/{m}" in keys},
                     groups=z[f"{s}/groups"] if f"{s}/groups" in keys else None,
                 )
+                for m, x in splits[s].feats.items():  # as a folder's: a present row (or real step) that is not finite is an error
+                    real = splits[s].steps[m] if m in splits[s].steps else np.ones(x.shape[:-1], bool)
+                    bad = splits[s].present[m] & (~np.isfinite(x).all(axis=-1) & real).reshape(len(x), -1).any(axis=1)
+                    if bad.any():
+                        raise ValueError(f"{path}: {s}/{m}: {int(bad.sum())} present row(s) with NaN or inf (first: {splits[s].ids[int(np.argmax(bad))]})")
             return cls(splits, json.loads(str(z["meta"])))
 
     @classmethod

@@ -22,6 +22,22 @@ def test_npz_round_trip(tmp_path):
     assert not (tmp_path / "d.npz.tmp.npz").exists()
 
 
+@pytest.mark.parametrize("seq_len", [0, 3], ids=["vectors", "sequences"])
+def test_a_saved_dataset_with_nan_in_a_present_row_is_refused_and_in_an_absent_row_or_padding_is_not(tmp_path, seq_len):
+    ds = make_synthetic(SyntheticSpec(sizes=(20, 5, 7), seq_len=seq_len, missing=0.0, seed=1))
+    tr = ds.splits["train"]
+    tr.present["audio"][3] = False
+    tr.feats["audio"][3] = np.nan  # absent: its values are never read
+    if seq_len:
+        tr.steps.setdefault("vision", np.ones(tr.feats["vision"].shape[:2], bool))
+        tr.steps["vision"][4, -1] = False
+        tr.feats["vision"][4, -1] = np.inf  # padding: not data
+    load_dataset(ds.save(tmp_path / "ok.npz"))
+    tr.feats["text"][5, ..., 0] = np.nan
+    with pytest.raises(ValueError, match=r"train/text: 1 present row\(s\) with NaN or inf \(first: " + str(tr.ids[5])):
+        load_dataset(ds.save(tmp_path / "bad.npz"))
+
+
 def _mosi_like(n, rng, *, mmsa):
     d = {
         "text": rng.normal(size=(n, 50, 300)).astype(np.float32),
