@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .data import SPLITS, FeatureDataset, Split
+from .settings import NON_NEGATIVE, SHARE, check_ranges, output_problem
 
 MOSI_SIZES = (1284, 229, 686)
 MOSI_DIMS = {"text": 300, "audio": 74, "vision": 35}
@@ -35,6 +37,12 @@ class SyntheticSpec:
     step_noise: float = 1.0  # per-time-step noise
     missing: float = 0.0  # share of (sample, modality) pairs marked absent
     seed: int = 0
+
+    def __post_init__(self):
+        extra = [] if len(self.sizes) == 3 and all(isinstance(n, numbers.Integral) and n >= 1 for n in self.sizes) else \
+            [f"sizes={tuple(self.sizes)!r} (must be three whole numbers >= 1: train, valid, test)"]
+        extra += [] if self.seq_len == int(self.seq_len) else [f"seq_len={self.seq_len!r} (must be a whole number)"]
+        check_ranges(self, [(("seq_len", "nuisance", "step_noise"), NON_NEGATIVE), (("missing",), SHARE)], extra)
 
 
 def _codes(y: np.ndarray) -> np.ndarray:
@@ -81,7 +89,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    ds = make_synthetic(SyntheticSpec(sizes=tuple(args.sizes), seq_len=args.seq_len, missing=args.missing, seed=args.seed))
+    try:
+        spec = SyntheticSpec(sizes=tuple(args.sizes), seq_len=args.seq_len, missing=args.missing, seed=args.seed)
+    except ValueError as err:  # the settings' field names, as the flags that set them
+        ap.error(str(err).replace("sizes=", "--sizes=").replace("seq_len=", "--seq-len=").replace("missing=", "--missing="))
+    problem = output_problem(args.out, folder=False)
+    if problem:
+        ap.error(f"--out: {problem}")
+    ds = make_synthetic(spec)
     path = ds.save(args.out)
     print(f"wrote {path}: {ds.describe()}")
 

@@ -179,3 +179,35 @@ def test_normalisation_statistics_skip_padding():
     assert np.allclose(mean.numpy(), [2.0, 20.0]) and np.allclose(std.numpy(), [1.0, 10.0])
     with pytest.raises(ValueError, match="step mask"):
         Split(feats={"a": x}, present={}, labels=np.zeros(3), ids=["1", "2", "3"], steps={"a": steps[:, :4]})
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--seq-len", "-2"], "--seq-len=-2"),
+    (["--sizes", "10", "0", "5"], "--sizes=(10, 0, 5)"),
+    (["--sizes", "-1", "3", "5"], "--sizes=(-1, 3, 5)"),
+    (["--missing", "1.5"], "--missing=1.5"),
+])
+def test_the_synthetic_command_refuses_nonsense_before_writing(tmp_path, capsys, argv, says):
+    from mmdemo.synthetic import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--out", str(tmp_path / "d.npz"), *argv])
+    assert e.value.code == 2 and says in capsys.readouterr().err and not list(tmp_path.iterdir())
+
+
+def test_the_synthetic_command_refuses_an_output_it_cannot_write(tmp_path, capsys):
+    from mmdemo.synthetic import main
+
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "adir"), "--sizes", "4", "2", "2"])
+    assert "--out" in capsys.readouterr().err and list(tmp_path.iterdir()) == [tmp_path / "adir"]
+    main(["--out", str(tmp_path / "d.npz"), "--sizes", "4", "2", "2", "--seq-len", "0"])
+    assert load_dataset(tmp_path / "d.npz").splits["valid"].labels.shape == (2,)
+
+
+def test_synthetic_settings_out_of_range_are_refused_where_they_are_made():
+    with pytest.raises(ValueError, match="nuisance=-1.*missing=-0.1"):
+        SyntheticSpec(missing=-0.1, nuisance=-1)
+    with pytest.raises(ValueError, match="seq_len=2.5"):
+        SyntheticSpec(seq_len=2.5)
