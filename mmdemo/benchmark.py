@@ -41,6 +41,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import re
 import shutil
 import time
 from dataclasses import asdict
@@ -62,6 +63,7 @@ from .fusion.base import LOSSES, num_params
 from .metrics import classification_metrics, jsonable, polarity, regression_metrics
 from .pairing import PairingConfig, build_paired
 from .speaker import write_voice_features
+from .settings import output_problem
 from .text_model import FinetuneConfig, finetune, save_overlay
 from .train import Batches, TrainConfig, evaluate, predict, train_method
 
@@ -1239,6 +1241,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.oof_folds < 2:
         ap.error("--oof-folds must be at least 2")
+    if args.mosi_seeds < 0:
+        ap.error("--mosi-seeds: 0 (skip the MOSI-only row) or more")
+    try:  # the fine-tuning settings and the device, before hours of extraction
+        FinetuneConfig(train_layers=args.finetune_layers, epochs=args.finetune_epochs, device=args.device)
+    except ValueError as err:
+        ap.error(re.sub(r"\b(train_layers|epochs|device)=", lambda m: {"train_layers": "--finetune-layers=", "epochs": "--finetune-epochs="}.get(m.group(1), "--device="), str(err)))
+    for flag, folder in (("--out", args.out), ("--checkpoints", args.checkpoints)):
+        problem = output_problem(folder, folder=True) if folder else None
+        if problem:
+            ap.error(f"{flag}: {problem}")
     if args.reuse_expression and args.expression_cnn != "own":
         ap.error("--reuse-expression goes with --expression-cnn own")
     if args.only and (args.reuse_words or args.reuse_expression):

@@ -41,6 +41,18 @@ class FinetuneConfig:
     seed: int = 0
     device: str = "auto"
 
+    def __post_init__(self):
+        from .device import resolve_device
+        from .settings import COUNT, NON_NEGATIVE, POSITIVE, check_ranges
+
+        extra = [] if self.train_layers in range(1, 7) else [f"train_layers={self.train_layers!r} (must be 1..6: MiniLM has 6 layers)"]
+        try:
+            resolve_device(self.device)
+        except ValueError as err:
+            extra.append(str(err))
+        check_ranges(self, [(("epochs", "batch_size", "max_tokens", "patience"), COUNT), (("lr", "head_lr"), POSITIVE),
+                            (("weight_decay",), NON_NEGATIVE)], extra)
+
 
 def _mask_for(model, hidden: torch.Tensor, attention_mask: torch.Tensor):
     """The attention mask in the form this transformers version's layers expect."""

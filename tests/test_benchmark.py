@@ -352,3 +352,27 @@ def test_reuse_expression_refuses_what_this_run_would_not_have_trained(tmp_path)
         bm.reused_expression(tmp_path / "run", cfg, 40)
     with pytest.raises(SystemExit, match="no expression CNN"):
         bm.reused_expression(tmp_path / "nothing", cfg, 40)
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--mosi-seeds", "-1"], "--mosi-seeds"),
+    (["--finetune-epochs", "0"], "--finetune-epochs=0"),
+    (["--finetune-layers", "0"], "--finetune-layers=0"),
+    (["--finetune-layers", "7"], "--finetune-layers=7"),
+    (["--device", "tpu"], "unknown device 'tpu'"),
+    (["--out", "FILE"], "--out:"),
+    (["--checkpoints", "FILE"], "--checkpoints:"),
+])
+def test_bad_settings_are_refused_before_any_work(tmp_path, capsys, extra, says):
+    (tmp_path / "FILE").write_text("a file, not a folder")
+    argv = ["--data", str(tmp_path / "no-data"), "--out", str(tmp_path / "out"), "--quiet"]
+    argv += [str(tmp_path / "FILE") if a == "FILE" else a for a in extra]
+    with pytest.raises(SystemExit) as e:
+        benchmark.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and says in err and "missing" not in err  # refused for itself, not for the data
+
+
+def test_finetune_settings_out_of_range_are_refused_where_they_are_made():
+    with pytest.raises(ValueError, match="epochs=0.*train_layers=0"):
+        benchmark.FinetuneConfig(train_layers=0, epochs=0)
