@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -502,6 +502,7 @@ class Session:
             self.features["audio"] = None
             self.recent["audio"].clear()
             self.moment_audio = AudioRing(self.cfg.moment_s)
+            self.notes["audio"], self.clip_note, self.input_note = [], [], []  # about the stopped stream: not shown under "microphone stopped"
             self.reasons["audio"] = "microphone stopped"
             return self.update(t, stage_ms={})
 
@@ -545,6 +546,7 @@ class Session:
             self.last_frame = None
             self.camera_runs += 1  # a face being read now belongs to the stopped camera
             self.recent["vision"].clear()
+            self.notes["vision"] = []  # "2 faces in view" was about the stopped camera
             self.reasons["vision"] = "camera stopped"
             return self.update(t, stage_ms={})
 
@@ -726,7 +728,7 @@ class Session:
             c0, t0 = time.process_time(), time.perf_counter()
             self.asr_running = (t, self.engine.asr_pool.submit(self.engine.transcriber.transcribe, audio))
             if self.blocking_asr:
-                self.asr_running[1].result()
+                wait([self.asr_running[1]])  # a failure is collected below as one failed utterance, as live
                 self.asr_cpu_ms += 1000 * (time.process_time() - c0)  # in line: nothing else ran meanwhile
                 self.asr_wall_ms += 1000 * (time.perf_counter() - t0)
                 self._pump_asr()
@@ -761,6 +763,7 @@ class Session:
         if self.last_frame_t is not None and t - self.last_frame_t > cfg.camera_timeout_s:
             present["vision"] = False
             self.reasons["vision"] = "no camera frames arriving"
+            self.notes["vision"] = []  # the last frame's notes are stale with it
         return present
 
     def _answer_for(self, model: Fusion, present: dict[str, bool]) -> tuple[dict, dict[str, float | None]]:

@@ -631,3 +631,45 @@ def test_a_voice_reading_stamped_in_the_future_does_not_stay_present(engine, spe
         up = s.push_audio(silence, 48000, t=t)
     assert not up.present["audio"]
     s.close()
+
+
+def test_a_failed_transcription_in_clip_analysis_is_one_failed_utterance(engine, monkeypatch):
+    """Clip analysis transcribes in line (blocking_asr): a failure there is noted, as live, and the
+    analysis goes on with the next utterance."""
+    said = iter([RuntimeError("CUDA error: an illegal memory access"), "the second one"])
+
+    def transcribe(audio):
+        out = next(said)
+        if isinstance(out, Exception):
+            raise out
+        return out
+
+    monkeypatch.setattr(engine.transcriber, "transcribe", transcribe)
+    s = engine.session("concat", blocking_asr=True)
+    s.asr_waiting.append((1.0, np.zeros(16000, np.float32)))
+    s._pump_asr()
+    assert s.asr_note == (1.0, "speech recognition failed for one utterance") and s.transcript == ""
+    s.asr_waiting.append((3.0, np.zeros(16000, np.float32)))
+    s._pump_asr()
+    assert s.transcript == "the second one" and s.asr_running is None
+
+
+def test_notes_about_a_stopped_microphone_or_camera_go_with_it(engine):
+    s = engine.session("concat")
+    s.notes["audio"] = ["still learning this speaker (10% of its statistics from your speech)"]
+    s.clip_note = ["the microphone is clipping (3.0% of samples at full scale)"]
+    s.input_note = ["a chunk at 0 Hz"]
+    s.notes["vision"] = ["2 faces in view: reading the largest"]
+    up = s.update(1.0)
+    assert sum(n.startswith(("voice:", "face:")) for n in up.notes) == 4, up.notes
+    up = s.stop_audio(t=2.0)
+    assert not any(n.startswith("voice:") for n in up.notes) and up.reasons["audio"] == "microphone stopped"
+    assert any("2 faces" in n for n in up.notes)
+    up = s.stop_camera(t=3.0)
+    assert not any("faces" in n for n in up.notes)
+    # over HTTP a camera is never stopped: its frames stop arriving
+    s.notes["vision"] = ["2 faces in view: reading the largest"]
+    s.last_frame_t = 3.0
+    assert any("2 faces" in n for n in s.update(3.1).notes)
+    up = s.update(3.0 + engine.config.camera_timeout_s + 1)
+    assert up.reasons["vision"] == "no camera frames arriving" and not any("faces" in n for n in up.notes)
