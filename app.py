@@ -688,8 +688,9 @@ class Handlers:
                    f"mean sentiment {preds.mean():+.2f} (min {preds.min():+.2f}, max {preds.max():+.2f})."]
         for m in MODALITIES:
             summary.append(f"- {LABEL[m]}: present in {100 * np.mean([r[f'present_{m}'] for r in rows]):.0f}% of updates")
-        if rows[-1]["transcript"]:
-            summary.append(f"- transcript: “{rows[-1]['transcript'][:500]}”")
+        if result.transcript:  # the whole of it is in the JSON file (and each utterance in the CSV's "said" column)
+            more = f"… ({len(result.transcript)} characters in all: the JSON file has them)" if len(result.transcript) > 500 else ""
+            summary.append(f"- transcript: “{result.transcript[:500]}”{more}")
         summary += [f"- ⚠️ {n}" for n in result.notes]
         return "\n".join(summary), timeline_figure(rows, f"{Path(video).name} · {fusion}"), str(csv_path), str(json_path)
 

@@ -32,7 +32,8 @@ def check_rate(sample_rate) -> int:
 
 
 def to_mono_float(samples) -> np.ndarray:
-    """Any PCM layout -> mono float32 in [-1, 1]. Non-finite samples become 0."""
+    """Any PCM layout -> mono float32 in [-1, 1]. Non-finite samples become 0. 64-bit integers (what
+    Python ints become) are read as 16-bit samples when they fit, else as 32-bit ones."""
     x = np.asarray(samples)
     dtype = x.dtype
     if x.size == 0:
@@ -44,7 +45,11 @@ def to_mono_float(samples) -> np.ndarray:
     if dtype == np.uint8:
         y = (x - 128.0) / 128.0
     elif np.issubdtype(dtype, np.integer):
-        y = x / float(np.iinfo(dtype).max + 1)
+        scale = dtype
+        if dtype == np.int64:  # no audio format stores 64-bit PCM: Python ints (np.asarray([...]) gives int64) of 16- or 32-bit samples
+            peak = int(np.abs(np.asarray(samples)).max())
+            scale = np.dtype(np.int16) if peak <= 32768 else np.dtype(np.int32) if peak <= 2**31 else dtype
+        y = x / float(np.iinfo(scale).max + 1)
     elif np.issubdtype(dtype, np.floating):
         y = x
     else:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .audio import SAMPLE_RATE
-from .media import MediaError, has_video_stream, iter_frames, kind_of, read_audio
+from .media import MediaError, duration_s, has_video_stream, iter_frames, kind_of, read_audio
 from .metrics import jsonable
 from .pipeline import Engine, Update
 
@@ -31,9 +31,12 @@ class ClipResult:
     updates: list[Update]
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    said: list[str] = field(default_factory=list)  # per update: the words of the utterances transcribed at it ("" mostly)
+    transcript: str = ""  # every utterance of the clip, in order
 
     def rows(self) -> list[dict]:
-        return [u.row() | {"transcript": u.transcript} for u in self.updates]
+        said = self.said or [""] * len(self.updates)
+        return [u.row() | {"said": s} for u, s in zip(self.updates, said)]
 
     def to_csv(self, path: str | Path) -> Path:
         rows = self.rows()
@@ -46,7 +49,7 @@ class ClipResult:
 
     def to_json(self, path: str | Path) -> Path:
         path = Path(path)
-        path.write_text(json.dumps(jsonable({"notes": self.notes, "seconds": self.seconds, "updates": self.rows()}), indent=1))
+        path.write_text(json.dumps(jsonable({"notes": self.notes, "seconds": self.seconds, "transcript": self.transcript, "updates": self.rows()}), indent=1))
         return path
 
 
@@ -61,7 +64,9 @@ def analyse_clip(engine: Engine, path: str | Path, *, fusion: str | None = None,
     if kind not in ("video", "audio"):
         raise MediaError(f"{path.name}: not a video or audio file")
     session = engine.session(fusion, blocking_asr=True)
+    session.said = []  # the whole transcript, not the live display's last few thousand characters
     notes: list[str] = []
+    length = duration_s(path)  # for the progress bar and the note on a clip longer than max_seconds
     audio = read_audio(path, max_seconds=max_seconds)
     if audio is None or audio.size == 0:
         notes.append("the clip has no audio track: voice and speech are absent")
@@ -71,11 +76,13 @@ def analyse_clip(engine: Engine, path: str | Path, *, fusion: str | None = None,
                      "window the voice model reads: no voice reading (speech is still transcribed)")
     frames = iter_frames(path, fps=fps, max_frames=max(1, int(max_seconds * fps))) if kind == "video" else (f for f in ())
     with closing(frames):  # the video reader is released on every exit, errors included
-        return _run(session, frames, audio, kind, path, hop, max_seconds, progress, notes)
+        return _run(session, frames, audio, kind, path, hop, max_seconds, progress, notes, length)
 
 
-def _run(session, frames, audio, kind, path, hop, max_seconds, progress, notes) -> ClipResult:
+def _run(session, frames, audio, kind, path, hop, max_seconds, progress, notes, length=None) -> ClipResult:
     duration = max(len(audio) / SAMPLE_RATE, 0.0)
+    total = min(length, max_seconds) if length else None  # what the progress bar counts to (else what is read so far)
+    capped = bool(length and length > max_seconds + 0.05) or len(audio) >= int(max_seconds * SAMPLE_RATE)
     try:
         next_frame = next(frames, None)
     except MediaError:
@@ -86,23 +93,39 @@ def _run(session, frames, audio, kind, path, hop, max_seconds, progress, notes) 
     if kind == "video" and next_frame is None and not len(audio):
         raise MediaError(f"{path.name}: no video frames could be decoded")
     updates: list[Update] = []
-    t_audio, n_hop = 0.0, max(1, int(hop * SAMPLE_RATE))
+    said: list[str] = []
+    n_hop = max(1, int(hop * SAMPLE_RATE))
     pos = 0
+
+    seen = 0  # utterances of session.said already given to a row
+
+    def record(up: Update) -> None:
+        nonlocal seen
+        new, seen = session.said[seen:], len(session.said)
+        updates.append(up)
+        said.append(" ".join(text for _, text in new))
+
     while next_frame is not None or pos < len(audio):
-        take_frame = next_frame is not None and (pos >= len(audio) or next_frame[0] <= t_audio)
+        if next_frame is not None and next_frame[0] > max_seconds:  # frames past the limit (a slow slideshow reaches it late)
+            capped, next_frame = True, None
+            continue
+        # a chunk is stamped when all of it has arrived, as live: at its end; the frames up to then come first
+        chunk_end = min(pos + n_hop, len(audio)) / SAMPLE_RATE
+        take_frame = next_frame is not None and (pos >= len(audio) or next_frame[0] <= chunk_end)
         if take_frame:
             t, frame = next_frame
-            updates.append(session.push_frame(frame, t=t))
+            record(session.push_frame(frame, t=t))
             next_frame = next(frames, None)
             duration = max(duration, t)
         else:
-            updates.append(session.push_audio(audio[pos : pos + n_hop], SAMPLE_RATE, t=t_audio))
+            record(session.push_audio(audio[pos : pos + n_hop], SAMPLE_RATE, t=chunk_end))
             pos += n_hop
-            t_audio += hop
-        if progress and duration:
-            progress(min(1.0, updates[-1].t / max(duration, 1e-6)))
-    if len(audio):  # at the clip's end (t_audio is already one hop past it): a face seen to the end is still present
-        updates.append(session.flush(t=duration))
-    if duration >= max_seconds - 1e-6:
-        notes.append(f"only the first {max_seconds:.0f} s were analysed")
-    return ClipResult(updates, notes, duration)
+        if progress and (total or duration):
+            progress(min(1.0, updates[-1].t / max(total or duration, 1e-6)))
+    if len(audio):  # at the clip's end: a face seen to the end is still present, the last utterance is transcribed
+        record(session.flush(t=duration))
+    if progress:
+        progress(1.0)
+    if capped:
+        notes.append(f"only the first {max_seconds:g} s were analysed")
+    return ClipResult(updates, notes, duration, said, " ".join(text for _, text in session.said))

@@ -42,11 +42,11 @@ def check_file(path: str | Path) -> Path:
     """``path`` as a Path when it is a non-empty file; otherwise a MediaError that says what is wrong."""
     path = Path(path)
     if not path.exists():
-        raise MediaError(f"{path}: no such file")
+        raise MediaError(f"{Path(path).name}: no such file")
     if not path.is_file():
-        raise MediaError(f"{path}: not a file (a folder?)")
+        raise MediaError(f"{Path(path).name}: not a file (a folder?)")
     if path.stat().st_size == 0:
-        raise MediaError(f"{path}: the file is empty (0 bytes): an upload or a recording that did not finish?")
+        raise MediaError(f"{Path(path).name}: the file is empty (0 bytes): an upload or a recording that did not finish?")
     return path
 
 
@@ -65,19 +65,32 @@ def has_video_stream(path: str | Path) -> bool | None:
     return bool(proc.stdout.strip())
 
 
+def duration_s(path: str | Path) -> float | None:
+    """The container's duration in seconds (ffprobe); None when it cannot be told."""
+    if shutil.which("ffprobe") is None:
+        return None
+    try:
+        proc = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(path)],
+                              capture_output=True, timeout=60)
+        d = float(proc.stdout.strip() or "nan") if proc.returncode == 0 else float("nan")
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return None
+    return d if np.isfinite(d) and d > 0 else None
+
+
 def read_image(path: str | Path) -> np.ndarray:
     """RGB uint8."""
     data = np.fromfile(str(check_file(path)), dtype=np.uint8)
     img = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if img is None:
-        raise MediaError(f"{path}: not a readable image")
+        raise MediaError(f"{Path(path).name}: not a readable image")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 def _ffmpeg_audio(path: str | Path, max_seconds: float | None = None) -> np.ndarray | None:
     """Mono float32 at 16 kHz through ffmpeg; None when the file has no audio stream."""
     if shutil.which("ffmpeg") is None:
-        raise MediaError(f"{path}: decoding this file needs ffmpeg (apt-get install ffmpeg)")
+        raise MediaError(f"{Path(path).name}: decoding this file needs ffmpeg (apt-get install ffmpeg)")
     cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-vn", "-ac", "1", "-ar", str(SAMPLE_RATE)]
     if max_seconds:
         cmd += ["-t", str(max_seconds)]
@@ -85,12 +98,15 @@ def _ffmpeg_audio(path: str | Path, max_seconds: float | None = None) -> np.ndar
     try:
         proc = subprocess.run(cmd, capture_output=True, timeout=600)
     except subprocess.TimeoutExpired:
-        raise MediaError(f"{path}: ffmpeg took over 10 minutes to decode the audio; the file may be damaged") from None
+        raise MediaError(f"{Path(path).name}: ffmpeg took over 10 minutes to decode the audio; the file may be damaged") from None
     err = proc.stderr.decode("utf-8", "replace").strip()
     if proc.returncode != 0:
         if "does not contain any stream" in err or "Output file #0 does not contain" in err or "matches no streams" in err:
             return None
-        raise MediaError(f"{path}: ffmpeg could not decode the audio ({err.splitlines()[-1] if err else proc.returncode})")
+        last = (err.splitlines()[-1] if err else f"exit status {proc.returncode}").replace(str(path), Path(path).name)
+        if any(k in err for k in ("Invalid data found", "moov atom not found", "Truncating packet", "End of file")):
+            raise MediaError(f"{Path(path).name}: the file is damaged or incomplete (an upload or a recording that did not finish?): {last}")
+        raise MediaError(f"{Path(path).name}: ffmpeg could not decode the audio ({last})")
     audio = np.frombuffer(proc.stdout, dtype=np.float32)
     if audio.size == 0:
         return None
@@ -128,7 +144,7 @@ def iter_frames(path: str | Path, *, fps: float = 5.0, max_frames: int | None = 
         raise ValueError(f"max_frames must be at least 1, got {max_frames!r}")
     cap = cv2.VideoCapture(str(check_file(path)))
     if not cap.isOpened():
-        raise MediaError(f"{path}: not a readable video")
+        raise MediaError(f"{Path(path).name}: not a readable video")
     try:
         src_fps = cap.get(cv2.CAP_PROP_FPS)
         src_fps = src_fps if src_fps and src_fps > 0 and np.isfinite(src_fps) else 25.0
@@ -153,6 +169,6 @@ def iter_frames(path: str | Path, *, fps: float = 5.0, max_frames: int | None = 
                     yield t, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             index += 1
         if emitted == 0:
-            raise MediaError(f"{path}: no video frames could be decoded")
+            raise MediaError(f"{Path(path).name}: no video frames could be decoded")
     finally:
         cap.release()

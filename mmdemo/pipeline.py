@@ -303,6 +303,7 @@ class Session:
         # words
         self.typed = ""
         self.spoken: deque[tuple[float, str]] = deque(maxlen=self.cfg.spoken_keep)
+        self.said: list[tuple[float, str]] | None = None  # a list: every transcribed utterance, uncapped (clip analysis)
         self.transcript = ""
         self._words_key: str | None = None
         self.words_text = ""
@@ -720,6 +721,8 @@ class Session:
                 self.asr_note = (t, "speech recognition failed for one utterance")
                 text = ""
             if text:
+                if self.said is not None:
+                    self.said.append((t, text))
                 self.spoken.append((t, text))
                 self.transcript = (self.transcript + " " + text).strip()[-self.cfg.transcript_chars :]
                 self._words_key = None

@@ -81,6 +81,20 @@ def test_missing_empty_and_folder_paths_say_what_is_wrong(tmp_path, reader):
     with pytest.raises(MediaError) as info:  # not empty: the decoder's own reason
         read(junk)
     assert "the file is empty" not in str(info.value)
+    assert str(tmp_path) not in str(info.value)  # the file's name, not the server's (or Gradio's temporary) folder
+
+
+def test_an_upload_that_did_not_finish_is_called_damaged_not_an_audio_problem(tmp_path):
+    from mmdemo.media import MediaError, read_audio
+    from tests.media import espeak, video
+
+    clip = video(tmp_path / "talk.mp4", audio=espeak(tmp_path / "s.wav"), seconds=2.0, size=160)
+    cut = tmp_path / "cut.mp4"
+    data = clip.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])  # the index (moov) is at the end: half a file has none
+    with pytest.raises(MediaError, match="cut.mp4: the file is damaged or incomplete") as info:
+        read_audio(cut)
+    assert str(tmp_path) not in str(info.value)
 
 
 def test_an_audio_file_whose_header_gives_a_nonsense_rate_is_refused(tmp_path):
@@ -128,3 +142,16 @@ def test_an_ffmpeg_that_hangs_gives_a_media_error_not_a_crash(tmp_path, monkeypa
     monkeypatch.setattr(media.subprocess, "run", hang)
     with pytest.raises(media.MediaError, match="10 minutes"):
         media._ffmpeg_audio(path)
+
+
+def test_python_ints_are_read_as_the_pcm_they_hold():
+    from mmdemo.audio import to_mono_float
+
+    tone = (12000 * np.sin(np.linspace(0, 20 * np.pi, 1600))).astype(np.int16)
+    want = to_mono_float(tone)
+    as_ints = np.asarray([int(v) for v in tone])  # what np.asarray([...]) makes of a list of Python ints: int64
+    assert as_ints.dtype == np.int64
+    assert np.allclose(to_mono_float(as_ints), want)  # not 2**48 times quieter (read as silence)
+    wide = tone.astype(np.int32) * 65536
+    assert np.allclose(to_mono_float(wide.astype(np.int64)), to_mono_float(wide), atol=1e-6)
+    assert np.allclose(to_mono_float(tone.astype(np.int32)), tone / 2**31)  # a real int32 stream keeps its own scale

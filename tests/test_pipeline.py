@@ -583,6 +583,15 @@ def test_clip_analysis_options_and_its_last_row(engine, tmp_path):
     from mmdemo.media import read_audio
 
     assert res.updates[-1].t == pytest.approx(len(read_audio(clip)) / SAMPLE_RATE, abs=0.05)  # at the end, not one hop past it
+    # each audio chunk is stamped at its end, as live: no row runs ahead of the frames read so far
+    times = [u.t for u in res.updates]
+    assert times == sorted(times)
+    # the transcript: each utterance once, in the row where it was transcribed, and all of them in the JSON
+    rows = res.rows()
+    assert res.transcript and " ".join(r["said"] for r in rows if r["said"]) == res.transcript and "transcript" not in rows[0]
+    import json
+
+    assert json.loads(res.to_json(tmp_path / "r.json").read_text())["transcript"] == res.transcript
 
 
 def test_text_that_is_not_valid_unicode_does_not_break_the_session(engine):
@@ -673,3 +682,19 @@ def test_notes_about_a_stopped_microphone_or_camera_go_with_it(engine):
     assert any("2 faces" in n for n in s.update(3.1).notes)
     up = s.update(3.0 + engine.config.camera_timeout_s + 1)
     assert up.reasons["vision"] == "no camera frames arriving" and not any("faces" in n for n in up.notes)
+
+
+def test_a_clip_longer_than_the_limit_is_cut_there_says_so_and_its_progress_counts_to_the_limit(engine, tmp_path):
+    from mmdemo.clip import analyse_clip
+
+    from tests.media import espeak, video
+
+    for name, audio in (("talk", espeak(tmp_path / "s.wav")), ("mute", None)):
+        clip = video(tmp_path / f"{name}.mp4", audio=audio, seconds=3.0, size=160)
+        seen = []
+        res = analyse_clip(engine, clip, fusion="concat", fps=5, max_seconds=1.5, progress=seen.append)
+        assert "only the first 1.5 s were analysed" in res.notes, res.notes
+        assert max(u.t for u in res.updates) <= 1.5 + 1e-6
+        assert seen[0] < 0.5 and seen == sorted(seen) and seen[-2] > 0.6 and seen[-1] == 1.0, seen  # not stuck at 100% from the first frame
+        short = analyse_clip(engine, clip, fusion="concat", fps=5)
+        assert not any("only the first" in n for n in short.notes)
