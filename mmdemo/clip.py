@@ -60,7 +60,7 @@ def analyse_clip(engine: Engine, path: str | Path, *, fusion: str | None = None,
     for name, value in (("fps", fps), ("hop", hop), ("max_seconds", max_seconds)):
         if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and np.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be a positive number of {'frames a second' if name == 'fps' else 'seconds'}, got {value!r}")
-    kind = kind_of(path)
+    kind = kind_of(path, probe=True)
     if kind not in ("video", "audio"):
         raise MediaError(f"{path.name}: not a video or audio file")
     session = engine.session(fusion, blocking_asr=True)

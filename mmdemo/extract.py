@@ -184,7 +184,7 @@ class Extractor:
         """Face and voice features (and a transcript when needed) of one clip. Raises MediaError
         for a broken file."""
         out = ItemFeatures(item.id)
-        kind = kind_of(item.path) if item.path else "none"
+        kind = kind_of(item.path, probe=True) if item.path else "none"
         if kind == "none" and item.text is None:
             raise MediaError(f"{item.id}: no media file found and no text column")
         if item.path is not None and not item.path.exists():

@@ -18,8 +18,9 @@ import soundfile as sf  # noqa: E402
 
 from .audio import SAMPLE_RATE, AudioError, check_rate, resample, to_mono_float
 
-VIDEO_EXT = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".y4m", ".ogv"}
-AUDIO_EXT = {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus", ".aiff", ".aif", ".wma"}
+VIDEO_EXT = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".y4m", ".ogv", ".3gp", ".3g2",
+             ".ts", ".mts", ".m2ts", ".vob", ".mxf"}
+AUDIO_EXT = {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus", ".aiff", ".aif", ".wma", ".amr", ".caf", ".oga", ".weba"}
 IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
@@ -27,7 +28,9 @@ class MediaError(ValueError):
     pass
 
 
-def kind_of(path: str | Path) -> str:
+def kind_of(path: str | Path, *, probe: bool = False) -> str:
+    """"video", "audio", "image" or "unknown", by the file's extension; with ``probe``, a file of
+    another extension (or none) is asked what streams it holds (ffprobe)."""
     ext = Path(path).suffix.lower()
     if ext in VIDEO_EXT:
         return "video"
@@ -35,7 +38,22 @@ def kind_of(path: str | Path) -> str:
         return "audio"
     if ext in IMAGE_EXT:
         return "image"
+    if probe and Path(path).is_file():
+        kinds = _stream_kinds(path)
+        return "video" if "video" in kinds else "audio" if "audio" in kinds else "unknown"
     return "unknown"
+
+
+def _stream_kinds(path: str | Path) -> set[str]:
+    """The kinds of stream (video, audio, ...) a container holds; empty when ffprobe cannot tell."""
+    if shutil.which("ffprobe") is None:
+        return set()
+    try:
+        proc = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_type", "-of", "csv=p=0", str(path)],
+                              capture_output=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return set()
+    return set(proc.stdout.decode("utf-8", "replace").split()) if proc.returncode == 0 else set()
 
 
 def check_file(path: str | Path) -> Path:

@@ -698,3 +698,25 @@ def test_a_clip_longer_than_the_limit_is_cut_there_says_so_and_its_progress_coun
         assert seen[0] < 0.5 and seen == sorted(seen) and seen[-2] > 0.6 and seen[-1] == 1.0, seen  # not stuck at 100% from the first frame
         short = analyse_clip(engine, clip, fusion="concat", fps=5)
         assert not any("only the first" in n for n in short.notes)
+
+
+def test_a_clip_without_a_known_extension_is_read_by_what_it_holds(engine, tmp_path):
+    import shutil
+
+    from mmdemo.clip import analyse_clip
+    from mmdemo.media import MediaError, kind_of
+
+    from tests.media import espeak, video
+
+    clip = video(tmp_path / "talk.mp4", audio=espeak(tmp_path / "s.wav"), seconds=3.0, size=160)
+    bare = tmp_path / "recording"  # a phone's or a tool's export without an extension
+    shutil.copy(clip, bare)
+    sound = tmp_path / "voice-memo.dat"
+    shutil.copy(tmp_path / "s.wav", sound)
+    assert kind_of(bare) == "unknown" and kind_of(bare, probe=True) == "video" and kind_of(sound, probe=True) == "audio"
+    res = analyse_clip(engine, bare, fusion="concat", fps=5)
+    assert any(u.present["vision"] for u in res.updates) and res.transcript  # its face and its speech were read
+    text = tmp_path / "notes.dat"
+    text.write_text("not media at all")
+    with pytest.raises(MediaError, match="not a video or audio file"):
+        analyse_clip(engine, text, fusion="concat")
