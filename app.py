@@ -279,7 +279,7 @@ def moment_line(r: dict) -> str:
     mods = ", ".join(LABEL[m] for m in MODALITIES if m in r["present"]) or "nothing"
     text = f" · “{html.escape(r['text'][:60])}{'…' if len(r['text']) > 60 else ''}”" if r.get("text") else ""
     clip = " · raw clip kept" if r.get("clip") else ""
-    return f"**{r['label']:+g}** · {mods} · {r['created'].replace('T', ' ')}{text}{clip}"
+    return f"**{r['label']:+g}** · {mods} · {html.escape(r['created'].replace('T', ' '))}{text}{clip}"
 
 
 def personal_md(session: Session | None, profile: Profile | None) -> str:
@@ -562,6 +562,9 @@ class Handlers:
             prof.add(moment, value, keep_clip=bool(keep_clip))
         except (ProfileError, OSError) as err:
             return f"⚠️ {err}", gr.skip()
+        except Exception as err:  # noqa: BLE001 - whatever else a full disk or a codec raises: a message, not a broken page
+            log.warning("labelling failed: %s", err)
+            return f"⚠️ the moment could not be stored ({type(err).__name__}: {str(err)[:160]})", gr.skip()
         moments = prof.moments()
         mods = ", ".join(LABEL[m] for m in MODALITIES if moment.present[m])
         other = len(moments) - len(known or []) - 1
@@ -598,6 +601,9 @@ class Handlers:
             up = state.set_use_personal(True)
         except (PersonalError, ProfileError, OSError, KeyError) as err:
             return f"⚠️ {err}", gr.skip(), gr.skip(), gr.skip(), gr.skip(), state
+        except Exception as err:  # noqa: BLE001 - out of memory, a torch error: a message, and the generic model answers on
+            log.warning("fitting the personal model failed: %s", err)
+            return f"⚠️ the personal model could not be fitted ({type(err).__name__}: {str(err)[:160]})", gr.skip(), gr.skip(), gr.skip(), gr.skip(), state
         return (f"✓ {name}: fitted in {metrics['fit_seconds']:.1f} s (the held-out error took {metrics['seconds']:.1f} s) and switched to it.",
                 personal_md(state, prof), gr.update(value="personal"), feed_payload(up, src="personal"), readout_html(up), state)
 
@@ -629,12 +635,14 @@ class Handlers:
     def on_import(self, file, pid, state):
         if not file:
             return "Choose an exported profile file first.", gr.skip(), gr.skip(), gr.skip(), state
+        prof = None
         try:
             prof = self._profile(pid)
             got = prof.import_file(file if isinstance(file, str) else getattr(file, "name", file),
                                    configs=shipped_configs(self.studio.engine.checkpoints))
         except (ProfileError, OSError, ValueError) as err:  # ValueError: text a file holds that cannot be written (checked, but kept as a message)
-            return f"⚠️ not imported: {err}", gr.skip(), gr.skip(), gr.skip(), state
+            # an import stopped half-way says what it took: the list, the baseline and the models show what is there now
+            return f"⚠️ not imported: {err}", self._moments(pid), gr.skip(), personal_md(state, prof) if prof else gr.skip(), state
         try:
             if state is not None:
                 if got["baseline"]:
@@ -648,7 +656,8 @@ class Handlers:
             return f"⚠️ imported, but it could not be loaded here: {err}", gr.skip(), gr.skip(), gr.skip(), state
         msg = (f"✓ Imported {got['moments_added']} moments" + (f" ({got['moments_skipped']} already here)" if got["moments_skipped"] else "")
                + (", the baseline" if got["baseline"] else "") + (f", personal models for {', '.join(got['personal'])}" if got["personal"] else "") + "."
-               + (f" Kept this profile's own {', '.join(got['kept'])} (delete it to take the imported one)." if got["kept"] else ""))
+               + (f" Kept this profile's own {', '.join(got['kept'])} (delete it to take the imported one)." if got["kept"] else "")
+               + (f" Left out {'; '.join(got['left_out'])}." if got.get("left_out") else ""))
         return msg, moments, baseline_md(state.baseline if state else None), personal_md(state, prof), state
 
     def on_delete_all(self, pid, state):

@@ -53,11 +53,12 @@ from . import DISPLAY_NAMES, MODALITIES
 from .calibration import Baseline
 
 FORMAT = "mmdemo-profile/1"
-PROFILE_ID = re.compile(r"^[0-9a-f]{32}$")
+PROFILE_ID = re.compile(r"^[0-9a-f]{32}\Z")  # \Z: "$" would let a trailing newline through
 COLUMNS = ("clip_id", "label", "split", "text", "video_id", "created", "seconds", "clip")
 MAX_MOMENTS = 5000
 MAX_PROFILE_BYTES = 64 * 2**20  # an imported profile file larger than this is refused
 MAX_TEXT = 2000  # characters of a moment's words kept in labels.csv
+MAX_HEADER_BYTES = 16 * 2**20  # the JSON header of a profile file (moments' texts, descriptions) that import reads
 
 
 def stored_text(value, limit: int = MAX_TEXT) -> str:
@@ -261,13 +262,13 @@ class Profile:
             rows, arrays = self._read()
             if len(rows) >= MAX_MOMENTS:
                 raise ProfileError(f"this profile already holds {MAX_MOMENTS} moments; delete some first")
-            clip = ""
-            if keep_clip and (moment.audio is not None or moment.frame is not None):
-                clip = self._write_clip(clip_id, moment)
-            rows.append({"clip_id": clip_id, "label": f"{label:g}", "split": "train", "text": stored_text(moment.text),
-                         "video_id": self.person, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                         "seconds": f"{moment.seconds:.1f}", "clip": clip})
             try:
+                clip = ""
+                if keep_clip and (moment.audio is not None or moment.frame is not None):
+                    clip = self._write_clip(clip_id, moment)
+                rows.append({"clip_id": clip_id, "label": f"{label:g}", "split": "train", "text": stored_text(moment.text),
+                             "video_id": self.person, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                             "seconds": f"{moment.seconds:.1f}", "clip": clip})
                 self._write(rows, {m: np.concatenate([arrays[m], feats[m][None]]) for m in MODALITIES})
             except BaseException:
                 shutil.rmtree(self.folder / "clips" / clip_id, ignore_errors=True)  # no clip without its moment
@@ -280,10 +281,13 @@ class Profile:
 
         folder = self.folder / "clips" / clip_id
         folder.mkdir(parents=True, exist_ok=True)
-        if moment.audio is not None and len(moment.audio):
-            sf.write(str(folder / "audio.wav"), np.asarray(moment.audio, np.float32), 16000, subtype="PCM_16")
-        if moment.frame is not None:
-            cv2.imwrite(str(folder / "frame.jpg"), cv2.cvtColor(np.asarray(moment.frame, np.uint8), cv2.COLOR_RGB2BGR))
+        try:
+            if moment.audio is not None and len(moment.audio):
+                sf.write(str(folder / "audio.wav"), np.asarray(moment.audio, np.float32), 16000, subtype="PCM_16")
+        except (RuntimeError, sf.LibsndfileError) as err:  # a full disk, as libsndfile says it
+            raise ProfileError(f"the raw clip could not be saved ({err}); the moment was not stored") from None
+        if moment.frame is not None and not cv2.imwrite(str(folder / "frame.jpg"), cv2.cvtColor(np.asarray(moment.frame, np.uint8), cv2.COLOR_RGB2BGR)):
+            raise ProfileError("the raw clip's picture could not be saved (a full disk?); the moment was not stored")
         return str(folder.relative_to(self.folder))
 
     def delete(self, clip_id: str) -> None:
@@ -293,9 +297,9 @@ class Profile:
             keep = [i for i, r in enumerate(rows) if r["clip_id"] != clip_id]
             if len(keep) == len(rows):
                 raise ProfileError(f"no moment {str(clip_id)[:40]!r} in this profile (deleted already, perhaps in another tab)")
-            if PROFILE_CLIP.match(clip_id):
-                shutil.rmtree(self.folder / "clips" / clip_id, ignore_errors=True)
             self._write([rows[i] for i in keep], {m: arrays[m][keep] for m in MODALITIES})
+            if PROFILE_CLIP.match(clip_id):  # after the moment is gone: a failed write keeps its clip with it
+                shutil.rmtree(self.folder / "clips" / clip_id, ignore_errors=True)
 
     def delete_all(self) -> None:
         """Everything of this profile, from disk, under the lock (a tab writing at the same moment
@@ -310,15 +314,19 @@ class Profile:
 
     # ------------------------------------------------------------------ baseline and personal models
     def save_baseline(self, baseline: Baseline | None) -> None:
+        with self.locked():
+            self._save_baseline(baseline)
+
+    def _save_baseline(self, baseline: Baseline | None) -> None:
+        """:meth:`save_baseline`, with the lock held by the caller."""
         from safetensors.numpy import save
 
-        with self.locked():
-            path = self.folder / "baseline.safetensors"
-            if baseline is None:
-                path.unlink(missing_ok=True)
-                return
-            blob = save({m: x for m, x in baseline.offsets.items()}, metadata={"format": FORMAT, "info": json.dumps(baseline.to_json())})
-            _atomic_write(path, lambda f: f.write(blob))
+        path = self.folder / "baseline.safetensors"
+        if baseline is None:
+            path.unlink(missing_ok=True)
+            return
+        blob = save({m: x for m, x in baseline.offsets.items()}, metadata={"format": FORMAT, "info": json.dumps(baseline.to_json())})
+        _atomic_write(path, lambda f: f.write(blob))
 
     def load_baseline(self) -> Baseline | None:
         from safetensors.numpy import load
@@ -343,15 +351,19 @@ class Profile:
         """Store the personal model of its method. With ``generation`` (what :meth:`generation` said
         when its moments were read), refused if the moments changed meanwhile: deleted in another tab
         (or all of the profile's data), they must not come back as a model fitted on them."""
-        from .checkpoint import save_fusion
-
         with self.locked():
             if generation is not False and self.generation() != generation:
                 raise ProfileError("the moments changed while the model was being fitted (added or deleted, perhaps in another tab); "
                                    "it was not saved: fit again")
-            # replaced whole: a reader finds one whole model or none; a save that fails leaves the earlier
-            # one (staging and set-aside folders are dot-folders, never listed)
-            save_fusion(model, self.folder / "personal" / model.name, extra={"metrics.json": metrics})
+            self._save_personal(model, metrics)
+
+    def _save_personal(self, model, metrics: dict) -> None:
+        """:meth:`save_personal` without the generation check, with the lock held by the caller."""
+        from .checkpoint import save_fusion
+
+        # replaced whole: a reader finds one whole model or none; a save that fails leaves the earlier
+        # one (staging and set-aside folders are dot-folders, never listed)
+        save_fusion(model, self.folder / "personal" / model.name, extra={"metrics.json": metrics})
 
     def load_personal(self, fusion: str):
         """(model, metrics) of the personal model for ``fusion``, or None. A damaged or foreign one
@@ -407,8 +419,12 @@ class Profile:
         info = {"person": self.person, "dims": self.dims, "exported": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "moments": [{k: r[k] for k in ("clip_id", "text", "created", "seconds")} for r in rows],
                 "baseline": None if baseline is None else baseline.to_json(), "personal": personal}
+        text = json.dumps(info, ensure_ascii=False)  # as UTF-8: "\uXXXX" would take 6 bytes a character of most scripts
+        if len(json.dumps(text).encode()) > MAX_HEADER_BYTES - 2**20:  # what import would refuse (the tensors' entries take the rest)
+            raise ProfileError(f"the moments' texts are too long to export in one file ({len(text.encode()) / 2**20:.0f} MB); "
+                               "delete some moments first")
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(path), metadata={"format": FORMAT, "info": json.dumps(info)})
+        save_file(tensors, str(path), metadata={"format": FORMAT, "info": text})
         return path
 
     def import_file(self, path: str | Path, configs: dict[str, dict] | None = None) -> dict:
@@ -418,33 +434,39 @@ class Profile:
         Everything is checked before anything is written (``configs``: the settings a personal
         model of each method must have, default the shipped checkpoints'); returns what was taken."""
         parsed = read_profile_file(path, self.dims, configs)
-        added = 0
-        with self.locked():
+        with self.locked():  # one lock for all of it: another tab's baseline or model saved meanwhile is never overwritten
             rows, arrays = self._read()
             have = {r["clip_id"] for r in rows}
             new = [i for i, r in enumerate(parsed["moments"]) if r["clip_id"] not in have]
             if len(rows) + len(new) > MAX_MOMENTS:
                 raise ProfileError(f"importing would make {len(rows) + len(new)} moments; at most {MAX_MOMENTS}")
-            for i in new:
-                r = parsed["moments"][i]
-                rows.append({"clip_id": r["clip_id"], "label": f"{parsed['labels'][i]:g}", "split": "train", "text": r["text"],
-                             "video_id": self.person, "created": r["created"], "seconds": r["seconds"], "clip": ""})
-            if new:
-                self._write(rows, {m: np.concatenate([arrays[m], parsed["feats"][m][new]]) for m in MODALITIES})
-            added = len(new)
-        took_baseline = parsed["baseline"] is not None and self.load_baseline() is None
-        if took_baseline:
-            self.save_baseline(parsed["baseline"])
-        have = set(self.personal_fusions())
-        took = sorted(n for n in parsed["personal"] if n not in have)
-        for name in took:
-            self.save_personal(*parsed["personal"][name])
-        return {"moments_added": added, "moments_skipped": len(parsed["moments"]) - added, "baseline": took_baseline,
+            took_baseline = parsed["baseline"] is not None and self.load_baseline() is None  # a damaged own baseline: refused here, before any write
+            own = set(self.personal_fusions())
+            took = sorted(n for n in parsed["personal"] if n not in own)
+            done: list[str] = []
+            try:
+                for name in took:
+                    self._save_personal(*parsed["personal"][name])
+                    done.append(f"the personal {name} model")
+                if took_baseline:
+                    self._save_baseline(parsed["baseline"])
+                    done.append("the baseline")
+                for i in new:
+                    r = parsed["moments"][i]
+                    rows.append({"clip_id": r["clip_id"], "label": f"{parsed['labels'][i]:g}", "split": "train", "text": r["text"],
+                                 "video_id": self.person, "created": r["created"], "seconds": r["seconds"], "clip": ""})
+                if new:
+                    self._write(rows, {m: np.concatenate([arrays[m], parsed["feats"][m][new]]) for m in MODALITIES})
+            except (OSError, RuntimeError, ValueError) as err:  # a full disk half-way: say what was taken before it
+                so_far = f"; {', '.join(done)} {'was' if len(done) == 1 else 'were'} imported before it" if done else "; nothing was imported"
+                raise ProfileError(f"the import stopped ({type(err).__name__}: {str(err)[:160]}){so_far}") from None
+        return {"moments_added": len(new), "moments_skipped": len(parsed["moments"]) - len(new), "baseline": took_baseline,
                 "personal": took, "kept": sorted(([("baseline")] if parsed["baseline"] is not None and not took_baseline else [])
-                                                 + [n for n in parsed["personal"] if n in have])}
+                                                 + [n for n in parsed["personal"] if n in own]),
+                "left_out": parsed["left_out"]}
 
 
-PROFILE_CLIP = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{6}$")
+PROFILE_CLIP = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}\Z")  # [0-9], not \d (any Unicode digit); \Z, not $ (a trailing newline)
 
 
 def _metadata(blob: bytes) -> dict:
@@ -452,7 +474,7 @@ def _metadata(blob: bytes) -> dict:
     if len(blob) < 8:
         raise ProfileError("not a safetensors file (too short)")
     n = int.from_bytes(blob[:8], "little")
-    if n <= 0 or n > min(len(blob) - 8, 16 * 2**20):
+    if n <= 0 or n > min(len(blob) - 8, MAX_HEADER_BYTES):
         raise ProfileError("not a safetensors file (bad header)")
     try:
         header = json.loads(blob[8 : 8 + n])
@@ -565,6 +587,8 @@ def _read_profile_file(path: Path, dims: dict[str, int], configs: dict[str, dict
     if offsets or info.get("baseline") is not None:
         if not isinstance(info.get("baseline"), dict):
             raise ProfileError("the profile's baseline has no description")
+        if not offsets:  # as a calibration that measured nothing: not a baseline
+            raise ProfileError("the profile's baseline holds no offsets")
         try:
             baseline = Baseline.from_parts(offsets, info["baseline"], dims)
         except (ValueError, TypeError, KeyError, AttributeError) as err:
@@ -573,18 +597,21 @@ def _read_profile_file(path: Path, dims: dict[str, int], configs: dict[str, dict
     specs = info.get("personal") or {}
     if not isinstance(specs, dict):
         raise ProfileError("the profile's personal models are not described as an object")
+    left_out = []
     for name, spec in specs.items():
-        if name not in list_fusions():
-            raise ProfileError(f"the profile has a personal model for {str(name)[:40]!r}, which this installation does not know")
+        prefix = f"personal/{name}/"
+        state = {k[len(prefix):]: tensors.pop(k) for k in [k for k in tensors if k.startswith(prefix)]}
+        if name not in list_fusions():  # a method of another version: its moments are still this person's
+            left_out.append(f"the personal model for {str(name)[:40]!r}, a method this installation does not know")
+            continue
         if not isinstance(spec, dict) or not isinstance(spec.get("config"), dict):
             raise ProfileError(f"the personal {name} model has no settings")
         cfg = spec["config"]
         if name not in configs or not same_settings(cfg, configs[name]):
             # only the shipped settings: a file must not make the app build a model of any size
-            raise ProfileError(f"the personal {name} model was made for other settings than this installation's {name} model")
+            left_out.append(f"the personal {name} model, made for other settings than this installation's {name} model (fit it again here)")
+            continue
         model = create_fusion(name, dims=dims, cfg=FusionConfig(**cfg))
-        prefix = f"personal/{name}/"
-        state = {k[len(prefix):]: tensors.pop(k) for k in [k for k in tensors if k.startswith(prefix)]}
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as err:
@@ -594,4 +621,4 @@ def _read_profile_file(path: Path, dims: dict[str, int], configs: dict[str, dict
         personal[name] = (model.eval(), clean_metrics(spec.get("metrics")))
     if tensors:
         raise ProfileError(f"the profile file holds unexpected entries: {sorted(tensors)[:5]}")
-    return {"moments": rows, "labels": labels, "feats": feats, "baseline": baseline, "personal": personal, "info": info}
+    return {"moments": rows, "labels": labels, "feats": feats, "baseline": baseline, "personal": personal, "info": info, "left_out": left_out}
