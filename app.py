@@ -673,7 +673,8 @@ class Handlers:
             state.set_baseline(None)
             state.personal.clear()
             state.set_use_personal(False)
-        return ("Everything of this profile was deleted from this computer.", [], baseline_md(None), personal_md(state, None), state,
+        return ("Everything of this profile was deleted from this computer (the copies Gradio keeps of a file you exported "
+                "or uploaded here go with its cache within 15 minutes).", [], baseline_md(None), personal_md(state, None), state,
                 gr.Timer(active=False), gr.update(value="generic"), gr.update(value=None, visible=False))
 
     def on_analyse(self, video, fusion, fps, progress=gr.Progress()):
