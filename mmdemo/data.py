@@ -176,7 +176,8 @@ class FeatureDataset:
                 )
                 for m, x in splits[s].feats.items():  # as a folder's: a present row (or real step) that is not finite is an error
                     real = splits[s].steps[m] if m in splits[s].steps else np.ones(x.shape[:-1], bool)
-                    bad = splits[s].present[m] & (~np.isfinite(x).all(axis=-1) & real).reshape(len(x), -1).any(axis=1)
+                    steps_bad = ~np.isfinite(x).all(axis=-1) & real  # (N,) or (N, T)
+                    bad = splits[s].present[m] & (steps_bad.any(axis=1) if steps_bad.ndim == 2 else steps_bad)
                     if bad.any():
                         raise ValueError(f"{path}: {s}/{m}: {int(bad.sum())} present row(s) with NaN or inf (first: {splits[s].ids[int(np.argmax(bad))]})")
             return cls(splits, json.loads(str(z["meta"])))

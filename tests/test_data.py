@@ -33,6 +33,9 @@ def test_a_saved_dataset_with_nan_in_a_present_row_is_refused_and_in_an_absent_r
         tr.steps["vision"][4, -1] = False
         tr.feats["vision"][4, -1] = np.inf  # padding: not data
     load_dataset(ds.save(tmp_path / "ok.npz"))
+    empty = make_synthetic(SyntheticSpec(sizes=(4, 2, 2), seq_len=seq_len, seed=1))
+    empty.splits["test"] = empty.splits["test"].subset(np.zeros(2, bool))  # a split without rows (extract's test split, say)
+    assert len(load_dataset(empty.save(tmp_path / "empty.npz")).splits["test"]) == 0
     tr.feats["text"][5, ..., 0] = np.nan
     with pytest.raises(ValueError, match=r"train/text: 1 present row\(s\) with NaN or inf \(first: " + str(tr.ids[5])):
         load_dataset(ds.save(tmp_path / "bad.npz"))
