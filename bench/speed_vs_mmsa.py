@@ -72,9 +72,12 @@ def markdown(res: dict) -> str:
           f"configuration once per round, in alternating order; one thread each; {env['cpu']}, {env['cpus']} CPUs, {env['date']}, "
           f"{res['seconds'] / 60:.1f} min. mmdemo: the chosen configuration of each method from `{res['results']}`, "
           f"{res['epochs']} epochs without early stopping (every epoch includes its validation pass, as MMSA's do). "
-          "Ratio = counterpart s/epoch / method s/epoch in the same round: median (lowest-highest) over rounds.", "",
-          "| method | counterpart | s/epoch, own batch | ratio | s/epoch at the counterpart's batch | ratio | 3x or more (counterpart's batch) |",
-          "|---|---|---|---|---|---|---|"]
+          "Ratio = counterpart s/epoch / method s/epoch in the same round: median (lowest-highest) over rounds.", ""]
+    if res["words"]:
+        md += [f"mmdemo's configurations read mmdemo's own words feature ({res['dims']['text']}-d, `--words mosei`); MMSA reads the "
+               f"folder's ({res['data_dims']['text']}-d), as in the accuracy tables of that run: the two sides do not read the same input.", ""]
+    md += ["| method | counterpart | s/epoch, own batch | ratio | s/epoch at the counterpart's batch | ratio | 3x or more (counterpart's batch) |",
+           "|---|---|---|---|---|---|---|"]
     for m, r in res["methods"].items():
         own, peer = r["own"], r["peer_batch"]
         md.append(f"| `{m}` | MMSA {r['peer']} ({res['mmsa'][r['peer']]['median']:.3f} s/epoch, batch {MMSA_BATCH[r['peer']]}) | "
@@ -138,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         return {"s_per_epoch": times, "median": float(np.median(times)), "ratio": float(np.median(ratios)),
                 "ratio_min": float(ratios.min()), "ratio_max": float(ratios.max())}
 
-    out = {"results": str(results), "data": Path(args.data).name, "words": words is not None, "rounds": args.rounds, "epochs": args.epochs,
+    out = {"results": str(results), "data": Path(args.data).name, "words": words is not None, "dims": ds.dims,
+           "data_dims": load_source(args.data).dims if words else ds.dims, "rounds": args.rounds, "epochs": args.epochs,
            "seed": args.seed, "seconds": time.perf_counter() - t0,
            "env": {"cpu": cpu_model(), "cpus": os.cpu_count(), "threads": 1, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")},
            "mmsa": {p: {"s_per_epoch": v, "median": float(np.median(v)), "batch_size": MMSA_BATCH[p]} for p, v in mmsa.items()},

@@ -90,6 +90,12 @@ def test_a_failing_mmsa_and_a_wrong_results_file_are_named(bench, tmp_path):
         bench.main(["--mmsa-python", str(fake_mmsa(tmp_path, log, fail=True)), "--data", str(folder), "--results", str(results_file(tmp_path)),
                     "--rounds", "1", "--epochs", "1", "--out", str(tmp_path / "o.json")])
     assert not (tmp_path / "o.json").exists()
+    own_words = json.loads(results_file(tmp_path).read_text()) | {"words": {"format": "mmdemo-words/1"}}
+    (tmp_path / "words" / "trimodal.json").parent.mkdir()
+    (tmp_path / "words" / "trimodal.json").write_text(json.dumps(own_words))
+    with pytest.raises(SystemExit) as e:  # made with --words mosei, its features not beside it: said, not timed on other features
+        bench.main(["--mmsa-python", str(fake_mmsa(tmp_path, log)), "--data", str(folder), "--results", str(tmp_path / "words" / "trimodal.json")])
+    assert e.value.code == 2
     (tmp_path / "bad.json").write_text("{}")
     for results, mmsa in ((tmp_path / "bad.json", fake_mmsa(tmp_path, log)), (results_file(tmp_path), tmp_path / "no-such-python")):
         with pytest.raises(SystemExit) as e:
