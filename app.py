@@ -632,6 +632,28 @@ class Handlers:
             return f"⚠️ {err}", gr.update(value=None, visible=False)
         return f"✓ Exported {len(prof.moments())} moments, the baseline and personal models (features only, no raw clips).", gr.update(value=str(out), visible=True)
 
+    @staticmethod
+    def _load_saved(prof: Profile, state: Session | None) -> None:
+        """The profile's baseline and personal models as they are on disk now, into this tab's
+        session (where one cannot be read, what the session had stays)."""
+        if state is None:
+            return
+        try:
+            state.set_baseline(prof.load_baseline())
+        except (ProfileError, OSError) as err:
+            log.warning("baseline not loaded: %s", err)
+        try:
+            names = prof.personal_fusions()
+        except OSError as err:
+            names = []
+            log.warning("personal models not listed: %s", err)
+        for name in names:
+            try:
+                if (got := prof.load_personal(name)) is not None:
+                    state.set_personal(name, got[0])
+            except (ProfileError, OSError) as err:
+                log.warning("personal model %s not loaded: %s", name, err)
+
     def on_import(self, file, pid, state):
         if not file:
             return "Choose an exported profile file first.", gr.skip(), gr.skip(), gr.skip(), state
@@ -642,7 +664,11 @@ class Handlers:
                                    configs=shipped_configs(self.studio.engine.checkpoints))
         except (ProfileError, OSError, ValueError) as err:  # ValueError: text a file holds that cannot be written (checked, but kept as a message)
             # an import stopped half-way says what it took: the list, the baseline and the models show what is there now
-            return f"⚠️ not imported: {err}", self._moments(pid), gr.skip(), personal_md(state, prof) if prof else gr.skip(), state
+            if prof is None:
+                return f"⚠️ not imported: {err}", gr.skip(), gr.skip(), gr.skip(), state
+            self._load_saved(prof, state)
+            return (f"⚠️ not imported: {err}", self._moments(pid), baseline_md(state.baseline if state else None),
+                    personal_md(state, prof), state)
         try:
             if state is not None:
                 if got["baseline"]:
@@ -880,8 +906,8 @@ class ChunkSweeper:
     as one session has read it. A re-upload renames a fresh file over the old one, so a file's mtime
     says when that content last arrived; files (and then their empty folders) are removed only when
     nothing has arrived at that path for ``max_age_s``. Only paths inside Gradio's cache are touched.
-    Gradio's own ``delete_cache`` would remove them after 10 minutes; a long session must not keep
-    ten minutes of chunks on disk per user.
+    Gradio's own ``delete_cache`` would remove them after 10 to 15 minutes; a long session must not keep
+    that many minutes of chunks on disk per user.
     """
 
     def __init__(self, max_age_s: float = CHUNK_MAX_AGE_S, every_s: float = 5.0, remember: int = 20000,

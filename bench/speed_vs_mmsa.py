@@ -81,8 +81,8 @@ def markdown(res: dict) -> str:
     for m, r in res["methods"].items():
         own, peer = r["own"], r["peer_batch"]
         md.append(f"| `{m}` | MMSA {r['peer']} ({res['mmsa'][r['peer']]['median']:.3f} s/epoch, batch {MMSA_BATCH[r['peer']]}) | "
-                  f"{own['median']:.3f} (batch {r['batch_size']}) | {own['ratio']:.1f}x ({own['ratio_min']:.1f}-{own['ratio_max']:.1f}) | "
-                  f"{peer['median']:.3f} | {peer['ratio']:.1f}x ({peer['ratio_min']:.1f}-{peer['ratio_max']:.1f}) | "
+                  f"{own['median']:.3f} (batch {r['batch_size']}) | {own['ratio']:.1f}x ({own['ratio_min']:.2f}-{own['ratio_max']:.2f}) | "
+                  f"{peer['median']:.3f} | {peer['ratio']:.1f}x ({peer['ratio_min']:.2f}-{peer['ratio_max']:.2f}) | "
                   f"{'✓' if peer['ratio_min'] >= 3 else ('✗' if peer['ratio_max'] < 3 else 'in some rounds')} |")
     return "\n".join(md) + "\n"
 

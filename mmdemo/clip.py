@@ -74,15 +74,18 @@ def analyse_clip(engine: Engine, path: str | Path, *, fusion: str | None = None,
     elif len(audio) < engine.config.voice_window_s * SAMPLE_RATE:
         notes.append(f"the audio is {len(audio) / SAMPLE_RATE:.1f} s long, shorter than the {engine.config.voice_window_s:.1f} s "
                      "window the voice model reads: no voice reading (speech is still transcribed)")
-    frames = iter_frames(path, fps=fps, max_frames=max(1, int(max_seconds * fps))) if kind == "video" else (f for f in ())
+    max_frames = max(1, int(max_seconds * fps))
+    frames = iter_frames(path, fps=fps, max_frames=max_frames) if kind == "video" else (f for f in ())
     with closing(frames):  # the video reader is released on every exit, errors included
-        return _run(session, frames, audio, kind, path, hop, max_seconds, progress, notes, length)
+        return _run(session, frames, audio, kind, path, hop, max_seconds, progress, notes, length, max_frames)
 
 
-def _run(session, frames, audio, kind, path, hop, max_seconds, progress, notes, length=None) -> ClipResult:
+def _run(session, frames, audio, kind, path, hop, max_seconds, progress, notes, length=None, max_frames=None) -> ClipResult:
     duration = max(len(audio) / SAMPLE_RATE, 0.0)
     total = min(length, max_seconds) if length else None  # what the progress bar counts to (else what is read so far)
-    capped = bool(length and length > max_seconds + 0.05) or len(audio) >= int(max_seconds * SAMPLE_RATE)
+    # longer than the limit: by the container's length where ffprobe tells it, else by what the readers stopped at
+    capped = length > max_seconds + 0.05 if length else len(audio) >= int(max_seconds * SAMPLE_RATE)
+    n_frames = 0
     try:
         next_frame = next(frames, None)
     except MediaError:
@@ -115,6 +118,7 @@ def _run(session, frames, audio, kind, path, hop, max_seconds, progress, notes, 
         if take_frame:
             t, frame = next_frame
             record(session.push_frame(frame, t=t))
+            n_frames += 1
             next_frame = next(frames, None)
             duration = max(duration, t)
         else:
@@ -126,6 +130,8 @@ def _run(session, frames, audio, kind, path, hop, max_seconds, progress, notes, 
         record(session.flush(t=duration))
     if progress:
         progress(1.0)
+    if not length and max_frames and n_frames >= max_frames:  # the frame reader stopped at its limit
+        capped = True
     if capped:
         notes.append(f"only the first {max_seconds:g} s were analysed")
     return ClipResult(updates, notes, duration, said, " ".join(text for _, text in session.said))

@@ -49,11 +49,14 @@ def _stream_kinds(path: str | Path) -> set[str]:
     if shutil.which("ffprobe") is None:
         return set()
     try:
-        proc = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_type", "-of", "csv=p=0", str(path)],
-                              capture_output=True, timeout=60)
+        proc = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_type:stream_disposition=attached_pic",
+                               "-of", "csv=p=0", str(path)], capture_output=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
         return set()
-    return set(proc.stdout.decode("utf-8", "replace").split()) if proc.returncode == 0 else set()
+    if proc.returncode != 0:
+        return set()
+    lines = [ln.split(",") for ln in proc.stdout.decode("utf-8", "replace").split()]
+    return {p[0] for p in lines if p and p[-1] != "1"}  # a cover picture (attached_pic) is not a video
 
 
 def check_file(path: str | Path) -> Path:

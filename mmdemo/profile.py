@@ -168,7 +168,14 @@ class Profile:
 
     def _current(self) -> Path | None:
         link = self.dataset_folder
-        return link.resolve() if link.is_symlink() and link.resolve().is_dir() else None
+        if link.is_symlink():
+            return link.resolve() if link.resolve().is_dir() else None
+        if link.is_dir():  # a copy that followed the link (scp -r, zip, shutil.copytree): the folder itself
+            return link if (link / "labels.csv").exists() else None
+        # no moments/ at all: the newest whole generation, if a write that was turning a copied folder
+        # into a generation (below) stopped between its two steps; none after delete_all
+        gens = [g for g in self.folder.glob("moments-*") if (g / "labels.csv").exists()]
+        return max(gens, key=lambda g: g.stat().st_mtime_ns) if gens else None
 
     def _read(self) -> tuple[list[dict], dict[str, np.ndarray]]:
         d = self._current()
@@ -200,6 +207,8 @@ class Profile:
             _atomic_write(new / "labels.csv", lambda f: f.write(buf.getvalue().encode("utf-8")))
             tmp = self.folder / f".moments-{secrets.token_hex(6)}"
             os.symlink(new.name, tmp)
+            if self.dataset_folder.is_dir() and not self.dataset_folder.is_symlink():  # a copied folder: set aside as a generation, removed below
+                os.replace(self.dataset_folder, self.folder / f"moments-{secrets.token_hex(6)}")
             os.replace(tmp, self.dataset_folder)
         except BaseException:
             shutil.rmtree(new, ignore_errors=True)
@@ -420,7 +429,7 @@ class Profile:
                 "moments": [{k: r[k] for k in ("clip_id", "text", "created", "seconds")} for r in rows],
                 "baseline": None if baseline is None else baseline.to_json(), "personal": personal}
         text = json.dumps(info, ensure_ascii=False)  # as UTF-8: "\uXXXX" would take 6 bytes a character of most scripts
-        if len(json.dumps(text).encode()) > MAX_HEADER_BYTES - 2**20:  # what import would refuse (the tensors' entries take the rest)
+        if len(json.dumps(text, ensure_ascii=False).encode()) > MAX_HEADER_BYTES - 2**20:  # what import would refuse (the tensors' entries take the rest)
             raise ProfileError(f"the moments' texts are too long to export in one file ({len(text.encode()) / 2**20:.0f} MB); "
                                "delete some moments first")
         path.parent.mkdir(parents=True, exist_ok=True)

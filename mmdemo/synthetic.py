@@ -41,7 +41,8 @@ class SyntheticSpec:
     def __post_init__(self):
         extra = [] if len(self.sizes) == 3 and all(isinstance(n, numbers.Integral) and n >= 1 for n in self.sizes) else \
             [f"sizes={tuple(self.sizes)!r} (must be three whole numbers >= 1: train, valid, test)"]
-        extra += [] if self.seq_len == int(self.seq_len) else [f"seq_len={self.seq_len!r} (must be a whole number)"]
+        whole = isinstance(self.seq_len, numbers.Integral) and not isinstance(self.seq_len, bool)
+        extra += [] if whole else [f"seq_len={self.seq_len!r} (must be a whole number)"]
         check_ranges(self, [(("seq_len", "nuisance", "step_noise"), NON_NEGATIVE), (("missing",), SHARE)], extra)
 
 

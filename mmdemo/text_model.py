@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import numbers
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,9 @@ class FinetuneConfig:
         from .device import resolve_device
         from .settings import COUNT, NON_NEGATIVE, POSITIVE, check_ranges
 
-        extra = [] if self.train_layers in range(1, 7) else [f"train_layers={self.train_layers!r} (must be 1..6: MiniLM has 6 layers)"]
+        layers = self.train_layers
+        whole = isinstance(layers, numbers.Integral) and not isinstance(layers, bool)
+        extra = [] if whole and 1 <= layers <= 6 else [f"train_layers={layers!r} (must be a whole number 1..6: MiniLM has 6 layers)"]
         try:
             resolve_device(self.device)
         except ValueError as err:

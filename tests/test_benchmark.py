@@ -376,3 +376,6 @@ def test_bad_settings_are_refused_before_any_work(tmp_path, capsys, extra, says)
 def test_finetune_settings_out_of_range_are_refused_where_they_are_made():
     with pytest.raises(ValueError, match="epochs=0.*train_layers=0"):
         benchmark.FinetuneConfig(train_layers=0, epochs=0)
+    for layers in (2.0, True, 7):
+        with pytest.raises(ValueError, match="train_layers"):
+            benchmark.FinetuneConfig(train_layers=layers)

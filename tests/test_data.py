@@ -212,5 +212,6 @@ def test_the_synthetic_command_refuses_an_output_it_cannot_write(tmp_path, capsy
 def test_synthetic_settings_out_of_range_are_refused_where_they_are_made():
     with pytest.raises(ValueError, match="nuisance=-1.*missing=-0.1"):
         SyntheticSpec(missing=-0.1, nuisance=-1)
-    with pytest.raises(ValueError, match="seq_len=2.5"):
-        SyntheticSpec(seq_len=2.5)
+    for bad in (2.5, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match=f"seq_len={bad!r}"):
+            SyntheticSpec(seq_len=bad)

@@ -522,6 +522,18 @@ def test_a_copied_profile_folder_merges_as_its_person_and_a_renamed_or_empty_one
     assert summary["people"] == 4 and summary["moments"] == 12  # the copy's moments, not an empty profile
     labels = (tmp_path / "merged" / "labels.csv").read_text()
     assert labels.count(original.person) == 3
+    # a copy that followed the link (scp -r, a zip, copytree's default): moments/ is a folder of its own
+    deep = tmp_path / "deep" / files[0].name
+    shutil.copytree(files[0], deep)
+    assert not (deep / "moments").is_symlink()
+    assert merge([deep, *files[1:]], tmp_path / "merged-deep")["moments"] == 12
+    # and such a profile, written to, becomes a profile of generations again, its moments kept
+    p = Profile.at(deep, DIMS)
+    p.add(moment(seed=123), label=2)
+    assert len(p.moments()) == 4 and (deep / "moments").is_symlink()
+    assert [g.name for g in deep.glob("moments-*")] == [(deep / "moments").resolve().name]
+    (deep / "moments").unlink()  # as if a write stopped between setting a copied folder aside and linking the new generation
+    assert len(p.moments()) == 4
     renamed = tmp_path / "carol"
     shutil.copytree(files[0], renamed, symlinks=True)
     with pytest.raises(PersonalError, match="carol.*rename it back"):

@@ -352,3 +352,30 @@ def test_a_fit_whose_moments_were_deleted_meanwhile_is_not_saved_and_a_damaged_m
     # a new tab: the damaged model is named, the moments and the rest still load
     pid2, s2, _, listed, msg, *_ = h.on_profile_load(pid, h.on_load()[0])
     assert len(listed) == 8 and "personal model for weighted" in msg and "weighted" not in s2.personal
+
+
+def test_an_import_stopped_half_way_shows_what_it_took(handlers, tmp_path, monkeypatch):
+    """A full disk while the moments are written (last): the personal model and the baseline were
+    taken before it, so the panels show them and the session uses them."""
+    from mmdemo.calibration import Baseline
+    from mmdemo.encoders import DIMS
+    from mmdemo.personal import PersonalConfig, fit_personal
+    from mmdemo.profile import Profile, new_profile_id
+    from tests.test_personal import moment
+
+    src = Profile(tmp_path, new_profile_id(), DIMS)
+    for i in range(8):
+        src.add(moment(seed=i), label=(i % 7) - 3)
+    src.save_baseline(Baseline({"vision": np.ones(DIMS["vision"], np.float32)}, {"vision": 12, "audio": 0}, 10.0,
+                               {"vision": {"before": -1.0, "after": 0.0}}, {"audio": "no speech during the calibration"}))
+    src.save_personal(fit_personal(handlers.studio.engine.fusion("weighted"), src.split(), PersonalConfig(steps=3)), {"moments": 8})
+    path = src.export(tmp_path / "me.safetensors")
+    pid, s = _tab(handlers)
+
+    def full_disk(self, *a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Profile, "_write", full_disk)
+    msg, moments, base, pers, s = handlers.on_import(str(path), pid, s)
+    assert msg.startswith("⚠️ not imported") and "were imported before it" in msg
+    assert moments == [] and "Neutral baseline in use" in base and "weighted" in s.personal and s.baseline is not None

@@ -684,7 +684,8 @@ def test_notes_about_a_stopped_microphone_or_camera_go_with_it(engine):
     assert up.reasons["vision"] == "no camera frames arriving" and not any("faces" in n for n in up.notes)
 
 
-def test_a_clip_longer_than_the_limit_is_cut_there_says_so_and_its_progress_counts_to_the_limit(engine, tmp_path):
+def test_a_clip_longer_than_the_limit_is_cut_there_says_so_and_its_progress_counts_to_the_limit(engine, tmp_path, monkeypatch):
+    from mmdemo import clip as clip_module
     from mmdemo.clip import analyse_clip
 
     from tests.media import espeak, video
@@ -698,6 +699,12 @@ def test_a_clip_longer_than_the_limit_is_cut_there_says_so_and_its_progress_coun
         assert seen[0] < 0.5 and seen == sorted(seen) and seen[-2] > 0.6 and seen[-1] == 1.0, seen  # not stuck at 100% from the first frame
         short = analyse_clip(engine, clip, fusion="concat", fps=5)
         assert not any("only the first" in n for n in short.notes)
+        exact = analyse_clip(engine, clip, fusion="concat", fps=5, max_seconds=3.0)  # as long as the limit: nothing was cut
+        assert not any("only the first" in n for n in exact.notes), exact.notes
+    # without ffprobe (no container length): a silent video cut by the frame reader's limit still says so
+    monkeypatch.setattr(clip_module, "duration_s", lambda path: None)
+    res = analyse_clip(engine, tmp_path / "mute.mp4", fusion="concat", fps=5, max_seconds=1.5)
+    assert "only the first 1.5 s were analysed" in res.notes
 
 
 def test_a_clip_without_a_known_extension_is_read_by_what_it_holds(engine, tmp_path):
@@ -716,6 +723,12 @@ def test_a_clip_without_a_known_extension_is_read_by_what_it_holds(engine, tmp_p
     assert kind_of(bare) == "unknown" and kind_of(bare, probe=True) == "video" and kind_of(sound, probe=True) == "audio"
     res = analyse_clip(engine, bare, fusion="concat", fps=5)
     assert any(u.present["vision"] for u in res.updates) and res.transcript  # its face and its speech were read
+    cover = tmp_path / "audiobook.m4b"  # sound with a cover picture: not a video
+    import subprocess
+
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(tmp_path / "s.wav"), "-f", "lavfi", "-i", "color=c=red:s=64x64:d=1",
+                    "-map", "0", "-map", "1", "-c:a", "aac", "-c:v", "png", "-disposition:v", "attached_pic", str(cover)], check=True)
+    assert kind_of(cover, probe=True) == "audio"
     text = tmp_path / "notes.dat"
     text.write_text("not media at all")
     with pytest.raises(MediaError, match="not a video or audio file"):
