@@ -430,7 +430,8 @@ class Session:
                     res = self.engine.voice.encode(window, probs=win_probs)
                 self.last_voice_t = t
                 if res.present:
-                    if self.calibrator is not None:
+                    # the neutral sample takes what the speaker statistics would: a second of speech or more, unclipped
+                    if self.calibrator is not None and not SpeakerNorm.accept(res.info.get("speech_s", 0.0), clipped_share=res.info.get("clipped_share", 1.0)):
                         self.calibrator.add("audio", res.feature)
                     z = self._voice_feature(res)
                     self.features["audio"] = (z, t)
@@ -590,8 +591,8 @@ class Session:
                 raise CalibrationError("no calibration is running: start one first")
             cal, self.calibrator = self.calibrator, None
             baseline = cal.finish(self.now() if t is None else t)
+            self.set_baseline(baseline)  # first: the speaker statistics restart, and the readings use them as the session will
             baseline.readings = self._readings(cal, baseline)
-            self.set_baseline(baseline)
             return baseline
 
     def cancel_calibration(self) -> None:

@@ -379,3 +379,41 @@ def test_an_import_stopped_half_way_shows_what_it_took(handlers, tmp_path, monke
     msg, moments, base, pers, s = handlers.on_import(str(path), pid, s)
     assert msg.startswith("⚠️ not imported") and "were imported before it" in msg
     assert moments == [] and "Neutral baseline in use" in base and "weighted" in s.personal and s.baseline is not None
+
+
+def test_the_voice_calibration_takes_only_clean_speech_and_reads_as_the_session_will(engine, monkeypatch):
+    """A cough (too little speech) or a clipping microphone during the calibration gives no voice
+    sample; the shown readings use the speaker statistics the session restarts with."""
+    import copy
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(0)
+    feature = engine.voice_prior.mean + 2 * engine.voice_prior.std * rng.standard_normal(engine.voice_prior.mean.shape)
+    said = iter([0.3, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0])  # seconds of speech of each window read
+    clipped = iter([0.0, 0.2, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+
+    reads = []
+
+    def encode(*a, **k):
+        reads.append(1)
+        return SimpleNamespace(present=True, feature=feature.astype(np.float32), reason="",
+                               info={"speech_s": next(said), "clipped_share": next(clipped), "notes": []})
+
+    e = copy.copy(engine)
+    e.voice = copy.copy(engine.voice)
+    monkeypatch.setattr(e.voice, "encode", encode)
+    monkeypatch.setattr(e.voice, "encode_stream", encode)
+    s = e.session("weighted")
+    s.start_calibration(t=0.0)
+    cal = s.calibrator
+    t = 0.0
+    for k in range(8 * 5):  # 0.5 s chunks: a window is read every 0.5 s once 2.4 s are heard
+        t += 0.5
+        s.push_audio(np.zeros(8000, np.float32), 16000, t=t)
+        if cal.counts()["audio"] == 6:
+            break
+    assert cal.counts()["audio"] == 6 and len(reads) == 8  # 8 windows read, the cough and the clipped one left out
+    baseline = s.finish_calibration(t=t)
+    assert "audio" in baseline.offsets
+    again = s._readings(cal, baseline)  # with the statistics as the session now holds them (restarted)
+    assert again["audio"] == pytest.approx(baseline.readings["audio"])
