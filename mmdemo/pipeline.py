@@ -395,7 +395,11 @@ class Session:
                 self.input_note = [str(err)]  # about this chunk: gone with the next good one
                 return self.update(t, stage_ms={})
             self.input_note = []
-            if self.resampler is None or self.resampler.sr_in != sr:
+            if self.resampler is not None and self.resampler.sr_in != sr:
+                # another rate is another microphone (or another browser's): its audio and its speaker
+                # statistics start afresh, as after a stop; nothing of the two is mixed in one window
+                self._reset_audio(t)
+            if self.resampler is None:
                 self.resampler = StreamResampler(sr)
             x16 = self.resampler(x)
             clip = clipped_share(x16)
@@ -490,6 +494,14 @@ class Session:
         """The microphone stopped: transcribe what is pending, forget the audio state."""
         with self._lock:
             t = self.now() if t is None else t
+            self._reset_audio(t)
+            self.reasons["audio"] = "microphone stopped"
+            return self.update(t, stage_ms={})
+
+    def _reset_audio(self, t: float) -> None:
+        """What a stopped microphone, or another one (a new sample rate), leaves behind: the pending
+        utterance is transcribed, the audio state and the speaker statistics start again."""
+        with self._lock:
             self._close_utterance(t)
             self.resampler, self.vad = None, StreamingVAD()
             self.ring = AudioRing(self.cfg.voice_window_s)
@@ -505,8 +517,6 @@ class Session:
             self.recent["audio"].clear()
             self.moment_audio = AudioRing(self.cfg.moment_s)
             self.notes["audio"], self.clip_note, self.input_note = [], [], []  # about the stopped stream: not shown under "microphone stopped"
-            self.reasons["audio"] = "microphone stopped"
-            return self.update(t, stage_ms={})
 
     def _stream_audio(self, frames: np.ndarray) -> None:
         """Hands the chunk to this session's openSMILE stream, starting one when there is none (it

@@ -733,3 +733,17 @@ def test_a_clip_without_a_known_extension_is_read_by_what_it_holds(engine, tmp_p
     text.write_text("not media at all")
     with pytest.raises(MediaError, match="not a video or audio file"):
         analyse_clip(engine, text, fusion="concat")
+
+
+def test_another_sample_rate_is_another_microphone(engine, speech48):
+    """A stream whose rate changes came from another device: its audio and speaker statistics start
+    afresh, so no voice window mixes the two microphones."""
+    s = engine.session("concat")
+    for k in range(8):  # 4 s of speech at 48 kHz
+        s.push_audio(speech48[48000 + k * 24000 : 48000 + (k + 1) * 24000], 48000, t=0.5 * k)
+    assert s.ring.filled == s.ring.size and s.probs
+    before = s.speaker_norm.speaker_share if s.speaker_norm is not None else None
+    up = s.push_audio(np.zeros(8000, np.float32), 16000, t=4.5)
+    assert s.ring.filled <= 8000 and not up.present["audio"]  # only the new microphone's half second (whole VAD frames) and "warming up" in up.reasons["audio"]
+    if before is not None:
+        assert s.speaker_norm.speaker_share == 0.0
