@@ -41,7 +41,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import re
 import shutil
 import time
 from dataclasses import asdict
@@ -63,7 +62,7 @@ from .fusion.base import LOSSES, num_params
 from .metrics import classification_metrics, jsonable, polarity, regression_metrics
 from .pairing import PairingConfig, build_paired
 from .speaker import write_voice_features
-from .settings import output_problem
+from .settings import as_flags, output_problem
 from .text_model import FinetuneConfig, finetune, save_overlay
 from .train import Batches, TrainConfig, evaluate, predict, train_method
 
@@ -1246,7 +1245,7 @@ def main(argv: list[str] | None = None) -> int:
     try:  # the fine-tuning settings and the device, before hours of extraction
         FinetuneConfig(train_layers=args.finetune_layers, epochs=args.finetune_epochs, device=args.device)
     except ValueError as err:
-        ap.error(re.sub(r"\b(train_layers|epochs|device)=", lambda m: {"train_layers": "--finetune-layers=", "epochs": "--finetune-epochs="}.get(m.group(1), "--device="), str(err)))
+        ap.error(as_flags(str(err), {"train_layers": "finetune-layers", "epochs": "finetune-epochs"}))
     for flag, folder in (("--out", args.out), ("--checkpoints", args.checkpoints)):
         problem = output_problem(folder, folder=True) if folder else None
         if problem:

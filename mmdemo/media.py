@@ -39,22 +39,23 @@ def kind_of(path: str | Path, *, probe: bool = False) -> str:
     if ext in IMAGE_EXT:
         return "image"
     if probe and Path(path).is_file():
-        kinds = _stream_kinds(path)
+        kinds = _stream_kinds(path) or set()
         return "video" if "video" in kinds else "audio" if "audio" in kinds else "unknown"
     return "unknown"
 
 
-def _stream_kinds(path: str | Path) -> set[str]:
-    """The kinds of stream (video, audio, ...) a container holds; empty when ffprobe cannot tell."""
+def _stream_kinds(path: str | Path) -> set[str] | None:
+    """The kinds of stream (video, audio, ...) a container holds, a cover picture not counted as
+    video; None when ffprobe cannot tell (not installed, or it fails on the file)."""
     if shutil.which("ffprobe") is None:
-        return set()
+        return None
     try:
         proc = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_type:stream_disposition=attached_pic",
                                "-of", "csv=p=0", str(path)], capture_output=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
-        return set()
+        return None
     if proc.returncode != 0:
-        return set()
+        return None
     lines = [ln.split(",") for ln in proc.stdout.decode("utf-8", "replace").split()]
     return {p[0] for p in lines if p and p[-1] != "1"}  # a cover picture (attached_pic) is not a video
 
@@ -63,27 +64,19 @@ def check_file(path: str | Path) -> Path:
     """``path`` as a Path when it is a non-empty file; otherwise a MediaError that says what is wrong."""
     path = Path(path)
     if not path.exists():
-        raise MediaError(f"{Path(path).name}: no such file")
+        raise MediaError(f"{path.name}: no such file")
     if not path.is_file():
-        raise MediaError(f"{Path(path).name}: not a file (a folder?)")
+        raise MediaError(f"{path.name}: not a file (a folder?)")
     if path.stat().st_size == 0:
-        raise MediaError(f"{Path(path).name}: the file is empty (0 bytes): an upload or a recording that did not finish?")
+        raise MediaError(f"{path.name}: the file is empty (0 bytes): an upload or a recording that did not finish?")
     return path
 
 
 def has_video_stream(path: str | Path) -> bool | None:
-    """Does the container hold a video stream (ffprobe)? None when that cannot be told (no ffprobe,
-    or it fails): an audio-only file is then not assumed."""
-    if shutil.which("ffprobe") is None:
-        return None
-    try:
-        proc = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v", "-show_entries", "stream=codec_type", "-of", "csv=p=0", str(path)],
-                              capture_output=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if proc.returncode != 0:
-        return None
-    return bool(proc.stdout.strip())
+    """Does the container hold a video stream (ffprobe; a cover picture is none)? None when that
+    cannot be told (no ffprobe, or it fails): an audio-only file is then not assumed."""
+    kinds = _stream_kinds(path)
+    return None if kinds is None else "video" in kinds
 
 
 def duration_s(path: str | Path) -> float | None:

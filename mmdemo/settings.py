@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from collections.abc import Callable, Iterable
 
 POSITIVE = (lambda v: v > 0, "> 0")
@@ -54,3 +55,10 @@ def output_problem(path, *, folder: bool) -> str | None:
     if not os.access(parent, os.W_OK | os.X_OK):
         return f"no permission to write in {parent}"
     return None
+
+
+def as_flags(message: str, rename: dict[str, str] | None = None) -> str:
+    """A settings error (``field_name=value``) in the words of a command line: ``--field-name=value``
+    (``rename``: fields whose flag is named otherwise, e.g. {"epochs": "finetune-epochs"})."""
+    rename = rename or {}
+    return re.sub(r"\b([a-z]+(?:_[a-z]+)*)=", lambda m: "--" + rename.get(m.group(1), m.group(1).replace("_", "-")) + "=", message)

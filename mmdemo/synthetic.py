@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .data import SPLITS, FeatureDataset, Split
-from .settings import NON_NEGATIVE, SHARE, check_ranges, output_problem
+from .settings import NON_NEGATIVE, SHARE, as_flags, check_ranges, output_problem
 
 MOSI_SIZES = (1284, 229, 686)
 MOSI_DIMS = {"text": 300, "audio": 74, "vision": 35}
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         spec = SyntheticSpec(sizes=tuple(args.sizes), seq_len=args.seq_len, missing=args.missing, seed=args.seed)
     except ValueError as err:  # the settings' field names, as the flags that set them
-        ap.error(str(err).replace("sizes=", "--sizes=").replace("seq_len=", "--seq-len=").replace("missing=", "--missing="))
+        ap.error(as_flags(str(err)))
     problem = output_problem(args.out, folder=False)
     if problem:
         ap.error(f"--out: {problem}")

@@ -16,7 +16,6 @@ import copy
 import json
 import logging
 import pickle
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ from .device import resolve_device
 from .fusion import Fusion, FusionConfig, create_fusion, list_fusions
 from .fusion.base import LOSSES, num_params
 from .metrics import HEADLINE, jsonable, regression_metrics
-from .settings import COUNT, NON_NEGATIVE, POSITIVE, SHARE, check_ranges, output_problem
+from .settings import COUNT, NON_NEGATIVE, POSITIVE, SHARE, as_flags, check_ranges, output_problem
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
                            modality_dropout=args.modality_dropout, seed=args.seed, device=args.device)
         resolve_device(args.device)
     except ValueError as err:  # the settings' field names, as the flags that set them
-        ap.error(re.sub(r"\b([a-z]+(?:_[a-z]+)*)=", lambda m: "--" + m.group(1).replace("_", "-") + "=", str(err)))
+        ap.error(as_flags(str(err)))
     problem = output_problem(args.out, folder=True)
     if problem:
         ap.error(f"--out: {problem}")
