@@ -269,6 +269,16 @@ def frame_html(frame: np.ndarray | None, up: Update | None) -> str:
     return f"<img class='mm-frame' alt='annotated frame' src='data:image/jpeg;base64,{base64.b64encode(jpg).decode()}'/>"
 
 
+def refit_note(prof) -> str:
+    """After a baseline change: the stored moments moved with it, the personal models did not."""
+    try:
+        names = prof.personal_fusions()
+    except OSError:
+        return ""
+    return (f"; your labelled moments now read with it, but your personal model{'s' if len(names) > 1 else ''} "
+            f"({', '.join(names)}) learned with the old one: fit again") if names else ""
+
+
 def baseline_md(baseline: Baseline | None) -> str:
     if baseline is None:
         return "No neutral baseline: face and voice are read as they come."
@@ -536,8 +546,9 @@ class Handlers:
         except CalibrationError as err:
             return f"⚠️ {err}", gr.skip(), state
         try:
-            self._profile(pid).save_baseline(baseline)
-            saved = "saved in your profile"
+            prof = self._profile(pid)
+            prof.save_baseline(baseline)  # the stored moments' face features move with it
+            saved = "saved in your profile" + refit_note(prof)
         except (ProfileError, OSError) as err:
             saved = f"used in this tab only (not saved: {err})"
         return f"✓ Baseline measured and {saved}.", baseline_md(baseline), state
@@ -547,10 +558,11 @@ class Handlers:
             state.cancel_calibration()
             state.set_baseline(None)
         try:
-            self._profile(pid).save_baseline(None)
+            prof = self._profile(pid)
+            prof.save_baseline(None)
         except (ProfileError, OSError) as err:
             return f"⚠️ {err}", baseline_md(None), state
-        return "Baseline removed.", baseline_md(None), state
+        return "Baseline removed" + refit_note(prof) + ".", baseline_md(None), state
 
     def on_label(self, value, keep_clip, pid, known, state):
         """Store the last seconds as one labelled moment."""

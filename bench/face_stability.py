@@ -1,7 +1,8 @@
 """How steady the live face signal is on a person holding one expression.
 
 Steady-expression test videos are built from still faces of people the face model never learned
-from (the expression photos' test people, FER-2013's test images): each photo becomes a 5 s video at
+from (the expression photos' test people, FER-2013's test images less the copies of training images that
+the challenge's split holds): each photo becomes a 5 s video at
 10 frames/s with small shifts, scale and lighting changes and sensor noise
 (:func:`mmdemo.smoothing.jittered_frames`). Each video runs through a live session twice, with the
 face smoothing and label hysteresis of the pipeline and without them (raw frames), and the
@@ -10,7 +11,11 @@ face-alone prediction, and how far the face-alone prediction strays from its mea
 (the target: within ±0.3).
 
     python bench/face_stability.py [--data ../shared/data] [--per-set 30] [--seconds 5] [--time-constants 0.35,0.7,1.0]
-                                   [--checkpoints DIR]
+                                   [--split valid|test] [--checkpoints DIR]
+
+``--split valid`` builds the videos from the validation people and images instead: settings (the
+smoothing's time constant, how often the face is read) are compared there, and the test videos are
+read once with the choice.
 The shipped models by default; ``--checkpoints`` reads others (for example the models of an earlier
 commit: ``mkdir OLD && git archive COMMIT checkpoints | tar -x -C OLD``, then ``--checkpoints OLD/checkpoints``).
 Prints a table and writes bench/results/face_stability.json.
@@ -32,10 +37,11 @@ import numpy as np
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mmdemo.data import copies_of_train  # noqa: E402
 from mmdemo.pipeline import DEFAULT_CHECKPOINTS, Engine  # noqa: E402
 from mmdemo.smoothing import STEADY_MIN_SIDE, face_stability, steady_faces, steady_video  # noqa: E402
 
-SETS = {"photos, test people": "facial-expressions-muxspace", "FER-2013 test": "fer2013-faces"}
+SETS = {"photos, {} people": "facial-expressions-muxspace", "FER-2013 {}": "fer2013-faces"}
 
 
 def main() -> None:
@@ -48,9 +54,13 @@ def main() -> None:
     ap.add_argument("--time-constants", default="", help="extra rows: the smoothing with these time constants (s), e.g. 0.35,0.7,1.0")
     ap.add_argument("--face-intervals", default="0,0.2",
                     help="extra rows: the face read at most every this many seconds (0 = every frame), with each smoothing")
+    ap.add_argument("--split", choices=("valid", "test"), default="test",
+                    help="the people the videos are made of: valid to choose settings, test to report them (default)")
     ap.add_argument("--checkpoints", type=Path, default=DEFAULT_CHECKPOINTS, help="the models to read (default: the shipped ones)")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "face_stability.json"))
+    ap.add_argument("--out", default=None, help="default: bench/results/face_stability.json (face_stability_valid.json with --split valid)")
     args = ap.parse_args()
+    if args.out is None:
+        args.out = str(Path(__file__).parent / "results" / ("face_stability.json" if args.split == "test" else "face_stability_valid.json"))
     if not (args.checkpoints / "unimodal" / "vision" / "config.json").is_file():  # else every row would read nothing
         ap.error(f"--checkpoints {args.checkpoints}: no face head there (unimodal/vision/config.json)")
     engine = Engine(args.checkpoints, device="cpu")
@@ -70,13 +80,15 @@ def main() -> None:
                 label += ", face read every frame" if every <= 0 else f", face read at most {1 / every:g}/s"
             variants[label] = cfg
     rows, t0 = [], time.time()
-    for set_name, name in SETS.items():
+    for set_title, name in SETS.items():
+        set_name = set_title.format(args.split)
         folder = Path(args.data) / name
         if not (folder / "labels.csv").exists():
             print(f"skipped {set_name}: {folder} not found")
             continue
         per = {v: [] for v in variants}
-        for k, path in enumerate(steady_faces(folder, args.per_set, args.seed)):
+        copies = copies_of_train(folder)  # FER-2013's valid and test splits hold copies of training images: never drawn
+        for k, path in enumerate(steady_faces(folder, args.per_set, args.seed, split=args.split, exclude=copies)):
             frames = steady_video(path, seconds=args.seconds, fps=args.fps, seed=args.seed + k, min_side=STEADY_MIN_SIDE[name])
             for variant, cfg in variants.items():
                 r = face_stability(engine, frames, args.fps, config=cfg)
@@ -99,7 +111,7 @@ def main() -> None:
     env = {"checkpoints": "shipped" if args.checkpoints.resolve() == Path(DEFAULT_CHECKPOINTS).resolve() else args.checkpoints.resolve().name,
            "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "seconds": time.time() - t0, "face_smooth_s": engine.config.face_smooth_s,
            "face_interval_s": engine.config.face_interval_s,
-           "date": time.strftime("%Y-%m-%d"), "per_set": args.per_set, "video_seconds": args.seconds, "fps": args.fps, "seed": args.seed}
+           "date": time.strftime("%Y-%m-%d"), "split": args.split, "per_set": args.per_set, "video_seconds": args.seconds, "fps": args.fps, "seed": args.seed}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"env": env, "rows": rows}, indent=2) + "\n")
     print(f"wrote {args.out}")

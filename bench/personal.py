@@ -2,8 +2,9 @@
 
 Simulated users (:mod:`mmdemo.simulate`): the people of the expression photos' validation and
 test splits who have photos of at least two expressions (one of them neutral), each with an espeak-ng voice of
-their own (pitch, speed, variant) and a script of CMU-MOSI *test* sentences with their labels
-(spoken and typed); a moment's photo matches the label's sign. Three conditions per user: no bias,
+their own (pitch, speed, variant) and a script of CMU-MOSI sentences with their labels (spoken and
+typed: valid sentences for the validation people, test sentences for the test people); a moment's
+photo matches the label's sign. Three conditions per user: no bias,
 a biased face (the raw face features shifted by the population's negative-minus-neutral difference:
 a resting face that reads negative), a biased voice (the same for the raw voice features).
 
@@ -90,9 +91,11 @@ def people(data: Path, n: int) -> list[tuple[str, str, dict[int, list[Path]]]]:
     return out
 
 
-def mosi_test(data: Path) -> list[tuple[str, float]]:
+def mosi_sentences(data: Path, split: str) -> list[tuple[str, float]]:
+    """CMU-MOSI sentences of four words or more of ``split`` with their labels: the validation users
+    speak valid sentences, the test users test ones (the words model learned from neither)."""
     with open(data / "cmu-mosi" / "labels.csv", encoding="utf-8") as f:
-        return [(r["text"], float(r["label"])) for r in csv.DictReader(f) if r["split"] == "test" and len(r["text"].split()) >= 4]
+        return [(r["text"], float(r["label"])) for r in csv.DictReader(f) if r["split"] == split and len(r["text"].split()) >= 4]
 
 
 def bias_vectors(data: Path, checkpoints: Path) -> dict[str, np.ndarray]:
@@ -182,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     enc = Encoders(args.checkpoints)
     reference = NeutralReference.load(args.checkpoints, dims=DIMS)
     generic = load_fusion(args.checkpoints / "fusion" / args.fusion)
-    sentences = mosi_test(args.data)
+    sentences = {fold: mosi_sentences(args.data, fold) for fold in ("valid", "test")}
     bias = bias_vectors(args.data, args.checkpoints)
     conditions = {"no bias": {}, "biased face": {"vision": BIAS_SCALE * bias["vision"]}, "biased voice": {"audio": BIAS_SCALE * bias["audio"]}}
     bias_reading = bias_readings(args.checkpoints, reference, {m: BIAS_SCALE * v for m, v in bias.items()})
@@ -193,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         rng = np.random.default_rng(k)
         voice = Voice(pitch=int(rng.integers(15, 85)), speed=int(rng.integers(130, 200)), variant=VARIANTS[k % len(VARIANTS)])
         imgs = {p: [read_image(f) for f in fs] for p, fs in photos.items()}
-        script = [sentences[i] for i in rng.choice(len(sentences), args.moments, replace=False)]
+        script = [sentences[fold][i] for i in rng.choice(len(sentences[fold]), args.moments, replace=False)]
         user = SimulatedUser(name, imgs, voice)
         rec = record(enc, user, script, seed=k)
         users.append({"name": name, "user": user, "rec": rec, "fold": fold, "seed": k})

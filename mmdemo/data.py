@@ -379,3 +379,26 @@ def split_by_group(groups, *, valid: float = 0.1, test: float = 0.2, salt: str =
         u = int(hashlib.md5(f"{salt}:{g}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
         out.append("test" if u < test else "valid" if u < test + valid else "train")
     return np.asarray(out)
+
+
+def copies_of_train(folder: str | Path, *, labels_csv: str = "labels.csv") -> set[str]:
+    """The ``path`` of every valid or test image of an image corpus folder (``labels.csv`` with
+    ``path`` and ``split``) whose decoded pixels equal those of some train image. FER-2013's
+    challenge splits hold such copies (288 test and 280 valid images): scored as held out, they are
+    read by models that learned from them. Unreadable images are left out of the comparison."""
+    import csv
+
+    import cv2
+
+    folder = Path(folder)
+    with open(folder / labels_csv, encoding="utf-8") as f:
+        rows = [(r["path"], r["split"]) for r in csv.DictReader(f)]
+
+    def digest(path: str) -> bytes | None:
+        img = cv2.imdecode(np.fromfile(str(folder / path), dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        if img is None:
+            return None
+        return hashlib.sha1(np.ascontiguousarray(img).tobytes() + str(img.shape).encode()).digest()
+
+    train = {d for p, s in rows if s == "train" and (d := digest(p)) is not None}
+    return {p for p, s in rows if s in ("valid", "test") and digest(p) in train}

@@ -255,7 +255,10 @@ class Session:
         self.face_box: tuple | None = None
         self.face_expression: str | None = None
         # the face signal over time: a moving average of the feature, a label that does not flicker
-        self.face_smoother = FeatureSmoother(self.cfg.face_smooth_s, gap_s=self.cfg.face_ttl_s)
+        # the average carries over reads far apart (a loaded CPU) and starts afresh when frames show no
+        # face for face_ttl_s, or when none came for camera_timeout_s
+        self.face_smoother = FeatureSmoother(self.cfg.face_smooth_s, gap_s=self.cfg.face_ttl_s,
+                                             stall_s=max(self.cfg.camera_timeout_s, self.cfg.face_ttl_s))
         self.face_label = LabelHysteresis(FER_CLASSES, self.cfg.face_label_margin)
         self.last_frame_t: float | None = None
         self.last_face_t: float | None = None  # when the face models last found a face
@@ -662,7 +665,8 @@ class Session:
                 fresh = self.last_audio_t is not None and t - self.last_audio_t <= seconds
                 audio = self.moment_audio.last(seconds) if self.moment_audio.filled and fresh else None
                 frame = self.last_frame if self.last_frame_t is not None and t - self.last_frame_t <= seconds else None
-            return Moment(feats, pres, text=self.words_text if pres["text"] else "", seconds=seconds, audio=audio, frame=frame)
+            offsets = {m: off.copy() for m, off in self.baseline.offsets.items()} if self.baseline else {}
+            return Moment(feats, pres, text=self.words_text if pres["text"] else "", seconds=seconds, audio=audio, frame=frame, offsets=offsets)
 
     def set_personal(self, fusion: str, model: Fusion | None) -> None:
         """This person's model for ``fusion`` (None: forget it)."""

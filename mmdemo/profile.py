@@ -15,6 +15,13 @@ The moments are kept in the project's feature-folder format (what
                       row = the modality was absent in that moment
     clips/<clip_id>/audio.wav, frame.jpg   only when the user ticked "keep the raw clip"
     baseline.safetensors                   the neutral-baseline offsets (+ what was measured)
+
+The stored face features are always those the models read under the profile's current baseline:
+a moment read with other offsets (another tab's) is moved to them when it is added, and a new or
+removed baseline moves every stored face feature with it (the face offset is a constant
+subtracted from the face feature, so the move is exact), as does an import of moments read under
+the file's baseline. The voice features are per-speaker z-scores: the speaker's running statistics
+absorb a constant offset within a few windows, so they are kept as read.
     personal/<fusion>/                     personal models (a checkpoint folder each)
 
 Every change happens under an exclusive file lock and writes a new generation folder, then switches
@@ -43,7 +50,7 @@ import shutil
 import tempfile
 import time
 import unicodedata
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +93,7 @@ class Moment:
     seconds: float = 0.0
     audio: np.ndarray | None = None  # 16 kHz mono float, only kept with the user's consent
     frame: np.ndarray | None = None  # RGB uint8, the last frame of the moment
+    offsets: dict[str, np.ndarray] = field(default_factory=dict)  # the baseline offsets the features were read with (none: {})
 
     @property
     def any_present(self) -> bool:
@@ -271,6 +279,8 @@ class Profile:
             rows, arrays = self._read()
             if len(rows) >= MAX_MOMENTS:
                 raise ProfileError(f"this profile already holds {MAX_MOMENTS} moments; delete some first")
+            if moment.present.get("vision"):  # read with another tab's (or no) baseline: as the profile's reads it
+                feats["vision"] = _moved(feats["vision"][None], moment.offsets.get("vision"), self._own_offset())[0]
             try:
                 clip = ""
                 if keep_clip and (moment.audio is not None or moment.frame is not None):
@@ -327,15 +337,30 @@ class Profile:
             self._save_baseline(baseline)
 
     def _save_baseline(self, baseline: Baseline | None) -> None:
-        """:meth:`save_baseline`, with the lock held by the caller."""
+        """:meth:`save_baseline`, with the lock held by the caller. The stored face features move
+        with it (see the module's docstring): the moments first, then the baseline, so a failure
+        between the two leaves moments that the old baseline's offsets would move back."""
         from safetensors.numpy import save
 
         path = self.folder / "baseline.safetensors"
+        old, new = self._own_offset(), None if baseline is None else baseline.offsets.get("vision")
+        rows, arrays = self._read()
+        present = np.any(arrays["vision"] != 0, axis=1)
+        if present.any() and not _same(old, new):
+            moved = arrays["vision"].copy()
+            moved[present] = _moved(moved[present], old, new)
+            self._write(rows, arrays | {"vision": moved})
         if baseline is None:
             path.unlink(missing_ok=True)
             return
         blob = save({m: x for m, x in baseline.offsets.items()}, metadata={"format": FORMAT, "info": json.dumps(baseline.to_json())})
         _atomic_write(path, lambda f: f.write(blob))
+
+    def _own_offset(self) -> np.ndarray | None:
+        """The face offset of the profile's baseline (None: none), with the lock held. A damaged
+        baseline file is reported (:meth:`load_baseline`): features are never moved by a guess."""
+        b = self.load_baseline()
+        return None if b is None else b.offsets.get("vision")
 
     def load_baseline(self) -> Baseline | None:
         from safetensors.numpy import load
@@ -458,14 +483,19 @@ class Profile:
                     self._save_personal(*parsed["personal"][name])
                     done.append(f"the personal {name} model")
                 if took_baseline:
-                    self._save_baseline(parsed["baseline"])
+                    self._save_baseline(parsed["baseline"])  # moves the moments already here to it
                     done.append("the baseline")
+                    rows, arrays = self._read()
+                file_off = None if parsed["baseline"] is None else parsed["baseline"].offsets.get("vision")
+                imported = parsed["feats"]["vision"][new].copy()  # read under the file's baseline: moved to this profile's
+                shown = np.any(imported != 0, axis=1)
+                imported[shown] = _moved(imported[shown], file_off, self._own_offset())
                 for i in new:
                     r = parsed["moments"][i]
                     rows.append({"clip_id": r["clip_id"], "label": f"{parsed['labels'][i]:g}", "split": "train", "text": r["text"],
                                  "video_id": self.person, "created": r["created"], "seconds": r["seconds"], "clip": ""})
                 if new:
-                    self._write(rows, {m: np.concatenate([arrays[m], parsed["feats"][m][new]]) for m in MODALITIES})
+                    self._write(rows, {m: np.concatenate([arrays[m], imported if m == "vision" else parsed["feats"][m][new]]) for m in MODALITIES})
             except (OSError, RuntimeError, ValueError) as err:  # a full disk half-way: say what was taken before it
                 so_far = f"; {', '.join(done)} {'was' if len(done) == 1 else 'were'} imported before it" if done else "; nothing was imported"
                 raise ProfileError(f"the import stopped ({type(err).__name__}: {str(err)[:160]}){so_far}") from None
@@ -473,6 +503,20 @@ class Profile:
                 "personal": took, "kept": sorted(([("baseline")] if parsed["baseline"] is not None and not took_baseline else [])
                                                  + [n for n in parsed["personal"] if n in own]),
                 "left_out": parsed["left_out"]}
+
+
+def _moved(x: np.ndarray, read_with: np.ndarray | None, to: np.ndarray | None) -> np.ndarray:
+    """Face features (N, D) read with the offset ``read_with`` as they read with ``to`` (None: no offset)."""
+    x = np.asarray(x, np.float32)
+    if read_with is not None:
+        x = x + read_with
+    if to is not None:
+        x = x - to
+    return x.astype(np.float32)
+
+
+def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
 
 
 PROFILE_CLIP = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}\Z")  # [0-9], not \d (any Unicode digit); \Z, not $ (a trailing newline)

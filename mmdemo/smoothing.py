@@ -7,11 +7,14 @@ flickers (4.4 label changes a second on a smiling speaker before this). Two smal
 per session fix that, at the cost of about ``tau_s`` of lag:
 
 - :class:`FeatureSmoother`: an exponential moving average of the face feature over time (time
-  constant ``tau_s``, so irregular frame rates are handled); it starts again when the face has been
-  lost for more than ``gap_s`` (a new face, or the same one after a while, is not averaged with the
-  past);
+  constant ``tau_s``, so irregular frame rates are handled); it starts again when frames have shown
+  no face for more than ``gap_s`` (a new face, or the same one after a while, is not averaged with
+  the past), or when no face was read at all for more than ``stall_s`` (the camera stopped sending).
+  Reads that are merely far apart (a loaded CPU reads a face every 0.6 s) keep the average: the face
+  was never seen gone;
 - :class:`LabelHysteresis`: the drawn expression label changes only when another expression's
-  (smoothed) probability beats the shown one's by ``margin``.
+  (smoothed) probability beats the shown one's by ``margin``, or is more than 1/0.7 times it (so a
+  label whose probability has sunk among spread-out others is let go).
 """
 
 from __future__ import annotations
@@ -22,22 +25,27 @@ import numpy as np
 
 
 class FeatureSmoother:
-    def __init__(self, tau_s: float = 0.5, gap_s: float = 0.5):
-        if tau_s < 0 or gap_s <= 0:
-            raise ValueError("tau_s must be >= 0 and gap_s > 0")
+    def __init__(self, tau_s: float = 0.5, gap_s: float = 0.5, stall_s: float = 2.0):
+        if tau_s < 0 or gap_s <= 0 or stall_s < gap_s:
+            raise ValueError("tau_s must be >= 0, gap_s > 0 and stall_s >= gap_s")
         self.tau_s = tau_s
         self.gap_s = gap_s
+        self.stall_s = stall_s
         self.reset()
 
     def reset(self) -> None:
         self.value: np.ndarray | None = None
         self.t: float | None = None
         self.restarted = True  # the last push started a new average (nothing carried over)
+        self.missing_since: float | None = None  # the first frame without a face since the last with one
 
     def push(self, x: np.ndarray, t: float) -> np.ndarray:
-        """The smoothed feature after a frame at time ``t`` (seconds) with feature ``x``."""
+        """The smoothed feature after a frame at time ``t`` (seconds) with feature ``x``. The average
+        carries on across reads up to ``stall_s`` apart: a face lost in between was reported by
+        :meth:`lost`, which starts afresh after ``gap_s``."""
         x = np.asarray(x, np.float32)
-        self.restarted = self.value is None or self.t is None or t - self.t > self.gap_s or x.shape != self.value.shape or t < self.t
+        self.restarted = self.value is None or self.t is None or t - self.t > self.stall_s or x.shape != self.value.shape or t < self.t
+        self.missing_since = None
         if self.restarted:
             self.value, self.t = x.copy(), t
             return self.value.copy()
@@ -48,9 +56,21 @@ class FeatureSmoother:
         return self.value.copy()
 
     def lost(self, t: float) -> None:
-        """No face in the frame at ``t``: after ``gap_s`` without one, start again."""
-        if self.t is not None and t - self.t > self.gap_s:
+        """No face in the frame at ``t``: once frames have shown none for more than ``gap_s``, start
+        again. Counted from the first such frame, so one missed detection after a slow read (the last
+        face 0.7 s ago) does not throw the average away."""
+        if self.t is None:
+            return
+        if self.missing_since is None:
+            self.missing_since = t
+        if t - self.missing_since > self.gap_s or t - self.t > self.stall_s:
             self.reset()
+
+
+# the shown expression is also let go once it is less than this share as likely as the best one: with
+# the probabilities spread over many classes an absolute margin alone would hold a label that has
+# become one of the least likely (0.10 shown against 0.15 for each of six others)
+HOLD_SHARE = 0.7
 
 
 class LabelHysteresis:
@@ -69,7 +89,7 @@ class LabelHysteresis:
         if probs.shape != (len(self.labels),) or not np.all(np.isfinite(probs)):
             raise ValueError(f"expected {len(self.labels)} finite probabilities")
         best = int(np.argmax(probs))
-        if self.current is None or probs[best] > probs[self.current] + self.margin:
+        if self.current is None or probs[best] > probs[self.current] + self.margin or probs[self.current] < HOLD_SHARE * probs[best]:
             self.current = best
         return self.labels[self.current]
 
@@ -110,7 +130,7 @@ def face_stability(engine, frames: list[np.ndarray], fps: float, *, fusion: str 
     session = engine.session(fusion)
     if config is not None:
         session.cfg = config
-        session.face_smoother = FeatureSmoother(config.face_smooth_s, gap_s=config.face_ttl_s)
+        session.face_smoother = FeatureSmoother(config.face_smooth_s, gap_s=config.face_ttl_s, stall_s=max(config.camera_timeout_s, config.face_ttl_s))
         session.face_label = LabelHysteresis(session.face_label.labels, config.face_label_margin)
     labels, preds = [], []
     for k, frame in enumerate(frames):
@@ -130,16 +150,17 @@ def face_stability(engine, frames: list[np.ndarray], fps: float, *, fusion: str 
             "mean": float(p.mean()) if len(p) else float("nan"), "labels": sorted(set(labels))}
 
 
-def steady_faces(folder, n: int, seed: int, split: str = "test") -> list:
+def steady_faces(folder, n: int, seed: int, split: str = "test", exclude=frozenset()) -> list:
     """``n`` images of ``split`` from a face corpus folder (``labels.csv`` with ``path``, ``split``,
-    ``polarity``), as many of each polarity as there are (seeded): the stills of steady-expression
-    test videos."""
+    ``polarity``), as many of each polarity as there are (seeded), none whose ``path`` is in
+    ``exclude`` (copies of training images, :func:`mmdemo.data.copies_of_train`): the stills of
+    steady-expression test videos."""
     import csv
     from pathlib import Path
 
     folder = Path(folder)
     with open(folder / "labels.csv", encoding="utf-8") as f:
-        rows = [r for r in csv.DictReader(f) if r["split"] == split and r.get("polarity", "") != ""]
+        rows = [r for r in csv.DictReader(f) if r["split"] == split and r.get("polarity", "") != "" and r["path"] not in exclude]
     rng = np.random.default_rng(seed)
     by = {p: [r for r in rows if r["polarity"] == p] for p in ("-1", "0", "1")}
     out = []
@@ -167,7 +188,7 @@ def steady_video(path, *, seconds: float = 5.0, fps: float = 10.0, seed: int = 0
     return jittered_frames(img, seconds=seconds, fps=fps, seed=seed)
 
 
-def replay_face(features: list, fps: float, *, tau_s: float, interval_s: float, gap_s: float) -> list[np.ndarray]:
+def replay_face(features: list, fps: float, *, tau_s: float, interval_s: float, gap_s: float, stall_s: float = 2.0) -> list[np.ndarray]:
     """The live face path (:class:`mmdemo.pipeline.Session`) replayed on a video's per-frame face
     features (None: no face in that frame), without the face models: a frame is read when no face
     was read less than ``interval_s`` ago, a read feature enters the moving average
@@ -175,7 +196,7 @@ def replay_face(features: list, fps: float, *, tau_s: float, interval_s: float, 
     up to ``gap_s`` (the session's face time-to-live: its updates do the same between reads).
     Returns the face feature the head reads at each such frame; used to score a face head's
     steadiness without reading the frames again."""
-    smoother = FeatureSmoother(tau_s, gap_s=gap_s)
+    smoother = FeatureSmoother(tau_s, gap_s=gap_s, stall_s=max(stall_s, gap_s))
     out, last_read, current = [], None, None
     for k, x in enumerate(features):
         t = k / fps

@@ -102,6 +102,8 @@ def test_quick_benchmark_writes_tables_checkpoints_and_a_model_card(tmp_path, mo
     # face: trained on the photos and FER-2013, read on both test sets, also without fer's in-sample probabilities
     assert "FER-2013 test images" in md and "CNN probabilities left out" in md and "*in-sample*" in md
     assert res["face"]["train_items"]["fer2013"] > 0 and {"model", "model_with_fer_probabilities", "insample_head"} <= set(res["face"]["fer_test"])
+    distinct = res["face"]["fer_test_distinct"]  # FER-2013 test less its copies of training images
+    assert distinct["n_test"] + distinct["copies_left_out"] == res["face"]["fer_test"]["n_test"] and distinct["n_test"] > 0
     assert set(res["face"]["valid_macro_f1"]) == {"photos", "fer2013"}  # chosen on both corpora's validation folds
     # ... and on how steady its reading of the validation people's steady-expression videos is, the loss chosen too
     assert set(res["face"]["valid_steady"]) == {"photos", "fer2013"} and all(0 <= v <= 1 for v in res["face"]["valid_steady"].values())
@@ -129,6 +131,7 @@ def test_quick_benchmark_writes_tables_checkpoints_and_a_model_card(tmp_path, mo
     assert shipped_cnn.exists() and (ckpt / "unimodal" / "vision" / "expression.json").exists()
     assert res2["face"]["expression_cnn"].startswith("mmdemo") and res2["expression"]["fer2013_test"]["n"] > 0
     assert "model_with_fer_probabilities" not in res2["face"]["fer_test"] and "expression CNN alone" in md2 and "*in-sample*" not in md2
+    assert "test images that are copies of training images" in md2
     assert Engine(ckpt, device="cpu").face.expression == shipped_cnn
     # the shipped face head is the mean of the heads (seeds) the validation people chose, and loads as one
     members = res2["face"]["members"]

@@ -586,6 +586,20 @@ def test_the_benchmark_searches_every_setting_it_is_given():
             rates(bad)
 
 
+def test_the_benchmark_s_validation_users_speak_valid_sentences_and_its_test_users_test_ones(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_personal", Path(__file__).resolve().parents[1] / "bench" / "personal.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    (tmp_path / "cmu-mosi").mkdir()
+    (tmp_path / "cmu-mosi" / "labels.csv").write_text(
+        "clip_id,label,text,split\na,1.5,it was really very good,valid\nb,-2,too short,valid\n"
+        "c,-1,i did not like it at all,test\nd,0.5,the plot was fine overall,train\n")
+    assert bench.mosi_sentences(tmp_path, "valid") == [("it was really very good", 1.5)]  # four words or more
+    assert bench.mosi_sentences(tmp_path, "test") == [("i did not like it at all", -1.0)]
+
+
 def test_a_personal_model_save_that_fails_keeps_the_earlier_model(profile, generic, monkeypatch):
     import os
 
@@ -621,9 +635,16 @@ def test_an_import_that_stops_half_way_says_what_it_took(profile, generic, tmp_p
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(target, "_write", full_disk)  # the moments are written last
-    with pytest.raises(ProfileError, match="No space left.*the personal weighted model, the baseline were imported before it"):
+    with pytest.raises(ProfileError, match="No space left.*the personal weighted model was imported before it"):
         target.import_file(path)
-    assert len(target.moments()) == 1 and target.load_baseline() is not None and target.personal_fusions() == ["weighted"]
+    # the baseline would move the face features already here (a write): it is not taken without them
+    assert len(target.moments()) == 1 and target.load_baseline() is None and target.personal_fusions() == ["weighted"]
+    monkeypatch.undo()
+    empty = Profile(tmp_path / "empty", new_profile_id(), DIMS)  # nothing to move: the baseline is taken, the moments fail
+    monkeypatch.setattr(empty, "_write", full_disk)
+    with pytest.raises(ProfileError, match="No space left.*the personal weighted model, the baseline were imported before it"):
+        empty.import_file(path)
+    assert empty.load_baseline() is not None and empty.moments() == []
     # a damaged baseline of its own: refused before anything is written
     damaged = Profile(tmp_path / "damaged", new_profile_id(), DIMS)
     damaged.add(moment(seed=78), label=1)
@@ -681,3 +702,52 @@ def test_an_export_import_would_refuse_is_refused_at_export(profile, monkeypatch
     monkeypatch.setattr(pm, "MAX_HEADER_BYTES", 2**20 + 10_000)
     with pytest.raises(ProfileError, match="too long to export"):
         profile.export(profile.folder.parent / "big.safetensors")
+
+
+def _baseline(offset) -> Baseline:
+    return Baseline({"vision": np.full(DIMS["vision"], offset, np.float32)}, {"vision": 10}, 10.0)
+
+
+def test_stored_face_features_move_with_the_baseline_and_the_rest_stays_as_read(profile):
+    profile.add(moment(seed=1), label=1)
+    profile.add(moment(present=("text", "audio"), seed=2), label=-1)  # no face: its row stays all zero
+    first = profile.split()
+    profile.save_baseline(_baseline(0.5))
+    moved = profile.split()
+    np.testing.assert_allclose(moved.feats["vision"][0], first.feats["vision"][0] - 0.5, atol=1e-6)
+    assert not moved.feats["vision"][1].any() and list(moved.present["vision"]) == [True, False]
+    for m in ("text", "audio"):  # words have no offset; voice z-scores absorb one (see mmdemo.profile)
+        np.testing.assert_array_equal(moved.feats[m], first.feats[m])
+    profile.save_baseline(_baseline(-1.0))  # a new calibration: from the old offset to the new one
+    np.testing.assert_allclose(profile.split().feats["vision"][0], first.feats["vision"][0] + 1.0, atol=1e-6)
+    profile.save_baseline(None)  # reset: back as read without offsets
+    np.testing.assert_allclose(profile.split().feats["vision"][0], first.feats["vision"][0], atol=1e-6)
+
+
+def test_a_moment_read_with_another_baseline_is_stored_as_the_profile_s_baseline_reads_it(profile):
+    profile.save_baseline(_baseline(0.5))
+    m = moment(seed=3)
+    m.offsets = {"vision": np.full(DIMS["vision"], 2.0, np.float32)}  # another tab calibrated differently
+    profile.add(m, label=2)
+    np.testing.assert_allclose(profile.split().feats["vision"][0], m.features["vision"] + 2.0 - 0.5, atol=1e-6)
+    plain = moment(seed=4)  # a tab without a baseline
+    profile.add(plain, label=0)
+    np.testing.assert_allclose(profile.split().feats["vision"][1], plain.features["vision"] - 0.5, atol=1e-6)
+
+
+def test_imported_face_features_move_from_the_file_s_baseline_to_this_profile_s(profile, tmp_path):
+    profile.add(moment(seed=5), label=1)
+    raw = profile.split().feats["vision"][0].copy()
+    profile.save_baseline(_baseline(0.5))
+    path = profile.export(tmp_path / "me.safetensors")
+    own = Profile(tmp_path / "own", new_profile_id(), DIMS)
+    own.save_baseline(_baseline(-0.25))  # keeps its own baseline
+    assert own.import_file(path)["kept"] == ["baseline"]
+    np.testing.assert_allclose(own.split().feats["vision"][0], raw + 0.25, atol=1e-6)
+    bare = Profile(tmp_path / "bare", new_profile_id(), DIMS)
+    bare.add(moment(seed=6), label=0)
+    before = bare.split().feats["vision"][0].copy()
+    assert bare.import_file(path)["baseline"] is True  # takes the file's: its own moment moves to it, the imported ones stay
+    got = bare.split().feats["vision"]
+    np.testing.assert_allclose(got[0], before - 0.5, atol=1e-6)
+    np.testing.assert_allclose(got[1], raw - 0.5, atol=1e-6)

@@ -88,6 +88,10 @@ def test_a_biased_face_is_corrected_by_the_neutral_baseline(engine):
         assert "audio" not in baseline.offsets and "no speech" in baseline.skipped["audio"]  # no microphone: face only
         after = _frames(s, frames, 5.0)[-1].unimodal["vision"]
         readings[who] = (before, after, baseline.readings["vision"])
+        # a moment labelled now says which offsets its features were read with (a profile moves them to its own)
+        got = s.moment(seconds=1.0, t=6.5)
+        assert got.present["vision"] and set(got.offsets) == set(baseline.offsets)
+        np.testing.assert_array_equal(got.offsets["vision"], baseline.offsets["vision"])
     (pb, pa, _), (bb, ba, br) = readings["plain"], readings["biased"]
     assert bb < pb - 0.5, readings  # the bias shows: the resting face reads negative
     assert abs(ba - pa) < 0.1, readings  # after calibration the biased person reads as the unbiased one
@@ -222,6 +226,18 @@ def test_the_calibrate_and_personalise_flow(handlers, tmp_path):
     assert "leave-one-out" in pers.lower() and "personal" in readout
     msg, live, readout, status, s = h.on_model_choice("generic", pid, s)
     assert "(personal)" not in readout
+    # the baseline removed and measured again: the moments move with it, the personal model must be fitted again
+    faces = h.studio.profile(pid).split().feats["vision"].copy()
+    msg, md, s = h.on_baseline_reset(pid, s)
+    assert msg.startswith("Baseline removed") and "(weighted) learned with the old one: fit again" in msg
+    offset = h.studio.profile(pid).split().feats["vision"] - faces
+    assert np.ptp(offset, axis=0).max() < 1e-5 and np.abs(offset).max() > 0  # every face moved by the one offset
+    h.on_calibrate_start(s)
+    t0 = s.now()
+    for i, f in enumerate(jittered_frames(astronaut(), seconds=1.0, fps=10, seed=0)):
+        s.push_frame(f, t=t0 + 0.25 * i)
+    msg, md, s = h.on_calibrate_stop(pid, s)
+    assert "saved in your profile" in msg and "fit again" in msg
     # a second tab of the same browser sees the moments and the personal model
     state2, *_ = h.on_load()
     pid2, s2, _, listed, *_ = h.on_profile_load(pid, state2)

@@ -282,12 +282,18 @@ def test_the_face_signal_is_smoothed_over_time_and_restarts_after_a_gap(engine):
     s = engine.session("concat")
     s.push_frame(frames[0], t=0.0)
     first = s.features["vision"][0].copy()
-    s.push_frame(np.zeros_like(frames[0]), t=0.1)  # the face is lost ...
-    s.push_frame(np.zeros_like(frames[0]), t=1.0)
+    s.push_frame(np.zeros_like(frames[0]), t=0.8)  # one read without the face after a slow read: kept
+    assert s.face_smoother.value is not None
+    for k in range(9, 15):
+        s.push_frame(np.zeros_like(frames[0]), t=k / 10)  # the face is lost ...
     assert s.face_smoother.value is None  # ... for longer than the gap: the average starts again
-    s.push_frame(frames[5], t=1.1)
+    s.push_frame(frames[5], t=1.5)
     np.testing.assert_allclose(s.features["vision"][0], engine.face.encode(frames[5]).feature, rtol=1e-5)
     assert not np.allclose(s.features["vision"][0], first)
+    s.push_frame(frames[6], t=2.3)  # the next face read 0.8 s later (a loaded CPU): the average carries on
+    assert not s.face_smoother.restarted
+    s.push_frame(frames[7], t=2.3 + engine.config.camera_timeout_s + 0.1)  # no frame for longer than the camera's timeout
+    assert s.face_smoother.restarted
 
 
 def test_the_face_replay_reads_what_a_live_session_reads(engine):

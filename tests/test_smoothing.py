@@ -38,10 +38,34 @@ def test_starts_again_after_the_face_is_lost():
     sm.lost(0.2)  # a missed frame: keep the average
     assert sm.value is not None
     np.testing.assert_allclose(sm.push(np.ones(3), 0.3), 1 - np.exp(-0.3 / 0.35), rtol=1e-5)
-    sm.lost(1.0)  # gone for longer than the gap
+    sm.lost(1.0)  # the first frame without the face: not yet gone
+    assert sm.value is not None
+    sm.lost(1.6)  # frames without it for longer than the gap
     assert sm.value is None
-    np.testing.assert_array_equal(sm.push(np.full(3, 5.0), 1.1), 5.0)  # a new face is not averaged with the old one
-    np.testing.assert_array_equal(sm.push(np.full(3, 7.0), 3.0), 7.0)  # a gap without "lost" frames too
+    np.testing.assert_array_equal(sm.push(np.full(3, 5.0), 1.7), 5.0)  # a new face is not averaged with the old one
+    np.testing.assert_array_equal(sm.push(np.full(3, 7.0), 3.8), 7.0)  # no face read for longer than stall_s (2 s) too
+
+
+def test_reads_far_apart_keep_the_average_and_one_missed_detection_does_not_end_it():
+    # a loaded CPU reads the face every 0.8 s, longer than the face's time-to-live: the face was
+    # never seen gone, so the average carries on (it restarted at every read before)
+    sm = FeatureSmoother(0.7, gap_s=0.5, stall_s=2.0)
+    sm.push(np.zeros(2), 0.0)
+    out = sm.push(np.ones(2), 0.8)
+    assert not sm.restarted
+    np.testing.assert_allclose(out, 1 - np.exp(-0.8 / 0.7), rtol=1e-5)
+    sm.lost(1.6)  # one read without a face, 0.8 s after the last face
+    assert sm.value is not None
+    sm.push(np.ones(2), 2.4)
+    assert not sm.restarted
+    # frames that show no face for longer than gap_s end it, however often they come
+    for t in (2.5, 2.7, 2.9):
+        sm.lost(t)
+    assert sm.value is not None  # 0.4 s without a face since the first faceless frame
+    sm.lost(3.1)
+    assert sm.value is None
+    with pytest.raises(ValueError):
+        FeatureSmoother(0.7, gap_s=0.5, stall_s=0.4)
 
 
 def test_the_label_does_not_flicker_between_near_ties():
@@ -112,3 +136,36 @@ def test_steady_faces_draw_from_the_split_asked_for_with_each_polarity(tmp_path)
     assert len(got) == 6 and all(p.name.startswith("valid") for p in got)
     assert steady_faces(tmp_path, 6, seed=0, split="valid") == got  # seeded
     assert sorted(int(p.stem[5:]) % 3 for p in got) == [0, 0, 1, 1, 2, 2]  # two of each polarity
+    # images excluded (copies of training images) are never drawn
+    skip = {f"valid{k}.jpg" for k in range(0, 12, 2)}
+    got = steady_faces(tmp_path, 12, seed=0, split="valid", exclude=skip)
+    assert got and not {p.name for p in got} & skip
+
+
+def test_copies_of_train_finds_held_out_images_with_a_training_image_s_pixels(tmp_path):
+    import cv2
+
+    from mmdemo.data import copies_of_train
+
+    rng = np.random.default_rng(0)
+    a, b, c = (rng.integers(0, 256, (48, 48), dtype=np.uint8) for _ in range(3))
+    files = {"train/a.png": a, "train/b.png": b, "test/a_again.png": a, "test/c.png": c, "valid/b_again.png": b,
+             "valid/b_shifted.png": np.roll(b, 1, axis=0)}
+    for name, img in files.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        cv2.imwrite(str(tmp_path / name), img)
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    rows = ["path,split"] + [f"{n},{n.split('/')[0]}" for n in files] + ["broken.png,test"]
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    assert copies_of_train(tmp_path) == {"test/a_again.png", "valid/b_again.png"}
+
+
+def test_the_label_lets_go_of_a_class_that_sank_below_spread_out_others():
+    labels = tuple("abcdefg")
+    h = LabelHysteresis(labels, margin=0.15)
+    assert h.push(np.array([0.7] + [0.05] * 6)) == "a"
+    # "a" is now the least likely class; the others share the rest evenly, none leads it by 0.15
+    spread = np.array([0.10] + [0.15] * 6)
+    assert h.push(spread) == "b"
+    # and near ties at low probabilities still hold (0.14 is within 70% of 0.17)
+    assert h.push(np.array([0.13, 0.14, 0.17, 0.14, 0.14, 0.14, 0.14])) == "b"
