@@ -89,7 +89,9 @@ class LabelHysteresis:
         if probs.shape != (len(self.labels),) or not np.all(np.isfinite(probs)):
             raise ValueError(f"expected {len(self.labels)} finite probabilities")
         best = int(np.argmax(probs))
-        if self.current is None or probs[best] > probs[self.current] + self.margin or probs[self.current] < HOLD_SHARE * probs[best]:
+        # (a baseline offset can take probabilities below 0: the share rule then does not apply)
+        if (self.current is None or probs[best] > probs[self.current] + self.margin
+                or (probs[best] > 0 and probs[self.current] < HOLD_SHARE * probs[best])):
             self.current = best
         return self.labels[self.current]
 

@@ -169,3 +169,5 @@ def test_the_label_lets_go_of_a_class_that_sank_below_spread_out_others():
     assert h.push(spread) == "b"
     # and near ties at low probabilities still hold (0.14 is within 70% of 0.17)
     assert h.push(np.array([0.13, 0.14, 0.17, 0.14, 0.14, 0.14, 0.14])) == "b"
+    # probabilities a baseline offset took below 0: only the absolute margin decides
+    assert h.push(np.array([-0.02, -0.05, -0.03, -0.04, -0.04, -0.04, -0.04])) == "b"
