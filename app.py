@@ -270,13 +270,13 @@ def frame_html(frame: np.ndarray | None, up: Update | None) -> str:
 
 
 def refit_note(prof) -> str:
-    """After a baseline change: the stored moments moved with it, the personal models did not."""
+    """After a baseline change: the moments are read with it at the next fit; the personal models learned with the old one."""
     try:
         names = prof.personal_fusions()
     except OSError:
         return ""
-    return (f"; your labelled moments now read with it, but your personal model{'s' if len(names) > 1 else ''} "
-            f"({', '.join(names)}) learned with the old one: fit again") if names else ""
+    return (f"; your personal model{'s' if len(names) > 1 else ''} ({', '.join(names)}) learned with the old one: "
+            "fit again (your labelled moments are read with the new one)") if names else ""
 
 
 def baseline_md(baseline: Baseline | None) -> str:
@@ -600,7 +600,8 @@ class Handlers:
         try:
             prof = self._profile(pid)
             generation = prof.generation()  # before the moments are read: a change after it refuses the save
-            split = prof.split()
+            # the faces as this session reads them: under its baseline, whatever each moment was labelled under
+            split = prof.split(face_offset=state.baseline.offsets.get("vision") if state.baseline else None)
             generic = self.studio.engine.fusion(name)
             cfg = self.studio.personal_cfg
             metrics = cross_validate(generic, split, cfg, progress=lambda i, n: progress(i / (n + 1), desc="held-out error"))
@@ -695,7 +696,9 @@ class Handlers:
         msg = (f"✓ Imported {got['moments_added']} moments" + (f" ({got['moments_skipped']} already here)" if got["moments_skipped"] else "")
                + (", the baseline" if got["baseline"] else "") + (f", personal models for {', '.join(got['personal'])}" if got["personal"] else "") + "."
                + (f" Kept this profile's own {', '.join(got['kept'])} (delete it to take the imported one)." if got["kept"] else "")
-               + (f" Left out {'; '.join(got['left_out'])}." if got.get("left_out") else ""))
+               + (f" Left out {'; '.join(got['left_out'])}." if got.get("left_out") else "")
+               + (f" The imported personal model{'s' if len(got['refit']) > 1 else ''} ({', '.join(got['refit'])}) learned with another "
+                  "baseline than this profile's: fit again." if got.get("refit") else ""))
         return msg, moments, baseline_md(state.baseline if state else None), personal_md(state, prof), state
 
     def on_delete_all(self, pid, state):

@@ -212,7 +212,7 @@ def cross_validate(generic: Fusion, split: Split, cfg: PersonalConfig = Personal
 
 def _load_people(sources: list[Path], dims: dict[str, int]) -> list[tuple[str, list[dict], dict[str, np.ndarray], np.ndarray]]:
     """(person, moment rows, features, labels) of each exported profile file or profile folder."""
-    from .profile import Profile, ProfileError, read_profile_file
+    from .profile import Profile, ProfileError, read_profile_file, read_under
 
     people = []
     for src in sources:
@@ -221,7 +221,7 @@ def _load_people(sources: list[Path], dims: dict[str, int]) -> list[tuple[str, l
                 raise PersonalError(f"{src}: not a profile folder (no moments/)")
             try:
                 prof = Profile.at(src, dims)
-                sp = prof.split()
+                sp = prof.split()  # faces without any person's baseline, as the generic models read them
             except ProfileError as err:
                 raise PersonalError(str(err) if str(src) in str(err) else f"{src}: {err}") from None
             rows = [{"clip_id": i, "text": t} for i, t in zip(sp.ids, sp.text)]
@@ -234,7 +234,7 @@ def _load_people(sources: list[Path], dims: dict[str, int]) -> list[tuple[str, l
             person = parsed["info"].get("person")
             if not isinstance(person, str) or not person.isalnum():
                 raise PersonalError(f"{src}: the profile names no person")
-            people.append((person[:32], parsed["moments"], parsed["feats"], parsed["labels"]))
+            people.append((person[:32], parsed["moments"], read_under(parsed["feats"]), parsed["labels"]))
     return people
 
 

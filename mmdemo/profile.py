@@ -13,16 +13,20 @@ The moments are kept in the project's feature-folder format (what
         labels.csv    clip_id, label, split, text, video_id (= the person), created, seconds, clip
         text.npy audio.npy vision.npy   (N, D) float32, row i = row i of labels.csv; an all-zero
                       row = the modality was absent in that moment
+        vision_offset.npy   (N, D) float32: the face offset each row was read with
     clips/<clip_id>/audio.wav, frame.jpg   only when the user ticked "keep the raw clip"
     baseline.safetensors                   the neutral-baseline offsets (+ what was measured)
-
-The stored face features are always those the models read under the profile's current baseline:
-a moment read with other offsets (another tab's) is moved to them when it is added, and a new or
-removed baseline moves every stored face feature with it (the face offset is a constant
-subtracted from the face feature, so the move is exact), as does an import of moments read under
-the file's baseline. The voice features are per-speaker z-scores: the speaker's running statistics
-absorb a constant offset within a few windows, so they are kept as read.
     personal/<fusion>/                     personal models (a checkpoint folder each)
+
+Each moment's face feature is stored as read, with the baseline's face offset it was read with
+(``vision_offset.npy`` beside the features: zeros for none; a generation written before this file
+existed has none, and its rows count as unknown). The face offset is a constant taken off the face
+feature, so :meth:`Profile.split` gives every face feature exactly as it reads under the offset
+asked for (a personal model is fitted under the baseline its session reads with, whatever baseline
+each moment was labelled under); rows of unknown offset are given as stored. The voice features are
+per-speaker z-scores against statistics that started from the population's and took in the
+session's clean speech after the offset came off: a constant offset is diluted there, not taken off
+(about 4/(4 + n) of it is left after n windows), and they are given as read.
 
 Every change happens under an exclusive file lock and writes a new generation folder, then switches
 the ``moments`` link to it in one atomic step: two tabs (or two processes) of one person append and
@@ -31,7 +35,8 @@ generation whole. The person in ``video_id`` and in exports is a one-way hash of
 an exported file never carries the id that opens the profile.
 
 A profile exports to one ``.safetensors`` file: moments, baseline and personal models as tensors,
-everything else as JSON in the file's metadata (format ``mmdemo-profile/1``); importing checks the
+everything else as JSON in the file's metadata (format ``mmdemo-profile/2``; ``/1`` files, written
+before the moments' face offsets were, still import with those offsets unknown); importing checks the
 format, every key and shape against this installation's encoders, the labels and the values before
 anything is written. Never pickle. Raw clips are not exported (features only).
 """
@@ -59,13 +64,15 @@ import torch
 from . import DISPLAY_NAMES, MODALITIES
 from .calibration import Baseline
 
-FORMAT = "mmdemo-profile/1"
+FORMAT = "mmdemo-profile/2"  # /2: with each moment's face offset; /1 files (without) still import, their offsets unknown
+READ_FORMATS = ("mmdemo-profile/1", FORMAT)
 PROFILE_ID = re.compile(r"^[0-9a-f]{32}\Z")  # \Z: "$" would let a trailing newline through
 COLUMNS = ("clip_id", "label", "split", "text", "video_id", "created", "seconds", "clip")
 MAX_MOMENTS = 5000
 MAX_PROFILE_BYTES = 64 * 2**20  # an imported profile file larger than this is refused
 MAX_TEXT = 2000  # characters of a moment's words kept in labels.csv
 MAX_HEADER_BYTES = 16 * 2**20  # the JSON header of a profile file (moments' texts, descriptions) that import reads
+OFFSET = "vision_offset"  # beside the moments: (N, D) the face offset each row was read with (NaN rows: not recorded)
 
 
 def stored_text(value, limit: int = MAX_TEXT) -> str:
@@ -188,7 +195,7 @@ class Profile:
     def _read(self) -> tuple[list[dict], dict[str, np.ndarray]]:
         d = self._current()
         if d is None:
-            return [], {m: np.zeros((0, dim), np.float32) for m, dim in self.dims.items()}
+            return [], self._empty()
         with open(d / "labels.csv", newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
         arrays = {}
@@ -197,10 +204,20 @@ class Profile:
             if x.shape != (len(rows), dim):
                 raise ProfileError(f"{d}: {m}.npy has shape {x.shape}, expected ({len(rows)}, {dim}); the profile is damaged")
             arrays[m] = x.astype(np.float32)
+        if (d / f"{OFFSET}.npy").exists():
+            off = np.load(d / f"{OFFSET}.npy", allow_pickle=False)
+            if off.shape != (len(rows), self.dims["vision"]):
+                raise ProfileError(f"{d}: {OFFSET}.npy has shape {off.shape}, expected ({len(rows)}, {self.dims['vision']}); the profile is damaged")
+            arrays[OFFSET] = off.astype(np.float32)
+        else:  # written before the offsets were recorded: not known
+            arrays[OFFSET] = np.full((len(rows), self.dims["vision"]), np.nan, np.float32)
         return rows, arrays
 
+    def _empty(self) -> dict[str, np.ndarray]:
+        return {m: np.zeros((0, dim), np.float32) for m, dim in self.dims.items()} | {OFFSET: np.zeros((0, self.dims["vision"]), np.float32)}
+
     def _write(self, rows: list[dict], arrays: dict[str, np.ndarray]) -> None:
-        """A new generation of the four files in a folder of its own, then one atomic switch of the
+        """A new generation of the files in a folder of its own, then one atomic switch of the
         ``moments`` link: a crash or a full disk half-way leaves the previous generation whole."""
         new = self.folder / f"moments-{secrets.token_hex(6)}"
         new.mkdir(mode=0o700)
@@ -227,7 +244,7 @@ class Profile:
 
     def _rows_and_arrays(self) -> tuple[list[dict], dict[str, np.ndarray]]:
         if self._current() is None:
-            return [], {m: np.zeros((0, dim), np.float32) for m, dim in self.dims.items()}
+            return [], self._empty()
         with self.locked():
             return self._read()
 
@@ -236,11 +253,11 @@ class Profile:
         return [dict(r, label=float(r["label"]), present=[m for m in MODALITIES if np.any(arrays[m][i] != 0)]) for i, r in enumerate(rows)]
 
     @staticmethod
-    def _as_split(rows: list[dict], arrays: dict[str, np.ndarray]):
+    def _as_split(rows: list[dict], arrays: dict[str, np.ndarray], face_offset: np.ndarray | None = None):
         from .data import Split
 
-        return Split(feats=arrays, present={m: np.any(x != 0, axis=1) for m, x in arrays.items()},
-                     labels=np.array([float(r["label"]) for r in rows], np.float32),
+        present = {m: np.any(arrays[m] != 0, axis=1) for m in MODALITIES}
+        return Split(feats=read_under(arrays, face_offset), present=present, labels=np.array([float(r["label"]) for r in rows], np.float32),
                      ids=np.array([r["clip_id"] for r in rows]), text=np.array([r["text"] for r in rows]))
 
     def moments(self) -> list[dict]:
@@ -248,9 +265,11 @@ class Profile:
         float, ``present`` as a list of modalities)."""
         return self._listing(*self._rows_and_arrays())
 
-    def split(self):
-        """All moments as one :class:`mmdemo.data.Split` (presence from the all-zero rows)."""
-        return self._as_split(*self._rows_and_arrays())
+    def split(self, face_offset: np.ndarray | None = None):
+        """All moments as one :class:`mmdemo.data.Split` (presence from the all-zero rows), the face
+        features as they read with the baseline face offset ``face_offset`` (None: no baseline),
+        whatever offset each was labelled with (see the module's docstring)."""
+        return self._as_split(*self._rows_and_arrays(), face_offset=face_offset)
 
     def __len__(self) -> int:
         return len(self.moments())
@@ -274,13 +293,15 @@ class Profile:
             if x.shape != (d,) or not np.all(np.isfinite(x)):
                 raise ProfileError(f"{DISPLAY_NAMES[m]}: feature of shape {x.shape}, expected ({d},) finite values")
             feats[m] = x
+        off = moment.offsets.get("vision")
+        feats[OFFSET] = np.zeros(self.dims["vision"], np.float32) if off is None else np.asarray(off, np.float32).reshape(-1)
+        if feats[OFFSET].shape != (self.dims["vision"],) or not np.all(np.isfinite(feats[OFFSET])):
+            raise ProfileError(f"the face offset has shape {feats[OFFSET].shape}, expected ({self.dims['vision']},) finite values")
         clip_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
         with self.locked():
             rows, arrays = self._read()
             if len(rows) >= MAX_MOMENTS:
                 raise ProfileError(f"this profile already holds {MAX_MOMENTS} moments; delete some first")
-            if moment.present.get("vision"):  # read with another tab's (or no) baseline: as the profile's reads it
-                feats["vision"] = _moved(feats["vision"][None], moment.offsets.get("vision"), self._own_offset())[0]
             try:
                 clip = ""
                 if keep_clip and (moment.audio is not None or moment.frame is not None):
@@ -288,7 +309,7 @@ class Profile:
                 rows.append({"clip_id": clip_id, "label": f"{label:g}", "split": "train", "text": stored_text(moment.text),
                              "video_id": self.person, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                              "seconds": f"{moment.seconds:.1f}", "clip": clip})
-                self._write(rows, {m: np.concatenate([arrays[m], feats[m][None]]) for m in MODALITIES})
+                self._write(rows, {m: np.concatenate([arrays[m], feats[m][None]]) for m in arrays})
             except BaseException:
                 shutil.rmtree(self.folder / "clips" / clip_id, ignore_errors=True)  # no clip without its moment
                 raise
@@ -316,7 +337,7 @@ class Profile:
             keep = [i for i, r in enumerate(rows) if r["clip_id"] != clip_id]
             if len(keep) == len(rows):
                 raise ProfileError(f"no moment {str(clip_id)[:40]!r} in this profile (deleted already, perhaps in another tab)")
-            self._write([rows[i] for i in keep], {m: arrays[m][keep] for m in MODALITIES})
+            self._write([rows[i] for i in keep], {m: arrays[m][keep] for m in arrays})
             if PROFILE_CLIP.match(clip_id):  # after the moment is gone: a failed write keeps its clip with it
                 shutil.rmtree(self.folder / "clips" / clip_id, ignore_errors=True)
 
@@ -337,30 +358,15 @@ class Profile:
             self._save_baseline(baseline)
 
     def _save_baseline(self, baseline: Baseline | None) -> None:
-        """:meth:`save_baseline`, with the lock held by the caller. The stored face features move
-        with it (see the module's docstring): the moments first, then the baseline, so a failure
-        between the two leaves moments that the old baseline's offsets would move back."""
+        """:meth:`save_baseline`, with the lock held by the caller."""
         from safetensors.numpy import save
 
         path = self.folder / "baseline.safetensors"
-        old, new = self._own_offset(), None if baseline is None else baseline.offsets.get("vision")
-        rows, arrays = self._read()
-        present = np.any(arrays["vision"] != 0, axis=1)
-        if present.any() and not _same(old, new):
-            moved = arrays["vision"].copy()
-            moved[present] = _moved(moved[present], old, new)
-            self._write(rows, arrays | {"vision": moved})
         if baseline is None:
             path.unlink(missing_ok=True)
             return
         blob = save({m: x for m, x in baseline.offsets.items()}, metadata={"format": FORMAT, "info": json.dumps(baseline.to_json())})
         _atomic_write(path, lambda f: f.write(blob))
-
-    def _own_offset(self) -> np.ndarray | None:
-        """The face offset of the profile's baseline (None: none), with the lock held. A damaged
-        baseline file is reported (:meth:`load_baseline`): features are never moved by a guess."""
-        b = self.load_baseline()
-        return None if b is None else b.offsets.get("vision")
 
     def load_baseline(self) -> Baseline | None:
         from safetensors.numpy import load
@@ -440,10 +446,11 @@ class Profile:
             rows, arrays = self._read()
             baseline = self.load_baseline()
             models = {name: got for name in self.personal_fusions() if (got := self.load_personal(name)) is not None}
-        split, rows = self._as_split(rows, arrays), self._listing(rows, arrays)
-        tensors = {"moments/labels": torch.from_numpy(split.labels.copy())}
-        for m in MODALITIES:
-            tensors[f"moments/{m}"] = torch.from_numpy(split.feats[m].copy())
+        listed = self._listing(rows, arrays)
+        tensors = {"moments/labels": torch.from_numpy(np.array([float(r["label"]) for r in rows], np.float32))}
+        for m in (*MODALITIES, OFFSET):  # as stored: each face feature with the offset it was read with
+            tensors[f"moments/{m}"] = torch.from_numpy(np.ascontiguousarray(arrays[m], np.float32))
+        rows = listed
         if baseline is not None:
             tensors |= {f"baseline/{m}": torch.from_numpy(x.copy()) for m, x in baseline.offsets.items()}
         personal = {}
@@ -474,7 +481,8 @@ class Profile:
             new = [i for i, r in enumerate(parsed["moments"]) if r["clip_id"] not in have]
             if len(rows) + len(new) > MAX_MOMENTS:
                 raise ProfileError(f"importing would make {len(rows) + len(new)} moments; at most {MAX_MOMENTS}")
-            took_baseline = parsed["baseline"] is not None and self.load_baseline() is None  # a damaged own baseline: refused here, before any write
+            own_baseline = self.load_baseline()  # a damaged own baseline: refused here, before any write
+            took_baseline = parsed["baseline"] is not None and own_baseline is None
             own = set(self.personal_fusions())
             took = sorted(n for n in parsed["personal"] if n not in own)
             done: list[str] = []
@@ -483,40 +491,45 @@ class Profile:
                     self._save_personal(*parsed["personal"][name])
                     done.append(f"the personal {name} model")
                 if took_baseline:
-                    self._save_baseline(parsed["baseline"])  # moves the moments already here to it
+                    self._save_baseline(parsed["baseline"])
                     done.append("the baseline")
-                    rows, arrays = self._read()
-                file_off = None if parsed["baseline"] is None else parsed["baseline"].offsets.get("vision")
-                imported = parsed["feats"]["vision"][new].copy()  # read under the file's baseline: moved to this profile's
-                shown = np.any(imported != 0, axis=1)
-                imported[shown] = _moved(imported[shown], file_off, self._own_offset())
                 for i in new:
                     r = parsed["moments"][i]
                     rows.append({"clip_id": r["clip_id"], "label": f"{parsed['labels'][i]:g}", "split": "train", "text": r["text"],
                                  "video_id": self.person, "created": r["created"], "seconds": r["seconds"], "clip": ""})
                 if new:
-                    self._write(rows, {m: np.concatenate([arrays[m], imported if m == "vision" else parsed["feats"][m][new]]) for m in MODALITIES})
+                    self._write(rows, {m: np.concatenate([arrays[m], parsed["feats"][m][new]]) for m in arrays})
             except (OSError, RuntimeError, ValueError) as err:  # a full disk half-way: say what was taken before it
                 so_far = f"; {', '.join(done)} {'was' if len(done) == 1 else 'were'} imported before it" if done else "; nothing was imported"
                 raise ProfileError(f"the import stopped ({type(err).__name__}: {str(err)[:160]}){so_far}") from None
         return {"moments_added": len(new), "moments_skipped": len(parsed["moments"]) - len(new), "baseline": took_baseline,
                 "personal": took, "kept": sorted(([("baseline")] if parsed["baseline"] is not None and not took_baseline else [])
                                                  + [n for n in parsed["personal"] if n in own]),
-                "left_out": parsed["left_out"]}
+                "left_out": parsed["left_out"],
+                # personal models taken here that learned under another baseline than this profile's
+                "refit": [] if took_baseline or _same_baseline(own_baseline, parsed["baseline"]) else took}
 
 
-def _moved(x: np.ndarray, read_with: np.ndarray | None, to: np.ndarray | None) -> np.ndarray:
-    """Face features (N, D) read with the offset ``read_with`` as they read with ``to`` (None: no offset)."""
-    x = np.asarray(x, np.float32)
-    if read_with is not None:
-        x = x + read_with
-    if to is not None:
-        x = x - to
-    return x.astype(np.float32)
+def read_under(arrays: dict[str, np.ndarray], face_offset: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Stored moment features (each modality's (N, D) and ``vision_offset``) as they read under the
+    baseline face offset ``face_offset`` (None: no baseline): a face read with offset o becomes
+    x + o - face_offset; rows whose offset is unknown (NaN) or without a face stay as stored."""
+    feats = {m: arrays[m] for m in MODALITIES}
+    off = arrays[OFFSET]
+    move = np.any(feats["vision"] != 0, axis=1) & np.all(np.isfinite(off), axis=1)
+    if move.any():
+        v = feats["vision"].copy()
+        v[move] += off[move]
+        if face_offset is not None:
+            v[move] -= np.asarray(face_offset, np.float32)
+        feats["vision"] = v.astype(np.float32)
+    return feats
 
 
-def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
-    return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
+def _same_baseline(a: Baseline | None, b: Baseline | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a.offsets.keys() == b.offsets.keys() and all(np.array_equal(a.offsets[m], b.offsets[m]) for m in a.offsets)
 
 
 PROFILE_CLIP = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}\Z")  # [0-9], not \d (any Unicode digit); \Z, not $ (a trailing newline)
@@ -597,7 +610,7 @@ def _read_profile_file(path: Path, dims: dict[str, int], configs: dict[str, dict
         raise ProfileError(f"the profile file is {size / 2**20:.0f} MB; at most {MAX_PROFILE_BYTES // 2**20} MB")
     blob = path.read_bytes()
     meta = _metadata(blob)
-    if meta.get("format") != FORMAT:
+    if meta.get("format") not in READ_FORMATS:
         raise ProfileError(f"not an mmdemo profile (format {str(meta.get('format'))[:40]!r}, expected {FORMAT!r})")
     try:
         info = json.loads(meta["info"])
@@ -627,6 +640,16 @@ def _read_profile_file(path: Path, dims: dict[str, int], configs: dict[str, dict
         if not np.all(np.isfinite(x)):
             raise ProfileError(f"the profile's {DISPLAY_NAMES[m]} features hold NaN or inf")
         feats[m] = x
+    off = tensors.pop(f"moments/{OFFSET}", None)
+    if off is None:  # a /1 file: the offsets the faces were read with were not recorded
+        feats[OFFSET] = np.full((n, dims["vision"]), np.nan, np.float32)
+    else:
+        if tuple(off.shape) != (n, dims["vision"]) or off.dtype != torch.float32:
+            raise ProfileError("the profile's face offsets have the wrong shape")
+        off = off.numpy()
+        if not np.all(np.isfinite(off) | np.isnan(off).all(axis=1, keepdims=True)):  # a row is known (finite) or not (all NaN)
+            raise ProfileError("the profile's face offsets hold inf or rows only partly known")
+        feats[OFFSET] = off
     rows = []
     for r in moments:
         if not isinstance(r, dict) or not PROFILE_CLIP.match(str(r.get("clip_id", ""))):

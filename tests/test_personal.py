@@ -161,7 +161,7 @@ def test_a_profile_exports_to_one_file_and_imports_whole(profile, generic, tmp_p
     path = profile.export(tmp_path / "me.safetensors")
     other = Profile(tmp_path / "other", new_profile_id(), DIMS)
     got = other.import_file(path)
-    assert got == {"moments_added": 10, "moments_skipped": 0, "baseline": True, "personal": ["weighted"], "kept": [], "left_out": []}
+    assert got == {"moments_added": 10, "moments_skipped": 0, "baseline": True, "personal": ["weighted"], "kept": [], "left_out": [], "refit": []}
     assert profile.id not in path.read_bytes().decode("latin-1")  # the file never carries the id that opens the profile
     np.testing.assert_array_equal(other.split().feats["text"], profile.split().feats["text"])
     assert [r["label"] for r in other.moments()] == [r["label"] for r in profile.moments()]
@@ -173,6 +173,12 @@ def test_a_profile_exports_to_one_file_and_imports_whole(profile, generic, tmp_p
     again = other.import_file(path)  # the same file twice: nothing doubles, this profile's own models stay
     assert again["moments_added"] == 0 and again["moments_skipped"] == 10 and len(other.moments()) == 10
     assert again["baseline"] is False and again["personal"] == [] and again["kept"] == ["baseline", "weighted"]
+    # a profile with a baseline of its own takes the personal model, learned under the file's: to be fitted again
+    own = Profile(tmp_path / "own", new_profile_id(), DIMS)
+    own.save_baseline(Baseline({"vision": np.zeros(DIMS["vision"], np.float32)}, {"vision": 3}, 5.0))
+    got = own.import_file(path)
+    assert got["personal"] == ["weighted"] and got["kept"] == ["baseline"] and got["refit"] == ["weighted"]
+    assert Profile(tmp_path / "none", new_profile_id(), DIMS).import_file(path)["refit"] == []  # took the file's baseline with it
 
 
 def test_a_profile_written_before_a_setting_existed_imports_with_its_default(profile, generic, tmp_path):
@@ -511,6 +517,28 @@ def test_profiles_of_many_people_merge_into_a_person_independent_folder(tmp_path
             merge([files[0], bad, files[2]], tmp_path / "broken")
 
 
+def test_merged_faces_are_without_any_person_s_baseline_from_files_and_folders(tmp_path):
+    sources, raw = [], {}
+    for k in range(4):
+        p = Profile(tmp_path / "root", new_profile_id(), DIMS)
+        for i in range(3):
+            m = moment(seed=50 + 10 * k + i)
+            raw_face = m.features["vision"].copy()
+            m.features["vision"] = raw_face - 0.5 * k  # read under a baseline of 0.5 k
+            m.offsets = _offsets(0.5 * k)
+            raw[p.add(m, label=i - 1)] = raw_face
+        sources.append(p.folder if k % 2 else p.export(tmp_path / f"p{k}.safetensors"))
+    merge(sources, tmp_path / "merged")
+    ds = load_dataset(tmp_path / "merged")
+    checked = 0
+    for sp in ds.splits.values():
+        for i, clip in enumerate(sp.ids):
+            key = next(c for c in raw if clip.endswith(c))
+            np.testing.assert_allclose(sp.feats["vision"][i], raw[key], atol=1e-6)
+            checked += 1
+    assert checked == 12
+
+
 def test_a_copied_profile_folder_merges_as_its_person_and_a_renamed_or_empty_one_is_named(tmp_path, caplog):
     import shutil
 
@@ -635,16 +663,9 @@ def test_an_import_that_stops_half_way_says_what_it_took(profile, generic, tmp_p
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(target, "_write", full_disk)  # the moments are written last
-    with pytest.raises(ProfileError, match="No space left.*the personal weighted model was imported before it"):
-        target.import_file(path)
-    # the baseline would move the face features already here (a write): it is not taken without them
-    assert len(target.moments()) == 1 and target.load_baseline() is None and target.personal_fusions() == ["weighted"]
-    monkeypatch.undo()
-    empty = Profile(tmp_path / "empty", new_profile_id(), DIMS)  # nothing to move: the baseline is taken, the moments fail
-    monkeypatch.setattr(empty, "_write", full_disk)
     with pytest.raises(ProfileError, match="No space left.*the personal weighted model, the baseline were imported before it"):
-        empty.import_file(path)
-    assert empty.load_baseline() is not None and empty.moments() == []
+        target.import_file(path)
+    assert len(target.moments()) == 1 and target.load_baseline() is not None and target.personal_fusions() == ["weighted"]
     # a damaged baseline of its own: refused before anything is written
     damaged = Profile(tmp_path / "damaged", new_profile_id(), DIMS)
     damaged.add(moment(seed=78), label=1)
@@ -708,46 +729,76 @@ def _baseline(offset) -> Baseline:
     return Baseline({"vision": np.full(DIMS["vision"], offset, np.float32)}, {"vision": 10}, 10.0)
 
 
-def test_stored_face_features_move_with_the_baseline_and_the_rest_stays_as_read(profile):
-    profile.add(moment(seed=1), label=1)
+def _offsets(value) -> dict:
+    return {"vision": np.full(DIMS["vision"], value, np.float32)}
+
+
+def test_each_moment_keeps_its_face_offset_and_reads_under_any_baseline(profile):
+    raw = moment(seed=1)  # what the face encoder gave
+    under = moment(seed=1)
+    under.features["vision"] = raw.features["vision"] - 0.5  # the same face read with a baseline of 0.5
+    under.offsets = _offsets(0.5)
+    profile.add(raw, label=1)
+    profile.add(under, label=1)
     profile.add(moment(present=("text", "audio"), seed=2), label=-1)  # no face: its row stays all zero
-    first = profile.split()
-    profile.save_baseline(_baseline(0.5))
-    moved = profile.split()
-    np.testing.assert_allclose(moved.feats["vision"][0], first.feats["vision"][0] - 0.5, atol=1e-6)
-    assert not moved.feats["vision"][1].any() and list(moved.present["vision"]) == [True, False]
-    for m in ("text", "audio"):  # words have no offset; voice z-scores absorb one (see mmdemo.profile)
-        np.testing.assert_array_equal(moved.feats[m], first.feats[m])
-    profile.save_baseline(_baseline(-1.0))  # a new calibration: from the old offset to the new one
-    np.testing.assert_allclose(profile.split().feats["vision"][0], first.feats["vision"][0] + 1.0, atol=1e-6)
-    profile.save_baseline(None)  # reset: back as read without offsets
-    np.testing.assert_allclose(profile.split().feats["vision"][0], first.feats["vision"][0], atol=1e-6)
+    got = profile.split()  # without a baseline: as the encoder gave both
+    np.testing.assert_allclose(got.feats["vision"][0], raw.features["vision"], atol=1e-6)
+    np.testing.assert_allclose(got.feats["vision"][1], raw.features["vision"], atol=1e-6)
+    assert not got.feats["vision"][2].any() and list(got.present["vision"]) == [True, True, False]
+    later = profile.split(face_offset=_offsets(-1.0)["vision"])  # a session under another baseline
+    np.testing.assert_allclose(later.feats["vision"][:2], np.stack([raw.features["vision"] + 1.0] * 2), atol=1e-6)
+    for m in ("text", "audio"):  # words have no offset; voice z-scores are given as read
+        np.testing.assert_array_equal(later.feats[m], got.feats[m])
+    # nothing is moved on disk when the baseline changes, and a damaged baseline blocks neither labelling nor a reset
+    (profile.folder / "baseline.safetensors").write_bytes(b"garbage")
+    profile.add(moment(seed=3), label=0)
+    profile.save_baseline(None)
+    profile.save_baseline(_baseline(0.25))
+    assert len(profile.moments()) == 4
+    np.testing.assert_allclose(profile.split().feats["vision"][1], raw.features["vision"], atol=1e-6)
 
 
-def test_a_moment_read_with_another_baseline_is_stored_as_the_profile_s_baseline_reads_it(profile):
-    profile.save_baseline(_baseline(0.5))
-    m = moment(seed=3)
-    m.offsets = {"vision": np.full(DIMS["vision"], 2.0, np.float32)}  # another tab calibrated differently
-    profile.add(m, label=2)
-    np.testing.assert_allclose(profile.split().feats["vision"][0], m.features["vision"] + 2.0 - 0.5, atol=1e-6)
-    plain = moment(seed=4)  # a tab without a baseline
-    profile.add(plain, label=0)
-    np.testing.assert_allclose(profile.split().feats["vision"][1], plain.features["vision"] - 0.5, atol=1e-6)
+def test_moments_of_unknown_offset_are_given_as_stored(profile):
+    """A moments folder written before the offsets were recorded: its rows are used as they are."""
+    profile.add(moment(seed=4), label=2)
+    (profile._current() / "vision_offset.npy").unlink()
+    stored = np.load(profile._current() / "vision.npy")
+    np.testing.assert_array_equal(profile.split(face_offset=_offsets(0.5)["vision"]).feats["vision"], stored)
+    profile.add(moment(seed=5), label=0)  # the next write records the new row's offset, not the old row's
+    off = np.load(profile._current() / "vision_offset.npy")
+    assert np.isnan(off[0]).all() and not off[1].any()
 
 
-def test_imported_face_features_move_from_the_file_s_baseline_to_this_profile_s(profile, tmp_path):
-    profile.add(moment(seed=5), label=1)
-    raw = profile.split().feats["vision"][0].copy()
-    profile.save_baseline(_baseline(0.5))
+def _rewrite(path: Path, out: Path, fn, fmt: str | None = None) -> Path:
+    """The profile file at ``path`` with its tensors changed by ``fn`` (and another format)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), "pt") as f:
+        meta, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    fn(tensors)
+    save_file(tensors, str(out), metadata=meta | ({"format": fmt} if fmt else {}))
+    return out
+
+
+def test_an_export_keeps_each_moment_s_face_offset_and_a_version_1_file_still_imports(profile, tmp_path):
+    m = moment(seed=6)
+    m.offsets = _offsets(0.5)
+    profile.add(m, label=1)
     path = profile.export(tmp_path / "me.safetensors")
-    own = Profile(tmp_path / "own", new_profile_id(), DIMS)
-    own.save_baseline(_baseline(-0.25))  # keeps its own baseline
-    assert own.import_file(path)["kept"] == ["baseline"]
-    np.testing.assert_allclose(own.split().feats["vision"][0], raw + 0.25, atol=1e-6)
-    bare = Profile(tmp_path / "bare", new_profile_id(), DIMS)
-    bare.add(moment(seed=6), label=0)
-    before = bare.split().feats["vision"][0].copy()
-    assert bare.import_file(path)["baseline"] is True  # takes the file's: its own moment moves to it, the imported ones stay
-    got = bare.split().feats["vision"]
-    np.testing.assert_allclose(got[0], before - 0.5, atol=1e-6)
-    np.testing.assert_allclose(got[1], raw - 0.5, atol=1e-6)
+    other = Profile(tmp_path / "other", new_profile_id(), DIMS)
+    other.save_baseline(_baseline(-0.25))  # its own baseline: the moment still reads as it was read
+    assert other.import_file(path)["moments_added"] == 1
+    np.testing.assert_allclose(other.split().feats["vision"][0], m.features["vision"] + 0.5, atol=1e-6)
+
+    old = _rewrite(path, tmp_path / "v1.safetensors", lambda t: t.pop("moments/vision_offset"), fmt="mmdemo-profile/1")
+    third = Profile(tmp_path / "third", new_profile_id(), DIMS)
+    assert third.import_file(old)["moments_added"] == 1
+    np.testing.assert_allclose(third.split(face_offset=_offsets(3.0)["vision"]).feats["vision"][0], m.features["vision"], atol=1e-6)
+
+    def partly_known(tensors):
+        tensors["moments/vision_offset"][0, 0] = float("nan")
+    with pytest.raises(ProfileError, match="face offsets"):
+        third.import_file(_rewrite(path, tmp_path / "bad.safetensors", partly_known))
+    with pytest.raises(ProfileError, match="not an mmdemo profile"):
+        third.import_file(_rewrite(path, tmp_path / "v3.safetensors", lambda t: None, fmt="mmdemo-profile/3"))
