@@ -995,7 +995,9 @@ def run(args) -> dict:
 
     # -- 3. voice and face -------------------------------------------------------------------
     log.info("voice: leave-one-corpus-out over %s", ", ".join(c.name for c in corpora))
-    vres = voice_stage(corpora, tcfg_uni, grid=[VOICE_GRID[0], VOICE_GRID[-1]] if quick else VOICE_GRID, seed=args.seed, before=previous_voice_head(ckpt))
+    before = Path(args.before) if args.before else ckpt  # by default the head this run replaces
+    vres = voice_stage(corpora, tcfg_uni, grid=[VOICE_GRID[0], VOICE_GRID[-1]] if quick else VOICE_GRID, seed=args.seed, before=previous_voice_head(before))
+    vres["before_from"] = shown_path(before) if "before" in vres else None
     voice_model, voice_prior, voice_cfg = vres["model"], vres["prior"], vres["config"]
     voice = voice_dataset(corpora, voice_cfg, voice_prior, seed=args.seed)
     results["voice"] = {k: v for k, v in vres.items() if k not in ("model", "prior", "config")} | {
@@ -1257,6 +1259,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", choices=("face",), help="face: only the face stage again (features, heads, test scores), with the "
                     "expression CNN that --checkpoints holds, updating that earlier full run's tables in --out, the face head and the "
                     "model card (about 15 min on 2 CPU cores instead of hours, 10 of them extracting FER-2013's features where they are not cached)")
+    ap.add_argument("--before", metavar="DIR", help="the checkpoints folder whose voice head the voice tables' 'head before' "
+                    "columns read (default: the one in --checkpoints when the run starts, which a run replaces, so a second "
+                    "run compares with the first's head). The README's columns: mkdir OLD && git archive 0048d98 checkpoints | "
+                    "tar -x -C OLD, then --before OLD/checkpoints (the last voice head that read raw features)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--quiet", action="store_true")
@@ -1273,6 +1279,8 @@ def main(argv: list[str] | None = None) -> int:
         problem = output_problem(folder, folder=True) if folder else None
         if problem:
             ap.error(f"{flag}: {problem}")
+    if args.before and not (Path(args.before) / "unimodal" / "audio" / "config.json").is_file():
+        ap.error(f"--before {args.before}: no voice head there (unimodal/audio/config.json)")
     if args.reuse_expression and args.expression_cnn != "own":
         ap.error("--reuse-expression goes with --expression-cnn own")
     if args.only and (args.reuse_words or args.reuse_expression):

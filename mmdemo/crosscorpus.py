@@ -357,7 +357,8 @@ def voice_markdown(res: dict, corpora: list[Corpus], titles: dict[str, str]) -> 
     md += ["", "The shipped head (all corpora's train speakers) on each corpus's test speakers:", ""] + head
     md += [row(titles.get(n, n), r) for n, r in res["test_in_corpus"].items()]
     if "before" in res:
-        md += ["", "The voice head shipped before this run, on the same test speakers:", ""] + head
+        where = f" (read from {res['before_from']})" if res.get("before_from") else ""
+        md += ["", f"The voice head shipped before this run{where}, on the same test speakers:", ""] + head
         md += [row(titles.get(n, n), r) for n, r in res["before"].items()]
     if res.get("espeak"):
         before = {r["text"]: r["prediction"] for r in res.get("espeak_before") or []}

@@ -222,6 +222,7 @@ def test_quick_benchmark_writes_tables_checkpoints_and_a_model_card(tmp_path, mo
     assert "the mean of 2 heads of one configuration, trained with seeds 0, 1" in (ckpt / "README.md").read_text()
     # the voice head it replaced is read on the same test speakers, beside the new one
     assert set(res2["voice"]["before"]) == {"ravdess", "ased", "emospeech"} and "shipped before this run" in (again / "benchmark.md").read_text()
+    assert res2["voice"]["before_from"]  # which checkpoints the "before" columns read (--before DIR, else the replaced ones)
     assert res2["words"]["finetune"]["reused_from"] == out.name and res2["words"]["mosi_only"]["runs"] == like["runs"]
     assert all((again / "words_oof" / f"fold{f}" / "encoder.safetensors").exists() for f in range(oof["folds"]))  # reusable in turn
     # a run stopped after its words (no benchmark.json yet) keeps its fine-tuning: words.json is written before the rest
@@ -390,6 +391,7 @@ def test_reuse_expression_refuses_what_this_run_would_not_have_trained(tmp_path)
     (["--device", "tpu"], "unknown device 'tpu'"),
     (["--out", "FILE"], "--out:"),
     (["--checkpoints", "FILE"], "--checkpoints:"),
+    (["--before", "FILE"], "no voice head there"),
 ])
 def test_bad_settings_are_refused_before_any_work(tmp_path, capsys, extra, says):
     (tmp_path / "FILE").write_text("a file, not a folder")
