@@ -307,8 +307,10 @@ def personal_md(session: Session | None, profile: Profile | None) -> str:
         return f"No personal model for **{name}** yet: label at least {PersonalConfig.min_moments} moments, then fit."
     if not {"moments", "scheme", "personal_mae", "generic_mae"} <= set(metrics):
         return f"Personal model for **{name}** loaded."
+    stale = ("" if metrics.get("baseline") in (None, Baseline.fingerprint(session.baseline))
+             else " ⚠️ It learned under another neutral baseline than this session's: fit it again.")
     return (f"Personal model for **{name}** from {metrics['moments']} moments. {metrics['scheme'].capitalize()} error on "
-            f"your moments (MAE): **personal {metrics['personal_mae']:.2f}**, generic {metrics['generic_mae']:.2f}.")
+            f"your moments (MAE): **personal {metrics['personal_mae']:.2f}**, generic {metrics['generic_mae']:.2f}.{stale}")
 
 
 def method_md(studio: Studio, name: str) -> str:
@@ -547,7 +549,7 @@ class Handlers:
             return f"⚠️ {err}", gr.skip(), state
         try:
             prof = self._profile(pid)
-            prof.save_baseline(baseline)  # the stored moments' face features move with it
+            prof.save_baseline(baseline)
             saved = "saved in your profile" + refit_note(prof)
         except (ProfileError, OSError) as err:
             saved = f"used in this tab only (not saved: {err})"
@@ -601,7 +603,8 @@ class Handlers:
             prof = self._profile(pid)
             generation = prof.generation()  # before the moments are read: a change after it refuses the save
             # the faces as this session reads them: under its baseline, whatever each moment was labelled under
-            split = prof.split(face_offset=state.baseline.offsets.get("vision") if state.baseline else None)
+            baseline = state.baseline
+            split = prof.split(face_offset=baseline.offsets.get("vision") if baseline else None)
             generic = self.studio.engine.fusion(name)
             cfg = self.studio.personal_cfg
             metrics = cross_validate(generic, split, cfg, progress=lambda i, n: progress(i / (n + 1), desc="held-out error"))
@@ -609,6 +612,10 @@ class Handlers:
             t0 = time.perf_counter()
             model = fit_personal(generic, split, cfg)
             metrics["fit_seconds"] = time.perf_counter() - t0
+            if Baseline.fingerprint(state.baseline) != Baseline.fingerprint(baseline):  # a calibration or reset finished meanwhile
+                return ("⚠️ the baseline changed while the model was being fitted; it was not saved: fit again",
+                        gr.skip(), gr.skip(), gr.skip(), gr.skip(), state)
+            metrics["baseline"] = Baseline.fingerprint(baseline)
             prof.save_personal(model, metrics, generation=generation)
             state.set_personal(model.name, model)
             up = state.set_use_personal(True)
@@ -697,8 +704,8 @@ class Handlers:
                + (", the baseline" if got["baseline"] else "") + (f", personal models for {', '.join(got['personal'])}" if got["personal"] else "") + "."
                + (f" Kept this profile's own {', '.join(got['kept'])} (delete it to take the imported one)." if got["kept"] else "")
                + (f" Left out {'; '.join(got['left_out'])}." if got.get("left_out") else "")
-               + (f" The imported personal model{'s' if len(got['refit']) > 1 else ''} ({', '.join(got['refit'])}) learned with another "
-                  "baseline than this profile's: fit again." if got.get("refit") else ""))
+               + (f" The personal model{'s' if len(got['refit']) > 1 else ''} {', '.join(got['refit'])} learned under another "
+                  "baseline than the one this profile has now: fit again." if got.get("refit") else ""))
         return msg, moments, baseline_md(state.baseline if state else None), personal_md(state, prof), state
 
     def on_delete_all(self, pid, state):

@@ -110,6 +110,19 @@ class Baseline:
     def to_json(self) -> dict:
         return {"samples": self.samples, "seconds": self.seconds, "readings": self.readings, "skipped": self.skipped}
 
+    @staticmethod
+    def fingerprint(baseline: Baseline | None) -> str:
+        """A short name of these offsets ("none" without a baseline): a personal model records the
+        baseline it learned under, so a model learned under another one can be told."""
+        if baseline is None:
+            return "none"
+        import hashlib
+
+        h = hashlib.sha256()
+        for m in sorted(baseline.offsets):
+            h.update(m.encode() + np.ascontiguousarray(baseline.offsets[m], np.float32).tobytes())
+        return h.hexdigest()[:16]
+
     @classmethod
     def from_parts(cls, offsets: dict[str, np.ndarray], info: dict, dims: dict[str, int]) -> Baseline:
         """Rebuild from stored offsets + :meth:`to_json` (checked: known modalities, sizes, finite)."""

@@ -221,7 +221,7 @@ def _load_people(sources: list[Path], dims: dict[str, int]) -> list[tuple[str, l
                 raise PersonalError(f"{src}: not a profile folder (no moments/)")
             try:
                 prof = Profile.at(src, dims)
-                sp = prof.split()  # faces without any person's baseline, as the generic models read them
+                sp = prof.split()  # faces without any baseline where each moment's offset is known, as the generic models read them
             except ProfileError as err:
                 raise PersonalError(str(err) if str(src) in str(err) else f"{src}: {err}") from None
             rows = [{"clip_id": i, "text": t} for i, t in zip(sp.ids, sp.text)]

@@ -48,6 +48,7 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import secrets
@@ -66,6 +67,7 @@ from .calibration import Baseline
 
 FORMAT = "mmdemo-profile/2"  # /2: with each moment's face offset; /1 files (without) still import, their offsets unknown
 READ_FORMATS = ("mmdemo-profile/1", FORMAT)
+log = logging.getLogger(__name__)
 PROFILE_ID = re.compile(r"^[0-9a-f]{32}\Z")  # \Z: "$" would let a trailing newline through
 COLUMNS = ("clip_id", "label", "split", "text", "video_id", "created", "seconds", "clip")
 MAX_MOMENTS = 5000
@@ -73,6 +75,7 @@ MAX_PROFILE_BYTES = 64 * 2**20  # an imported profile file larger than this is r
 MAX_TEXT = 2000  # characters of a moment's words kept in labels.csv
 MAX_HEADER_BYTES = 16 * 2**20  # the JSON header of a profile file (moments' texts, descriptions) that import reads
 OFFSET = "vision_offset"  # beside the moments: (N, D) the face offset each row was read with (NaN rows: not recorded)
+MAX_OFFSET = 1e3  # a face offset (blendshapes, pose, probabilities) is a difference of small values: larger is damage
 
 
 def stored_text(value, limit: int = MAX_TEXT) -> str:
@@ -178,7 +181,8 @@ class Profile:
 
     @property
     def dataset_folder(self) -> Path:
-        """The moments as a feature folder (``python -m mmdemo.train --data`` reads it)."""
+        """The moments as a feature folder (``python -m mmdemo.train --data`` reads it, each face as
+        read, under its own offset; ``python -m mmdemo.personal merge`` gives them without any)."""
         return self.folder / "moments"
 
     def _current(self) -> Path | None:
@@ -204,14 +208,28 @@ class Profile:
             if x.shape != (len(rows), dim):
                 raise ProfileError(f"{d}: {m}.npy has shape {x.shape}, expected ({len(rows)}, {dim}); the profile is damaged")
             arrays[m] = x.astype(np.float32)
-        if (d / f"{OFFSET}.npy").exists():
-            off = np.load(d / f"{OFFSET}.npy", allow_pickle=False)
-            if off.shape != (len(rows), self.dims["vision"]):
-                raise ProfileError(f"{d}: {OFFSET}.npy has shape {off.shape}, expected ({len(rows)}, {self.dims['vision']}); the profile is damaged")
-            arrays[OFFSET] = off.astype(np.float32)
-        else:  # written before the offsets were recorded: not known
-            arrays[OFFSET] = np.full((len(rows), self.dims["vision"]), np.nan, np.float32)
+        arrays[OFFSET] = self._read_offsets(d, len(rows))
         return rows, arrays
+
+    def _read_offsets(self, d: Path, n: int) -> np.ndarray:
+        """The face offset of each row; rows whose offset is not known (a generation written before
+        they were recorded, a damaged file, a row not all finite or implausibly large) are NaN rows:
+        used as stored, never blocking the moments themselves."""
+        unknown = np.full((n, self.dims["vision"]), np.nan, np.float32)
+        path = d / f"{OFFSET}.npy"
+        if not path.exists():
+            return unknown
+        try:
+            off = np.load(path, allow_pickle=False).astype(np.float32)
+        except (OSError, ValueError) as err:
+            log.warning("%s unreadable (%s): those moments' face offsets count as unknown", path, err)
+            return unknown
+        if off.shape != unknown.shape:
+            log.warning("%s has shape %s, expected %s: those moments' face offsets count as unknown", path, off.shape, unknown.shape)
+            return unknown
+        bad = ~np.all(np.isfinite(off) & (np.abs(off) <= MAX_OFFSET), axis=1)
+        off[bad] = np.nan
+        return off
 
     def _empty(self) -> dict[str, np.ndarray]:
         return {m: np.zeros((0, dim), np.float32) for m, dim in self.dims.items()} | {OFFSET: np.zeros((0, self.dims["vision"]), np.float32)}
@@ -295,7 +313,7 @@ class Profile:
             feats[m] = x
         off = moment.offsets.get("vision")
         feats[OFFSET] = np.zeros(self.dims["vision"], np.float32) if off is None else np.asarray(off, np.float32).reshape(-1)
-        if feats[OFFSET].shape != (self.dims["vision"],) or not np.all(np.isfinite(feats[OFFSET])):
+        if feats[OFFSET].shape != (self.dims["vision"],) or not np.all(np.isfinite(feats[OFFSET]) & (np.abs(feats[OFFSET]) <= MAX_OFFSET)):
             raise ProfileError(f"the face offset has shape {feats[OFFSET].shape}, expected ({self.dims['vision']},) finite values")
         clip_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
         with self.locked():
@@ -506,8 +524,9 @@ class Profile:
                 "personal": took, "kept": sorted(([("baseline")] if parsed["baseline"] is not None and not took_baseline else [])
                                                  + [n for n in parsed["personal"] if n in own]),
                 "left_out": parsed["left_out"],
-                # personal models taken here that learned under another baseline than this profile's
-                "refit": [] if took_baseline or _same_baseline(own_baseline, parsed["baseline"]) else took}
+                # personal models that learned under another baseline than the one this profile has now: the
+                # profile's own (without a baseline) when it took the file's, else those taken from a file of another
+                "refit": sorted(own) if took_baseline else ([] if _same_baseline(own_baseline, parsed["baseline"]) else took)}
 
 
 def read_under(arrays: dict[str, np.ndarray], face_offset: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -550,7 +569,8 @@ def _metadata(blob: bytes) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
-METRIC_KEYS = {"moments": int, "scheme": str, "generic_mae": float, "personal_mae": float, "seconds": float, "fit_seconds": float}
+METRIC_KEYS = {"moments": int, "scheme": str, "generic_mae": float, "personal_mae": float, "seconds": float, "fit_seconds": float,
+               "baseline": str}  # baseline: Baseline.fingerprint of the one the model learned under
 
 
 def clean_metrics(d) -> dict:
@@ -610,8 +630,11 @@ def _read_profile_file(path: Path, dims: dict[str, int], configs: dict[str, dict
         raise ProfileError(f"the profile file is {size / 2**20:.0f} MB; at most {MAX_PROFILE_BYTES // 2**20} MB")
     blob = path.read_bytes()
     meta = _metadata(blob)
-    if meta.get("format") not in READ_FORMATS:
-        raise ProfileError(f"not an mmdemo profile (format {str(meta.get('format'))[:40]!r}, expected {FORMAT!r})")
+    fmt = str(meta.get("format"))
+    if fmt not in READ_FORMATS:
+        if fmt.startswith("mmdemo-profile/"):
+            raise ProfileError(f"made by a newer mmdemo (format {fmt[:40]!r}; this one reads {' and '.join(READ_FORMATS)}): update mmdemo to import it")
+        raise ProfileError(f"not an mmdemo profile (format {fmt[:40]!r}, expected {FORMAT!r})")
     try:
         info = json.loads(meta["info"])
         tensors = load_tensors(blob)
@@ -641,14 +664,17 @@ def _read_profile_file(path: Path, dims: dict[str, int], configs: dict[str, dict
             raise ProfileError(f"the profile's {DISPLAY_NAMES[m]} features hold NaN or inf")
         feats[m] = x
     off = tensors.pop(f"moments/{OFFSET}", None)
-    if off is None:  # a /1 file: the offsets the faces were read with were not recorded
+    if fmt == "mmdemo-profile/1":  # the offsets the faces were read with were not recorded then
+        if off is not None:
+            raise ProfileError(f"the profile file holds face offsets, which format {fmt!r} does not have")
         feats[OFFSET] = np.full((n, dims["vision"]), np.nan, np.float32)
     else:
-        if tuple(off.shape) != (n, dims["vision"]) or off.dtype != torch.float32:
-            raise ProfileError("the profile's face offsets have the wrong shape")
+        if off is None or tuple(off.shape) != (n, dims["vision"]) or off.dtype != torch.float32:
+            raise ProfileError("the profile's face offsets are missing or have the wrong shape")
         off = off.numpy()
-        if not np.all(np.isfinite(off) | np.isnan(off).all(axis=1, keepdims=True)):  # a row is known (finite) or not (all NaN)
-            raise ProfileError("the profile's face offsets hold inf or rows only partly known")
+        known = np.all(np.isfinite(off), axis=1)
+        if not np.all(known | np.isnan(off).all(axis=1)) or np.any(np.abs(off[known]) > MAX_OFFSET):  # a row is known (finite) or not (all NaN)
+            raise ProfileError("the profile's face offsets hold inf, implausible values or rows only partly known")
         feats[OFFSET] = off
     rows = []
     for r in moments:

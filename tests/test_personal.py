@@ -179,6 +179,11 @@ def test_a_profile_exports_to_one_file_and_imports_whole(profile, generic, tmp_p
     got = own.import_file(path)
     assert got["personal"] == ["weighted"] and got["kept"] == ["baseline"] and got["refit"] == ["weighted"]
     assert Profile(tmp_path / "none", new_profile_id(), DIMS).import_file(path)["refit"] == []  # took the file's baseline with it
+    # a profile whose own model learned without a baseline takes the file's baseline: its own model is to be fitted again
+    bare = Profile(tmp_path / "bare", new_profile_id(), DIMS)
+    bare.save_personal(fit_personal(generic, profile.split(), PersonalConfig(steps=2)), {"moments": 10})
+    got = bare.import_file(path)
+    assert got["baseline"] is True and got["personal"] == [] and got["refit"] == ["weighted"]
 
 
 def test_a_profile_written_before_a_setting_existed_imports_with_its_default(profile, generic, tmp_path):
@@ -800,5 +805,34 @@ def test_an_export_keeps_each_moment_s_face_offset_and_a_version_1_file_still_im
         tensors["moments/vision_offset"][0, 0] = float("nan")
     with pytest.raises(ProfileError, match="face offsets"):
         third.import_file(_rewrite(path, tmp_path / "bad.safetensors", partly_known))
-    with pytest.raises(ProfileError, match="not an mmdemo profile"):
+    with pytest.raises(ProfileError, match="made by a newer mmdemo"):
         third.import_file(_rewrite(path, tmp_path / "v3.safetensors", lambda t: None, fmt="mmdemo-profile/3"))
+    with pytest.raises(ProfileError, match="face offsets are missing"):  # a /2 file must carry them
+        third.import_file(_rewrite(path, tmp_path / "v2bare.safetensors", lambda t: t.pop("moments/vision_offset")))
+    with pytest.raises(ProfileError, match="which format 'mmdemo-profile/1' does not have"):
+        third.import_file(_rewrite(path, tmp_path / "v1extra.safetensors", lambda t: None, fmt="mmdemo-profile/1"))
+
+    def huge(tensors):
+        tensors["moments/vision_offset"][0] = 3e38
+    with pytest.raises(ProfileError, match="implausible"):
+        third.import_file(_rewrite(path, tmp_path / "huge.safetensors", huge))
+    assert len(third.moments()) == 1  # nothing of the refused files came in
+
+
+def test_a_damaged_offsets_file_makes_those_offsets_unknown_and_keeps_the_moments(profile, tmp_path):
+    m = moment(seed=8)
+    m.offsets = _offsets(0.5)
+    profile.add(m, label=1)
+    profile.add(moment(seed=9), label=-1)
+    path = profile._current() / "vision_offset.npy"
+    off = np.load(path)
+    off[1, 0] = np.inf  # one bad row: only that one is unknown
+    np.save(path, off)
+    got = profile.split().feats["vision"]
+    np.testing.assert_allclose(got[0], m.features["vision"] + 0.5, atol=1e-6)
+    assert np.isnan(profile._read()[1]["vision_offset"][1]).all()
+    np.save(path, np.zeros((5, 3), np.float32))  # the wrong shape: every offset unknown, the moments still there
+    assert len(profile.moments()) == 2
+    np.testing.assert_array_equal(profile.split().feats["vision"][0], m.features["vision"])
+    profile.export(tmp_path / "out.safetensors")  # what export writes, import takes
+    assert Profile(tmp_path / "again", new_profile_id(), DIMS).import_file(tmp_path / "out.safetensors")["moments_added"] == 2

@@ -440,3 +440,38 @@ def test_the_voice_calibration_takes_only_clean_speech_and_reads_as_the_session_
     assert "audio" in baseline.offsets
     again = s._readings(cal, baseline)  # with the statistics as the session now holds them (restarted)
     assert again["audio"] == pytest.approx(baseline.readings["audio"])
+
+
+def test_a_model_fitted_while_the_baseline_changed_is_not_saved_and_one_of_another_baseline_says_so(handlers, tmp_path, monkeypatch):
+    from mmdemo.calibration import Baseline
+    from mmdemo.encoders import DIMS as dims
+    from mmdemo.profile import Moment, Profile, new_profile_id
+
+    h = handlers
+    pid, s = _tab(h)
+    prof = h.studio.profile(pid)
+    rng = np.random.default_rng(3)
+    for i in range(8):
+        feats = {m: rng.normal(size=d).astype(np.float32) for m, d in dims.items()}
+        prof.add(Moment(feats, {m: True for m in dims}, text=f"moment {i}", seconds=5.0), label=i % 7 - 3)
+    other = Baseline({"vision": np.full(dims["vision"], 0.1, np.float32)}, {"vision": 5}, 5.0)
+    real_fit = studio_app.fit_personal
+
+    def fit_while_calibrating(*a, **k):  # a calibration finishes while the model is being fitted
+        s.set_baseline(other)
+        return real_fit(*a, **k)
+
+    monkeypatch.setattr(studio_app, "fit_personal", fit_while_calibrating)
+    msg, *_ = h.on_fit(pid, s)
+    assert "baseline changed while the model was being fitted" in msg and prof.personal_fusions() == []
+    monkeypatch.undo()
+    msg, pers, *_ = h.on_fit(pid, s)  # fitted under `other`: no warning in this session
+    assert msg.startswith("✓") and "another neutral baseline" not in pers
+    s.set_baseline(None)
+    assert "learned under another neutral baseline than this session's" in studio_app.personal_md(s, prof)
+    # importing a file with a baseline into this profile (none of its own): its own model is to be fitted again
+    src = Profile(tmp_path, new_profile_id(), dims)
+    src.add(Moment({m: rng.normal(size=d).astype(np.float32) for m, d in dims.items()}, {m: True for m in dims}, seconds=5.0), label=1)
+    src.save_baseline(other)
+    msg, *_ = h.on_import(str(src.export(tmp_path / "src.safetensors")), pid, s)
+    assert msg.startswith("✓ Imported 1 moments, the baseline") and f"{s.fusion_name} learned under another baseline" in msg, msg
