@@ -269,14 +269,24 @@ def frame_html(frame: np.ndarray | None, up: Update | None) -> str:
     return f"<img class='mm-frame' alt='annotated frame' src='data:image/jpeg;base64,{base64.b64encode(jpg).decode()}'/>"
 
 
-def refit_note(prof) -> str:
-    """After a baseline change: the moments are read with it at the next fit; the personal models learned with the old one."""
+def learned_under(prof, name: str) -> str | None:
+    """The fingerprint of the baseline ``name``'s personal model learned under (None: not recorded or not readable)."""
     try:
-        names = prof.personal_fusions()
+        got = prof.load_personal(name)
+    except (ProfileError, ValueError, OSError):
+        return None
+    return got[1].get("baseline") if got else None
+
+
+def refit_note(prof, baseline: Baseline | None) -> str:
+    """After a baseline change: the personal models that learned under another one (or under one not
+    recorded) are to be fitted again; the moments are read with the new one at the next fit."""
+    try:
+        names = [n for n in prof.personal_fusions() if learned_under(prof, n) != Baseline.fingerprint(baseline)]
     except OSError:
         return ""
-    return (f"; your personal model{'s' if len(names) > 1 else ''} ({', '.join(names)}) learned with the old one: "
-            "fit again (your labelled moments are read with the new one)") if names else ""
+    return (f"; your personal model{'s' if len(names) > 1 else ''} ({', '.join(names)}) learned under another baseline: "
+            "fit again (your labelled moments are read with this one)") if names else ""
 
 
 def baseline_md(baseline: Baseline | None) -> str:
@@ -305,10 +315,13 @@ def personal_md(session: Session | None, profile: Profile | None) -> str:
             metrics = {}
     if name not in session.personal:
         return f"No personal model for **{name}** yet: label at least {PersonalConfig.min_moments} moments, then fit."
+    learned, now = metrics.get("baseline"), Baseline.fingerprint(session.baseline)
+    if learned is None:  # fitted before the baseline was recorded, or imported from such a file
+        stale = "" if session.baseline is None else " (The baseline it learned under was not recorded: fit it again to be sure it matches yours.)"
+    else:
+        stale = "" if learned == now else " ⚠️ It learned under another neutral baseline than this session's: fit it again."
     if not {"moments", "scheme", "personal_mae", "generic_mae"} <= set(metrics):
-        return f"Personal model for **{name}** loaded."
-    stale = ("" if metrics.get("baseline") in (None, Baseline.fingerprint(session.baseline))
-             else " ⚠️ It learned under another neutral baseline than this session's: fit it again.")
+        return f"Personal model for **{name}** loaded.{stale}"
     return (f"Personal model for **{name}** from {metrics['moments']} moments. {metrics['scheme'].capitalize()} error on "
             f"your moments (MAE): **personal {metrics['personal_mae']:.2f}**, generic {metrics['generic_mae']:.2f}.{stale}")
 
@@ -550,7 +563,7 @@ class Handlers:
         try:
             prof = self._profile(pid)
             prof.save_baseline(baseline)
-            saved = "saved in your profile" + refit_note(prof)
+            saved = "saved in your profile" + refit_note(prof, baseline)
         except (ProfileError, OSError) as err:
             saved = f"used in this tab only (not saved: {err})"
         return f"✓ Baseline measured and {saved}.", baseline_md(baseline), state
@@ -564,7 +577,7 @@ class Handlers:
             prof.save_baseline(None)
         except (ProfileError, OSError) as err:
             return f"⚠️ {err}", baseline_md(None), state
-        return "Baseline removed" + refit_note(prof) + ".", baseline_md(None), state
+        return "Baseline removed" + refit_note(prof, None) + ".", baseline_md(None), state
 
     def on_label(self, value, keep_clip, pid, known, state):
         """Store the last seconds as one labelled moment."""
@@ -626,6 +639,16 @@ class Handlers:
             return f"⚠️ the personal model could not be fitted ({type(err).__name__}: {str(err)[:160]})", gr.skip(), gr.skip(), gr.skip(), gr.skip(), state
         return (f"✓ {name}: fitted in {metrics['fit_seconds']:.1f} s (the held-out error took {metrics['seconds']:.1f} s) and switched to it.",
                 personal_md(state, prof), gr.update(value="personal"), feed_payload(up, src="personal"), readout_html(up), state)
+
+    def on_personal_refresh(self, pid, state):
+        """The personal-model panel again (after a baseline change or a switch of model): says whether
+        the model learned under this session's baseline. Not while a calibration runs."""
+        if state is None or state.calibration_progress() is not None:
+            return gr.skip()
+        try:
+            return personal_md(state, self._profile(pid))
+        except (ProfileError, OSError):
+            return gr.skip()
 
     def on_model_choice(self, choice, pid, state):
         if state is None:
@@ -884,16 +907,19 @@ def build(studio: Studio) -> gr.Blocks:
         # the progress tick and Stop never run at once: a tick computed just before a Stop would
         # otherwise arrive after it and show "Calibrating…" again (a tick only reads counters)
         cal_timer.tick(h.on_calibrate_tick, inputs=[profile, state], outputs=[cal_msg, cal_timer, base_md, state], show_progress="hidden",
-                       concurrency_limit=1, concurrency_id="calibration")
+                       concurrency_limit=1, concurrency_id="calibration").then(
+            h.on_personal_refresh, inputs=[profile, state], outputs=[pers_md], show_progress="hidden")
         cal_stop.click(h.on_calibrate_stop, inputs=[profile, state], outputs=[cal_msg, base_md, state], show_progress="hidden",
                        concurrency_limit=1, concurrency_id="calibration").then(
-            lambda: gr.Timer(active=False), outputs=[cal_timer])
-        cal_reset.click(h.on_baseline_reset, inputs=[profile, state], outputs=[cal_msg, base_md, state], show_progress="hidden")
+            lambda: gr.Timer(active=False), outputs=[cal_timer]).then(
+            h.on_personal_refresh, inputs=[profile, state], outputs=[pers_md], show_progress="hidden")
+        cal_reset.click(h.on_baseline_reset, inputs=[profile, state], outputs=[cal_msg, base_md, state], show_progress="hidden").then(
+            h.on_personal_refresh, inputs=[profile, state], outputs=[pers_md], show_progress="hidden")
         label_btn.click(h.on_label, inputs=[label_value, keep_clip, profile, moments_state, state], outputs=[label_msg, moments_state])
         fit_btn.click(h.on_fit, inputs=[profile, state], outputs=[fit_msg, pers_md, model_choice, live, readout, state],
                       concurrency_limit=1, concurrency_id="fit")  # one fit at a time: the live sessions keep the rest of the CPU
         model_choice.input(h.on_model_choice, inputs=[model_choice, profile, state], outputs=[fit_msg, live, readout, status, state],
-                           show_progress="hidden")
+                           show_progress="hidden").then(h.on_personal_refresh, inputs=[profile, state], outputs=[pers_md], show_progress="hidden")
         export_btn.click(h.on_export, inputs=[profile], outputs=[profile_msg, export_file])
         import_file.upload(h.on_import, inputs=[import_file, profile, state], outputs=[profile_msg, moments_state, base_md, pers_md, state])
         delete_all.click(h.on_delete_all, inputs=[profile, state], outputs=[profile_msg, moments_state, base_md, pers_md, state, cal_timer, model_choice, export_file])

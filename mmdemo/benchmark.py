@@ -997,7 +997,7 @@ def run(args) -> dict:
     log.info("voice: leave-one-corpus-out over %s", ", ".join(c.name for c in corpora))
     before = Path(args.before) if args.before else ckpt  # by default the head this run replaces
     vres = voice_stage(corpora, tcfg_uni, grid=[VOICE_GRID[0], VOICE_GRID[-1]] if quick else VOICE_GRID, seed=args.seed, before=previous_voice_head(before))
-    vres["before_from"] = shown_path(before) if "before" in vres else None
+    vres["before_from"] = (f"--before {args.before}" if args.before else f"{shown_path(ckpt)}, as the run found it") if "before" in vres else None
     voice_model, voice_prior, voice_cfg = vres["model"], vres["prior"], vres["config"]
     voice = voice_dataset(corpora, voice_cfg, voice_prior, seed=args.seed)
     results["voice"] = {k: v for k, v in vres.items() if k not in ("model", "prior", "config")} | {
@@ -1279,8 +1279,10 @@ def main(argv: list[str] | None = None) -> int:
         problem = output_problem(folder, folder=True) if folder else None
         if problem:
             ap.error(f"{flag}: {problem}")
-    if args.before and not (Path(args.before) / "unimodal" / "audio" / "config.json").is_file():
-        ap.error(f"--before {args.before}: no voice head there (unimodal/audio/config.json)")
+    if args.before and args.only:
+        ap.error("--before goes with a full run (--only face trains no voice head)")
+    if args.before and previous_voice_head(args.before) is None:  # checked before hours of work, not found missing after them
+        ap.error(f"--before {args.before}: no readable voice head there (unimodal/audio/)")
     if args.reuse_expression and args.expression_cnn != "own":
         ap.error("--reuse-expression goes with --expression-cnn own")
     if args.only and (args.reuse_words or args.reuse_expression):

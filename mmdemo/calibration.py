@@ -34,6 +34,7 @@ from . import DISPLAY_NAMES
 REFERENCE_FILE = "neutral_reference.json"
 CALIBRATED = ("vision", "audio")  # words have no per-person baseline to remove
 MIN_SAMPLES = {"vision": 5, "audio": 2}  # face frames, voice windows (each 2.4 s) needed for an offset
+MAX_FACE_OFFSET = 1e3  # the face feature is blendshapes, head pose and probabilities: an offset beyond this is damage
 MAX_SAMPLES = 600
 CALIBRATION_S = 10.0
 NEUTRAL_SENTENCE = ("The train to the city leaves at nine in the morning. The station has two platforms, "
@@ -131,6 +132,8 @@ class Baseline:
             x = np.asarray(x, np.float32)
             if m not in CALIBRATED or x.shape != (dims[m],) or not np.all(np.isfinite(x)):
                 raise ValueError(f"baseline offset for {m!r} has shape {x.shape}; expected ({dims.get(m)},) finite values")
+            if m == "vision" and np.any(np.abs(x) > MAX_FACE_OFFSET):
+                raise ValueError(f"baseline offset for the face holds values beyond ±{MAX_FACE_OFFSET:g}, which no face feature gives")
             clean[m] = x
         samples = {str(k): int(v) for k, v in dict(info.get("samples", {})).items()}
         readings = {str(k): {kk: float(vv) for kk, vv in dict(v).items()} for k, v in dict(info.get("readings", {})).items()}

@@ -19,8 +19,8 @@ The moments are kept in the project's feature-folder format (what
     personal/<fusion>/                     personal models (a checkpoint folder each)
 
 Each moment's face feature is stored as read, with the baseline's face offset it was read with
-(``vision_offset.npy`` beside the features: zeros for none; a generation written before this file
-existed has none, and its rows count as unknown). The face offset is a constant taken off the face
+(``vision_offset.npy`` beside the features: zeros for none; rows of a generation written before this
+file existed, imported from a ``/1`` file, or whose recorded offset is damaged count as unknown). The face offset is a constant taken off the face
 feature, so :meth:`Profile.split` gives every face feature exactly as it reads under the offset
 asked for (a personal model is fitted under the baseline its session reads with, whatever baseline
 each moment was labelled under); rows of unknown offset are given as stored. The voice features are
@@ -63,7 +63,7 @@ import numpy as np
 import torch
 
 from . import DISPLAY_NAMES, MODALITIES
-from .calibration import Baseline
+from .calibration import MAX_FACE_OFFSET, Baseline
 
 FORMAT = "mmdemo-profile/2"  # /2: with each moment's face offset; /1 files (without) still import, their offsets unknown
 READ_FORMATS = ("mmdemo-profile/1", FORMAT)
@@ -75,7 +75,6 @@ MAX_PROFILE_BYTES = 64 * 2**20  # an imported profile file larger than this is r
 MAX_TEXT = 2000  # characters of a moment's words kept in labels.csv
 MAX_HEADER_BYTES = 16 * 2**20  # the JSON header of a profile file (moments' texts, descriptions) that import reads
 OFFSET = "vision_offset"  # beside the moments: (N, D) the face offset each row was read with (NaN rows: not recorded)
-MAX_OFFSET = 1e3  # a face offset (blendshapes, pose, probabilities) is a difference of small values: larger is damage
 
 
 def stored_text(value, limit: int = MAX_TEXT) -> str:
@@ -227,7 +226,7 @@ class Profile:
         if off.shape != unknown.shape:
             log.warning("%s has shape %s, expected %s: those moments' face offsets count as unknown", path, off.shape, unknown.shape)
             return unknown
-        bad = ~np.all(np.isfinite(off) & (np.abs(off) <= MAX_OFFSET), axis=1)
+        bad = ~np.all(np.isfinite(off) & (np.abs(off) <= MAX_FACE_OFFSET), axis=1)
         off[bad] = np.nan
         return off
 
@@ -313,8 +312,8 @@ class Profile:
             feats[m] = x
         off = moment.offsets.get("vision")
         feats[OFFSET] = np.zeros(self.dims["vision"], np.float32) if off is None else np.asarray(off, np.float32).reshape(-1)
-        if feats[OFFSET].shape != (self.dims["vision"],) or not np.all(np.isfinite(feats[OFFSET]) & (np.abs(feats[OFFSET]) <= MAX_OFFSET)):
-            raise ProfileError(f"the face offset has shape {feats[OFFSET].shape}, expected ({self.dims['vision']},) finite values")
+        if feats[OFFSET].shape != (self.dims["vision"],) or not np.all(np.isfinite(feats[OFFSET]) & (np.abs(feats[OFFSET]) <= MAX_FACE_OFFSET)):
+            raise ProfileError(f"the face offset has shape {feats[OFFSET].shape}; expected ({self.dims['vision']},) finite values of at most ±{MAX_FACE_OFFSET:g}")
         clip_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
         with self.locked():
             rows, arrays = self._read()
@@ -524,9 +523,21 @@ class Profile:
                 "personal": took, "kept": sorted(([("baseline")] if parsed["baseline"] is not None and not took_baseline else [])
                                                  + [n for n in parsed["personal"] if n in own]),
                 "left_out": parsed["left_out"],
-                # personal models that learned under another baseline than the one this profile has now: the
-                # profile's own (without a baseline) when it took the file's, else those taken from a file of another
-                "refit": sorted(own) if took_baseline else ([] if _same_baseline(own_baseline, parsed["baseline"]) else took)}
+                "refit": self._refit(took, own, parsed, own_baseline, parsed["baseline"] if took_baseline else own_baseline)}
+
+    def _refit(self, took: list[str], own: set[str], parsed: dict, own_baseline: Baseline | None, now: Baseline | None) -> list[str]:
+        """The personal models that learned under another baseline than the one this profile has now:
+        each by the baseline its metrics record, or, where none is recorded (an older file or fit), by
+        the baseline of where it came from (the file's, or this profile's before the import)."""
+        def learned(name: str) -> str:
+            if name in took:
+                recorded, where = parsed["personal"][name][1].get("baseline"), parsed["baseline"]
+            else:
+                got = self.load_personal(name)
+                recorded, where = (got[1].get("baseline") if got else None), own_baseline
+            return recorded or Baseline.fingerprint(where)
+
+        return sorted(n for n in (*took, *own) if learned(n) != Baseline.fingerprint(now))
 
 
 def read_under(arrays: dict[str, np.ndarray], face_offset: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -543,12 +554,6 @@ def read_under(arrays: dict[str, np.ndarray], face_offset: np.ndarray | None = N
             v[move] -= np.asarray(face_offset, np.float32)
         feats["vision"] = v.astype(np.float32)
     return feats
-
-
-def _same_baseline(a: Baseline | None, b: Baseline | None) -> bool:
-    if a is None or b is None:
-        return a is b
-    return a.offsets.keys() == b.offsets.keys() and all(np.array_equal(a.offsets[m], b.offsets[m]) for m in a.offsets)
 
 
 PROFILE_CLIP = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}\Z")  # [0-9], not \d (any Unicode digit); \Z, not $ (a trailing newline)
@@ -673,7 +678,7 @@ def _read_profile_file(path: Path, dims: dict[str, int], configs: dict[str, dict
             raise ProfileError("the profile's face offsets are missing or have the wrong shape")
         off = off.numpy()
         known = np.all(np.isfinite(off), axis=1)
-        if not np.all(known | np.isnan(off).all(axis=1)) or np.any(np.abs(off[known]) > MAX_OFFSET):  # a row is known (finite) or not (all NaN)
+        if not np.all(known | np.isnan(off).all(axis=1)) or np.any(np.abs(off[known]) > MAX_FACE_OFFSET):  # a row is known (finite) or not (all NaN)
             raise ProfileError("the profile's face offsets hold inf, implausible values or rows only partly known")
         feats[OFFSET] = off
     rows = []

@@ -391,7 +391,8 @@ def test_reuse_expression_refuses_what_this_run_would_not_have_trained(tmp_path)
     (["--device", "tpu"], "unknown device 'tpu'"),
     (["--out", "FILE"], "--out:"),
     (["--checkpoints", "FILE"], "--checkpoints:"),
-    (["--before", "FILE"], "no voice head there"),
+    (["--before", "FILE"], "no readable voice head there"),
+    (["--before", ".", "--only", "face"], "--before goes with a full run"),
 ])
 def test_bad_settings_are_refused_before_any_work(tmp_path, capsys, extra, says):
     (tmp_path / "FILE").write_text("a file, not a folder")

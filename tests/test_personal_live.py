@@ -2,6 +2,7 @@
 (photos, espeak-ng speech, known labels), live sessions, the app's handlers. Slow."""
 
 import copy
+import json
 from pathlib import Path
 
 import numpy as np
@@ -232,7 +233,7 @@ def test_the_calibrate_and_personalise_flow(handlers, tmp_path, monkeypatch):
     prof, old = h.studio.profile(pid), s.baseline.offsets["vision"].copy()
     as_read = prof.split(face_offset=old).feats["vision"]
     msg, md, s = h.on_baseline_reset(pid, s)
-    assert msg.startswith("Baseline removed") and "(weighted) learned with the old one: fit again" in msg
+    assert msg.startswith("Baseline removed") and "(weighted) learned under another baseline: fit again" in msg
     seen = []
     monkeypatch.setattr(studio_app, "cross_validate", lambda generic, split, *a, **k: seen.append(split) or real_cv(generic, split, *a, **k))
     msg, *_ = h.on_fit(pid, s)
@@ -245,10 +246,15 @@ def test_the_calibrate_and_personalise_flow(handlers, tmp_path, monkeypatch):
         s.push_frame(f, t=t0 + 0.25 * i)
     msg, md, s = h.on_calibrate_stop(pid, s)
     assert "saved in your profile" in msg and "fit again" in msg
+    assert "another neutral baseline" in h.on_personal_refresh(pid, s)  # the panel says so too
+    msg, pers, *_ = h.on_fit(pid, s)  # fitted again, under the new baseline
+    assert msg.startswith("✓") and "another" not in pers
     # a second tab of the same browser sees the moments and the personal model
     state2, *_ = h.on_load()
     pid2, s2, _, listed, *_ = h.on_profile_load(pid, state2)
     assert pid2 == pid and len(listed) == 8 and "weighted" in s2.personal and s2.baseline is not None
+    shown = studio_app.personal_md(s2, h.studio.profile(pid))  # the saved baseline is the one the model learned under
+    assert shown.startswith("Personal model for **weighted** from 8 moments") and "another" not in shown and "not recorded" not in shown
     h.on_text("I am so sad today", s2)
     msg, listed = h.on_label(-2.0, False, pid, listed, s2)
     assert msg.startswith("✓") and len(listed) == 9 and "another tab" not in msg
@@ -467,11 +473,27 @@ def test_a_model_fitted_while_the_baseline_changed_is_not_saved_and_one_of_anoth
     monkeypatch.undo()
     msg, pers, *_ = h.on_fit(pid, s)  # fitted under `other`: no warning in this session
     assert msg.startswith("✓") and "another neutral baseline" not in pers
+    assert studio_app.refit_note(prof, other) == ""  # it learned under this one
     s.set_baseline(None)
     assert "learned under another neutral baseline than this session's" in studio_app.personal_md(s, prof)
-    # importing a file with a baseline into this profile (none of its own): its own model is to be fitted again
+    assert h.on_personal_refresh(pid, s) == studio_app.personal_md(s, prof)  # what the panel shows after a reset or a switch
+    assert s.fusion_name in studio_app.refit_note(prof, None)
+    # a model whose baseline was not recorded (fitted or exported before it was): said only when the session has one
+    metrics_file = prof.folder / "personal" / s.fusion_name / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+    metrics.pop("baseline")
+    metrics_file.write_text(json.dumps(metrics))
+    assert "not recorded" not in studio_app.personal_md(s, prof)
+    s.set_baseline(other)
+    assert "The baseline it learned under was not recorded" in studio_app.personal_md(s, prof)
+    metrics["baseline"] = Baseline.fingerprint(other)
+    metrics_file.write_text(json.dumps(metrics))
+    # importing a file with another baseline into this profile (none saved of its own): its model is to be fitted again
     src = Profile(tmp_path, new_profile_id(), dims)
     src.add(Moment({m: rng.normal(size=d).astype(np.float32) for m, d in dims.items()}, {m: True for m in dims}, seconds=5.0), label=1)
-    src.save_baseline(other)
+    src.save_baseline(Baseline({"vision": np.full(dims["vision"], 0.2, np.float32)}, {"vision": 5}, 5.0))
     msg, *_ = h.on_import(str(src.export(tmp_path / "src.safetensors")), pid, s)
     assert msg.startswith("✓ Imported 1 moments, the baseline") and f"{s.fusion_name} learned under another baseline" in msg, msg
+    same = Profile(tmp_path, new_profile_id(), dims)  # a file with the baseline the model learned under: nothing to fit again
+    same.save_baseline(other)
+    assert same.import_file(prof.export(tmp_path / "mine.safetensors"))["refit"] == []
