@@ -157,6 +157,7 @@ def test_quick_benchmark_writes_tables_checkpoints_and_a_model_card(tmp_path, mo
     assert res2["face"]["expression_cnn"].startswith("mmdemo") and res2["expression"]["fer2013_test"]["n"] > 0
     assert "model_with_fer_probabilities" not in res2["face"]["fer_test"] and "expression CNN alone" in md2 and "*in-sample*" not in md2
     assert "test images that are copies of training images" in md2
+    assert "copies of training images" in (ckpt / "README.md").read_text()  # the model card says what FER-2013's test holds
     assert Engine(ckpt, device="cpu").face.expression == shipped_cnn
     # the shipped face head is the mean of the heads (seeds) the validation people chose, and loads as one
     members = res2["face"]["members"]
