@@ -35,6 +35,13 @@ REFERENCE_FILE = "neutral_reference.json"
 CALIBRATED = ("vision", "audio")  # words have no per-person baseline to remove
 MIN_SAMPLES = {"vision": 5, "audio": 2}  # face frames, voice windows (each 2.4 s) needed for an offset
 MAX_FACE_OFFSET = 1e3  # the face feature is blendshapes, head pose and probabilities: an offset beyond this is damage
+
+
+def plausible_face_offset(off: np.ndarray) -> np.ndarray:
+    """Per face offset (the last axis): finite and within ±MAX_FACE_OFFSET. One rule for baselines,
+    stored moments and imported files."""
+    off = np.asarray(off)
+    return np.all(np.isfinite(off) & (np.abs(off) <= MAX_FACE_OFFSET), axis=-1)
 MAX_SAMPLES = 600
 CALIBRATION_S = 10.0
 NEUTRAL_SENTENCE = ("The train to the city leaves at nine in the morning. The station has two platforms, "
@@ -132,7 +139,7 @@ class Baseline:
             x = np.asarray(x, np.float32)
             if m not in CALIBRATED or x.shape != (dims[m],) or not np.all(np.isfinite(x)):
                 raise ValueError(f"baseline offset for {m!r} has shape {x.shape}; expected ({dims.get(m)},) finite values")
-            if m == "vision" and np.any(np.abs(x) > MAX_FACE_OFFSET):
+            if m == "vision" and not plausible_face_offset(x):
                 raise ValueError(f"baseline offset for the face holds values beyond ±{MAX_FACE_OFFSET:g}, which no face feature gives")
             clean[m] = x
         samples = {str(k): int(v) for k, v in dict(info.get("samples", {})).items()}

@@ -20,8 +20,8 @@ The moments are kept in the project's feature-folder format (what
 
 Each moment's face feature is stored as read, with the baseline's face offset it was read with
 (``vision_offset.npy`` beside the features: zeros for none; rows of a generation written before this
-file existed, imported from a ``/1`` file, or whose recorded offset is damaged count as unknown). The face offset is a constant taken off the face
-feature, so :meth:`Profile.split` gives every face feature exactly as it reads under the offset
+file existed, imported from a ``/1`` file, or whose recorded offset is damaged count as unknown).
+The face offset is a constant taken off the face feature, so :meth:`Profile.split` gives every face feature exactly as it reads under the offset
 asked for (a personal model is fitted under the baseline its session reads with, whatever baseline
 each moment was labelled under); rows of unknown offset are given as stored. The voice features are
 per-speaker z-scores against statistics that started from the population's and took in the
@@ -63,7 +63,7 @@ import numpy as np
 import torch
 
 from . import DISPLAY_NAMES, MODALITIES
-from .calibration import MAX_FACE_OFFSET, Baseline
+from .calibration import MAX_FACE_OFFSET, Baseline, plausible_face_offset
 
 FORMAT = "mmdemo-profile/2"  # /2: with each moment's face offset; /1 files (without) still import, their offsets unknown
 READ_FORMATS = ("mmdemo-profile/1", FORMAT)
@@ -226,8 +226,7 @@ class Profile:
         if off.shape != unknown.shape:
             log.warning("%s has shape %s, expected %s: those moments' face offsets count as unknown", path, off.shape, unknown.shape)
             return unknown
-        bad = ~np.all(np.isfinite(off) & (np.abs(off) <= MAX_FACE_OFFSET), axis=1)
-        off[bad] = np.nan
+        off[~plausible_face_offset(off)] = np.nan
         return off
 
     def _empty(self) -> dict[str, np.ndarray]:
@@ -312,7 +311,7 @@ class Profile:
             feats[m] = x
         off = moment.offsets.get("vision")
         feats[OFFSET] = np.zeros(self.dims["vision"], np.float32) if off is None else np.asarray(off, np.float32).reshape(-1)
-        if feats[OFFSET].shape != (self.dims["vision"],) or not np.all(np.isfinite(feats[OFFSET]) & (np.abs(feats[OFFSET]) <= MAX_FACE_OFFSET)):
+        if feats[OFFSET].shape != (self.dims["vision"],) or not plausible_face_offset(feats[OFFSET]):
             raise ProfileError(f"the face offset has shape {feats[OFFSET].shape}; expected ({self.dims['vision']},) finite values of at most ±{MAX_FACE_OFFSET:g}")
         clip_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
         with self.locked():
@@ -677,8 +676,7 @@ def _read_profile_file(path: Path, dims: dict[str, int], configs: dict[str, dict
         if off is None or tuple(off.shape) != (n, dims["vision"]) or off.dtype != torch.float32:
             raise ProfileError("the profile's face offsets are missing or have the wrong shape")
         off = off.numpy()
-        known = np.all(np.isfinite(off), axis=1)
-        if not np.all(known | np.isnan(off).all(axis=1)) or np.any(np.abs(off[known]) > MAX_FACE_OFFSET):  # a row is known (finite) or not (all NaN)
+        if not np.all(plausible_face_offset(off) | np.isnan(off).all(axis=1)):  # a row is known (plausible) or not (all NaN)
             raise ProfileError("the profile's face offsets hold inf, implausible values or rows only partly known")
         feats[OFFSET] = off
     rows = []
