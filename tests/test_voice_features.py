@@ -1,0 +1,88 @@
+"""bench/voice_features.py: the closed-form heads, the feature agreement rule and the choice of a
+configuration (made-up data), and one small run on the real voice corpora (slow; skipped without
+../shared/data)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.media import SHARED
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def vf():
+    spec = importlib.util.spec_from_file_location("bench_voice_features", ROOT / "bench" / "voice_features.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_ridge_path_equals_the_weighted_ridge_solved_directly(vf):
+    rng = np.random.default_rng(0)
+    x, y, w = rng.normal(size=(40, 5)), rng.normal(size=40), rng.uniform(0.2, 3, 40)
+    for alpha, (b, c) in zip((0.5, 50.0), vf.ridge_path(x, y, w, (0.5, 50.0))):
+        w1 = w / w.sum() * len(w)
+        xa = np.hstack([x, np.ones((40, 1))])
+        reg = alpha * np.eye(6)
+        reg[5, 5] = 0  # the intercept is not shrunk
+        direct = np.linalg.solve(xa.T @ (w1[:, None] * xa) + reg, xa.T @ (w1 * y))
+        np.testing.assert_allclose(b, direct[:5], atol=1e-8)
+        assert c == pytest.approx(direct[5], abs=1e-8)
+
+
+def test_every_corpus_and_class_weighs_the_same(vf):
+    corpus = np.array(["a"] * 6 + ["b"] * 2)
+    cls = np.array([1, 1, 1, 1, -1, -1, 1, -1])
+    w = vf.balanced_weights(corpus, cls)
+    for k in {("a", 1), ("a", -1), ("b", 1), ("b", -1)}:
+        m = (corpus == k[0]) & (cls == k[1])
+        assert w[m].sum() == pytest.approx(1.0)
+
+
+def test_only_features_that_carry_valence_the_same_way_in_every_training_corpus_are_kept(vf):
+    rng = np.random.default_rng(1)
+    cls = np.repeat([1, -1], 200)
+    def corpus(sign_of_second):
+        z = rng.normal(size=(400, 3))
+        z[:, 0] += 1.0 * cls  # the same in both corpora
+        z[:, 1] += sign_of_second * 1.0 * cls  # opposite in the second corpus
+        return {"z": z, "cls": cls}  # column 2: no effect anywhere
+    keep = vf.agreeing([corpus(+1), corpus(-1)], slice(0, 3), 0.3)
+    assert keep.tolist() == [True, False, False]
+    assert vf.agreeing([corpus(+1), corpus(-1)], slice(0, 3), None).all()
+
+
+def test_per_speaker_z_scores_remove_each_speaker_s_baseline(vf):
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(60, 4))
+    speaker = np.repeat(["s1", "s2", "s3"], 20)
+    x[speaker == "s2"] += 50.0  # a louder microphone
+    z = vf.per_speaker_z(x, speaker)
+    for s in ("s1", "s2", "s3"):
+        np.testing.assert_allclose(z[speaker == s].mean(0), 0, atol=1e-9)
+        np.testing.assert_allclose(z[speaker == s].std(0), 1, atol=1e-6)
+
+
+def test_a_configuration_is_chosen_by_its_worst_held_out_corpus_then_the_mean(vf):
+    scores = {"good_on_average": {"a": (0.95, 0, None), "b": (0.55, 0, None)},
+              "even": {"a": (0.70, 0, None), "b": (0.68, 0, None)},
+              "even_lower_mean": {"a": (0.68, 0, None), "b": (0.68, 0, None)}}
+    assert vf.choose(scores, list(scores)) == "even"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED / "emospeech-in-the-wild" / "labels.csv").exists(), reason="../shared/data not present")
+def test_a_small_run_on_the_real_voice_corpora_writes_its_tables(vf, tmp_path):
+    assert vf.main(["--data", str(SHARED), "--limit", "150", "--workers", "1", "--out", str(tmp_path), "--quiet"]) == 0
+    res = json.loads((tmp_path / "voice_features.json").read_text())
+    assert set(res["corpora"]) == {"ravdess", "ased", "emospeech"}
+    for route in res["routes"].values():
+        assert set(route["test"]) == set(res["corpora"])
+    assert all(0.0 <= v <= 1.0 for v in res["chosen"]["test"].values())
+    assert (tmp_path / "voice_features.md").read_text().startswith("## Voice features across corpora")
+    assert len(list((tmp_path / "voice_features").glob("*.npz"))) == 3  # each corpus's features cached under --out
