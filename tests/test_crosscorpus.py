@@ -127,3 +127,35 @@ def test_the_linear_head_is_a_head_not_a_fusion_method(tmp_path):
     save_fusion(model, tmp_path / "m")
     again = load_fusion(tmp_path / "m")
     assert torch.allclose(again(x, present).prediction, out.prediction)
+
+
+def test_the_before_columns_read_the_head_in_the_folder_named(tmp_path, monkeypatch):
+    """``benchmark --before DIR``: the "head before" columns read DIR's voice head (with DIR's own
+    normalisation: raw features when DIR has no per-speaker statistics), not the head the run trains."""
+    import torch
+
+    from mmdemo import crosscorpus
+    from mmdemo.checkpoint import save_fusion
+    from mmdemo.crosscorpus import VoiceConfig, previous_voice_head, voice_stage
+    from mmdemo.fusion import create_fusion
+    from mmdemo.train import TrainConfig
+
+    monkeypatch.setattr(crosscorpus, "espeak_readings", lambda *a, **k: None)  # no speech synthesis here
+    rng = np.random.default_rng(0)
+    corpora = [_corpus(n, rng, s) for n, s in (("a", 0.0), ("b", 5.0), ("c", -4.0))]
+    old = create_fusion("linear", dims={"audio": 6})
+    with torch.no_grad():
+        for p in old.parameters():
+            p.zero_()
+        old.set_normalization({"audio": (torch.zeros(6), torch.ones(6))})
+        list(old.parameters())[-1].fill_(0.8)  # the output bias: an old head that reads every clip the same
+    save_fusion(old, tmp_path / "OLD" / "unimodal" / "audio")
+    assert previous_voice_head(tmp_path / "nothing") is None
+    before = previous_voice_head(tmp_path / "OLD")
+    assert before[1].norm == "none"  # no voice_features.json there: the old head read raw features
+    tcfg = TrainConfig(epochs=20, patience=20, batch_size=64, lr=1e-2, modality_dropout=0.0)
+    res = voice_stage(corpora, tcfg, grid=[VoiceConfig("speaker", hidden=16, dropout=0.0, head="linear")], before=before)
+    for c in corpora:
+        means = res["before"][c.name]["mean"]
+        assert max(means.values()) - min(means.values()) < 1e-5 and means["neutral"] > 0.5  # the old constant, every class
+        assert res["test_in_corpus"][c.name]["auc_pos_neg"] > 0.9  # the new head is another model
