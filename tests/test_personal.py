@@ -20,6 +20,8 @@ from mmdemo.personal import (PersonalConfig, PersonalError, _held_out_batched, c
 from mmdemo.pipeline import DEFAULT_CHECKPOINTS
 from mmdemo.profile import Moment, Profile, ProfileError, data_root, new_profile_id, read_profile_file
 
+from tests.helpers import bench_module
+
 RNG = np.random.default_rng(0)
 
 
@@ -596,11 +598,7 @@ def test_the_merge_and_train_command_line(tmp_path, capsys):
 
 def test_the_benchmark_searches_every_setting_it_is_given():
     import argparse
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_personal", Path(__file__).resolve().parents[1] / "bench" / "personal.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = bench_module("personal")
     cfgs = bench.grid((0.5, 2.0), (25, 50, 150), (1e-3, 1e-2))
     assert len(cfgs) == 2 * 3 * 2 * len({c.loss for c in cfgs}) and len(set(cfgs)) == len(cfgs)
     assert {(c.anchor, c.steps, c.lr) for c in cfgs} == {(a, s, lr) for a in (0.5, 2.0) for s in (25, 50, 150) for lr in (1e-3, 1e-2)}
@@ -620,11 +618,7 @@ def test_the_benchmark_searches_every_setting_it_is_given():
 
 
 def test_the_benchmark_s_validation_users_speak_valid_sentences_and_its_test_users_test_ones(tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_personal", Path(__file__).resolve().parents[1] / "bench" / "personal.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = bench_module("personal")
     (tmp_path / "cmu-mosi").mkdir()
     (tmp_path / "cmu-mosi" / "labels.csv").write_text(
         "clip_id,label,text,split\na,1.5,it was really very good,valid\nb,-2,too short,valid\n"

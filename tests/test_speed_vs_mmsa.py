@@ -1,24 +1,19 @@
 """bench/speed_vs_mmsa.py: mmdemo and MMSA timed in alternating turns of one run (MMSA faked here:
 it is never installed with mmdemo)."""
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import bench_module
 from tests.test_trimodal import make_folder
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_speed_vs_mmsa", ROOT / "bench" / "speed_vs_mmsa.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return bench_module("speed_vs_mmsa")
 
 
 def fake_mmsa(tmp_path: Path, log: Path, *, fail: bool = False) -> Path:

@@ -2,24 +2,18 @@
 configuration (made-up data), and one small run on the real voice corpora (slow; skipped without
 ../shared/data)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.helpers import bench_module
 from tests.media import SHARED
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def vf():
-    spec = importlib.util.spec_from_file_location("bench_voice_features", ROOT / "bench" / "voice_features.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return bench_module("voice_features")
 
 
 def test_the_ridge_path_equals_the_weighted_ridge_solved_directly(vf):
