@@ -158,7 +158,10 @@ def face_choice(rep: dict) -> str:
     h, f1, held = rep["head"], rep["valid_macro_f1"], rep.get("valid_steady")
     if not held:
         return "its configuration chosen by the mean of the two validation folds' polarity macro-F1." + members_choice(rep)
-    return ("its configuration (width, dropout, loss) chosen on the validation people: the best mean polarity macro-F1 of "
+    copies = rep.get("fer_valid_copies_left_out")
+    return ("its configuration (width, dropout, loss) chosen on the validation people"
+            + (f" (FER-2013's valid images less the {copies} with a face found that copy a training image)" if copies else "")
+            + ": the best mean polarity macro-F1 of "
             f"the two corpora among the configurations steady on at least {100 * STEADY_FLOOR:.0f}% of each corpus's "
             "steady-expression videos (one still each, shifted, scaled, relit and noised frame by frame, read through the live "
             "face smoothing), steady meaning that the face-alone reading holds within ±0.3 of its mean over the video: "
@@ -355,11 +358,12 @@ def fit_members(first, ds: FeatureDataset, fcfg: FusionConfig, tcfg: TrainConfig
     return best[1], best[2], tried
 
 
-def steady_features(data: Path, expression: Path | None, *, per_set: int, seconds: float, fps: float, seed: int) -> dict[str, list]:
+def steady_features(data: Path, expression: Path | None, *, per_set: int, seconds: float, fps: float, seed: int,
+                    exclude=frozenset()) -> dict[str, list]:
     """Per face corpus, the per-frame face features (None: no face found) of steady-expression videos
-    (:func:`mmdemo.smoothing.steady_video`: a still of a validation person, shifted, scaled, relit
-    and noised frame by frame) read by the live face encoder with this run's expression CNN: what a
-    face head's steadiness is chosen on."""
+    (:func:`mmdemo.smoothing.steady_video`: a still of a validation person, never one whose path is
+    in ``exclude``, shifted, scaled, relit and noised frame by frame) read by the live face encoder
+    with this run's expression CNN: what a face head's steadiness is chosen on."""
     from .encoders import FaceEncoder
     from .smoothing import STEADY_MIN_SIDE, steady_faces, steady_video
 
@@ -368,7 +372,7 @@ def steady_features(data: Path, expression: Path | None, *, per_set: int, second
     for name, corpus in (("photos", "faces"), ("fer2013", "fer2013")):
         folder = CORPORA[corpus]["folder"]
         videos = []
-        for k, path in enumerate(steady_faces(data / folder, per_set, seed, "valid")):
+        for k, path in enumerate(steady_faces(data / folder, per_set, seed, "valid", exclude=exclude)):
             frames = steady_video(path, seconds=seconds, fps=fps, seed=seed + k, min_side=STEADY_MIN_SIDE[folder])
             feats = [r.feature if r.present else None for r in map(enc.encode, frames)]
             if sum(f is not None for f in feats) >= 0.8 * len(feats):  # as steady_share and bench/face_stability.py count
@@ -395,24 +399,39 @@ def steady_reading(model, videos: list, fps: float = STEADY_FPS) -> float:
     return steady_share(read, videos, fps, tau_s=live.face_smooth_s, interval_s=live.face_interval_s, gap_s=live.face_ttl_s)
 
 
-def fer_distinct_report(data: Path, fer: FeatureDataset, model) -> dict | None:
-    """``model`` read on FER-2013's test images less those whose pixels equal a training image's
-    (:func:`mmdemo.data.copies_of_train`: 288 of the challenge's 3,589): the copies were learned from
-    by the expression CNN and the head. None without the corpus's labels (a made-up folder)."""
+def fer_copies(data: Path) -> tuple[set[str], set[str]]:
+    """FER-2013's valid and test images whose pixels equal a training image's
+    (:func:`mmdemo.data.copies_of_train`: 280 valid and 288 test images of the challenge's split),
+    as (paths, clip ids); empty without the corpus's labels (a made-up folder)."""
     import csv
 
     from .data import copies_of_train
 
     folder = data / CORPORA["fer2013"]["folder"]
     if not (folder / "labels.csv").is_file():
-        return None
+        return set(), set()
     copies = copies_of_train(folder)
     with open(folder / "labels.csv", encoding="utf-8") as f:
-        copy_ids = {r["clip_id"] for r in csv.DictReader(f) if r["path"] in copies}
-    test = fer.splits["test"]
-    keep = test.subset(np.flatnonzero(~np.isin(test.ids, list(copy_ids))))
+        return copies, {r["clip_id"] for r in csv.DictReader(f) if r["path"] in copies}
+
+
+def without_ids(ds: FeatureDataset, split: str, ids: set[str]) -> FeatureDataset:
+    """``ds`` with the rows of ``split`` whose id is in ``ids`` left out."""
+    sp = ds.splits[split]
+    return FeatureDataset(ds.splits | {split: sp.subset(np.flatnonzero(~np.isin(sp.ids, list(ids))))}, dict(ds.meta))
+
+
+def fer_distinct_report(data: Path, fer: FeatureDataset, model, copy_ids: set[str] | None = None) -> dict | None:
+    """``model`` read on FER-2013's test images less those whose pixels equal a training image's
+    (:func:`fer_copies`, or their ids ``copy_ids`` when the caller has them): the copies were
+    learned from by the expression CNN and the head. None without the corpus's labels (a made-up folder)."""
+    if not (data / CORPORA["fer2013"]["folder"] / "labels.csv").is_file():
+        return None
+    if copy_ids is None:
+        _, copy_ids = fer_copies(data)
+    keep = without_ids(fer, "test", copy_ids).splits["test"]
     return {"model": polarity_report(predict(model, Batches(keep, model.modalities, model.device)), keep.labels),
-            "n_test": len(keep), "copies_left_out": len(test) - len(keep)}
+            "n_test": len(keep), "copies_left_out": len(fer.splits["test"]) - len(keep)}
 
 
 def face_stage(data: Path, faces: FeatureDataset, fer: FeatureDataset, expression: Path | None, grid: list[FusionConfig],
@@ -428,10 +447,15 @@ def face_stage(data: Path, faces: FeatureDataset, fer: FeatureDataset, expressio
     # probabilities are a little more confident than on new faces: see the CNN's train/test scores).
     insample = expression is None
     photos = only_present(faces, "vision")
-    fer_p = only_present(fer, "vision")
+    # FER-2013's valid images that copy a training image were learned from by the expression CNN
+    # (and would be by the head): the choices on the validation people leave them out
+    copy_paths, copy_ids = fer_copies(data)
+    fer_p = without_ids(only_present(fer, "vision"), "valid", copy_ids)
+    valid_copies_left_out = len(only_present(fer, "vision").splits["valid"]) - len(fer_p.splits["valid"])
     fer_blind = without_fer_probabilities(fer_p) if insample else fer_p
     log.info("face: steady-expression videos of the validation people")
-    steady = steady_features(data, expression, per_set=3 if quick else 30, seconds=2.0 if quick else 5.0, fps=STEADY_FPS, seed=seed)
+    steady = steady_features(data, expression, per_set=3 if quick else 30, seconds=2.0 if quick else 5.0, fps=STEADY_FPS, seed=seed,
+                             exclude=copy_paths)
     if insample and "fer2013" in steady:  # read as its head learned FER-2013: without fer's in-sample probabilities
         steady["fer2013"] = [[None if f is None else blind_to_fer(f) for f in v] for v in steady["fer2013"]]
     log.info("face: heads on the photos alone and on photos + FER-2013")
@@ -460,7 +484,7 @@ def face_stage(data: Path, faces: FeatureDataset, fer: FeatureDataset, expressio
            "fer_test": {"model": read(face_model, fer_blind), "photos_only_head": read(photo_model, fer_p),
                         "majority": majority_report(fer_p.splits["train"].labels, fer_p.splits["test"].labels),
                         "n_test": len(fer_p.splits["test"])},
-           "fer_test_distinct": fer_distinct_report(data, fer_blind, face_model),
+           "fer_test_distinct": fer_distinct_report(data, fer_blind, face_model, copy_ids), "fer_valid_copies_left_out": valid_copies_left_out,
            "train_items": {"photos": len(photos.splits["train"]), "fer2013": len(fer_p.splits["train"])}}
     if chosen["members"] > 1:  # what one head of the mean scores alone (the seed the configuration was chosen with)
         rep["one_head"], rep["fer_test"]["one_head"] = read(one_head, photos), read(one_head, fer_blind)

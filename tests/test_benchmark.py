@@ -46,6 +46,12 @@ def test_the_face_head_is_also_scored_without_fer2013_s_copies_of_training_image
     assert read == [["te_new"]] and rep["n_test"] == 1 and rep["copies_left_out"] == 1
     assert rep["model"]["polarity3"]["accuracy"] == 1.0  # te_new (-1) read as -1
     assert benchmark.fer_distinct_report(tmp_path / "elsewhere", fer, model) is None  # no corpus there
+    # the face head's choices leave FER-2013's valid copies out the same way
+    paths, ids = benchmark.fer_copies(tmp_path)
+    assert paths == {"test/te_copy.png", "test/te_noface.png"} and ids == {"te_copy", "te_noface"}
+    less = benchmark.without_ids(fer, "valid", ids)
+    assert list(less.splits["valid"].ids) == ["te_new"] and list(less.splits["test"].ids) == ["te_copy", "te_new"]
+    assert benchmark.fer_copies(tmp_path / "elsewhere") == (set(), set())
 
 
 def test_pairing_keeps_splits_apart_and_follows_its_probabilities():
