@@ -6,7 +6,8 @@ limits it. For each clip of the three voice corpora it takes the speech span the
 takes (Silero VAD) and computes two feature sets on it: eGeMAPS (88 functionals, what the app uses)
 and ComParE-2016 (6,373 functionals, the largest set openSMILE ships). Features are z-scored per
 speaker (over all of the speaker's clips). Linear heads are closed-form ridge regressions onto the
-sentiment targets (-1.5 / 0 / +1.5), each corpus x class weighted equally. Routes:
+sentiment targets of :mod:`mmdemo.crosscorpus` (negative / neutral / positive: -1.5 / 0 / +1.5,
+RAVDESS's scaled by its intensity), each corpus x class weighted equally. Routes:
 
 - each feature set alone, at 6 ridge strengths;
 - each set restricted to the features whose positive-vs-negative effect (Cohen's d) has the same
@@ -14,12 +15,15 @@ sentiment targets (-1.5 / 0 / +1.5), each corpus x class weighted equally. Route
   the same way in two corpora are more likely to carry it in a third);
 - eGeMAPS and ComParE together (the sum of the two heads' standardised predictions).
 
-Leave-one-corpus-out: a head learns from the other two corpora (all their speakers) and reads the
-held-out corpus. A configuration is chosen on the held-out corpora's train + valid speakers (the
-highest AUC on the worst corpus, then the highest mean); their test speakers are read for the chosen
-configurations. Beside it: the same routes trained *within* each corpus (train speakers; the
-configuration chosen on its valid speakers; test speakers read), what the features carry at best
-there; and, as a bound and not an estimate, the best test AUC of any configuration.
+Leave-one-corpus-out: a head learns from the other two corpora (their train and valid speakers:
+no corpus's test speakers ever teach or choose) and reads the held-out corpus. A configuration is
+chosen on the held-out corpora's train + valid speakers (the highest AUC on the worst corpus, then
+the highest mean); their test speakers are read for the chosen configurations, with a 95% interval
+over their speakers drawn with replacement. Beside it: the same routes trained *within* each corpus
+(train speakers; the configuration chosen on its valid speakers; test speakers read), what the
+features carry at best there, with eGeMAPS alone beside them; and, as bounds and not estimates,
+the best AUC of any configuration on each corpus's test speakers and on all of its speakers (all of
+them are held out in leave-one-corpus-out).
 
     python bench/voice_features.py [--data ../shared/data] [--workers 2] [--limit N]
 
@@ -42,7 +46,6 @@ from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmdemo.crosscorpus import VOICE_CORPORA, auc, class_report, voice_labels  # noqa: E402
@@ -54,6 +57,8 @@ THRESHOLDS = (None, 0.1, 0.2, 0.3)  # None: every feature
 SETS = ("egemaps", "compare")
 NAMES = {"egemaps": "eGeMAPS (88)", "compare": "ComParE-2016 (6,373)", "both": "eGeMAPS + ComParE"}
 EGEMAPS_DIM, COMPARE_DIM = 88, 6373
+FEATURES_VERSION = 1  # part of the feature cache's key: raise it when clip_features changes
+BOOTSTRAP = 1000  # speaker-bootstrap resamples of a test AUC's 95% interval
 
 
 # ----------------------------------------------------------------------------- features
@@ -78,30 +83,51 @@ def clip_features(path: str) -> tuple[np.ndarray | None, str]:
         return None, f"unreadable: {err}"
     if audio is None:
         return None, "no audio"
-    enc = _SMILE["enc"]
-    reason, _, probs = enc.check(audio)
-    if reason:
-        return None, reason
-    a, b = speech_span(probs, enc.threshold)
-    seg = audio[a:b]
-    c = _SMILE["compare"].process_signal(seg, 16000).to_numpy(dtype=np.float32).reshape(-1)
-    e = _SMILE["egemaps"].process_signal(seg, 16000).to_numpy(dtype=np.float32).reshape(-1)
+    try:  # one clip that breaks the voice detector or openSMILE is left out, not the run
+        enc = _SMILE["enc"]
+        reason, _, probs = enc.check(audio)
+        if reason:
+            return None, reason
+        a, b = speech_span(probs, enc.threshold)
+        seg = audio[a:b]
+        c = _SMILE["compare"].process_signal(seg, 16000).to_numpy(dtype=np.float32).reshape(-1)
+        e = _SMILE["egemaps"].process_signal(seg, 16000).to_numpy(dtype=np.float32).reshape(-1)
+    except Exception as err:  # noqa: BLE001
+        return None, f"{type(err).__name__}: {err}"
     return np.concatenate([e, c]), ""
 
 
+def sample(ids: list[str], labels: dict, limit: int | None, seed: int = 0) -> list[str]:
+    """All ``ids``, or about ``limit`` of them drawn (seeded) in equal numbers from every split x
+    class, so that a small run still has each class in each split."""
+    if not limit or limit >= len(ids):
+        return ids
+    groups: dict = {}
+    for i in ids:
+        groups.setdefault((labels[i].split, labels[i].cls), []).append(i)
+    rng = np.random.default_rng(seed)
+    per = max(1, limit // len(groups))
+    return sorted(j for g in groups.values() for j in rng.choice(g, min(per, len(g)), replace=False))
+
+
 def corpus_features(data: Path, name: str, *, workers: int, limit: int | None, cache_dir: Path = OUT, progress: bool = True) -> dict:
-    """The labelled clips of one corpus with both feature sets (cached by labels.csv's hash)."""
+    """The labelled clips of one corpus with both feature sets (cached under ``cache_dir``, keyed by
+    the clips, their labels, openSMILE's version, the voice detector's threshold and this file's
+    feature version)."""
+    import csv
+
+    import opensmile
     from tqdm.auto import tqdm
+
+    from mmdemo.encoders.voice import VoiceEncoder
 
     folder = data / VOICE_CORPORA[name]["folder"]
     labels = voice_labels(folder)
-    import csv
-
     with open(folder / "labels.csv", encoding="utf-8") as f:
         paths = {r["clip_id"]: str(folder / r["path"]) for r in csv.DictReader(f) if r["clip_id"] in labels}
-    ids = sorted(paths)
-    ids = ids[:: max(1, len(ids) // limit)][:limit] if limit else ids  # spread over the corpus: every class and split
-    key = hashlib.sha256((folder / "labels.csv").read_bytes() + f"{limit}".encode()).hexdigest()[:16]
+    ids = sample(sorted(paths), labels, limit)
+    key = hashlib.sha256("|".join([(folder / "labels.csv").read_text(encoding="utf-8"), ",".join(ids), opensmile.__version__,
+                                   str(VoiceEncoder().threshold), str(FEATURES_VERSION)]).encode()).hexdigest()[:16]
     cache = cache_dir / "voice_features" / f"{name}-{key}.npz"
     if cache.exists():
         z = np.load(cache)
@@ -109,6 +135,7 @@ def corpus_features(data: Path, name: str, *, workers: int, limit: int | None, c
     else:
         todo = [paths[i] for i in ids]
         if workers > 1:
+            os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per worker process
             with Pool(workers) as pool:
                 got = list(tqdm(pool.imap(clip_features, todo, chunksize=8), total=len(ids), desc=f"features {name}", disable=not progress))
         else:
@@ -116,7 +143,9 @@ def corpus_features(data: Path, name: str, *, workers: int, limit: int | None, c
         kept = [i for i, (v, _) in zip(ids, got) if v is not None and np.isfinite(v).all()]
         x = np.stack([v for v, _ in got if v is not None and np.isfinite(v).all()]) if kept else np.zeros((0, EGEMAPS_DIM + COMPARE_DIM), np.float32)
         cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cache, x=x, ids=np.array(kept))
+        tmp = cache.with_name(cache.stem + ".partial.npz")
+        np.savez(tmp, x=x, ids=np.array(kept))
+        tmp.replace(cache)  # a run stopped while writing leaves no half a cache
     lab = [labels[i] for i in kept]
     return {"name": name, "raw": x, "ids": np.array(kept), "cls": np.array([c.cls for c in lab]),
             "target": np.array([c.target for c in lab]), "speaker": np.array([c.speaker for c in lab]),
@@ -196,6 +225,7 @@ def head_scores(train: list[dict], rows: list[np.ndarray], reads: list[tuple[dic
     out = {}
     for a, (b, c0) in zip(ALPHAS, ridge_path(x, y, w, ALPHAS)):
         out[a] = [c["z"][r][:, COLS[fset]][:, sel] @ b + c0 for c, r in reads]
+        out[("train_std", a)] = float(np.std(x @ b)) + 1e-12  # the scale of its predictions where it learned
     out["features"] = int(sel.sum())
     return out
 
@@ -203,16 +233,17 @@ def head_scores(train: list[dict], rows: list[np.ndarray], reads: list[tuple[dic
 def configurations(preds: dict) -> dict:
     """Every configuration's predictions: single sets {(set, t, alpha)} and the sums of an eGeMAPS
     and a ComParE head's standardised predictions {("both", (t1, a1), (t2, a2))}."""
-    conf = {}
+    conf, scale = {}, {}
     for (fset, t), by_alpha in preds.items():
         for a in ALPHAS:
             if a in by_alpha:
-                conf[(fset, t, a)] = by_alpha[a]
+                conf[(fset, t, a)], scale[(fset, t, a)] = by_alpha[a], by_alpha[("train_std", a)]
     for (t1, a1), (t2, a2) in itertools.product(itertools.product((None,), ALPHAS), itertools.product((None, 0.1, 0.2), ALPHAS)):
         p1, p2 = conf.get(("egemaps", t1, a1)), conf.get(("compare", t2, a2))
         if p1 is None or p2 is None:
             continue
-        s1, s2 = np.std(np.concatenate(p1)) + 1e-12, np.std(np.concatenate(p2)) + 1e-12
+        # each head's predictions over their spread on its own training rows (never on the rows read)
+        s1, s2 = scale[("egemaps", t1, a1)], scale[("compare", t2, a2)]
         conf[("both", (t1, a1), (t2, a2))] = [u / s1 + v / s2 for u, v in zip(p1, p2)]
     return conf
 
@@ -234,21 +265,41 @@ def pos_neg_auc(pred: np.ndarray, cls: np.ndarray) -> float:
     return auc(pred[m], cls[m] > 0)
 
 
+def speaker_interval(pred: np.ndarray, cls: np.ndarray, speaker: np.ndarray, n: int = BOOTSTRAP, seed: int = 0) -> tuple[float, float]:
+    """95% interval of the positive-vs-negative AUC over speakers drawn with replacement (the test
+    speakers are few: 4 RAVDESS actors, 7 ASED and 9 EmoSpeech speakers)."""
+    rng = np.random.default_rng(seed)
+    spk = np.unique(speaker)
+    rows = {s: np.flatnonzero(speaker == s) for s in spk}
+    vals = []
+    for _ in range(n):
+        idx = np.concatenate([rows[s] for s in rng.choice(spk, len(spk), replace=True)])
+        v = pos_neg_auc(pred[idx], cls[idx])
+        if np.isfinite(v):
+            vals.append(v)
+    return (float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))) if vals else (float("nan"), float("nan"))
+
+
 # ----------------------------------------------------------------------------- the two protocols
 
 
 def loco(corpora: list[dict]) -> dict:
-    """Leave-one-corpus-out: {config: {held-out name: (AUC on its train+valid speakers, AUC on its test speakers, preds on test)}}."""
+    """Leave-one-corpus-out, heads trained on the other corpora's train + valid speakers: {config:
+    {held-out name: (AUC on its train+valid speakers, AUC on its test speakers, predictions on its
+    test speakers, AUC on all its speakers)}}."""
     out: dict = {}
     for held in corpora:
         train = [c for c in corpora if c is not held]
         sel_rows, test_rows = held["split"] != "test", held["split"] == "test"
         preds = {}
         for fset, t in itertools.product(SETS, THRESHOLDS):
-            preds[(fset, t)] = head_scores(train, [np.ones(len(c["cls"]), bool) for c in train],
+            preds[(fset, t)] = head_scores(train, [c["split"] != "test" for c in train],  # no corpus's test speakers ever teach
                                            [(held, sel_rows), (held, test_rows)], fset, t)
         for key, (p_sel, p_test) in configurations(preds).items():
-            out.setdefault(key, {})[held["name"]] = (pos_neg_auc(p_sel, held["cls"][sel_rows]), pos_neg_auc(p_test, held["cls"][test_rows]), p_test)
+            p_all = np.empty(len(held["cls"]))
+            p_all[sel_rows], p_all[test_rows] = p_sel, p_test
+            out.setdefault(key, {})[held["name"]] = (pos_neg_auc(p_sel, held["cls"][sel_rows]), pos_neg_auc(p_test, held["cls"][test_rows]), p_test,
+                                                     pos_neg_auc(p_all, held["cls"]))
     return out
 
 
@@ -260,10 +311,11 @@ def within(corpus: dict) -> dict:
 
 
 def choose(scores: dict, keys) -> object:
-    """The configuration with the highest selection AUC on the worst held-out corpus, then the highest mean."""
+    """The configuration with the highest selection AUC on the worst held-out corpus, then the
+    highest mean (an AUC that cannot be measured, a class missing, counts as 0)."""
     def rank(k):
-        v = [s[0] for s in scores[k].values()]
-        return (min(v), float(np.mean(v)))
+        v = np.nan_to_num([s[0] for s in scores[k].values()], nan=0.0)
+        return (float(v.min()), float(v.mean()))
     return max(keys, key=rank)
 
 
@@ -291,17 +343,25 @@ def run(args) -> dict:
                                         "report": {n: class_report(res_loco[k][n][2], corpora[i]["cls"][corpora[i]["split"] == "test"]) for i, n in enumerate(names)}}
     complete = [k for k in res_loco if len(res_loco[k]) == len(names)]
     best = choose(res_loco, complete)
-    bound = {n: max(res_loco[k][n][1] for k in complete) for n in names}
-    both_bound = max(min(res_loco[k][n][1] for n in names) for k in complete)
+    test_of = {c["name"]: c["split"] == "test" for c in corpora}
+    interval = {c["name"]: speaker_interval(res_loco[best][c["name"]][2], c["cls"][test_of[c["name"]]], c["speaker"][test_of[c["name"]]])
+                for c in corpora}
+    bound = {n: float(np.nanmax([res_loco[k][n][1] for k in complete])) for n in names}
+    bound_all = {n: float(np.nanmax([res_loco[k][n][3] for k in complete])) for n in names}
+    both_bound = float(np.nanmax([min(res_loco[k][n][1] for n in names) for k in complete]))
     inside = {}
     for c in corpora:
         w = within(c)
-        k = max(w, key=lambda k: w[k][0])
-        inside[c["name"]] = {"config": describe(k), "valid": w[k][0], "test": w[k][1], "bound": max(v[1] for v in w.values())}
+        # (a route that keeps features agreeing across training corpora has one corpus here: its features' |d| above t)
+        for label, ks in (("all", list(w)), ("egemaps", [k for k in w if k[0] == "egemaps" and k[1] is None])):
+            k = max(ks, key=lambda k: np.nan_to_num(w[k][0], nan=0.0))
+            inside.setdefault(c["name"], {})[label] = {"config": describe(k), "valid": w[k][0], "test": w[k][1],
+                                                       "bound": float(np.nanmax([w[j][1] for j in ks]))}
     return {"corpora": {c["name"]: {"clips": c["clips"], "with_speech": len(c["cls"]), "title": VOICE_CORPORA[c["name"]]["title"]} for c in corpora},
             "configurations": len(complete), "routes": routes,
-            "chosen": {"config": describe(best), "select": {n: res_loco[best][n][0] for n in names}, "test": {n: res_loco[best][n][1] for n in names}},
-            "test_bound": bound, "test_bound_all_corpora": both_bound, "within": inside,
+            "chosen": {"config": describe(best), "select": {n: res_loco[best][n][0] for n in names}, "test": {n: res_loco[best][n][1] for n in names},
+                       "test_interval": interval},
+            "test_bound": bound, "all_speakers_bound": bound_all, "test_bound_all_corpora": both_bound, "within": inside,
             "seconds": time.perf_counter() - start, "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
             "date": time.strftime("%Y-%m-%d")}
 
@@ -312,7 +372,9 @@ def markdown(res: dict) -> str:
     lines = ["## Voice features across corpora: eGeMAPS against ComParE-2016 (`python bench/voice_features.py`)", "",
              f"{res['date']}, {res['machine']}, {res['seconds'] / 60:.1f} min. Clips with speech: "
              + ", ".join(f"{res['corpora'][n]['title'].split(' (')[0]} {res['corpora'][n]['with_speech']} of {res['corpora'][n]['clips']}" for n in names)
-             + ". Positive-vs-negative AUC; leave-one-corpus-out (the head never saw the corpus); each route's configuration chosen on the held-out corpora's train + valid speakers (the worst corpus first), test speakers read for it.", "",
+             + ". Positive-vs-negative AUC; leave-one-corpus-out (a head learns from the other corpora's train + valid speakers and never"
+             " sees the held-out one); each route's configuration chosen on the held-out corpora's train + valid speakers (the worst corpus"
+             " first), their test speakers read for it.", "",
              f"| route | configurations | chosen | AUC, selection speakers: {head} | AUC, test speakers: {head} | every test AUC >= 0.70 |",
              "|---|---|---|---|---|---|"]
     for r, v in res["routes"].items():
@@ -322,15 +384,19 @@ def markdown(res: dict) -> str:
                      + " | " + " / ".join(f"{v['test'][n]:.2f}" for n in names) + f" | {'yes' if min(v['test'].values()) >= 0.70 else 'no'} |")
     ch = res["chosen"]
     lines += ["", f"Chosen over all {res['configurations']} configurations: {ch['config']} (selection "
-              + " / ".join(f"{ch['select'][n]:.2f}" for n in names) + "; test " + " / ".join(f"{ch['test'][n]:.2f}" for n in names) + ").",
-              "", "A bound, not an estimate (each number the best of every configuration on that corpus's test speakers, chosen by looking at them): "
-              + " / ".join(f"{res['test_bound'][n]:.2f}" for n in names)
-              + f"; the best configuration on the worst corpus's test speakers reaches {res['test_bound_all_corpora']:.2f}.", "",
+              + " / ".join(f"{ch['select'][n]:.2f}" for n in names) + "; test " + " / ".join(
+                  f"{ch['test'][n]:.2f} [{ch['test_interval'][n][0]:.2f}, {ch['test_interval'][n][1]:.2f}]" for n in names)
+              + "; in brackets the 95% interval over the test speakers drawn with replacement).",
+              "", "Bounds, not estimates (each the best of every configuration, chosen by looking at what it scores): on each corpus's test speakers "
+              + " / ".join(f"{res['test_bound'][n]:.2f}" for n in names) + "; on all of each corpus's speakers (every one of them held out) "
+              + " / ".join(f"{res['all_speakers_bound'][n]:.2f}" for n in names)
+              + f"; one configuration on the worst corpus's test speakers: {res['test_bound_all_corpora']:.2f}.", "",
               "Within each corpus (its train speakers; the configuration chosen on its valid speakers):", "",
-              "| corpus | chosen | AUC valid | AUC test | best test AUC of any configuration (a bound) |", "|---|---|---|---|---|"]
+              "| corpus | features | chosen | AUC valid | AUC test | best test AUC of any configuration (a bound) |", "|---|---|---|---|---|---|"]
     for n in names:
-        w = res["within"][n]
-        lines.append(f"| {res['corpora'][n]['title']} | {w['config']} | {w['valid']:.2f} | {w['test']:.2f} | {w['bound']:.2f} |")
+        for label, title in (("all", "any route"), ("egemaps", "eGeMAPS alone")):
+            w = res["within"][n][label]
+            lines.append(f"| {res['corpora'][n]['title']} | {title} | {w['config']} | {w['valid']:.2f} | {w['test']:.2f} | {w['bound']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -338,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--limit", type=int, default=None, help="the first N clips of each corpus (a quick check)")
+    ap.add_argument("--limit", type=int, default=None, help="about N clips of each corpus, as many of every split x class (a quick check)")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)

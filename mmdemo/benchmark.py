@@ -292,6 +292,12 @@ def repeated(ds: FeatureDataset, k: int, splits=("train", "valid")) -> FeatureDa
     return FeatureDataset({s: sp.subset(np.tile(np.arange(len(sp)), k if s in splits else 1)) for s, sp in ds.splits.items()}, dict(ds.meta))
 
 
+def balanced_concat(parts: dict[str, FeatureDataset]) -> FeatureDataset:
+    """The corpora as one dataset, each weighted equally (the smaller ones' train and valid rows repeated)."""
+    largest = max(len(d.splits["train"]) for d in parts.values())
+    return concat(*[repeated(d, max(1, round(largest / len(d.splits["train"])))) for d in parts.values()])
+
+
 def fit_balanced(parts: dict[str, FeatureDataset], grid: list[FusionConfig], tcfg: TrainConfig, steady: dict[str, list] | None = None,
                  record: list | None = None) -> tuple:
     """A head on several corpora of one modality, each weighted equally (the smaller ones' train and
@@ -302,8 +308,7 @@ def fit_balanced(parts: dict[str, FeatureDataset], grid: list[FusionConfig], tcf
     ``STEADY_FLOOR`` of those videos in every corpus (the steadiest, when none does). Returns
     (model, config, per-corpus valid macro-F1, the combined training dataset, per-corpus valid
     steady share or None); ``record`` gets each configuration's validation numbers."""
-    largest = max(len(d.splits["train"]) for d in parts.values())
-    ds = concat(*[repeated(d, max(1, round(largest / len(d.splits["train"])))) for d in parts.values()])
+    ds = balanced_concat(parts)
     best = None
     for fcfg in grid:
         model, res, _ = train_method("concat", ds, fcfg, tcfg, progress=False)
@@ -359,11 +364,12 @@ def fit_members(first, ds: FeatureDataset, fcfg: FusionConfig, tcfg: TrainConfig
 
 
 def steady_features(data: Path, expression: Path | None, *, per_set: int, seconds: float, fps: float, seed: int,
-                    exclude=frozenset()) -> dict[str, list]:
-    """Per face corpus, the per-frame face features (None: no face found) of steady-expression videos
-    (:func:`mmdemo.smoothing.steady_video`: a still of a validation person, never one whose path is
-    in ``exclude``, shifted, scaled, relit and noised frame by frame) read by the live face encoder
-    with this run's expression CNN: what a face head's steadiness is chosen on."""
+                    exclude: dict[str, set] | None = None) -> dict[str, list]:
+    """Per face corpus ("photos", "fer2013"), the per-frame face features (None: no face found) of
+    steady-expression videos (:func:`mmdemo.smoothing.steady_video`: a still of a validation person,
+    never one whose path is in ``exclude[corpus]``, shifted, scaled, relit and noised frame by frame)
+    read by the live face encoder with this run's expression CNN: what a face head's steadiness is
+    chosen on."""
     from .encoders import FaceEncoder
     from .smoothing import STEADY_MIN_SIDE, steady_faces, steady_video
 
@@ -372,7 +378,7 @@ def steady_features(data: Path, expression: Path | None, *, per_set: int, second
     for name, corpus in (("photos", "faces"), ("fer2013", "fer2013")):
         folder = CORPORA[corpus]["folder"]
         videos = []
-        for k, path in enumerate(steady_faces(data / folder, per_set, seed, "valid", exclude=exclude)):
+        for k, path in enumerate(steady_faces(data / folder, per_set, seed, "valid", exclude=(exclude or {}).get(name, frozenset()))):
             frames = steady_video(path, seconds=seconds, fps=fps, seed=seed + k, min_side=STEADY_MIN_SIDE[folder])
             feats = [r.feature if r.present else None for r in map(enc.encode, frames)]
             if sum(f is not None for f in feats) >= 0.8 * len(feats):  # as steady_share and bench/face_stability.py count
@@ -437,7 +443,8 @@ def fer_distinct_report(data: Path, fer: FeatureDataset, model, copy_ids: set[st
 def face_stage(data: Path, faces: FeatureDataset, fer: FeatureDataset, expression: Path | None, grid: list[FusionConfig],
                tcfg_uni: TrainConfig, *, quick: bool, seed: int) -> tuple[dict, object, FeatureDataset]:
     """The face head (:func:`fit_balanced`, then :func:`fit_members`) and its test scores. Returns
-    (the report, the shipped head, the photos + FER-2013 training set the fusion learns from)."""
+    (the report, the shipped head, the photos + FER-2013 set the fusion learns from: every valid
+    image, FER-2013's copies of training images too, as the fusion always did)."""
     # face: the head learns from the photos and FER-2013 (each by its own split, weighted equally).
     # fer's CNN (part of the face feature) was trained on FER-2013, so its probabilities there are
     # in-sample: FER-2013 rows teach the head (and the fusion) with those 7 values set to 0, so
@@ -450,12 +457,13 @@ def face_stage(data: Path, faces: FeatureDataset, fer: FeatureDataset, expressio
     # FER-2013's valid images that copy a training image were learned from by the expression CNN
     # (and would be by the head): the choices on the validation people leave them out
     copy_paths, copy_ids = fer_copies(data)
-    fer_p = without_ids(only_present(fer, "vision"), "valid", copy_ids)
-    valid_copies_left_out = len(only_present(fer, "vision").splits["valid"]) - len(fer_p.splits["valid"])
+    fer_all = only_present(fer, "vision")
+    fer_p = without_ids(fer_all, "valid", copy_ids)
+    valid_copies_left_out = len(fer_all.splits["valid"]) - len(fer_p.splits["valid"])
     fer_blind = without_fer_probabilities(fer_p) if insample else fer_p
     log.info("face: steady-expression videos of the validation people")
     steady = steady_features(data, expression, per_set=3 if quick else 30, seconds=2.0 if quick else 5.0, fps=STEADY_FPS, seed=seed,
-                             exclude=copy_paths)
+                             exclude={"fer2013": copy_paths})
     if insample and "fer2013" in steady:  # read as its head learned FER-2013: without fer's in-sample probabilities
         steady["fer2013"] = [[None if f is None else blind_to_fer(f) for f in v] for v in steady["fer2013"]]
     log.info("face: heads on the photos alone and on photos + FER-2013")
@@ -491,7 +499,10 @@ def face_stage(data: Path, faces: FeatureDataset, fer: FeatureDataset, expressio
     if insample:
         rep["insample_head"] = read(insample_model, photos)
         rep["fer_test"] |= {"model_with_fer_probabilities": read(face_model, fer_p), "insample_head": read(insample_model, fer_p)}
-    return rep, face_model, face_train
+    # the fusion learns from the face rows as before this rule: its pairing draws from every valid
+    # face (copies too), so the fusion models a full run makes do not change with the head's choices
+    fer_all_blind = without_fer_probabilities(fer_all) if insample else fer_all
+    return rep, face_model, balanced_concat({"photos": photos, "fer2013": fer_all_blind})
 
 
 def face_markdown(rep: dict, expression: dict | None) -> list[str]:

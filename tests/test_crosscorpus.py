@@ -148,14 +148,19 @@ def test_the_before_columns_read_the_head_in_the_folder_named(tmp_path, monkeypa
         for p in old.parameters():
             p.zero_()
         old.set_normalization({"audio": (torch.zeros(6), torch.ones(6))})
-        list(old.parameters())[-1].fill_(0.8)  # the output bias: an old head that reads every clip the same
+        list(old.parameters())[-2][0, 1] = 0.05  # reads feature 1 as it comes (raw: each corpus and speaker at its own level)
+        list(old.parameters())[-1].fill_(0.8)  # and a bias
     save_fusion(old, tmp_path / "OLD" / "unimodal" / "audio")
     assert previous_voice_head(tmp_path / "nothing") is None
     before = previous_voice_head(tmp_path / "OLD")
     assert before[1].norm == "none"  # no voice_features.json there: the old head read raw features
     tcfg = TrainConfig(epochs=20, patience=20, batch_size=64, lr=1e-2, modality_dropout=0.0)
     res = voice_stage(corpora, tcfg, grid=[VoiceConfig("speaker", hidden=16, dropout=0.0, head="linear")], before=before)
+    old.eval()
     for c in corpora:
-        means = res["before"][c.name]["mean"]
-        assert max(means.values()) - min(means.values()) < 1e-5 and means["neutral"] > 0.5  # the old constant, every class
+        test = c.subset(c.split == "test")
+        with torch.no_grad():  # what the old head says of the raw features, computed here
+            expected = old({"audio": torch.as_tensor(test.x)}).prediction.numpy()
+        for k, name in ((-1, "negative"), (0, "neutral"), (1, "positive")):
+            assert res["before"][c.name]["mean"][name] == pytest.approx(float(expected[test.cls == k].mean()), abs=1e-5)
         assert res["test_in_corpus"][c.name]["auc_pos_neg"] > 0.9  # the new head is another model

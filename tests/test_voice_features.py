@@ -77,6 +77,57 @@ def test_a_small_run_on_the_real_voice_corpora_writes_its_tables(vf, tmp_path):
     assert set(res["corpora"]) == {"ravdess", "ased", "emospeech"}
     for route in res["routes"].values():
         assert set(route["test"]) == set(res["corpora"])
-    assert all(0.0 <= v <= 1.0 for v in res["chosen"]["test"].values())
+    assert all(0.0 <= v <= 1.0 for v in res["chosen"]["test"].values())  # finite: every split holds every class
     assert (tmp_path / "voice_features.md").read_text().startswith("## Voice features across corpora")
     assert len(list((tmp_path / "voice_features").glob("*.npz"))) == 3  # each corpus's features cached under --out
+
+
+def _corpus(vf, name, rng, *, speakers=6, per=24, cue=1.0):
+    """A made-up corpus in the bench's layout: both feature sets, a valence cue in a few columns."""
+    cls = np.tile([-1, 0, 1], speakers * per // 3)
+    spk = np.repeat([f"{name}{k}" for k in range(speakers)], per)
+    split = np.where(np.repeat(np.arange(speakers), per) < speakers - 2, "train", np.where(np.repeat(np.arange(speakers), per) == speakers - 2, "valid", "test"))
+    z = rng.normal(size=(len(cls), vf.EGEMAPS_DIM + vf.COMPARE_DIM))
+    z[:, :3] += cue * cls[:, None]  # eGeMAPS columns
+    z[:, vf.EGEMAPS_DIM : vf.EGEMAPS_DIM + 3] += cue * cls[:, None]  # ComParE columns
+    return {"name": name, "z": z, "cls": cls, "target": 1.5 * cls, "speaker": spk, "split": split}
+
+
+def test_the_choice_never_reads_the_held_out_test_speakers_labels(vf):
+    rng = np.random.default_rng(3)
+    corpora = [_corpus(vf, n, rng) for n in ("a", "b", "c")]
+    res = vf.loco(corpora)
+    chosen = vf.choose(res, list(res))
+    for c in corpora:  # the cue carries across corpora: held out, the test speakers read well
+        assert res[chosen][c["name"]][1] > 0.9
+    shuffled = [dict(c) for c in corpora]
+    for c in shuffled:
+        test = np.flatnonzero(c["split"] == "test")
+        c["cls"] = c["cls"].copy()
+        c["cls"][test] = rng.permutation(c["cls"][test])
+    again = vf.loco(shuffled)
+    assert vf.choose(again, list(again)) == chosen  # same choice whatever the test labels say
+    assert min(again[chosen][c["name"]][1] for c in shuffled) < 0.8  # while their scores did change
+
+
+def test_a_small_sample_keeps_every_split_and_class(vf):
+    from mmdemo.crosscorpus import ClipLabel
+
+    labels = {f"{s}{c}{k}": ClipLabel(c, 1.5 * c, f"p{k}", s) for s in ("train", "valid", "test") for c in (-1, 0, 1) for k in range(40)}
+    ids = vf.sample(sorted(labels), labels, 45)
+    assert len(ids) == 45 and len(set(ids)) == 45
+    assert {(labels[i].split, labels[i].cls) for i in ids} == {(s, c) for s in ("train", "valid", "test") for c in (-1, 0, 1)}
+    assert vf.sample(sorted(labels), labels, None) == sorted(labels)
+    assert vf.sample(sorted(labels), labels, 45) == ids  # seeded
+
+
+def test_the_speaker_interval_holds_the_auc_and_widens_with_fewer_speakers(vf):
+    rng = np.random.default_rng(4)
+    cls = np.tile([-1, 1], 200)
+    pred = cls * 0.5 + rng.normal(size=400)
+    many, few = np.repeat(np.arange(40), 10), np.repeat(np.arange(4), 100)
+    point = vf.pos_neg_auc(pred, cls)
+    lo_m, hi_m = vf.speaker_interval(pred, cls, many, n=300)
+    lo_f, hi_f = vf.speaker_interval(pred, cls, few, n=300)
+    assert lo_m <= point <= hi_m and lo_f <= point <= hi_f
+    assert hi_f - lo_f > hi_m - lo_m
