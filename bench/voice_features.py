@@ -27,7 +27,7 @@ them are held out in leave-one-corpus-out).
 
     python bench/voice_features.py [--data ../shared/data] [--workers 2] [--limit N]
 
-About 5 min on 2 cores the first time (the features are cached in bench/results/voice_features/, or under --out);
+About 4 min on 2 cores the first time (the features are cached in bench/results/voice_features/, or under --out);
 prints the tables and writes bench/results/voice_features.json and voice_features.md.
 """
 
@@ -135,7 +135,6 @@ def corpus_features(data: Path, name: str, *, workers: int, limit: int | None, c
     else:
         todo = [paths[i] for i in ids]
         if workers > 1:
-            os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per worker process
             with Pool(workers) as pool:
                 got = list(tqdm(pool.imap(clip_features, todo, chunksize=8), total=len(ids), desc=f"features {name}", disable=not progress))
         else:
@@ -146,6 +145,9 @@ def corpus_features(data: Path, name: str, *, workers: int, limit: int | None, c
         tmp = cache.with_name(cache.stem + ".partial.npz")
         np.savez(tmp, x=x, ids=np.array(kept))
         tmp.replace(cache)  # a run stopped while writing leaves no half a cache
+        for old in cache.parent.glob(f"{name}-*.npz"):  # features of this corpus made another way are stale
+            if old != cache:
+                old.unlink(missing_ok=True)
     lab = [labels[i] for i in kept]
     return {"name": name, "raw": x, "ids": np.array(kept), "cls": np.array([c.cls for c in lab]),
             "target": np.array([c.target for c in lab]), "speaker": np.array([c.speaker for c in lab]),
@@ -225,7 +227,9 @@ def head_scores(train: list[dict], rows: list[np.ndarray], reads: list[tuple[dic
     out = {}
     for a, (b, c0) in zip(ALPHAS, ridge_path(x, y, w, ALPHAS)):
         out[a] = [c["z"][r][:, COLS[fset]][:, sel] @ b + c0 for c, r in reads]
-        out[("train_std", a)] = float(np.std(x @ b)) + 1e-12  # the scale of its predictions where it learned
+        p = x @ b
+        # the spread of its predictions where it learned, weighted as it learned
+        out[("train_std", a)] = float(np.sqrt(np.sum(w * (p - np.sum(w * p) / w.sum()) ** 2) / w.sum())) + 1e-12
     out["features"] = int(sel.sum())
     return out
 
@@ -346,8 +350,12 @@ def run(args) -> dict:
     test_of = {c["name"]: c["split"] == "test" for c in corpora}
     interval = {c["name"]: speaker_interval(res_loco[best][c["name"]][2], c["cls"][test_of[c["name"]]], c["speaker"][test_of[c["name"]]])
                 for c in corpora}
-    bound = {n: float(np.nanmax([res_loco[k][n][1] for k in complete])) for n in names}
-    bound_all = {n: float(np.nanmax([res_loco[k][n][3] for k in complete])) for n in names}
+    def best_at(n: str, j: int) -> dict:
+        k = max(complete, key=lambda k: np.nan_to_num(res_loco[k][n][j], nan=0.0))
+        return {"auc": float(res_loco[k][n][j]), "config": describe(k)}
+
+    bound = {n: best_at(n, 1) for n in names}
+    bound_all = {n: best_at(n, 3) for n in names}
     both_bound = float(np.nanmax([min(res_loco[k][n][1] for n in names) for k in complete]))
     inside = {}
     for c in corpora:
@@ -388,8 +396,9 @@ def markdown(res: dict) -> str:
                   f"{ch['test'][n]:.2f} [{ch['test_interval'][n][0]:.2f}, {ch['test_interval'][n][1]:.2f}]" for n in names)
               + "; in brackets the 95% interval over the test speakers drawn with replacement).",
               "", "Bounds, not estimates (each the best of every configuration, chosen by looking at what it scores): on each corpus's test speakers "
-              + " / ".join(f"{res['test_bound'][n]:.2f}" for n in names) + "; on all of each corpus's speakers (every one of them held out) "
-              + " / ".join(f"{res['all_speakers_bound'][n]:.2f}" for n in names)
+              + " / ".join(f"{res['test_bound'][n]['auc']:.2f} ({res['test_bound'][n]['config']})" for n in names)
+              + "; on all of each corpus's speakers (every one of them held out) "
+              + " / ".join(f"{res['all_speakers_bound'][n]['auc']:.2f} ({res['all_speakers_bound'][n]['config']})" for n in names)
               + f"; one configuration on the worst corpus's test speakers: {res['test_bound_all_corpora']:.2f}.", "",
               "Within each corpus (its train speakers; the configuration chosen on its valid speakers):", "",
               "| corpus | features | chosen | AUC valid | AUC test | best test AUC of any configuration (a bound) |", "|---|---|---|---|---|---|"]

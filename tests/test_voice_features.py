@@ -67,6 +67,8 @@ def test_a_configuration_is_chosen_by_its_worst_held_out_corpus_then_the_mean(vf
               "even": {"a": (0.70, 0, None), "b": (0.68, 0, None)},
               "even_lower_mean": {"a": (0.68, 0, None), "b": (0.68, 0, None)}}
     assert vf.choose(scores, list(scores)) == "even"
+    scores["unmeasurable"] = {"a": (float("nan"), 0, None), "b": (0.99, 0, None)}  # a class missing on a: counts as 0
+    assert vf.choose(scores, list(scores)) == "even"
 
 
 @pytest.mark.slow
@@ -101,13 +103,17 @@ def test_the_choice_never_reads_the_held_out_test_speakers_labels(vf):
     for c in corpora:  # the cue carries across corpora: held out, the test speakers read well
         assert res[chosen][c["name"]][1] > 0.9
     shuffled = [dict(c) for c in corpora]
-    for c in shuffled:
+    for c in shuffled:  # every corpus's test labels, classes and targets alike
         test = np.flatnonzero(c["split"] == "test")
-        c["cls"] = c["cls"].copy()
-        c["cls"][test] = rng.permutation(c["cls"][test])
+        order = rng.permutation(test)
+        c["cls"], c["target"] = c["cls"].copy(), c["target"].copy()
+        c["cls"][test], c["target"][test] = c["cls"][order], c["target"][order]
     again = vf.loco(shuffled)
-    assert vf.choose(again, list(again)) == chosen  # same choice whatever the test labels say
-    assert min(again[chosen][c["name"]][1] for c in shuffled) < 0.8  # while their scores did change
+    for k in res:  # every selection number is the same, so the choice is too
+        for n in res[k]:
+            assert again[k][n][0] == res[k][n][0], (k, n)
+    assert vf.choose(again, list(again)) == chosen
+    assert min(again[chosen][c["name"]][1] for c in shuffled) < 0.8  # while the test scores did change
 
 
 def test_a_small_sample_keeps_every_split_and_class(vf):
@@ -122,12 +128,18 @@ def test_a_small_sample_keeps_every_split_and_class(vf):
 
 
 def test_the_speaker_interval_holds_the_auc_and_widens_with_fewer_speakers(vf):
-    rng = np.random.default_rng(4)
-    cls = np.tile([-1, 1], 200)
-    pred = cls * 0.5 + rng.normal(size=400)
-    many, few = np.repeat(np.arange(40), 10), np.repeat(np.arange(4), 100)
-    point = vf.pos_neg_auc(pred, cls)
-    lo_m, hi_m = vf.speaker_interval(pred, cls, many, n=300)
-    lo_f, hi_f = vf.speaker_interval(pred, cls, few, n=300)
-    assert lo_m <= point <= hi_m and lo_f <= point <= hi_f
-    assert hi_f - lo_f > hi_m - lo_m
+    """Speakers differ (each reads valence with an effect of their own): drawing speakers, not
+    clips, is what makes a few speakers' AUC uncertain."""
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        cls = np.tile([-1, 1], 200)
+        many, few = np.repeat(np.arange(40), 10), np.repeat(np.arange(4), 100)
+        for speaker in (many, few):
+            effect = rng.uniform(-0.5, 1.5, speaker.max() + 1)[speaker]
+            pred = cls * effect + rng.normal(size=400)
+            point = vf.pos_neg_auc(pred, cls)
+            lo, hi = vf.speaker_interval(pred, cls, speaker, n=300, seed=seed)
+            lo_c, hi_c = vf.speaker_interval(pred, cls, np.arange(400), n=300, seed=seed)  # each clip its own "speaker"
+            assert lo <= point <= hi
+            if speaker is few:
+                assert hi - lo > hi_c - lo_c, seed  # wider than drawing clips
