@@ -7,6 +7,7 @@ a complete training run with the default early stopping. CPU always, CUDA when p
 
     python bench/train_speed.py                      # per-epoch table
     python bench/train_speed.py --full               # + full training runs (the "< 2 min" target)
+    python bench/train_speed.py --devices cuda       # the GPU only
 Writes bench/results/train_speed.json (or --out).
 """
 
@@ -45,10 +46,15 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3, help="timed epochs per method")
     ap.add_argument("--full", action="store_true", help="also time complete default training runs")
     ap.add_argument("--methods", default="all")
+    ap.add_argument("--devices", default=None, help="e.g. cuda: only these (default: the CPU, and CUDA when present)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "train_speed.json"))
     args = ap.parse_args()
     methods = list_fusions() if args.methods == "all" else args.methods.split(",")
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    if args.devices:
+        devices = args.devices.split(",")
+        if "cuda" in devices and not torch.cuda.is_available():
+            ap.error("--devices cuda: no CUDA device here")
     variants = {"seq50": 50, "pooled": 0}
     rows = []
     for vname, seq in variants.items():

@@ -1,0 +1,59 @@
+"""The speed benches' device and modality choices (bench/train_speed.py, bench/extract_speed.py)."""
+
+import csv
+import json
+import sys
+
+import pytest
+import torch
+
+from tests.helpers import bench_module
+
+
+def run(mod, argv, monkeypatch):
+    monkeypatch.setattr(sys, "argv", [mod.__name__, *argv])
+    return mod.main()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message where CUDA is absent")
+@pytest.mark.parametrize("name", ["train_speed", "extract_speed"])
+def test_asking_for_cuda_without_one_is_a_clear_error(name, monkeypatch, capsys, tmp_path):
+    mod = bench_module(name)
+    argv = ["--devices", "cuda", "--out", str(tmp_path / "x.json")] + (["--modalities", "words"] if name == "extract_speed" else [])
+    with pytest.raises(SystemExit) as err:
+        run(mod, argv, monkeypatch)
+    assert err.value.code == 2 and "no CUDA device here" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_extract_speed_refuses_an_unknown_modality(monkeypatch, capsys):
+    with pytest.raises(SystemExit):
+        run(bench_module("extract_speed"), ["--modalities", "words,smell"], monkeypatch)
+    assert "smell" in capsys.readouterr().err
+
+
+def test_train_speed_times_only_the_devices_and_methods_asked_for(monkeypatch, tmp_path):
+    out = tmp_path / "speed.json"
+    run(bench_module("train_speed"), ["--devices", "cpu", "--methods", "concat,tensor", "--epochs", "1", "--out", str(out)], monkeypatch)
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["device"], r["method"]) for r in rows} == {("cpu", "concat"), ("cpu", "tensor")}
+    assert {r["variant"] for r in rows} == {"seq50", "pooled"}
+    assert all(r["s_per_epoch"] > 0 for r in rows)
+
+
+@pytest.mark.slow
+def test_extract_speed_words_alone_needs_only_transcripts(monkeypatch, tmp_path):
+    """--modalities words reads cmu-mosei-text/labels.csv only (no audio, no photos) and reports a
+    steady pass beside the first one."""
+    folder = tmp_path / "cmu-mosei-text"
+    folder.mkdir()
+    with open(folder / "labels.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=["clip_id", "text"])
+        w.writeheader()
+        w.writerows({"clip_id": str(i), "text": f"the film number {i} was " + "rather good " * (i % 5)} for i in range(20))
+    out = tmp_path / "x.json"
+    run(bench_module("extract_speed"), ["--modalities", "words", "--devices", "cpu", "--data", str(tmp_path), "--n", "4", "--out", str(out)], monkeypatch)
+    got = json.loads(out.read_text())
+    assert [(r["modality"], r["device"]) for r in got["results"]] == [("words", "cpu")] * 2
+    assert all(r["items_per_s"] > 0 and r["first_pass_items_per_s"] > 0 for r in got["results"])
+    assert got["text_dtype"] == "float32" and got["gpu"] is None
