@@ -15,7 +15,7 @@ moments: each moment predicted by a model fitted on the others). The personal mo
 reported beside it. Fit times for 8 / 32 / 128 moments for every fusion method.
 
     python bench/personal.py [--data ../shared/data] [--users 12] [--moments 16] [--fusion weighted]
-                             [--anchors 0.3,1,3,10] [--steps 50,150] [--lrs 0.003]
+                             [--anchors 0.3,1,3,10] [--steps 50,150] [--lrs 0.003] [--bias-anchors 1]
 Prints the tables and writes bench/results/personal.json and personal.md.
 """
 
@@ -55,22 +55,25 @@ BIAS_SCALE = 3.0  # a biased user: 3x the population's negative-minus-neutral di
 ANCHORS = (0.3, 1.0, 3.0, 10.0)  # the L2-SP strengths searched
 STEPS = (50, 150)  # the step counts searched
 LRS = (PersonalConfig.lr,)  # the learning rates searched
+BIAS_ANCHORS = (PersonalConfig.bias_anchor,)  # the strengths on biases searched (fractions of the strength)
 
 
-def grid(anchors=ANCHORS, steps=STEPS, lrs=LRS) -> list[PersonalConfig]:
-    """The personal-model settings the validation users choose among: every loss x strength x steps x learning rate."""
-    return [PersonalConfig(anchor=a, steps=s, lr=lr, loss=loss) for loss in PERSONAL_LOSSES for a in anchors for s in steps for lr in lrs]
+def grid(anchors=ANCHORS, steps=STEPS, lrs=LRS, bias_anchors=BIAS_ANCHORS) -> list[PersonalConfig]:
+    """The personal-model settings the validation users choose among: every loss x strength x steps x
+    learning rate x strength on biases."""
+    return [PersonalConfig(anchor=a, steps=s, lr=lr, loss=loss, bias_anchor=b)
+            for loss in PERSONAL_LOSSES for a in anchors for s in steps for lr in lrs for b in bias_anchors]
 
 
-def numbers(kind):
-    """An argparse type: a comma-separated list of positive ``kind`` values."""
+def numbers(kind, zero: bool = False):
+    """An argparse type: a comma-separated list of positive (or, with ``zero``, non-negative) ``kind`` values."""
     def parse(text: str):
         try:
             values = tuple(kind(v) for v in text.split(",") if v.strip())
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-        if not values or any(not math.isfinite(v) or v <= 0 for v in values):
-            raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+        if not values or any(not math.isfinite(v) or v < 0 or (v == 0 and not zero) for v in values):
+            raise argparse.ArgumentTypeError(f"expected {'non-negative' if zero else 'positive'} numbers, got {text!r}")
         return values
     return parse
 
@@ -176,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--anchors", type=numbers(float), default=ANCHORS, help="L2-SP strengths searched, comma-separated")
     ap.add_argument("--steps", type=numbers(int), default=STEPS, help="step counts searched, comma-separated")
     ap.add_argument("--lrs", type=numbers(float), default=LRS, help="learning rates of the fine-tuning searched, comma-separated")
+    ap.add_argument("--bias-anchors", type=numbers(float, zero=True), default=BIAS_ANCHORS,
+                    help="strengths on bias vectors searched, as fractions of the strength (0: biases move freely), comma-separated")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = ap.parse_args(argv)
     import torch
@@ -212,15 +217,15 @@ def main(argv: list[str] | None = None) -> int:
     valid = [u for u in users if u["fold"] == "valid"]
     test = [u for u in users if u["fold"] == "test"]
     choice = []
-    for cfg in grid(args.anchors, args.steps, args.lrs):
+    for cfg in grid(args.anchors, args.steps, args.lrs, args.bias_anchors):
         res = {c: [score(u, c, cfg, False) for u in valid] for c in conditions}
         ratio = {c: float(np.mean([r["personal"] for r in v]) / np.mean([r["generic"] for r in v])) for c, v in res.items()}
         choice.append({"config": asdict(cfg), "ratio": ratio, "mean_ratio": float(np.mean(list(ratio.values())))})
-        print(f"valid {cfg.anchor=} {cfg.steps=} {cfg.lr=} {cfg.loss=}: " + ", ".join(f"{c} {v:.3f}" for c, v in ratio.items()), flush=True)
+        print(f"valid {cfg.anchor=} {cfg.bias_anchor=} {cfg.steps=} {cfg.lr=} {cfg.loss=}: " + ", ".join(f"{c} {v:.3f}" for c, v in ratio.items()), flush=True)
     # the lowest mean error ratio among settings that keep unbiased users within 5% of the generic model
     safe = [c for c in choice if c["ratio"]["no bias"] <= 1.05] or choice
     best = min(safe, key=lambda c: c["mean_ratio"])
-    cfg = replace(PersonalConfig(), **{k: best["config"][k] for k in ("anchor", "steps", "lr", "loss")})
+    cfg = replace(PersonalConfig(), **{k: best["config"][k] for k in ("anchor", "bias_anchor", "steps", "lr", "loss")})
 
     # -- report on the test users -------------------------------------------------------------------
     table = {}
@@ -240,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
               "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads()},
               "seconds": time.perf_counter() - t_start, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     lines = [f"Simulated users, {args.moments} moments each, {args.fusion}; leave-one-out MAE on the {len(test)} test users "
-             f"(settings chosen on {len(valid)} validation users: anchor {cfg.anchor}, {cfg.steps} steps, learning rate {cfg.lr:g}, {cfg.loss} loss)", "",
+             f"(settings chosen on {len(valid)} validation users: anchor {cfg.anchor} (on biases x{cfg.bias_anchor:g}), {cfg.steps} steps, learning rate {cfg.lr:g}, {cfg.loss} loss)", "",
              f"Bias: {BIAS_SCALE:g}x the population's negative-minus-neutral raw-feature difference; each modality's own model "
              "reads the neutral reference " + ", ".join(f"{ {'vision': 'face', 'audio': 'voice'}[m]} {a:+.2f} -> {b:+.2f}" for m, (a, b) in bias_reading.items())
              + " (voice: against the population prior, a session's first seconds).", "",

@@ -28,6 +28,7 @@ import argparse
 import copy
 import csv
 import logging
+import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ class PersonalConfig:
     steps: int = 50  # full-batch Adam steps
     lr: float = 3e-3
     anchor: float = 1.0  # L2-SP strength: sum of squared distances of the parameters from the shipped ones
+    bias_anchor: float = 1.0  # the strength on bias vectors, as a fraction of ``anchor`` (a bias absorbs a constant shift of its input)
     loss: str = "l1"  # on the moments: "l1" (absolute error, what the held-out error measures) or "mse" (squared error)
     min_moments: int = 8
     loo_max: int = 24  # up to this many moments the error is leave-one-out, beyond it 10-fold
@@ -67,6 +69,8 @@ class PersonalConfig:
     def __post_init__(self):
         if self.loss not in PERSONAL_LOSSES:
             raise ValueError(f"unknown personal loss {self.loss!r}; choose one of {', '.join(PERSONAL_LOSSES)}")
+        if not (math.isfinite(self.bias_anchor) and self.bias_anchor >= 0):
+            raise ValueError(f"bias_anchor must be a finite number >= 0, got {self.bias_anchor!r}")
 
 
 def check_moments(split: Split, cfg: PersonalConfig = PersonalConfig()) -> None:
@@ -88,6 +92,11 @@ def _tensors(split: Split, model: Fusion, index=None):
     return feats, present, torch.as_tensor(split.labels[idx], device=device)
 
 
+def is_bias(name: str) -> bool:
+    """A bias vector of a layer (``...bias``), by its parameter name."""
+    return name == "bias" or name.endswith(".bias")
+
+
 def _error(pred: torch.Tensor, y: torch.Tensor, cfg: PersonalConfig) -> torch.Tensor:
     """Per-moment training error of a personal fit."""
     if cfg.loss == "mse":
@@ -97,18 +106,27 @@ def _error(pred: torch.Tensor, y: torch.Tensor, cfg: PersonalConfig) -> torch.Te
     raise ValueError(f"unknown personal loss {cfg.loss!r}")
 
 
-def _optimise(params: list[torch.Tensor], anchor: list[torch.Tensor], loss_fn, cfg: PersonalConfig, on_step=None) -> None:
-    """Full-batch Adam on ``loss_fn()`` with the L2 pull of ``params`` toward ``anchor`` (L2-SP);
+def _optimise(params: list[torch.Tensor], anchor: list[torch.Tensor], loss_fn, cfg: PersonalConfig, on_step=None,
+              names: list[str] | None = None) -> None:
+    """Full-batch Adam on ``loss_fn()`` with the L2 pull of ``params`` toward ``anchor`` (L2-SP; on
+    the parameters ``names`` calls biases, ``cfg.bias_anchor`` times as strong);
     ``on_step(i, steps)`` after every 10th step and the last."""
     for p in params:
         p.grad = torch.zeros_like(p)
     opt = adam([{"params": params, "lr": cfg.lr, "weight_decay": 0.0}])
+    scale = [2 * cfg.anchor * (cfg.bias_anchor if is_bias(n) else 1.0) for n in (names or [""] * len(params))]
+    uniform = len(set(scale)) == 1
     for i in range(cfg.steps):
         loss = loss_fn()
         opt.zero_grad(set_to_none=False)
         loss.backward()
         if cfg.anchor:  # the gradient of anchor * sum((p - p0)^2), added in one fused call per step
-            torch._foreach_add_([p.grad for p in params], torch._foreach_sub(params, anchor), alpha=2 * cfg.anchor)
+            pull = torch._foreach_sub(params, anchor)
+            if uniform:
+                torch._foreach_add_([p.grad for p in params], pull, alpha=scale[0])
+            else:
+                torch._foreach_mul_(pull, scale)
+                torch._foreach_add_([p.grad for p in params], pull)
         opt.step()
         if on_step is not None and ((i + 1) % 10 == 0 or i + 1 == cfg.steps):
             on_step(i + 1, cfg.steps)
@@ -118,12 +136,13 @@ def fit_personal(generic: Fusion, split: Split, cfg: PersonalConfig = PersonalCo
     """A copy of ``generic`` fine-tuned on ``split`` (rows ``index``; all when None), pulled toward
     the generic weights. The generic model is not changed."""
     model = copy.deepcopy(generic).eval()  # eval: no dropout noise on a handful of examples
-    params = list(model.parameters())
+    named = list(model.named_parameters())
+    names, params = [n for n, _ in named], [p for _, p in named]
     for p in params:
         p.requires_grad_(True)
     anchor = [p.detach().clone() for p in params]
     feats, present, y = _tensors(split, model, index)
-    _optimise(params, anchor, lambda: _error(model(feats, present).prediction, y, cfg).mean(), cfg)
+    _optimise(params, anchor, lambda: _error(model(feats, present).prediction, y, cfg).mean(), cfg, names=names)
     for p in params:
         p.requires_grad_(False)
     return model.eval()
@@ -153,7 +172,7 @@ def _held_out_batched(generic: Fusion, split: Split, held: list[np.ndarray], cfg
     every_fold = vmap(lambda p: functional_call(model, (p, buffers), (feats, present)).prediction)
     params = [stacked[k] for k in names]
     anchor = [stacked[k].detach().clone() for k in names]  # the same shape as the stacked weights (the fused update's fast path)
-    _optimise(params, anchor, lambda: (_error(every_fold(stacked), y, cfg) * weight).sum(), cfg, on_step)
+    _optimise(params, anchor, lambda: (_error(every_fold(stacked), y, cfg) * weight).sum(), cfg, on_step, names=names)
     with torch.no_grad():
         pred = every_fold(stacked).float().cpu().numpy()  # (folds, moments)
     out = np.zeros(n, np.float32)

@@ -421,7 +421,8 @@ def test_the_folds_trained_together_match_the_folds_trained_one_by_one(name):
     sp = _user(generic, 12, offset=-1.0, seed=3)
     rng = np.random.default_rng(4)
     sp.present.update({m: rng.random(12) > 0.25 for m in MODALITIES})  # some moments lack one modality or two
-    for cfg in (PersonalConfig(steps=20, loss="mse"), PersonalConfig(steps=20, loss="l1"), PersonalConfig(steps=20, loo_max=4)):
+    for cfg in (PersonalConfig(steps=20, loss="mse"), PersonalConfig(steps=20, loss="l1"), PersonalConfig(steps=20, loo_max=4),
+                PersonalConfig(steps=20, bias_anchor=0.0)):
         held, scheme = folds(len(sp), cfg)
         assert (len(held), scheme) == ((12, "leave-one-out") if cfg.loo_max > 12 else (10, "10-fold"))
         together = _held_out_batched(generic, sp, held, cfg)
@@ -461,6 +462,32 @@ def test_the_absolute_error_loss_learns_the_bias_too_and_an_unknown_loss_is_refu
     assert l1["personal_mae"] < 0.6 * l1["generic_mae"], l1
     mse = cross_validate(generic, biased, PersonalConfig(loss="mse"))
     assert l1["personal_mae"] != mse["personal_mae"]  # the setting reaches the fit
+
+
+def test_the_pull_on_biases_has_its_own_strength(generic):
+    """bias_anchor scales the pull toward the shipped weights on bias vectors only: under a pull too
+    strong for anything to move, a free bias (0) still learns, a pulled one (1) does not."""
+    from mmdemo.personal import is_bias
+
+    with pytest.raises(ValueError, match="bias_anchor"):
+        PersonalConfig(bias_anchor=-1.0)
+    with pytest.raises(ValueError, match="bias_anchor"):
+        PersonalConfig(bias_anchor=float("nan"))
+    assert is_bias("heads.text.0.bias") and is_bias("bias") and not is_bias("heads.text.0.weight") and not is_bias("bias_scale")
+    sp = _user(generic, 12, offset=-1.5, seed=2)
+    start = dict(generic.named_parameters())
+
+    def moved(cfg):
+        fit = dict(fit_personal(generic, sp, cfg).named_parameters())
+        step = {k: float((fit[k] - start[k]).abs().max()) for k in fit}
+        return max(v for k, v in step.items() if is_bias(k)), max(v for k, v in step.items() if not is_bias(k))
+
+    free_b, free_w = moved(PersonalConfig(anchor=1e4, bias_anchor=0.0))
+    held_b, held_w = moved(PersonalConfig(anchor=1e4, bias_anchor=1.0))
+    assert free_b > 10 * held_b and free_b > 1e-3, (free_b, held_b)
+    assert free_w < 1e-3 and held_w < 1e-3
+    bias_only = cross_validate(generic, sp, PersonalConfig(anchor=1e4, bias_anchor=0.0))
+    assert bias_only["personal_mae"] < 0.8 * bias_only["generic_mae"], bias_only  # moving the biases alone takes a person's offset
 
 
 def test_the_personal_model_learns_a_persons_bias_and_leaves_the_generic_model_alone(generic):
@@ -599,9 +626,11 @@ def test_the_merge_and_train_command_line(tmp_path, capsys):
 def test_the_benchmark_searches_every_setting_it_is_given():
     import argparse
     bench = bench_module("personal")
-    cfgs = bench.grid((0.5, 2.0), (25, 50, 150), (1e-3, 1e-2))
-    assert len(cfgs) == 2 * 3 * 2 * len({c.loss for c in cfgs}) and len(set(cfgs)) == len(cfgs)
-    assert {(c.anchor, c.steps, c.lr) for c in cfgs} == {(a, s, lr) for a in (0.5, 2.0) for s in (25, 50, 150) for lr in (1e-3, 1e-2)}
+    cfgs = bench.grid((0.5, 2.0), (25, 50, 150), (1e-3, 1e-2), (1.0, 0.0))
+    assert len(cfgs) == 2 * 3 * 2 * 2 * len({c.loss for c in cfgs}) and len(set(cfgs)) == len(cfgs)
+    assert {(c.anchor, c.steps, c.lr, c.bias_anchor) for c in cfgs} == {
+        (a, s, lr, b) for a in (0.5, 2.0) for s in (25, 50, 150) for lr in (1e-3, 1e-2) for b in (1.0, 0.0)}
+    assert {c.bias_anchor for c in bench.grid()} == {bench.PersonalConfig().bias_anchor}  # without --bias-anchors: the default only
     assert {c.lr for c in bench.grid()} == {bench.PersonalConfig().lr}  # without --lrs: the default learning rate only
     default = bench.PersonalConfig()
     assert default.steps in bench.STEPS and default.anchor in bench.ANCHORS and default.lr in bench.LRS  # the defaults were among the searched
@@ -615,6 +644,11 @@ def test_the_benchmark_searches_every_setting_it_is_given():
     for bad in ("nan", "inf", "0.01,nan", "0"):
         with pytest.raises(argparse.ArgumentTypeError):
             rates(bad)
+    fractions = bench.numbers(float, zero=True)  # --bias-anchors: 0 lets the biases move freely
+    assert fractions("1,0.1,0") == (1.0, 0.1, 0.0)
+    for bad in ("-0.1", "nan", ""):
+        with pytest.raises(argparse.ArgumentTypeError):
+            fractions(bad)
 
 
 def test_the_benchmark_s_validation_users_speak_valid_sentences_and_its_test_users_test_ones(tmp_path):
