@@ -15,7 +15,7 @@ moments: each moment predicted by a model fitted on the others). The personal mo
 reported beside it. Fit times for 8 / 32 / 128 moments for every fusion method.
 
     python bench/personal.py [--data ../shared/data] [--users 12] [--moments 16] [--fusion weighted]
-                             [--anchors 0.3,1,3,10] [--steps 50,150] [--lrs 0.003] [--bias-anchors 1]
+                             [--anchors 0.3,1,3,10,30] [--steps 50,150] [--lrs 0.003] [--bias-anchors 1,0.1,0]
 Prints the tables and writes bench/results/personal.json and personal.md.
 """
 
@@ -52,10 +52,10 @@ from mmdemo.simulate import Encoders, SimulatedUser, Voice, as_read, calibrate, 
 
 VARIANTS = ["en+m1", "en+m2", "en+m3", "en+m4", "en+f1", "en+f2", "en+f3", "en+f4"]
 BIAS_SCALE = 3.0  # a biased user: 3x the population's negative-minus-neutral difference (each model alone then reads neutral as about -1)
-ANCHORS = (0.3, 1.0, 3.0, 10.0)  # the L2-SP strengths searched
+ANCHORS = (0.3, 1.0, 3.0, 10.0, 30.0)  # the L2-SP strengths searched
 STEPS = (50, 150)  # the step counts searched
 LRS = (PersonalConfig.lr,)  # the learning rates searched
-BIAS_ANCHORS = (PersonalConfig.bias_anchor,)  # the strengths on biases searched (fractions of the strength)
+BIAS_ANCHORS = (1.0, 0.1, 0.0)  # the strengths on biases searched (fractions of the strength; 0: free)
 
 
 def grid(anchors=ANCHORS, steps=STEPS, lrs=LRS, bias_anchors=BIAS_ANCHORS) -> list[PersonalConfig]:

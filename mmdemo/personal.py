@@ -4,9 +4,10 @@ A personal model is the selected fusion method's shipped model, fine-tuned on on
 moments (the live encoders' features of face, voice and words of the same seconds: truly paired).
 It stays the same class, so the contributions (exact Shapley values, the method's own weights) work
 as for the generic model. With 8 to a few hundred examples it must not forget what it knew: the
-fine-tuning is full-batch Adam for a fixed number of steps on the absolute error, with an L2 pull of
-every parameter toward its shipped value (L2-SP, Li et al. 2018, "Explicit inductive bias for
-transfer learning with convolutional networks"). ``PersonalConfig``'s defaults (loss, steps, pull)
+fine-tuning is full-batch Adam for a fixed number of steps on the squared error, with an L2 pull of
+every weight toward its shipped value (L2-SP, Li et al. 2018, "Explicit inductive bias for
+transfer learning with convolutional networks"); the bias vectors move freely, so a person's constant
+offsets cost nothing to learn. ``PersonalConfig``'s defaults (loss, steps, pull, pull on biases)
 were chosen on the validation users of ``bench/personal.py`` (simulated users built with the live
 encoders), never on its test users. The held-out error trains all its folds at once
 (:func:`_held_out_batched`).
@@ -60,9 +61,9 @@ class PersonalError(ValueError):
 class PersonalConfig:
     steps: int = 50  # full-batch Adam steps
     lr: float = 3e-3
-    anchor: float = 1.0  # L2-SP strength: sum of squared distances of the parameters from the shipped ones
-    bias_anchor: float = 1.0  # the strength on bias vectors, as a fraction of ``anchor`` (a bias absorbs a constant shift of its input)
-    loss: str = "l1"  # on the moments: "l1" (absolute error, what the held-out error measures) or "mse" (squared error)
+    anchor: float = 3.0  # L2-SP strength: sum of squared distances of the parameters from the shipped ones
+    bias_anchor: float = 0.0  # the strength on bias vectors, as a fraction of ``anchor`` (a bias absorbs a constant shift of its input)
+    loss: str = "mse"  # on the moments: "l1" (absolute error, what the held-out error measures) or "mse" (squared error)
     min_moments: int = 8
     loo_max: int = 24  # up to this many moments the error is leave-one-out, beyond it 10-fold
 

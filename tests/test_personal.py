@@ -421,8 +421,10 @@ def test_the_folds_trained_together_match_the_folds_trained_one_by_one(name):
     sp = _user(generic, 12, offset=-1.0, seed=3)
     rng = np.random.default_rng(4)
     sp.present.update({m: rng.random(12) > 0.25 for m in MODALITIES})  # some moments lack one modality or two
-    for cfg in (PersonalConfig(steps=20, loss="mse"), PersonalConfig(steps=20, loss="l1"), PersonalConfig(steps=20, loo_max=4),
-                PersonalConfig(steps=20, bias_anchor=0.0)):
+    # 10 steps: with the squared error and a strong pull, concat's two paths were 2e-6 apart after 5
+    # steps, 8e-6 after 10 and 5e-4 after 20 (the rounding grows step by step)
+    for cfg in (PersonalConfig(steps=10, loss="mse"), PersonalConfig(steps=10, loss="l1"), PersonalConfig(steps=10, loo_max=4),
+                PersonalConfig(steps=10, bias_anchor=1.0), PersonalConfig(steps=10, anchor=1.0, bias_anchor=0.0)):
         held, scheme = folds(len(sp), cfg)
         assert (len(held), scheme) == ((12, "leave-one-out") if cfg.loo_max > 12 else (10, "10-fold"))
         together = _held_out_batched(generic, sp, held, cfg)
@@ -630,10 +632,11 @@ def test_the_benchmark_searches_every_setting_it_is_given():
     assert len(cfgs) == 2 * 3 * 2 * 2 * len({c.loss for c in cfgs}) and len(set(cfgs)) == len(cfgs)
     assert {(c.anchor, c.steps, c.lr, c.bias_anchor) for c in cfgs} == {
         (a, s, lr, b) for a in (0.5, 2.0) for s in (25, 50, 150) for lr in (1e-3, 1e-2) for b in (1.0, 0.0)}
-    assert {c.bias_anchor for c in bench.grid()} == {bench.PersonalConfig().bias_anchor}  # without --bias-anchors: the default only
+    assert {c.bias_anchor for c in bench.grid()} == set(bench.BIAS_ANCHORS) and {c.anchor for c in bench.grid()} == set(bench.ANCHORS)
     assert {c.lr for c in bench.grid()} == {bench.PersonalConfig().lr}  # without --lrs: the default learning rate only
     default = bench.PersonalConfig()
     assert default.steps in bench.STEPS and default.anchor in bench.ANCHORS and default.lr in bench.LRS  # the defaults were among the searched
+    assert default.bias_anchor in bench.BIAS_ANCHORS
     steps = bench.numbers(int)
     assert steps("25, 50,150") == (25, 50, 150)
     for bad in ("", "0,50", "-1", "a", "2.5"):
