@@ -114,3 +114,32 @@ def test_text_model_on_cuda_reads_like_on_the_cpu():
     cos16 = (cpu * MiniLM(device="cuda", dtype="float16").embed(texts)).sum(axis=1)
     print(f"cosine to CPU fp32: CUDA fp32 {cos32.min():.7f}, CUDA fp16 {cos16.min():.7f}")
     assert np.all(cos32 > 0.99999) and np.all(cos16 > 0.9995)
+
+
+def test_a_personal_model_on_cuda_matches_the_cpu():
+    """The app fits a personal model on the device its fusion runs on: the held-out error (every fold
+    at once, through torch.func.vmap) and the fit must say on CUDA what they say on the CPU."""
+    from mmdemo import MODALITIES
+    from mmdemo.checkpoint import load_fusion
+    from mmdemo.data import Split
+    from mmdemo.personal import PersonalConfig, cross_validate, fit_personal, predict
+    from mmdemo.encoders import DIMS
+    from mmdemo.pipeline import DEFAULT_CHECKPOINTS
+
+    rng = np.random.default_rng(0)
+    feats = {m: rng.normal(size=(16, DIMS[m])).astype(np.float32) for m in MODALITIES}
+    present = {m: rng.random(16) > 0.2 for m in MODALITIES}
+    labels = np.clip(rng.normal(-1.0, 1.0, 16), -3, 3).astype(np.float32)  # a person the model reads too high
+    sp = Split(feats=feats, present=present, labels=labels, ids=np.arange(16))
+    cfg = PersonalConfig(steps=20)  # few steps: CPU and CUDA round differently, and the difference grows with each
+    got = {}
+    for device in ("cpu", "cuda"):
+        generic = load_fusion(DEFAULT_CHECKPOINTS / "fusion" / "weighted", device=device)
+        r = cross_validate(generic, sp, cfg)
+        model = fit_personal(generic, sp, cfg)
+        assert next(model.parameters()).device.type == device
+        got[device] = (r, predict(model, sp))
+    (rc, pc), (rg, pg) = got["cpu"], got["cuda"]
+    assert rc["personal_mae"] < rc["generic_mae"]  # the fits learned something: not a comparison of two untouched models
+    assert abs(rc["personal_mae"] - rg["personal_mae"]) < 2e-3 and abs(rc["generic_mae"] - rg["generic_mae"]) < 1e-4
+    np.testing.assert_allclose(pc, pg, atol=2e-3)
