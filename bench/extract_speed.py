@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.metadata
 import json
 import os
 import sys
@@ -34,11 +35,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from mmdemo.encoders import FaceEncoder, Transcriber, VoiceEncoder, WordsEncoder  # noqa: E402
-from mmdemo.device import cpu_model  # noqa: E402
+from bench.machine import cpu_model  # noqa: E402
+from bench.machine import devices as parse_devices  # noqa: E402
 from mmdemo.media import read_audio, read_image  # noqa: E402
 
 
 def rows(folder: Path, n: int) -> list[dict]:
+    if not (folder / "labels.csv").is_file():
+        sys.exit(f"extract_speed: {folder / 'labels.csv'} not found: pass --data (the shared data folder, "
+                 "see its README) or time other --modalities")
     with open(folder / "labels.csv", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))[:n]
 
@@ -60,17 +65,18 @@ def main() -> None:
     ap.add_argument("--devices", default=None, help="for words and asr, e.g. cuda (default: the CPU, and CUDA when present)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    wanted = set(args.modalities.split(","))
-    if wanted - {"face", "voice", "words", "asr"}:
+    wanted = {m.strip() for m in args.modalities.split(",") if m.strip()}
+    if args.ray and (args.devices or args.modalities != ap.get_default("modalities")):
+        ap.error("--ray times whole clips (every modality, on the CPU): --modalities and --devices do not apply")
+    if not wanted or wanted - {"face", "voice", "words", "asr"}:
         ap.error(f"--modalities: unknown {sorted(wanted - {'face', 'voice', 'words', 'asr'})}")
     if args.ray:
         return ray_bench(args)
     args.out = args.out or str(ROOT / "bench" / "results" / "extract_speed.json")
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    if args.devices:
-        devices = args.devices.split(",")
-        if "cuda" in devices and not torch.cuda.is_available():
-            ap.error("--devices cuda: no CUDA device here")
+    try:
+        devices = parse_devices(args.devices)
+    except ValueError as err:
+        ap.error(f"--devices: {err}")
     results = []
     if wanted & {"voice", "asr"}:
         clips = [args.data / "ravdess-speech-audio" / r["path"] for r in rows(args.data / "ravdess-speech-audio", args.n)]
@@ -96,11 +102,11 @@ def main() -> None:
             # kernels (measured on an H200: fp16/bf16 first passes ran 24x slower than later ones),
             # so the second pass is the steady rate and the first is reported beside it.
             batched = [timed(lambda ts: words.encode_batch(ts), [texts]) * len(texts) for _ in range(2)]
-            results.append({"modality": "words", "device": device, "what": "MOSEI transcript, batches of 64",
-                            "items_per_s": batched[1], "first_pass_items_per_s": batched[0]})
+            results.append({"modality": "words", "device": device, "what": "MOSEI transcript, batches of 64", "dtype": words.model.dtype,
+                            "texts": len(texts), "items_per_s": batched[1], "first_pass_items_per_s": batched[0]})
             single = [timed(lambda t: words.model.embed([t]), texts[: args.n]) for _ in range(2)]
-            results.append({"modality": "words", "device": device, "what": "MOSEI transcript, one at a time (live)",
-                            "items_per_s": single[1], "first_pass_items_per_s": single[0]})
+            results.append({"modality": "words", "device": device, "what": "MOSEI transcript, one at a time (live)", "dtype": words.model.dtype,
+                            "texts": len(texts[: args.n]), "items_per_s": single[1], "first_pass_items_per_s": single[0]})
         if "asr" not in wanted:
             continue
         asr = Transcriber(device=device)
@@ -114,8 +120,8 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     env = {"date": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "cpu": cpu_model(),
-           "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-           "text_dtype": os.environ.get("MMDEMO_TEXT_DTYPE") or "float32"}
+           "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "torch": torch.__version__,
+           "transformers": importlib.metadata.version("transformers")}
     out.write_text(json.dumps(env | {"results": results}, indent=2) + "\n")
     print(f"wrote {out}")
 

@@ -70,8 +70,10 @@ class PersonalConfig:
     def __post_init__(self):
         if self.loss not in PERSONAL_LOSSES:
             raise ValueError(f"unknown personal loss {self.loss!r}; choose one of {', '.join(PERSONAL_LOSSES)}")
-        if not (math.isfinite(self.bias_anchor) and self.bias_anchor >= 0):
-            raise ValueError(f"bias_anchor must be a finite number >= 0, got {self.bias_anchor!r}")
+        for key in ("anchor", "bias_anchor"):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{key} must be a finite number >= 0, got {value!r}")
 
 
 def check_moments(split: Split, cfg: PersonalConfig = PersonalConfig()) -> None:
@@ -94,8 +96,9 @@ def _tensors(split: Split, model: Fusion, index=None):
 
 
 def is_bias(name: str) -> bool:
-    """A bias vector of a layer (``...bias``), by its parameter name."""
-    return name == "bias" or name.endswith(".bias")
+    """A bias vector of a layer, by its parameter name: ``bias``, ``...bias`` and the like of
+    ``nn.MultiheadAttention``'s ``in_proj_bias``."""
+    return name.rsplit(".", 1)[-1].endswith("bias")
 
 
 def _error(pred: torch.Tensor, y: torch.Tensor, cfg: PersonalConfig) -> torch.Tensor:
@@ -115,6 +118,8 @@ def _optimise(params: list[torch.Tensor], anchor: list[torch.Tensor], loss_fn, c
     for p in params:
         p.grad = torch.zeros_like(p)
     opt = adam([{"params": params, "lr": cfg.lr, "weight_decay": 0.0}])
+    if names is not None and len(names) != len(params):
+        raise ValueError(f"{len(names)} parameter names for {len(params)} parameters")
     scale = [2 * cfg.anchor * (cfg.bias_anchor if is_bias(n) else 1.0) for n in (names or [""] * len(params))]
     uniform = len(set(scale)) == 1
     for i in range(cfg.steps):

@@ -26,10 +26,34 @@ def test_asking_for_cuda_without_one_is_a_clear_error(name, monkeypatch, capsys,
     assert not (tmp_path / "x.json").exists()
 
 
-def test_extract_speed_refuses_an_unknown_modality(monkeypatch, capsys):
-    with pytest.raises(SystemExit):
-        run(bench_module("extract_speed"), ["--modalities", "words,smell"], monkeypatch)
-    assert "smell" in capsys.readouterr().err
+def test_extract_speed_refuses_an_unknown_modality_and_options_ray_ignores(monkeypatch, capsys, tmp_path):
+    for argv, says in ((["--modalities", "words,smell"], "smell"), (["--modalities", " , "], "--modalities"),
+                       (["--ray", "--modalities", "words"], "--ray")):
+        with pytest.raises(SystemExit) as err:
+            run(bench_module("extract_speed"), [*argv, "--out", str(tmp_path / "x.json")], monkeypatch)
+        assert err.value.code == 2 and says in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_the_device_list_of_the_speed_benches():
+    from bench.machine import devices
+
+    assert devices(" CPU , ") == ["cpu"]
+    assert devices(None) == ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for bad, says in (("gpu", "unknown device 'gpu'"), ("meta", "unknown device"), (",", "no device")):
+        with pytest.raises(ValueError, match=says):
+            devices(bad)
+    if not torch.cuda.is_available():
+        for name in ("cuda", "cuda:0", "cpu,cuda:1"):
+            with pytest.raises(ValueError, match="no CUDA device here"):
+                devices(name)
+
+
+def test_extract_speed_names_a_missing_data_folder(monkeypatch, tmp_path):
+    with pytest.raises(SystemExit) as err:
+        run(bench_module("extract_speed"), ["--modalities", "words", "--devices", "cpu", "--data", str(tmp_path), "--out", str(tmp_path / "x.json")], monkeypatch)
+    assert "cmu-mosei-text" in str(err.value.code) and "--data" in str(err.value.code)
+    assert not (tmp_path / "x.json").exists()
 
 
 def test_train_speed_times_only_the_devices_and_methods_asked_for(monkeypatch, tmp_path):
@@ -55,5 +79,5 @@ def test_extract_speed_words_alone_needs_only_transcripts(monkeypatch, tmp_path)
     run(bench_module("extract_speed"), ["--modalities", "words", "--devices", "cpu", "--data", str(tmp_path), "--n", "4", "--out", str(out)], monkeypatch)
     got = json.loads(out.read_text())
     assert [(r["modality"], r["device"]) for r in got["results"]] == [("words", "cpu")] * 2
-    assert all(r["items_per_s"] > 0 and r["first_pass_items_per_s"] > 0 for r in got["results"])
-    assert got["text_dtype"] == "float32" and got["gpu"] is None
+    assert all(r["items_per_s"] > 0 and r["first_pass_items_per_s"] > 0 and r["dtype"] == "float32" for r in got["results"])
+    assert [r["texts"] for r in got["results"]] == [20, 4]  # 5 x --n transcripts in batches (all 20 here), --n one at a time

@@ -475,7 +475,13 @@ def test_the_pull_on_biases_has_its_own_strength(generic):
         PersonalConfig(bias_anchor=-1.0)
     with pytest.raises(ValueError, match="bias_anchor"):
         PersonalConfig(bias_anchor=float("nan"))
-    assert is_bias("heads.text.0.bias") and is_bias("bias") and not is_bias("heads.text.0.weight") and not is_bias("bias_scale")
+    with pytest.raises(ValueError, match="anchor"):
+        PersonalConfig(anchor=-1.0)
+    assert is_bias("heads.text.0.bias") and is_bias("bias") and is_bias("blocks.0.attn.in_proj_bias")
+    assert not is_bias("heads.text.0.weight") and not is_bias("bias_scale") and not is_bias("bias.weight")
+    for name in list_fusions():  # every method's bias vectors, whatever their layer calls them
+        for key, p in load_fusion(DEFAULT_CHECKPOINTS / "fusion" / name).named_parameters():
+            assert is_bias(key) == ("bias" in key.rsplit(".", 1)[-1] and p.dim() == 1), (name, key)
     sp = _user(generic, 12, offset=-1.5, seed=2)
     start = dict(generic.named_parameters())
 
@@ -489,7 +495,7 @@ def test_the_pull_on_biases_has_its_own_strength(generic):
     assert free_b > 10 * held_b and free_b > 1e-3, (free_b, held_b)
     assert free_w < 1e-3 and held_w < 1e-3
     bias_only = cross_validate(generic, sp, PersonalConfig(anchor=1e4, bias_anchor=0.0))
-    assert bias_only["personal_mae"] < 0.8 * bias_only["generic_mae"], bias_only  # moving the biases alone takes a person's offset
+    assert bias_only["personal_mae"] < 0.7 * bias_only["generic_mae"], bias_only  # the biases alone take part of a person's offset (0.61x measured)
 
 
 def test_the_personal_model_learns_a_persons_bias_and_leaves_the_generic_model_alone(generic):
