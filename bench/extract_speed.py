@@ -68,7 +68,9 @@ def main() -> None:
     wanted = {m.strip() for m in args.modalities.split(",") if m.strip()}
     if args.ray and (args.devices or args.modalities != ap.get_default("modalities")):
         ap.error("--ray times whole clips (every modality, on the CPU): --modalities and --devices do not apply")
-    if not wanted or wanted - {"face", "voice", "words", "asr"}:
+    if not wanted:
+        ap.error("--modalities: no modality named (face, voice, words, asr)")
+    if wanted - {"face", "voice", "words", "asr"}:
         ap.error(f"--modalities: unknown {sorted(wanted - {'face', 'voice', 'words', 'asr'})}")
     if args.ray:
         return ray_bench(args)
@@ -112,7 +114,8 @@ def main() -> None:
         asr = Transcriber(device=device)
         asr.warmup()
         audio = [read_audio(p) for p in clips[:30]]
-        results.append({"modality": "speech -> words", "device": device, "what": "Whisper tiny.en, 2.4 s clip", "items_per_s": timed(asr.transcribe, audio)})
+        results.append({"modality": "speech -> words", "device": device, "what": "Whisper tiny.en, 2.4 s clip", "backend": asr.backend,
+                        "items_per_s": timed(asr.transcribe, audio)})
     print("| modality | device | item | items/s | first pass (words) |\n|---|---|---|---|---|")
     for r in results:
         first = f"{r['first_pass_items_per_s']:.1f}" if "first_pass_items_per_s" in r else "–"

@@ -27,6 +27,8 @@ def devices(text: str | None) -> list[str]:
             raise ValueError(f"unknown device {name!r}: use cpu, cuda or cuda:N")
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"{name}: no CUDA device here")
+        if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
         out.append(name)
     if not out:
         raise ValueError("no device named")

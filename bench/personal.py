@@ -11,7 +11,7 @@ a resting face that reads negative), a biased voice (the same for the raw voice 
 For each user the generic model (the shipped checkpoint of ``--fusion``) and the personal model are
 scored on the same moments, the personal one out of sample (leave-one-out with ``--moments``
 moments: each moment predicted by a model fitted on the others). The personal model's settings
-(L2-SP strength, steps, learning rate, loss) are chosen on the validation people and reported on the test people; the neutral baseline (calibration with a neutral photo and the calibration sentence) is
+(L2-SP strength, its share on bias vectors, steps, learning rate, loss) are chosen on the validation people and reported on the test people; the neutral baseline (calibration with a neutral photo and the calibration sentence) is
 reported beside it. Fit times for 8 / 32 / 128 moments for every fusion method.
 
     python bench/personal.py [--data ../shared/data] [--users 12] [--moments 16] [--fusion weighted]

@@ -3,7 +3,8 @@
 2199 samples (1284 / 229 / 686), text 300-d, audio 74-d, vision 35-d, as sequences of 50 steps and
 as pooled vectors. Per method and device: parameters, seconds per epoch (mean of the timed epochs
 after one warm-up epoch; an epoch includes its validation pass) and, with --full, the wall time of
-a complete training run with the default early stopping. CPU always, CUDA when present.
+a complete training run with the default early stopping. The CPU, and CUDA when present, unless
+--devices names others.
 
     python bench/train_speed.py                      # per-epoch table
     python bench/train_speed.py --full               # + full training runs (the "< 2 min" target)

@@ -6,8 +6,8 @@ It stays the same class, so the contributions (exact Shapley values, the method'
 as for the generic model. With 8 to a few hundred examples it must not forget what it knew: the
 fine-tuning is full-batch Adam for a fixed number of steps on the squared error, with an L2 pull of
 every weight toward its shipped value (L2-SP, Li et al. 2018, "Explicit inductive bias for
-transfer learning with convolutional networks"); the bias vectors move freely, so a person's constant
-offsets cost nothing to learn. ``PersonalConfig``'s defaults (loss, steps, pull, pull on biases)
+transfer learning with convolutional networks"); the bias vectors are not pulled back, so a person's
+constant offsets are learned without a penalty. ``PersonalConfig``'s defaults (loss, steps, pull, pull on biases)
 were chosen on the validation users of ``bench/personal.py`` (simulated users built with the live
 encoders), never on its test users. The held-out error trains all its folds at once
 (:func:`_held_out_batched`).
@@ -61,7 +61,7 @@ class PersonalError(ValueError):
 class PersonalConfig:
     steps: int = 50  # full-batch Adam steps
     lr: float = 3e-3
-    anchor: float = 3.0  # L2-SP strength: sum of squared distances of the parameters from the shipped ones
+    anchor: float = 3.0  # L2-SP strength on the sum of squared distances of the weights from the shipped ones
     bias_anchor: float = 0.0  # the strength on bias vectors, as a fraction of ``anchor`` (a bias absorbs a constant shift of its input)
     loss: str = "mse"  # on the moments: "l1" (absolute error, what the held-out error measures) or "mse" (squared error)
     min_moments: int = 8
@@ -229,7 +229,8 @@ def cross_validate(generic: Fusion, split: Split, cfg: PersonalConfig = Personal
                 progress(i + 1, len(held))
     generic_pred = predict(generic, split)
     return {"moments": n, "scheme": scheme, "generic_mae": float(np.mean(np.abs(generic_pred - split.labels))),
-            "personal_mae": float(np.mean(np.abs(personal - split.labels))), "seconds": time.perf_counter() - t0}
+            "personal_mae": float(np.mean(np.abs(personal - split.labels))), "seconds": time.perf_counter() - t0,
+            "fit_steps": cfg.steps, "fit_lr": cfg.lr, "fit_anchor": cfg.anchor, "fit_bias_anchor": cfg.bias_anchor, "fit_loss": cfg.loss}
 
 
 # ============================================================================ many people -> one corpus

@@ -574,7 +574,9 @@ def _metadata(blob: bytes) -> dict:
 
 
 METRIC_KEYS = {"moments": int, "scheme": str, "generic_mae": float, "personal_mae": float, "seconds": float, "fit_seconds": float,
-               "baseline": str}  # baseline: Baseline.fingerprint of the one the model learned under
+               "baseline": str,  # baseline: Baseline.fingerprint of the one the model learned under
+               # the fit's settings (PersonalConfig): which a model was fitted with, once the defaults change
+               "fit_steps": int, "fit_lr": float, "fit_anchor": float, "fit_bias_anchor": float, "fit_loss": str}
 
 
 def clean_metrics(d) -> dict:

@@ -27,8 +27,8 @@ def test_asking_for_cuda_without_one_is_a_clear_error(name, monkeypatch, capsys,
 
 
 def test_extract_speed_refuses_an_unknown_modality_and_options_ray_ignores(monkeypatch, capsys, tmp_path):
-    for argv, says in ((["--modalities", "words,smell"], "smell"), (["--modalities", " , "], "--modalities"),
-                       (["--ray", "--modalities", "words"], "--ray")):
+    for argv, says in ((["--modalities", "words,smell"], "unknown ['smell']"), (["--modalities", " , "], "no modality named"),
+                       (["--ray", "--modalities", "words"], "do not apply")):
         with pytest.raises(SystemExit) as err:
             run(bench_module("extract_speed"), [*argv, "--out", str(tmp_path / "x.json")], monkeypatch)
         assert err.value.code == 2 and says in capsys.readouterr().err
@@ -57,10 +57,15 @@ def test_extract_speed_names_a_missing_data_folder(monkeypatch, tmp_path):
 
 
 def test_train_speed_times_only_the_devices_and_methods_asked_for(monkeypatch, tmp_path):
+    mod = bench_module("train_speed")
+    asked = []
+    # the parser gives two devices, as where a GPU is present: only those it gives are timed (cpu twice here)
+    monkeypatch.setattr(mod, "parse_devices", lambda text: asked.append(text) or ["cpu", "cpu"])
     out = tmp_path / "speed.json"
-    run(bench_module("train_speed"), ["--devices", "cpu", "--methods", "concat,tensor", "--epochs", "1", "--out", str(out)], monkeypatch)
+    run(mod, ["--devices", "cpu,cuda", "--methods", "concat,tensor", "--epochs", "1", "--out", str(out)], monkeypatch)
+    assert asked == ["cpu,cuda"]
     rows = json.loads(out.read_text())["rows"]
-    assert {(r["device"], r["method"]) for r in rows} == {("cpu", "concat"), ("cpu", "tensor")}
+    assert sorted((r["device"], r["method"]) for r in rows if r["variant"] == "pooled") == [("cpu", "concat"), ("cpu", "concat"), ("cpu", "tensor"), ("cpu", "tensor")]
     assert {r["variant"] for r in rows} == {"seq50", "pooled"}
     assert all(r["s_per_epoch"] > 0 for r in rows)
 

@@ -487,7 +487,7 @@ def test_the_pull_on_biases_has_its_own_strength(generic):
 
     def moved(cfg):
         fit = dict(fit_personal(generic, sp, cfg).named_parameters())
-        step = {k: float((fit[k] - start[k]).abs().max()) for k in fit}
+        step = {k: float((fit[k] - start[k]).detach().abs().max()) for k in fit}
         return max(v for k, v in step.items() if is_bias(k)), max(v for k, v in step.items() if not is_bias(k))
 
     free_b, free_w = moved(PersonalConfig(anchor=1e4, bias_anchor=0.0))
@@ -496,6 +496,15 @@ def test_the_pull_on_biases_has_its_own_strength(generic):
     assert free_w < 1e-3 and held_w < 1e-3
     bias_only = cross_validate(generic, sp, PersonalConfig(anchor=1e4, bias_anchor=0.0))
     assert bias_only["personal_mae"] < 0.7 * bias_only["generic_mae"], bias_only  # the biases alone take part of a person's offset (0.61x measured)
+
+
+def test_the_held_out_error_records_the_fit_settings_and_a_profile_keeps_them(generic):
+    from mmdemo.profile import clean_metrics
+
+    r = cross_validate(generic, _user(generic, 8, offset=-1.0), PersonalConfig(steps=5, anchor=2.0, bias_anchor=0.5, loss="l1"))
+    assert (r["fit_steps"], r["fit_anchor"], r["fit_bias_anchor"], r["fit_loss"]) == (5, 2.0, 0.5, "l1")
+    kept = clean_metrics(r | {"fit_anchor": "two", "fit_loss": 7})  # from a file: wrong types are dropped, the rest kept
+    assert kept["fit_steps"] == 5 and kept["fit_bias_anchor"] == 0.5 and "fit_anchor" not in kept and "fit_loss" not in kept
 
 
 def test_the_personal_model_learns_a_persons_bias_and_leaves_the_generic_model_alone(generic):
