@@ -110,29 +110,24 @@ def _error(pred: torch.Tensor, y: torch.Tensor, cfg: PersonalConfig) -> torch.Te
     raise ValueError(f"unknown personal loss {cfg.loss!r}")
 
 
-def _optimise(params: list[torch.Tensor], anchor: list[torch.Tensor], loss_fn, cfg: PersonalConfig, on_step=None,
-              names: list[str] | None = None) -> None:
+def _optimise(params: list[torch.Tensor], anchor: list[torch.Tensor], names: list[str], loss_fn, cfg: PersonalConfig, on_step=None) -> None:
     """Full-batch Adam on ``loss_fn()`` with the L2 pull of ``params`` toward ``anchor`` (L2-SP; on
     the parameters ``names`` calls biases, ``cfg.bias_anchor`` times as strong);
     ``on_step(i, steps)`` after every 10th step and the last."""
     for p in params:
         p.grad = torch.zeros_like(p)
     opt = adam([{"params": params, "lr": cfg.lr, "weight_decay": 0.0}])
-    if names is not None and len(names) != len(params):
+    if len(names) != len(params):
         raise ValueError(f"{len(names)} parameter names for {len(params)} parameters")
-    scale = [2 * cfg.anchor * (cfg.bias_anchor if is_bias(n) else 1.0) for n in (names or [""] * len(params))]
-    uniform = len(set(scale)) == 1
+    scale = [2 * cfg.anchor * (cfg.bias_anchor if is_bias(n) else 1.0) for n in names]
     for i in range(cfg.steps):
         loss = loss_fn()
         opt.zero_grad(set_to_none=False)
         loss.backward()
-        if cfg.anchor:  # the gradient of anchor * sum((p - p0)^2), added in one fused call per step
+        if cfg.anchor:  # the gradient of anchor * sum((p - p0)^2) (each tensor's share), in fused calls
             pull = torch._foreach_sub(params, anchor)
-            if uniform:
-                torch._foreach_add_([p.grad for p in params], pull, alpha=scale[0])
-            else:
-                torch._foreach_mul_(pull, scale)
-                torch._foreach_add_([p.grad for p in params], pull)
+            torch._foreach_mul_(pull, scale)
+            torch._foreach_add_([p.grad for p in params], pull)
         opt.step()
         if on_step is not None and ((i + 1) % 10 == 0 or i + 1 == cfg.steps):
             on_step(i + 1, cfg.steps)
@@ -148,7 +143,7 @@ def fit_personal(generic: Fusion, split: Split, cfg: PersonalConfig = PersonalCo
         p.requires_grad_(True)
     anchor = [p.detach().clone() for p in params]
     feats, present, y = _tensors(split, model, index)
-    _optimise(params, anchor, lambda: _error(model(feats, present).prediction, y, cfg).mean(), cfg, names=names)
+    _optimise(params, anchor, names, lambda: _error(model(feats, present).prediction, y, cfg).mean(), cfg)
     for p in params:
         p.requires_grad_(False)
     return model.eval()
@@ -178,7 +173,7 @@ def _held_out_batched(generic: Fusion, split: Split, held: list[np.ndarray], cfg
     every_fold = vmap(lambda p: functional_call(model, (p, buffers), (feats, present)).prediction)
     params = [stacked[k] for k in names]
     anchor = [stacked[k].detach().clone() for k in names]  # the same shape as the stacked weights (the fused update's fast path)
-    _optimise(params, anchor, lambda: (_error(every_fold(stacked), y, cfg) * weight).sum(), cfg, on_step, names=names)
+    _optimise(params, anchor, names, lambda: (_error(every_fold(stacked), y, cfg) * weight).sum(), cfg, on_step)
     with torch.no_grad():
         pred = every_fold(stacked).float().cpu().numpy()  # (folds, moments)
     out = np.zeros(n, np.float32)
