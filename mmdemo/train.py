@@ -83,6 +83,30 @@ class Batches:
         return ({m: x[idx] for m, x in self.feats.items()}, self.avail[idx], self.labels[idx],
                 {m: s[idx] for m, s in self.steps.items()})
 
+    def prepared(self, model: Fusion) -> Prepared:
+        """The split through ``model.prepare`` once (standardised, absent rows and padding zeroed),
+        so that a training step only indexes it."""
+        with torch.no_grad():
+            x, avail, steps = model.prepare(self.feats, {m: self.avail[:, j] for j, m in enumerate(self.modalities)}, self.steps)
+        return Prepared(x, avail, steps, self.labels)
+
+
+@dataclass
+class Prepared:
+    """A split as :meth:`Fusion.prepare` returns it, for :meth:`Fusion.step_loss` and :meth:`Fusion.fuse`."""
+
+    x: dict[str, torch.Tensor]
+    avail: torch.Tensor  # (N, M) bool, as prepare returns it (a sequence of nothing but padding is absent)
+    steps: dict[str, torch.Tensor | None]
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, idx: torch.Tensor) -> tuple[dict, torch.Tensor, torch.Tensor, dict]:
+        return ({m: t[idx] for m, t in self.x.items()}, self.avail[idx], self.labels[idx],
+                {m: None if s is None else s[idx] for m, s in self.steps.items()})
+
 
 def normalization_stats(split: Split) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per-modality mean/std over present training rows (and their real time steps: padding is
@@ -103,14 +127,19 @@ def normalization_stats(split: Split) -> dict[str, tuple[torch.Tensor, torch.Ten
 
 
 @torch.inference_mode()
-def predict(model: Fusion, batches: Batches, batch_size: int = 1024) -> np.ndarray:
+def predict(model: Fusion, batches: Batches | Prepared, batch_size: int = 1024) -> np.ndarray:
+    """Predictions for every row, ``batch_size`` rows at a time (a split already through the
+    model's :meth:`Fusion.prepare` goes straight to its ``fuse``)."""
     model.eval()
     out = []
     for start in range(0, len(batches), batch_size):
         idx = torch.arange(start, min(start + batch_size, len(batches)), device=batches.labels.device)
         feats, avail, _, steps = batches.take(idx)
-        present = {m: avail[:, j] for j, m in enumerate(batches.modalities)}
-        out.append(model(feats, present, steps).prediction.float().cpu())
+        if isinstance(batches, Prepared):
+            out.append(model.fuse(feats, avail, steps).prediction.float().cpu())
+        else:
+            present = {m: avail[:, j] for j, m in enumerate(batches.modalities)}
+            out.append(model(feats, present, steps).prediction.float().cpu())
     return torch.cat(out).numpy()
 
 
@@ -132,8 +161,9 @@ def fit(model: Fusion, data: FeatureDataset, cfg: TrainConfig = TrainConfig(), *
     gen = torch.Generator().manual_seed(cfg.seed)
     model.set_normalization(normalization_stats(data.splits["train"]))
     model.to(device)
-    train = Batches(data.splits["train"], model.modalities, device)
-    valid = Batches(data.splits["valid"], model.modalities, device)
+    # each split through the model's normalisation once: a step only indexes it
+    train = Batches(data.splits["train"], model.modalities, device).prepared(model)
+    valid = Batches(data.splits["valid"], model.modalities, device).prepared(model)
     opt = adam(model.param_groups(lr=cfg.lr, weight_decay=cfg.weight_decay))
     params = [p for p in model.parameters() if p.requires_grad]  # listed once: walking the modules every step is not free
     best, best_state, best_epoch, stale = float("inf"), None, 0, 0
@@ -147,9 +177,9 @@ def fit(model: Fusion, data: FeatureDataset, cfg: TrainConfig = TrainConfig(), *
         total, count = 0.0, 0
         for s in range(0, len(train), cfg.batch_size):
             idx = order[s : s + cfg.batch_size]
-            feats, avail, y, steps = train.take(idx)
+            x, avail, y, steps = train.take(idx)
             drop = (torch.rand(avail.shape, generator=gen) < cfg.modality_dropout).to(device)
-            loss = model.training_loss(feats, avail & ~drop, avail, y, steps)
+            loss = model.step_loss(x, avail, avail & ~drop, y, steps)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:

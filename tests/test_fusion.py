@@ -459,3 +459,32 @@ def test_replacing_a_folder_follows_a_link_skips_leftovers_and_refuses_what_it_c
     if os.path.ismount("/proc"):
         assert "mount point" in replace_problem("/proc")
     assert replace_problem(tmp_path / "new" / "deeper") is None
+
+
+@pytest.mark.parametrize("shape, p", [((128, 128), 0.5), ((16, 256), 0.1), ((5, 7, 3), 0.7), ((3,), 0.25)])
+def test_dropout_draws_the_masks_of_f_dropout(shape, p, monkeypatch):
+    """mmdemo's Dropout gives F.dropout's output and gradient and leaves the random stream where it
+    does, to the bit; where this CPU's bernoulli kernel allows, without calling it."""
+    import torch.nn.functional as F
+
+    from mmdemo.fusion.base import Dropout, _rand_draws_bernoulli
+
+    x = torch.randn(shape, requires_grad=True)
+    torch.manual_seed(7)
+    want = F.dropout(x, p, True)
+    (want_grad,) = torch.autograd.grad(want.square().sum(), x)
+    want_next = torch.rand(4)
+    if _rand_draws_bernoulli():  # the fast path must be the one taken
+        monkeypatch.setattr(F, "dropout", lambda *a, **k: pytest.fail("F.dropout called"))
+    layer = Dropout(p).train()
+    torch.manual_seed(7)
+    got = layer(x)
+    (got_grad,) = torch.autograd.grad(got.square().sum(), x)
+    assert torch.equal(got, want) and torch.equal(got_grad, want_grad) and torch.equal(torch.rand(4), want_next)
+    monkeypatch.undo()
+    assert torch.equal(layer.eval()(x), x)  # evaluation: the input itself
+    t = torch.randn(8, 6).t()  # not contiguous: nn.Dropout's own path, the same masks
+    torch.manual_seed(1)
+    want = F.dropout(t, p, True)
+    torch.manual_seed(1)
+    assert torch.equal(layer.train()(t), want)

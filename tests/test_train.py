@@ -199,3 +199,74 @@ def test_every_cli_refuses_an_output_it_cannot_write_before_any_work(tmp_path, c
         assert info.value.code == 2, name
         assert "--out" in capsys.readouterr().err, name
     assert output_problem(tmp_path / "new" / "runs", folder=True) is None and output_problem(tmp_path / "f.npz", folder=False) is None
+
+
+def _reference_fit(model, data, cfg):
+    """The training loop as it was before splits were prepared once: raw features through
+    ``training_loss`` at every step, ``F.dropout`` in every dropout layer (the same random draws, in
+    the same order, as :func:`mmdemo.train.fit`)."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from mmdemo.fusion.base import Dropout
+    from mmdemo.train import Batches, adam, normalization_stats, predict
+
+    for mod in model.modules():  # the plain nn.Dropout forward, whatever this CPU allows
+        if isinstance(mod, Dropout):
+            mod.forward = lambda x, mod=mod: F.dropout(x, mod.p, mod.training, mod.inplace)
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    model.set_normalization(normalization_stats(data.splits["train"]))
+    train = Batches(data.splits["train"], model.modalities, "cpu")
+    valid = Batches(data.splits["valid"], model.modalities, "cpu")
+    opt = adam(model.param_groups(lr=cfg.lr, weight_decay=cfg.weight_decay))
+    params = [p for p in model.parameters() if p.requires_grad]
+    best, best_state, stale, maes = float("inf"), None, 0, []
+    for _ in range(cfg.epochs):
+        model.train()
+        order = torch.randperm(len(train), generator=gen)
+        for s in range(0, len(train), cfg.batch_size):
+            feats, avail, y, steps = train.take(order[s : s + cfg.batch_size])
+            drop = torch.rand(avail.shape, generator=gen) < cfg.modality_dropout
+            loss = model.training_loss(feats, avail & ~drop, avail, y, steps)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+        maes.append(float(np.mean(np.abs(predict(model, valid) - data.splits["valid"].labels))))
+        if maes[-1] < best - 1e-4:
+            best, stale, best_state = maes[-1], 0, copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                break
+    model.load_state_dict(best_state)
+    return maes
+
+
+@pytest.mark.parametrize("name", list_fusions())
+def test_the_training_loop_trains_the_model_of_per_step_raw_features(name):
+    """``fit`` prepares each split once and its dropout layers draw their masks with ``torch.rand``
+    where this CPU allows: the model it trains is the one of per-step raw features and
+    ``F.dropout``, to the bit (sequences with padding, rows of nothing but padding, missing
+    modalities and modality dropout included)."""
+    from mmdemo.fusion import FusionConfig, create_fusion
+    from mmdemo.train import fit
+
+    data = make_synthetic(SyntheticSpec(sizes=(120, 40, 10), seq_len=6, missing=0.2, seed=5))
+    rng = np.random.default_rng(0)
+    for split in data.splits.values():
+        for m in ("text", "audio"):
+            split.steps[m] = np.arange(6)[None, :] < rng.integers(0, 7, size=len(split.labels))[:, None]
+            split.feats[m][~split.steps[m]] = np.nan  # padding is never read
+    cfg = TrainConfig(epochs=3, batch_size=32, modality_dropout=0.3, patience=5, seed=2, device="cpu")
+    models = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        models.append(create_fusion(name, dims=data.dims, cfg=FusionConfig(hidden=16, dropout=0.3)))
+    ours = fit(models[0], data, cfg, progress=False)
+    theirs = _reference_fit(models[1], data, cfg)
+    assert [h["valid_mae"] for h in ours.history] == theirs
+    a, b = models[0].state_dict(), models[1].state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

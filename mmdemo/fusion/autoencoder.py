@@ -36,14 +36,13 @@ class AutoencoderFusion(Fusion):
         extras = {m: self.decoders[m](z) for m in self.modalities}  # (B, D_m) reconstructions
         return FusionOutput(self.bound(self.head(z).squeeze(-1)), None, extras)
 
-    def loss(self, out: FusionOutput, target: Tensor, *, feats: Features, available: Tensor, steps: Steps | None = None) -> Tensor:
+    def prepared_loss(self, out: FusionOutput, target: Tensor, *, x: Features, available: Tensor, steps: Steps) -> Tensor:
         # Targets come from the full features, so modalities hidden by modality dropout are
         # reconstructed too: that is what teaches the latent to impute. Padding steps are not data.
-        full, avail, st = self.prepare(feats, {m: available[:, i] for i, m in enumerate(self.modalities)}, steps)
         recon = out.prediction.new_zeros(())
         for i, m in enumerate(self.modalities):
-            err = F.mse_loss(out.extras[m], pooled(full[m], st[m]), reduction="none").mean(dim=-1)  # (B,)
-            recon = recon + (err * avail[:, i]).sum() / avail[:, i].sum().clamp_min(1)
+            err = F.mse_loss(out.extras[m], pooled(x[m], steps[m]), reduction="none").mean(dim=-1)  # (B,)
+            recon = recon + (err * available[:, i]).sum() / available[:, i].sum().clamp_min(1)
         return self.prediction_loss(out.prediction, target) + self.cfg.recon_weight * recon / len(self.modalities)
 
     @torch.no_grad()

@@ -17,6 +17,7 @@ line in ``mmdemo/fusion/__init__.py``. The CLI, the UI dropdown and the tests re
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -119,8 +120,46 @@ def masked_softmax(logits: Tensor, mask: Tensor, dim: int = -1) -> Tensor:
     return torch.softmax(safe, dim=dim) * mask * any_on
 
 
+@functools.cache
+def _rand_draws_bernoulli() -> bool:
+    """Does this build draw ``bernoulli_(q)`` on the CPU as ``rand(float64) < q``, number for number?
+
+    ATen's default CPU kernel does (one 53-bit uniform per element, in memory order); builds with MKL
+    use MKL's own stream on Intel processors instead. Checked once per process on a private
+    generator (the global one is not touched), at two sizes, including what each leaves of the
+    generator's stream."""
+    for n in (7, 4099):
+        a, b = torch.Generator().manual_seed(12345), torch.Generator().manual_seed(12345)
+        want = torch.empty(n).bernoulli_(0.7, generator=a)
+        got = (torch.rand(n, dtype=torch.float64, generator=b) < 0.7).float()
+        if not torch.equal(want, got) or not torch.equal(torch.rand(3, generator=a), torch.rand(3, generator=b)):
+            return False
+    return True
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` with the same masks, drawn about 3x faster on the CPU.
+
+    On the CPU, ``F.dropout`` draws its mask with ``bernoulli_``, whose default kernel takes one
+    uniform number per element serially: for these small networks a fifth of a training step
+    (measured: 163 us for a 128 x 128 mask on one core, against 54 us for ``torch.rand`` in float64).
+    Where that kernel is the one this build uses (``_rand_draws_bernoulli``), the same uniforms are
+    drawn with ``torch.rand`` and compared to the keep probability: the mask, the scaling, the
+    gradient and the random stream left behind are those of ``F.dropout``, to the bit, so training
+    gives the same models. Anywhere else (CUDA, MKL's Intel kernel, a non-contiguous or in-place
+    input) it is ``nn.Dropout``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (self.training and 0.0 < self.p < 1.0 and not self.inplace and x.device.type == "cpu"
+                and x.is_floating_point() and x.is_contiguous() and _rand_draws_bernoulli()):
+            keep = 1.0 - self.p
+            noise = (torch.rand(x.shape, dtype=torch.float64) < keep).to(x.dtype)
+            return x * noise.div_(keep)  # F.dropout's own arithmetic: input * (mask / keep)
+        return super().forward(x)
+
+
 def mlp(d_in: int, d_hidden: int, d_out: int, dropout: float) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(d_in, d_hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(d_hidden, d_out))
+    return nn.Sequential(nn.Linear(d_in, d_hidden), nn.GELU(), Dropout(dropout), nn.Linear(d_hidden, d_out))
 
 
 def pooled(x: Tensor, steps: Tensor | None = None) -> Tensor:
@@ -142,7 +181,7 @@ class UnimodalEncoder(nn.Module):
 
     def __init__(self, *, d_in: int, hidden: int, dropout: float):
         super().__init__()
-        self.proj = nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, hidden))
+        self.proj = nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), Dropout(dropout), nn.Linear(hidden, hidden))
         self.score = nn.Linear(hidden, 1, bias=False)  # attention pooling over time (a bias would cancel in the softmax)
         self.norm = nn.LayerNorm(hidden)
 
@@ -188,8 +227,9 @@ class Fusion(nn.Module):
 
     Subclasses implement ``fuse(x, mask)`` where ``x`` holds standardised features with absent
     entries zeroed and ``mask`` is ``(B, M)`` bool in ``self.modalities`` order; they may override
-    :meth:`loss` to add their own terms (reconstruction, per-sub-network losses) and
-    :meth:`training_loss` to compute a training step's loss in fewer passes.
+    :meth:`prepared_loss` to add their own terms (reconstruction, per-sub-network losses) and
+    :meth:`step_loss` to compute a training step's loss in fewer passes. Both read features already
+    through :meth:`prepare`: the training loop prepares a split once, not at every step.
     """
 
     name: ClassVar[str] = ""
@@ -224,6 +264,12 @@ class Fusion(nn.Module):
         """Training loss of ``out = self(feats, present, steps)``. ``available`` (B, M) marks the
         modalities the data really has (before modality dropout); methods use it and the full
         ``feats`` to train sub-networks or reconstructions on their real inputs."""
+        x, avail, st = self.prepare(feats, {m: available[:, i] for i, m in enumerate(self.modalities)}, steps)
+        return self.prepared_loss(out, target, x=x, available=avail, steps=st)
+
+    def prepared_loss(self, out: FusionOutput, target: Tensor, *, x: Features, available: Tensor, steps: Steps) -> Tensor:
+        """:meth:`loss` with the full features through :meth:`prepare` (``x``, ``available`` and
+        ``steps`` as it returns them for the modalities the data has). Default: the prediction's loss."""
         return self.prediction_loss(out.prediction, target)
 
     def prediction_loss(self, pred: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
@@ -235,10 +281,26 @@ class Fusion(nn.Module):
     def training_loss(self, feats: Features, shown: Tensor, available: Tensor, target: Tensor, steps: Steps | None = None) -> Tensor:
         """The loss of one training step: the prediction from the ``shown`` modalities ((B, M) bool,
         what modality dropout left of ``available``, so ``shown`` is within ``available``), scored
-        by :meth:`loss` with ``available`` ((B, M) bool, what the data has). A method may override
-        it to do the same in fewer passes."""
-        out = self(feats, {m: shown[:, j] for j, m in enumerate(self.modalities)}, steps)
-        return self.loss(out, target, feats=feats, available=available, steps=steps)
+        by :meth:`loss` with ``available`` ((B, M) bool, what the data has)."""
+        x, avail, st = self.prepare(feats, {m: available[:, i] for i, m in enumerate(self.modalities)}, steps)
+        return self.step_loss(x, avail, avail & shown.to(avail.device).bool(), target, st)
+
+    def step_loss(self, x: Features, available: Tensor, shown: Tensor, target: Tensor, steps: Steps) -> Tensor:
+        """:meth:`training_loss` on features already through :meth:`prepare` with ``available``
+        (what :meth:`prepare` returns: ``available`` and ``steps`` included); ``shown`` (B, M) bool is
+        within ``available``. A method may override it to do the same in fewer passes."""
+        out = self.fuse(self.hide(x, shown, steps), shown, steps)
+        return self.prepared_loss(out, target, x=x, available=available, steps=steps)
+
+    def hide(self, x: Features, shown: Tensor, steps: Steps) -> Features:
+        """Prepared features with the modalities not ``shown`` zeroed: what :meth:`prepare` gives
+        when told only the shown modalities are present (the same numbers, to the bit)."""
+        out = {}
+        for i, m in enumerate(self.modalities):
+            t = x[m]
+            keep = shown[:, i].view(-1, *([1] * (t.dim() - 1)))
+            out[m] = torch.where(keep, t, torch.zeros_like(t))
+        return out
 
     @property
     def device(self) -> torch.device:

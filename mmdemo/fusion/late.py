@@ -55,29 +55,26 @@ class SubnetworkFusion(Fusion):
         raw = (w * ys).sum(dim=1) + none * self.empty  # (B,)
         return FusionOutput(self.bound(raw), w, {"unimodal": self.bound(ys), "real": real})
 
-    def training_loss(self, feats: Features, shown: Tensor, available: Tensor, target: Tensor, steps: Steps | None = None) -> Tensor:
+    def step_loss(self, x: Features, available: Tensor, shown: Tensor, target: Tensor, steps: Steps) -> Tensor:
         # One pass of the sub-networks over every real input serves both terms: the fused
         # prediction mixes the shown modalities only (a hidden one gets weight 0, so reading its
         # real input there changes nothing), and each sub-network's own loss reads its real input.
-        full, avail, st = self.prepare(feats, {m: available[:, i] for i, m in enumerate(self.modalities)}, steps)
-        out = self.mix(self.unimodal(full, st), avail & shown.to(avail.device).bool(), real=avail)
-        return self.loss(out, target, feats=feats, available=avail, steps=steps)
+        out = self.mix(self.unimodal(x, steps), shown, real=available)
+        return self.prepared_loss(out, target, x=x, available=available, steps=steps)
 
-    def loss(self, out: FusionOutput, target: Tensor, *, feats: Features, available: Tensor, steps: Steps | None = None) -> Tensor:
+    def prepared_loss(self, out: FusionOutput, target: Tensor, *, x: Features, available: Tensor, steps: Steps) -> Tensor:
         fused = self.prediction_loss(out.prediction, target)
         # the sub-networks learn from the real input of every modality the data has, including the
         # ones modality dropout hid from this step's fused prediction: one more pass of the
         # sub-networks when the fused pass did not read them all (a plain forward that modality
-        # dropout hid some from); :meth:`training_loss` reads them all in its one pass.
+        # dropout hid some from); :meth:`step_loss` reads them all in its one pass.
         real = out.extras.get("real")
-        avail = available.to(out.prediction.device).bool()
-        if real is not None and not (avail & ~real).any():
+        if real is not None and not (available & ~real).any():
             uni_pred = out.extras["unimodal"]
         else:
-            full, avail, st = self.prepare(feats, {m: available[:, i] for i, m in enumerate(self.modalities)}, steps)
-            uni_pred = self.bound(self.unimodal(full, st))
-        err = self.prediction_loss(uni_pred, target[:, None].expand_as(uni_pred), reduction="none") * avail  # (B, M)
-        uni = err.sum() / avail.sum().clamp_min(1)
+            uni_pred = self.bound(self.unimodal(x, steps))
+        err = self.prediction_loss(uni_pred, target[:, None].expand_as(uni_pred), reduction="none") * available  # (B, M)
+        uni = err.sum() / available.sum().clamp_min(1)
         return fused + self.cfg.unimodal_weight * uni
 
 

@@ -15,14 +15,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import Features, Fusion, FusionConfig, FusionOutput, Steps, pooled, register_head
+from .base import Dropout, Features, Fusion, FusionConfig, FusionOutput, Steps, pooled, register_head
 
 
 @register_head("linear")
 class LinearHead(Fusion):
     def __init__(self, *, dims: dict[str, int], cfg: FusionConfig):
         super().__init__(dims=dims, cfg=cfg)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.linear = nn.Linear(sum(self.dims.values()), 1)
         self.missing = nn.Parameter(torch.zeros(len(dims)))  # the reading's shift when a modality is absent
 
