@@ -7,7 +7,8 @@ researchers use today (MMSA).
 
 1. **Search, on the valid fold only.** The same ``--search`` configurations for every method: the
    training loop's defaults, then random draws from :data:`SEARCH` (width, dropout, learning rate,
-   weight decay, modality-dropout rate, batch size, early-stopping patience); then up to
+   weight decay, modality-dropout rate, batch size, early-stopping patience; for ``tensor`` and
+   ``low_rank`` also their own width, :data:`METHOD_SEARCH`); then up to
    ``--refine`` rounds of a local search per method: every configuration one step away from its
    best so far along one setting, until the best stops moving (the results say which methods
    stopped at the limit instead). Each is trained with ``--select-seeds`` seeds; the lowest mean
@@ -80,8 +81,17 @@ SEARCH = {
     "batch_size": (16, 32, 64, 128),
     "patience": (10, 20),
 }
+# A method's own width, searched beside SEARCH for that method only (added 2026-12-04). For `tensor`,
+# `hidden` is only the width of the MLP after the outer product: its modality embeddings' width
+# `tensor_dim` sets the (tensor_dim + 1)^3 fused features, as the sub-networks' output sizes do in
+# TFN. For `low_rank`, `rank` is the number of modality-specific factors, LMF's own capacity setting.
+# The other methods' draws are those of SEARCH alone, the same as before this was added.
+METHOD_SEARCH = {
+    "tensor": {"tensor_dim": (4, 8, 12, 16)},
+    "low_rank": {"rank": (2, 4, 8, 16)},
+}
 REFINE_ROUNDS = 2  # rounds of the local search around each method's best configuration
-FUSION_KEYS = ("hidden", "dropout")
+FUSION_KEYS = ("hidden", "dropout", "tensor_dim", "rank")
 MAX_EPOCHS = 200
 
 # The peer implementations on the same file (../shared/data/cmu-mosi-trimodal-features/README.md,
@@ -115,27 +125,34 @@ class Job:
     context: bool = False  # each row's features followed by its video's mean (:func:`mmdemo.data.with_context`)
 
 
-def configurations(n: int, seed: int = 0) -> list[dict]:
-    """The defaults first, then ``n - 1`` distinct random draws from :data:`SEARCH`."""
-    default = {k: getattr(FusionConfig(), k) if k in FUSION_KEYS else getattr(TrainConfig(), k) for k in SEARCH}
+def search_space(method: str | None = None) -> dict[str, tuple]:
+    """The settings searched for ``method``: :data:`SEARCH`, and its own from :data:`METHOD_SEARCH`."""
+    return SEARCH | METHOD_SEARCH.get(method, {})
+
+
+def configurations(n: int, seed: int = 0, method: str | None = None) -> list[dict]:
+    """The defaults first, then ``n - 1`` distinct random draws from ``search_space(method)`` (for a
+    method without settings of its own, the same draws for every such method)."""
+    space = search_space(method)
+    default = {k: getattr(FusionConfig(), k) if k in FUSION_KEYS else getattr(TrainConfig(), k) for k in space}
     out = [default]
-    grid = list(itertools.product(*SEARCH.values()))
+    grid = list(itertools.product(*space.values()))
     rng = np.random.default_rng(seed)
     for i in rng.permutation(len(grid)):
         if len(out) >= n:
             break
-        c = dict(zip(SEARCH, grid[i]))
+        c = dict(zip(space, grid[i]))
         if c not in out:
             out.append(c)
     return out[:n]
 
 
-def neighbours(c: dict) -> list[dict]:
-    """The configurations one step away from ``c`` along one setting of :data:`SEARCH` (the next
-    value up or down; for a value outside the grid, such as a default, the grid values on either
-    side of it)."""
+def neighbours(c: dict, space: dict[str, tuple] | None = None) -> list[dict]:
+    """The configurations one step away from ``c`` along one setting of ``space`` (:data:`SEARCH`
+    unless told; a method's is ``search_space(method)``): the next value up or down; for a value
+    outside the grid, such as a default, the grid values on either side of it."""
     out = []
-    for k, grid in SEARCH.items():
+    for k, grid in (space or SEARCH).items():
         v = c[k]
         if v in grid:
             i = grid.index(v)
@@ -158,7 +175,7 @@ def shared_config(configs: list[dict]) -> dict:
 
 
 def split_config(c: dict, *, epochs: int, seed: int) -> tuple[dict, dict]:
-    f = {k: c[k] for k in FUSION_KEYS}
+    f = {k: c[k] for k in FUSION_KEYS if k in c}  # a method's own settings only where searched
     t = {k: v for k, v in c.items() if k not in FUSION_KEYS} | {"epochs": epochs, "seed": seed, "device": "cpu"}
     return f, t
 
@@ -381,13 +398,13 @@ def run(args) -> dict:
     own_words = getattr(args, "words_dir", None)
     ds = load_source(data, own_words)
     methods = chosen_methods(args.methods)
-    configs = configurations(args.search, seed=0)
+    configs = {m: configurations(args.search, seed=0, method=m) for m in methods}
     mods = ds.modalities
     t0 = time.perf_counter()
     # 1. search on valid: the same random draws for every method, then rounds of a local search
     # around each method's best so far (every configuration one step away along one setting)
     search: dict[str, list] = {m: [] for m in methods}
-    todo = {m: list(configs) for m in methods}
+    todo = {m: list(configs[m]) for m in methods}
     for stage in range(args.refine + 1):
         pairs = [(m, c) for m in methods for c in todo[m]]
         if not pairs:
@@ -405,13 +422,13 @@ def run(args) -> dict:
             best_c = min(search[m], key=lambda r: r["valid_mae"])["config"]
             seen = [r["config"] for r in search[m]]
             # a method whose best did not move has had its neighbourhood searched: it is done
-            todo[m] = [] if best_c == before[m] else [n for n in neighbours(best_c) if n not in seen]
+            todo[m] = [] if best_c == before[m] else [n for n in neighbours(best_c, search_space(m)) if n not in seen]
     chosen = {m: min(search[m], key=lambda r: r["valid_mae"])["config"] for m in methods}
     # 2. reported runs: chosen and default configurations, every seed
     seeds = args.seeds
     jobs, keys = [], []
     for m in methods:
-        for label, c in (("chosen", chosen[m]), ("default", configs[0])):
+        for label, c in (("chosen", chosen[m]), ("default", configs[m][0])):
             for s in seeds:
                 jobs.append(Job(m, mods, *split_config(c, epochs=args.epochs, seed=s), seed=s, test=True, readings=label == "chosen"))
                 keys.append((m, label))
@@ -427,11 +444,12 @@ def run(args) -> dict:
     # or whose defaults are that configuration reuses those runs (the same jobs, the same numbers)
     shared = {"config": shared_config([chosen[m] for m in methods]), "methods": {}, "reused": {}}
     for m in methods:
-        for label, c in (("chosen", chosen[m]), ("default", configs[0])):
-            if m not in shared["reused"] and c == shared["config"]:
+        for label, c in (("chosen", chosen[m]), ("default", configs[m][0])):
+            # a method's own settings stay at their defaults in the shared configuration
+            if m not in shared["reused"] and c == configs[m][0] | shared["config"]:
                 shared["reused"][m] = label
     fresh = [m for m in methods if m not in shared["reused"]]
-    jobs = [Job(m, mods, *split_config(shared["config"], epochs=args.epochs, seed=s), seed=s, test=True) for m in fresh for s in seeds]
+    jobs = [Job(m, mods, *split_config(configs[m][0] | shared["config"], epochs=args.epochs, seed=s), seed=s, test=True) for m in fresh for s in seeds]
     out = run_all(jobs, data, args.workers, "one configuration for all", not args.quiet, own_words) if jobs else []
     for m in methods:
         k = fresh.index(m) if m in fresh else None
@@ -470,7 +488,7 @@ def run(args) -> dict:
     env = {"machine": platform.processor() or platform.machine(), "cpu": cpu_model(), "cpus": os.cpu_count(), "torch": torch.__version__, "workers": args.workers, "torch_threads_per_worker": 1,
            "seconds": time.perf_counter() - t0, "date": time.strftime("%Y-%m-%d"), "timing_epochs": args.timing_epochs, "timing_repeats": min(TIMING_REPEATS, len(seeds))}
     return {"mmsa_here": mmsa_timed_here(args.mmsa), "data": ds.describe(), "source": Path(data).name, "seeds": list(seeds), "select_seeds": list(range(args.select_seeds)),
-            "search_space": SEARCH, "configurations": len(configs), "refine": args.refine, "max_epochs": args.epochs, "methods": results, "best": best,
+            "search_space": SEARCH, "method_search_space": {m: METHOD_SEARCH[m] for m in methods if m in METHOD_SEARCH}, "configurations": args.search, "refine": args.refine, "max_epochs": args.epochs, "methods": results, "best": best,
             "ablations": ablations, "shared": shared, "context": context, "mean_baseline": mean_baseline(ds), "mmsa": MMSA, "env": env, "quick": args.quick,
             "words": words_summary(getattr(args, "words_record", None))}
 
@@ -511,7 +529,7 @@ def _pm(s: dict, k: str, pct: bool = False, constant_note: bool = False) -> str:
     return text
 
 
-def search_outcome(r: dict, refine: int) -> dict:
+def search_outcome(r: dict, refine: int, own: dict | None = None) -> dict:
     """Where a method's search found its best configuration (the defaults, the random draws or a
     local round), and whether the local search stopped at the ``--refine`` limit (its best still
     moving, with neighbours not yet tried) rather than because the best stopped moving."""
@@ -520,7 +538,8 @@ def search_outcome(r: dict, refine: int) -> dict:
     stage = top.get("stage", 0)
     seen = [x["config"] for x in search]
     where = "the defaults" if top is search[0] else "the random draws" if not stage else f"local round {stage}"
-    at_limit = refine > 0 and stage == refine and any(n not in seen for n in neighbours(top["config"]))
+    space = SEARCH | {k: tuple(v) for k, v in (own or {}).items()}  # the settings of this method's search (``own``: its own ones)
+    at_limit = refine > 0 and stage == refine and any(n not in seen for n in neighbours(top["config"], space))
     first = min(x["valid_mae"] for x in search if x.get("stage", 0) == 0)
     return {"where": where, "at_limit": at_limit, "best": top["valid_mae"], "best_first": first, "tried": len(search)}
 
@@ -624,7 +643,8 @@ def markdown(res: dict) -> str:
     tg = targets(res)
     seeds = ", ".join(map(str, res["seeds"]))
     space = res.get("search_space", SEARCH)
-    outcome = {m: search_outcome(r, res.get("refine", 0)) for m, r in res["methods"].items()}
+    own_space = res.get("method_search_space", {})  # a method's own settings (results files before 2026-12-04 have none)
+    outcome = {m: search_outcome(r, res.get("refine", 0), own_space.get(m)) for m, r in res["methods"].items()}
     counts = sorted({o["tried"] for o in outcome.values()})
     tried = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
     head = "| | MAE | Corr | Acc-2 has-0 | Acc-2 non-0 | F1 non-0 | Acc-7 | s/epoch | epochs | valid MAE |"
@@ -785,19 +805,25 @@ def markdown(res: dict) -> str:
         w = c.get("weights")
         md.append(f"| `{m}` | " + " | ".join(f"{c['abs_shapley'][x]:.3f}" for x in mods) + " | "
                   + " | ".join(f"{w[x]:.2f}" if w else "-" for x in mods) + " |")
-    md += ["", "### Chosen configurations", "", "| method | " + " | ".join(space) + " | mean valid MAE (search) | best of defaults + draws | "
-           "configurations tried | found in |", "|---|" + "---|" * (len(space) + 4)]
+    own_col = bool(own_space)
+    md += ["", "### Chosen configurations", "", "| method | " + " | ".join(space) + (" | its own settings" if own_col else "")
+           + " | mean valid MAE (search) | best of defaults + draws | configurations tried | found in |",
+           "|---|" + "---|" * (len(space) + 4 + own_col)]
     for m, r in res["methods"].items():
         o = outcome[m]
         where = o["where"] + (" (stopped at the --refine limit)" if o["at_limit"] else "")
-        md.append(f"| `{m}` | " + " | ".join(f"{r['config'][k]:g}" for k in space) + f" | {o['best']:.3f} | {o['best_first']:.3f} | {o['tried']} | {where} |")
+        own = (" | " + (", ".join(f"{k} {r['config'][k]:g}" for k in own_space.get(m, {})) or "–")) if own_col else ""
+        md.append(f"| `{m}` | " + " | ".join(f"{r['config'][k]:g}" for k in space) + own + f" | {o['best']:.3f} | {o['best_first']:.3f} | {o['tried']} | {where} |")
     limited = [m for m in res["methods"] if outcome[m]["at_limit"]]
     edges = {k: sum(r["config"][k] in (v[0], v[-1]) for r in res["methods"].values()) for k, v in space.items() if len(v) > 2}
+    own_edges = [f"{k} of `{m}`" for m, ks in own_space.items() for k, v in ks.items() if res["methods"][m]["config"].get(k) in (v[0], v[-1])]
     lead = "Chosen" if not res.get("refine") else (
         f"The local search stopped at its limit of {res['refine']} round(s), its best still moving, for {len(limited)} of {len(res['methods'])} methods"
         + (f" ({', '.join(f'`{x}`' for x in limited)})" if limited else "") + "; chosen")
-    md += ["", lead + " at an edge of its range: " + ", ".join(f"{k} {n} of {len(res['methods'])}" for k, n in edges.items()) + "."]
-    md += ["", f"Search space: {', '.join(f'{k} {list(v)}' for k, v in space.items())}. Run time {res['env']['seconds'] / 60:.1f} min.", ""]
+    md += ["", lead + " at an edge of its range: " + ", ".join(f"{k} {n} of {len(res['methods'])}" for k, n in edges.items())
+           + (f"; of the methods' own settings: {', '.join(own_edges) or 'none'}" if own_col else "") + "."]
+    own_text = "".join(f"; `{m}` also {', '.join(f'{k} {list(v)}' for k, v in ks.items())}" for m, ks in own_space.items())
+    md += ["", f"Search space: {', '.join(f'{k} {list(v)}' for k, v in space.items())}{own_text}. Run time {res['env']['seconds'] / 60:.1f} min.", ""]
     return "\n".join(md)
 
 
