@@ -128,8 +128,9 @@ def normalization_stats(split: Split) -> dict[str, tuple[torch.Tensor, torch.Ten
 
 @torch.inference_mode()
 def predict(model: Fusion, batches: Batches | Prepared, batch_size: int = 1024) -> np.ndarray:
-    """Predictions for every row, ``batch_size`` rows at a time (a split already through the
-    model's :meth:`Fusion.prepare` goes straight to its ``fuse``)."""
+    """Predictions for every row, ``batch_size`` rows at a time. A :class:`Prepared` split goes
+    straight to the model's ``fuse``: it must have been prepared by this model, with the
+    normalisation it has now (``Batches.prepared(model)``)."""
     model.eval()
     out = []
     for start in range(0, len(batches), batch_size):

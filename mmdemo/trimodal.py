@@ -7,8 +7,8 @@ researchers use today (MMSA).
 
 1. **Search, on the valid fold only.** The same ``--search`` configurations for every method: the
    training loop's defaults, then random draws from :data:`SEARCH` (width, dropout, learning rate,
-   weight decay, modality-dropout rate, batch size, early-stopping patience; for ``tensor`` and
-   ``low_rank`` also their own width, :data:`METHOD_SEARCH`); then up to
+   weight decay, modality-dropout rate, batch size, early-stopping patience; ``tensor`` and
+   ``low_rank`` add to each draw a value of their own width, :data:`METHOD_SEARCH`); then up to
    ``--refine`` rounds of a local search per method: every configuration one step away from its
    best so far along one setting, until the best stops moving (the results say which methods
    stopped at the limit instead). Each is trained with ``--select-seeds`` seeds; the lowest mean
@@ -18,8 +18,9 @@ researchers use today (MMSA).
    epoch (training + the valid pass of early stopping), epochs run, mean valid MAE. The best method
    is the one with the lowest mean valid MAE over these seeds.
    **2b. One configuration for every method**: per setting, the value most methods chose, trained
-   with the same seeds for every method: a candidate for the training loop's defaults (runs are
-   reused where it equals a method's own choice or its defaults).
+   with the same seeds for every method (a method's own settings at their defaults): a candidate
+   for the training loop's defaults (runs are reused where it equals a method's own choice or its
+   defaults).
 3. **Ablations.** The method with the lowest mean valid MAE, its chosen configuration, on each
    modality alone and on each pair (same seeds): does fusion beat words alone on real data?
 4. **Video context** (``--no-context`` skips it): every method at its chosen configuration, and the
@@ -131,20 +132,25 @@ def search_space(method: str | None = None) -> dict[str, tuple]:
 
 
 def configurations(n: int, seed: int = 0, method: str | None = None) -> list[dict]:
-    """The defaults first, then ``n - 1`` distinct random draws from ``search_space(method)`` (for a
-    method without settings of its own, the same draws for every such method)."""
-    space = search_space(method)
-    default = {k: getattr(FusionConfig(), k) if k in FUSION_KEYS else getattr(TrainConfig(), k) for k in space}
+    """The defaults first, then ``n - 1`` distinct random draws from :data:`SEARCH`: the same draws
+    for every method. A method with settings of its own (:data:`METHOD_SEARCH`) adds to each draw
+    a value of each of them, from a random stream of its own (the defaults keep its defaults)."""
+    default = {k: getattr(FusionConfig(), k) if k in FUSION_KEYS else getattr(TrainConfig(), k) for k in SEARCH}
     out = [default]
-    grid = list(itertools.product(*space.values()))
+    grid = list(itertools.product(*SEARCH.values()))
     rng = np.random.default_rng(seed)
     for i in rng.permutation(len(grid)):
         if len(out) >= n:
             break
-        c = dict(zip(space, grid[i]))
+        c = dict(zip(SEARCH, grid[i]))
         if c not in out:
             out.append(c)
-    return out[:n]
+    out = out[:n]
+    own = METHOD_SEARCH.get(method, {})
+    if own:
+        rng = np.random.default_rng([seed, 1])  # not the shared draws' stream: those stay the same
+        out = [c | {k: getattr(FusionConfig(), k) if i == 0 else v[rng.integers(len(v))] for k, v in own.items()} for i, c in enumerate(out)]
+    return out
 
 
 def neighbours(c: dict, space: dict[str, tuple] | None = None) -> list[dict]:
@@ -175,7 +181,8 @@ def shared_config(configs: list[dict]) -> dict:
 
 
 def split_config(c: dict, *, epochs: int, seed: int) -> tuple[dict, dict]:
-    f = {k: c[k] for k in FUSION_KEYS if k in c}  # a method's own settings only where searched
+    own = {k for ks in METHOD_SEARCH.values() for k in ks}
+    f = {k: c[k] for k in FUSION_KEYS if k in c or k not in own}  # a method's own settings only where searched
     t = {k: v for k, v in c.items() if k not in FUSION_KEYS} | {"epochs": epochs, "seed": seed, "device": "cpu"}
     return f, t
 
@@ -488,7 +495,7 @@ def run(args) -> dict:
     env = {"machine": platform.processor() or platform.machine(), "cpu": cpu_model(), "cpus": os.cpu_count(), "torch": torch.__version__, "workers": args.workers, "torch_threads_per_worker": 1,
            "seconds": time.perf_counter() - t0, "date": time.strftime("%Y-%m-%d"), "timing_epochs": args.timing_epochs, "timing_repeats": min(TIMING_REPEATS, len(seeds))}
     return {"mmsa_here": mmsa_timed_here(args.mmsa), "data": ds.describe(), "source": Path(data).name, "seeds": list(seeds), "select_seeds": list(range(args.select_seeds)),
-            "search_space": SEARCH, "method_search_space": {m: METHOD_SEARCH[m] for m in methods if m in METHOD_SEARCH}, "configurations": args.search, "refine": args.refine, "max_epochs": args.epochs, "methods": results, "best": best,
+            "search_space": SEARCH, "method_search_space": {m: METHOD_SEARCH[m] for m in methods if m in METHOD_SEARCH}, "configurations": len(next(iter(configs.values()))), "refine": args.refine, "max_epochs": args.epochs, "methods": results, "best": best,
             "ablations": ablations, "shared": shared, "context": context, "mean_baseline": mean_baseline(ds), "mmsa": MMSA, "env": env, "quick": args.quick,
             "words": words_summary(getattr(args, "words_record", None))}
 
@@ -740,6 +747,8 @@ def markdown(res: dict) -> str:
                f"Per setting, the value most methods chose (the most common one; a tie goes to the value seen first): {cfg}. "
                "Trained with the same seeds; the test columns are shown whatever valid says. It would replace the training loop's "
                "defaults only if it beat them on valid for every method."
+               + ("" if not res.get("method_search_space") else " A method's own settings (" + ", ".join(
+                   f"`{m}`'s {', '.join(ks)}" for m, ks in res["method_search_space"].items()) + ") stay at their defaults in it.")
                + ("" if not sh.get("reused") else " Reused runs: " + ", ".join(f"`{m}` (its {'own choice' if v == 'chosen' else 'defaults'})" for m, v in sh["reused"].items()) + "."), "",
                "| method | valid MAE defaults | valid MAE this one | valid MAE own choice | test MAE defaults | test MAE this one | test MAE own choice | Corr this one |",
                "|---|---|---|---|---|---|---|---|"]

@@ -202,14 +202,15 @@ def test_every_cli_refuses_an_output_it_cannot_write_before_any_work(tmp_path, c
 
 
 def _reference_fit(model, data, cfg):
-    """The training loop as it was before splits were prepared once: raw features through
-    ``training_loss`` at every step, ``F.dropout`` in every dropout layer (the same random draws, in
-    the same order, as :func:`mmdemo.train.fit`)."""
+    """The training loop as it was before splits were prepared once: raw features at every step
+    (a forward pass on the shown modalities and ``loss``; for a method with a one-pass
+    ``step_loss`` of its own, ``training_loss``), ``F.dropout`` in every dropout layer (the same
+    random draws, in the same order, as :func:`mmdemo.train.fit`)."""
     import copy
 
     import torch.nn.functional as F
 
-    from mmdemo.fusion.base import Dropout
+    from mmdemo.fusion.base import Dropout, Fusion
     from mmdemo.train import Batches, adam, normalization_stats, predict
 
     for mod in model.modules():  # the plain nn.Dropout forward, whatever this CPU allows
@@ -229,7 +230,12 @@ def _reference_fit(model, data, cfg):
         for s in range(0, len(train), cfg.batch_size):
             feats, avail, y, steps = train.take(order[s : s + cfg.batch_size])
             drop = torch.rand(avail.shape, generator=gen) < cfg.modality_dropout
-            loss = model.training_loss(feats, avail & ~drop, avail, y, steps)
+            shown = avail & ~drop
+            if type(model).step_loss is Fusion.step_loss:
+                out = model(feats, {m: shown[:, j] for j, m in enumerate(model.modalities)}, steps)
+                loss = model.loss(out, y, feats=feats, available=avail, steps=steps)
+            else:
+                loss = model.training_loss(feats, shown, avail, y, steps)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)

@@ -176,6 +176,7 @@ def test_a_method_searches_its_own_width_beside_the_shared_settings():
     for m, key, default in (("tensor", "tensor_dim", FusionConfig().tensor_dim), ("low_rank", "rank", FusionConfig().rank)):
         cs = trimodal.configurations(16, seed=0, method=m)
         grid = trimodal.METHOD_SEARCH[m][key]
+        assert [{k: c[k] for k in trimodal.SEARCH} for c in cs] == shared  # the shared settings' draws: every method's
         assert cs[0] == shared[0] | {key: default}  # the defaults first
         assert all(c[key] in grid for c in cs[1:]) and len({c[key] for c in cs}) > 1
         assert len({json.dumps(c, sort_keys=True) for c in cs}) == 16
@@ -186,12 +187,66 @@ def test_a_method_searches_its_own_width_beside_the_shared_settings():
         assert getattr(FusionConfig(**fusion), key) == cs[1][key]
 
 
-def test_the_chosen_configurations_table_shows_a_methods_own_settings():
-    search = [{"config": trimodal.configurations(1)[0] | {"tensor_dim": 8}, "valid_mae": 0.6, "stage": 0}]
-    o = trimodal.search_outcome({"search": search}, 2, {"tensor_dim": [4, 8, 12, 16]})
-    assert o["where"] == "the defaults" and o["at_limit"] is False
-    # the same record read as from a results file made before methods had settings of their own
-    assert trimodal.search_outcome({"search": [dict(search[0], config=trimodal.configurations(1)[0])]}, 2)["where"] == "the defaults"
+def test_the_search_outcome_counts_a_methods_own_settings():
+    """A local search stopped by its limit is told apart from one that settled, along a method's
+    own setting too; a results file from before methods had settings of their own reads as before."""
+    own = {"tensor_dim": [4, 8, 12, 16]}
+    best = {k: v[1] for k, v in trimodal.SEARCH.items()} | {"tensor_dim": 8}
+    space = trimodal.SEARCH | {k: tuple(v) for k, v in own.items()}
+    near = trimodal.neighbours(best, space)
+    assert {n["tensor_dim"] for n in near} == {4, 8, 12}
+    search = ([{"config": trimodal.configurations(1)[0] | {"tensor_dim": 12}, "valid_mae": 0.7, "stage": 0}]
+              + [{"config": n, "valid_mae": 0.8, "stage": 1} for n in near]
+              + [{"config": best, "valid_mae": 0.5, "stage": 2}])
+    assert not trimodal.search_outcome({"search": search}, 2, own)["at_limit"]  # every neighbour tried: settled
+    untried = [r for r in search if r["config"] != best | {"tensor_dim": 12}]  # one step along tensor_dim left
+    assert trimodal.search_outcome({"search": untried}, 2, own)["at_limit"]
+    old = [dict(r, config={k: v for k, v in r["config"].items() if k != "tensor_dim"}) for r in search[:1]]
+    assert trimodal.search_outcome({"search": old}, 2)["where"] == "the defaults"
+
+
+def test_the_results_of_a_run_with_own_settings_render_them(tmp_path):
+    """The chosen-configurations table gets a column of each method's own settings, the edges line and
+    the search space name them, and the shared configuration says it keeps them at their defaults;
+    a results file from before reads as before (no such column)."""
+    folder = make_folder(tmp_path / "f", n=200)
+    out = tmp_path / "out"
+    assert trimodal.main(["--data", str(folder), "--out", str(out), "--methods", "concat,tensor", "--search", "2", "--refine", "0",
+                          "--select-seeds", "1", "--seeds", "1", "--epochs", "3", "--timing-epochs", "0", "--workers", "1", "--no-context",
+                          "--mmsa", str(tmp_path / "none.json"), "--quiet"]) == 0
+    res = json.loads((out / "trimodal.json").read_text())
+    assert res["method_search_space"] == {"tensor": {"tensor_dim": list(trimodal.METHOD_SEARCH["tensor"]["tensor_dim"])}}
+    assert "tensor_dim" in res["methods"]["tensor"]["config"] and "tensor_dim" not in res["methods"]["concat"]["config"]
+    md = (out / "trimodal.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| `tensor` |") and "tensor_dim" in line)
+    assert f"tensor_dim {res['methods']['tensor']['config']['tensor_dim']:g}" in row
+    assert "| its own settings |" in md and "`tensor` also tensor_dim [4, 8, 12, 16]" in md and "of the methods' own settings:" in md
+    assert "`tensor`'s tensor_dim) stay at their defaults" in md
+    del res["method_search_space"]
+    for r in res["methods"].values():
+        r["config"].pop("tensor_dim", None)
+        for x in r["search"]:
+            x["config"].pop("tensor_dim", None)
+    assert "its own settings" not in trimodal.markdown(res)
+
+
+def test_the_shared_configuration_reuses_a_method_with_own_settings_only_at_their_defaults(tmp_path, monkeypatch):
+    """In the one configuration for every method, `tensor` keeps tensor_dim at its default: its runs
+    are reused only where its own choice or its defaults are that configuration with that default."""
+    folder = make_folder(tmp_path / "f", n=200)
+    stages = record_stages(monkeypatch)
+    out = tmp_path / "out"
+    assert trimodal.main(["--data", str(folder), "--out", str(out), "--methods", "tensor", "--search", "1", "--refine", "0",
+                          "--select-seeds", "1", "--seeds", "1", "--epochs", "3", "--timing-epochs", "0", "--workers", "1", "--no-context",
+                          "--mmsa", str(tmp_path / "none.json"), "--quiet"]) == 0
+    res = json.loads((out / "trimodal.json").read_text())
+    # one method, the defaults only: its choice is the defaults, tensor_dim 12 included, and is reused
+    assert res["methods"]["tensor"]["config"]["tensor_dim"] == FusionConfig().tensor_dim
+    assert res["shared"]["reused"] == {"tensor": "chosen"} and not stages.get("one configuration for all")
+    fusion, _ = trimodal.split_config(res["methods"]["tensor"]["config"] | {"tensor_dim": 4}, epochs=3, seed=0)
+    assert fusion["tensor_dim"] == 4
+    with pytest.raises(KeyError):  # the shared settings are never left out silently
+        trimodal.split_config({k: v for k, v in res["methods"]["tensor"]["config"].items() if k != "hidden"}, epochs=3, seed=0)
 
 
 def test_the_shared_configuration_takes_what_most_methods_chose():

@@ -130,9 +130,9 @@ def _rand_draws_bernoulli() -> bool:
     generator's stream."""
     for n in (7, 4099):
         a, b = torch.Generator().manual_seed(12345), torch.Generator().manual_seed(12345)
-        want = torch.empty(n).bernoulli_(0.7, generator=a)
-        got = (torch.rand(n, dtype=torch.float64, generator=b) < 0.7).float()
-        if not torch.equal(want, got) or not torch.equal(torch.rand(3, generator=a), torch.rand(3, generator=b)):
+        want = torch.empty(n, device="cpu").bernoulli_(0.7, generator=a)
+        got = (torch.rand(n, dtype=torch.float64, device="cpu", generator=b) < 0.7).float()
+        if not torch.equal(want, got) or not torch.equal(torch.rand(3, device="cpu", generator=a), torch.rand(3, device="cpu", generator=b)):
             return False
     return True
 
@@ -153,7 +153,7 @@ class Dropout(nn.Dropout):
         if (self.training and 0.0 < self.p < 1.0 and not self.inplace and x.device.type == "cpu"
                 and x.is_floating_point() and x.is_contiguous() and _rand_draws_bernoulli()):
             keep = 1.0 - self.p
-            noise = (torch.rand(x.shape, dtype=torch.float64) < keep).to(x.dtype)
+            noise = (torch.rand(x.shape, dtype=torch.float64, device=x.device) < keep).to(x.dtype)
             return x * noise.div_(keep)  # F.dropout's own arithmetic: input * (mask / keep)
         return super().forward(x)
 
@@ -235,6 +235,14 @@ class Fusion(nn.Module):
     name: ClassVar[str] = ""
     has_weights: ClassVar[bool] = False  # does the method produce its own modality weights?
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # the training loop calls step_loss on prepared features: an override of these would be
+        # skipped in training without a word
+        for name, instead in (("loss", "prepared_loss"), ("training_loss", "step_loss")):
+            if name in cls.__dict__:
+                raise TypeError(f"{cls.__name__} overrides Fusion.{name}, which training does not call: override {instead} instead")
+
     def __init__(self, *, dims: dict[str, int], cfg: FusionConfig):
         super().__init__()
         if not dims:
@@ -279,9 +287,10 @@ class Fusion(nn.Module):
         return F.l1_loss(pred, target, reduction=reduction)
 
     def training_loss(self, feats: Features, shown: Tensor, available: Tensor, target: Tensor, steps: Steps | None = None) -> Tensor:
-        """The loss of one training step: the prediction from the ``shown`` modalities ((B, M) bool,
-        what modality dropout left of ``available``, so ``shown`` is within ``available``), scored
-        by :meth:`loss` with ``available`` ((B, M) bool, what the data has)."""
+        """The loss of one training step on raw features: the prediction from the ``shown``
+        modalities ((B, M) bool, what modality dropout left of ``available``, so ``shown`` is within
+        ``available``), scored as :meth:`loss` scores it with ``available`` ((B, M) bool, what the
+        data has): :meth:`prepare`, then :meth:`step_loss`."""
         x, avail, st = self.prepare(feats, {m: available[:, i] for i, m in enumerate(self.modalities)}, steps)
         return self.step_loss(x, avail, avail & shown.to(avail.device).bool(), target, st)
 

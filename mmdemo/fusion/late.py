@@ -49,7 +49,7 @@ class SubnetworkFusion(Fusion):
     def mix(self, ys: Tensor, mask: Tensor, *, real: Tensor) -> FusionOutput:
         """The fused prediction from the sub-networks' predictions ``ys`` (B, M) of the modalities in
         ``mask`` (B, M): an absent modality's prediction gets weight 0, whatever it is. ``real``
-        (B, M) marks the predictions that read a real input (for :meth:`loss`)."""
+        (B, M) marks the predictions that read a real input (for :meth:`prepared_loss`)."""
         w = masked_softmax(self.logits().expand_as(ys), mask)  # (B, M)
         none = ~mask.any(dim=1)
         raw = (w * ys).sum(dim=1) + none * self.empty  # (B,)
