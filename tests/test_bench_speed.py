@@ -86,3 +86,20 @@ def test_extract_speed_words_alone_needs_only_transcripts(monkeypatch, tmp_path)
     assert [(r["modality"], r["device"]) for r in got["results"]] == [("words", "cpu")] * 2
     assert all(r["items_per_s"] > 0 and r["first_pass_items_per_s"] > 0 and r["dtype"] == "float32" for r in got["results"])
     assert [r["texts"] for r in got["results"]] == [20, 4]  # 5 x --n transcripts in batches (all 20 here), --n one at a time
+
+
+def test_the_dropout_bench_times_both_ways_and_checks_they_train_the_same_model(tmp_path, capsys):
+    mod = bench_module("dropout_masks")
+    out = tmp_path / "dropout.json"
+    threads = torch.get_num_threads()
+    try:
+        assert mod.main(["--repeats", "3", "--rounds", "1", "--epochs", "1", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    res = json.loads(out.read_text())
+    assert [r["shape"] for r in res["masks"]] == [list(s) for s in mod.SHAPES]
+    assert all(r["f_dropout_us"] > 0 and r["mmdemo_us"] > 0 for r in res["masks"])
+    assert res["training"]["same_weights"] is True and res["training"]["mmdemo_s_per_epoch"] > 0
+    assert isinstance(res["fast_path"], bool) and "fast path is" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        mod.main(["--rounds", "0", "--out", str(out)])

@@ -138,11 +138,11 @@ def _rand_draws_bernoulli() -> bool:
 
 
 class Dropout(nn.Dropout):
-    """``nn.Dropout`` with the same masks, drawn about 3x faster on the CPU.
+    """``nn.Dropout`` with the same masks, drawn faster on the CPU (``bench/dropout_masks.py``:
+    about 2x for a 128 x 128 input on one core).
 
     On the CPU, ``F.dropout`` draws its mask with ``bernoulli_``, whose default kernel takes one
-    uniform number per element serially: for these small networks a fifth of a training step
-    (measured: 163 us for a 128 x 128 mask on one core, against 54 us for ``torch.rand`` in float64).
+    uniform number per element serially, slower than ``torch.rand`` draws the same numbers.
     Where that kernel is the one this build uses (``_rand_draws_bernoulli``), the same uniforms are
     drawn with ``torch.rand`` and compared to the keep probability: the mask, the scaling, the
     gradient and the random stream left behind are those of ``F.dropout``, to the bit, so training
