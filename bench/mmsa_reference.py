@@ -76,6 +76,21 @@ class EpochCounter(logging.Handler):
             self.epochs += 1
 
 
+def step_gflop(model, train, criterion) -> float:
+    """The matrix products' floating-point operations (10^9) of one training step on a full batch of
+    ``train`` (forward and backward of MMSA's own loss), as ``torch.utils.flop_counter`` counts them:
+    the count bench/speed_vs_mmsa.py gives mmdemo's side."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    batch = next(iter(train))
+    model.train()
+    with FlopCounterMode(display=False) as counter:
+        out = model(batch["text"], batch["audio"], batch["vision"])["M"]
+        criterion(out, batch["labels"]["M"].view(-1, 1)).backward()
+    model.zero_grad()
+    return counter.get_total_flops() / 1e9
+
+
 def run_model(name: str, features: Path, seeds: list[int], work: Path) -> list[dict]:
     import torch
     from MMSA import run as mmsa_run
@@ -105,12 +120,14 @@ def run_model(name: str, features: Path, seeds: list[int], work: Path) -> list[d
         trainer.do_train(model, loader)
         seconds = time.perf_counter() - t0
         model.load_state_dict(torch.load(args["model_save_path"]))
+        gflop = step_gflop(model, loader["train"], trainer.criterion)
         test = trainer.do_test(model, loader["test"], mode="TEST")
         logging.getLogger("MMSA").removeHandler(counter)
         if counter.epochs == 0:
             raise SystemExit(f"{name}: no per-epoch log line of MMSA was seen (its wording changed?): cannot time an epoch")
         out.append({"seed": seed, "test": {k: float(v) for k, v in test.items()}, "epochs": counter.epochs, "train_seconds": seconds,
-                    "s_per_epoch": seconds / max(counter.epochs, 1), "batch_size": int(args.get("batch_size", 0))})
+                    "s_per_epoch": seconds / max(counter.epochs, 1), "batch_size": int(args.get("batch_size", 0)),
+                    "gflop_per_step": gflop})
         print(f"{NAMES[name]} seed {seed}: MAE {test['MAE']:.3f} Corr {test['Corr']:.3f}, {counter.epochs} epochs, "
               f"{seconds / max(counter.epochs, 1):.3f} s/epoch", flush=True)
     return out

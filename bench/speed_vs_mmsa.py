@@ -39,8 +39,9 @@ from mmdemo.trimodal import COUNTERPART, MMSA_BATCH, best_mmsa, load_source, spl
 MMSA_KEYS = {"LF-DNN": "lf_dnn", "TFN": "tfn", "LMF": "lmf", "MFN": "mfn"}
 
 
-def time_mmsa(python: str, data: Path, peers: list[str], seed: int) -> dict[str, float]:
-    """s/epoch of each MMSA model, from one run of bench/mmsa_reference.py in MMSA's environment."""
+def time_mmsa(python: str, data: Path, peers: list[str], seed: int) -> dict[str, tuple[float, float | None]]:
+    """s/epoch of each MMSA model, from one run of bench/mmsa_reference.py in MMSA's environment, and
+    the GFLOP of one of its training steps (None where that run did not count them)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "mmsa.json"
         cmd = [python, str(ROOT / "bench" / "mmsa_reference.py"), "--data", str(data), "--seeds", str(seed),
@@ -49,7 +50,7 @@ def time_mmsa(python: str, data: Path, peers: list[str], seed: int) -> dict[str,
         if done.returncode != 0 or not out.exists():
             raise SystemExit(f"MMSA run failed ({' '.join(cmd)}):\n{done.stderr[-2000:]}")
         models = json.loads(out.read_text())["models"]
-    return {p: float(np.mean([r["s_per_epoch"] for r in models[p]])) for p in peers}
+    return {p: (float(np.mean([r["s_per_epoch"] for r in models[p]])), models[p][0].get("gflop_per_step")) for p in peers}
 
 
 def time_mmdemo(ds, method: str, config: dict, epochs: int, seed: int) -> float:
@@ -65,6 +66,26 @@ def time_mmdemo(ds, method: str, config: dict, epochs: int, seed: int) -> float:
     return fit(model, ds, TrainConfig(**train), progress=False).seconds_per_epoch
 
 
+def gflop_per_step(dims: dict[str, int], method: str, config: dict, batch: int) -> float:
+    """The matrix products' floating-point operations (10^9) of one training step of ``config`` on a
+    batch of ``batch`` vectors with every modality present: forward and backward of the training
+    loss, as ``torch.utils.flop_counter`` counts them (matrix products and attention, not the
+    elementwise work). A count, not a timing: the same on every machine."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mmdemo.fusion import FusionConfig, create_fusion
+
+    fusion, _ = split_config(config, epochs=1, seed=0)
+    torch.manual_seed(0)
+    model = create_fusion(method, dims=dims, cfg=FusionConfig(**fusion)).train()
+    feats = {m: torch.randn(batch, d) for m, d in dims.items()}
+    every = torch.ones(batch, len(model.modalities), dtype=torch.bool)
+    with FlopCounterMode(display=False) as counter:
+        model.training_loss(feats, every, every, torch.zeros(batch)).backward()
+    return counter.get_total_flops() / 1e9
+
+
 def markdown(res: dict) -> str:
     env = res["env"]
     md = ["## Seconds per training epoch: mmdemo and MMSA 2.2.1 timed in one run", "",
@@ -76,14 +97,21 @@ def markdown(res: dict) -> str:
     if res["words"]:
         md += [f"mmdemo's configurations read mmdemo's own words feature ({res['dims']['text']}-d, `--words mosei`); MMSA reads the "
                f"folder's ({res['data_dims']['text']}-d), as in the accuracy tables of that run: the two sides do not read the same input.", ""]
-    md += ["| method | counterpart | s/epoch, own batch | ratio | s/epoch at the counterpart's batch | ratio | 3x or more (counterpart's batch) |",
-           "|---|---|---|---|---|---|---|"]
+    md += ["| method | counterpart | s/epoch, own batch | ratio | s/epoch at the counterpart's batch | ratio | 3x or more (counterpart's batch) | GFLOP per step (counterpart's batch) |",
+           "|---|---|---|---|---|---|---|---|"]
     for m, r in res["methods"].items():
         own, peer = r["own"], r["peer_batch"]
-        md.append(f"| `{m}` | MMSA {r['peer']} ({res['mmsa'][r['peer']]['median']:.3f} s/epoch, batch {MMSA_BATCH[r['peer']]}) | "
+        work = f"{r['gflop_per_step']:.3f}" if "gflop_per_step" in r else "–"  # results files from before it was counted
+        theirs = res["mmsa"][r["peer"]]
+        their_work = f", {theirs['gflop_per_step']:.3f} GFLOP per step" if theirs.get("gflop_per_step") is not None else ""
+        md.append(f"| `{m}` | MMSA {r['peer']} ({theirs['median']:.3f} s/epoch, batch {MMSA_BATCH[r['peer']]}{their_work}) | "
                   f"{own['median']:.3f} (batch {r['batch_size']}) | {own['ratio']:.1f}x ({own['ratio_min']:.2f}-{own['ratio_max']:.2f}) | "
                   f"{peer['median']:.3f} | {peer['ratio']:.1f}x ({peer['ratio_min']:.2f}-{peer['ratio_max']:.2f}) | "
-                  f"{'✓' if peer['ratio_min'] >= 3 else ('✗' if peer['ratio_max'] < 3 else 'in some rounds')} |")
+                  f"{'✓' if peer['ratio_min'] >= 3 else ('✗' if peer['ratio_max'] < 3 else 'in some rounds')} | "
+                  f"{work} |")
+    md += ["", "GFLOP per step: the matrix products' floating-point operations of one training step (forward and backward, every "
+           "modality present) at the counterpart's batch size, counted by `torch.utils.flop_counter`: a count, the same on every machine. MMSA's is "
+           "counted the same way, on a batch of its own training loader, by bench/mmsa_reference.py."]
     return "\n".join(md) + "\n"
 
 
@@ -119,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     peer = {m: COUNTERPART.get(m, best_mmsa()) for m in chosen}
     peers = sorted(set(peer.values()))
     mmsa = {p: [] for p in peers}
+    mmsa_work = dict.fromkeys(peers)
     own = {m: [] for m in chosen}
     at_peer = {m: [] for m in chosen}
     t0 = time.perf_counter()
@@ -126,8 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         turns = ["mmsa", "mmdemo"] if k % 2 == 0 else ["mmdemo", "mmsa"]
         for turn in turns:
             if turn == "mmsa":
-                for p, s in time_mmsa(args.mmsa_python, Path(args.data), peers, args.seed).items():
+                for p, (s, g) in time_mmsa(args.mmsa_python, Path(args.data), peers, args.seed).items():
                     mmsa[p].append(s)
+                    mmsa_work[p] = g
             else:
                 for m, c in chosen.items():
                     own[m].append(time_mmdemo(ds, m, c, args.epochs, args.seed))
@@ -145,9 +175,11 @@ def main(argv: list[str] | None = None) -> int:
            "data_dims": load_source(args.data).dims if words else ds.dims, "rounds": args.rounds, "epochs": args.epochs,
            "seed": args.seed, "seconds": time.perf_counter() - t0,
            "env": {"cpu": cpu_model(), "cpus": os.cpu_count(), "threads": 1, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")},
-           "mmsa": {p: {"s_per_epoch": v, "median": float(np.median(v)), "batch_size": MMSA_BATCH[p]} for p, v in mmsa.items()},
+           "mmsa": {p: {"s_per_epoch": v, "median": float(np.median(v)), "batch_size": MMSA_BATCH[p], "gflop_per_step": mmsa_work[p]}
+                    for p, v in mmsa.items()},
            "methods": {m: {"peer": peer[m], "batch_size": chosen[m]["batch_size"], "own": stats(own[m], mmsa[peer[m]]),
-                           "peer_batch": stats(at_peer[m], mmsa[peer[m]])} for m in chosen}}
+                           "peer_batch": stats(at_peer[m], mmsa[peer[m]]),
+                           "gflop_per_step": gflop_per_step(ds.dims, m, chosen[m], MMSA_BATCH[peer[m]])} for m in chosen}}
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))

@@ -31,7 +31,8 @@ open(log, "a").write("mmsa " + opt["--models"] + "\\n")
 if {fail!r}:
     sys.stderr.write("MMSA: something broke\\n"); sys.exit(1)
 names = {names!r}
-json.dump({{"env": {{}}, "models": {{names[k]: [{{"seed": int(opt["--seeds"]), "s_per_epoch": 10.0 * calls}}] for k in opt["--models"].split(",")}}}},
+json.dump({{"env": {{}}, "models": {{names[k]: [{{"seed": int(opt["--seeds"]), "s_per_epoch": 10.0 * calls, "gflop_per_step": 0.5}}]
+                                   for k in opt["--models"].split(",")}}}},
           open(opt["--out"], "w"))
 """)
     script.chmod(0o755)
@@ -76,6 +77,11 @@ def test_turns_alternate_and_each_ratio_compares_one_round(bench, tmp_path, monk
     assert tensor["peer_batch"]["s_per_epoch"] == tensor["own"]["s_per_epoch"] == [4.0, 10.0]
     md = out.with_suffix(".md").read_text()
     assert "| `concat` | MMSA LF-DNN" in md and "2 rounds" in md and "in some rounds" in md  # 3x in round 1 only
+    # the arithmetic of a step, counted on both sides at the counterpart's batch size
+    assert res["mmsa"]["LF-DNN"]["gflop_per_step"] == 0.5 and "batch 128, 0.500 GFLOP per step" in md
+    config = json.loads(results_file(tmp_path).read_text())["methods"]["concat"]["config"]
+    assert concat["gflop_per_step"] == bench.gflop_per_step(res["dims"], "concat", config, 128) > 0
+    assert f"| {concat['gflop_per_step']:.3f} |" in md
 
 
 def test_a_failing_mmsa_and_a_wrong_results_file_are_named(bench, tmp_path):
@@ -116,3 +122,44 @@ def test_one_real_timing_of_a_configuration(bench, tmp_path, monkeypatch):
     (name, cfg, res), = runs
     assert name == "concat" and cfg.batch_size == 32 and cfg.device == "cpu"
     assert res.epochs_run == 3 and s == pytest.approx(res.seconds / 3)  # patience is lifted: every epoch runs
+
+
+def test_the_arithmetic_of_a_step_is_counted_per_sample_and_grows_with_the_network(bench):
+    dims = {"text": 12, "audio": 7, "vision": 9}
+    config = {"hidden": 16, "dropout": 0.1, "lr": 1e-3, "weight_decay": 1e-4, "modality_dropout": 0.0, "batch_size": 16, "patience": 10}
+    for method in ("concat", "cross_attention", "autoencoder"):
+        one = bench.gflop_per_step(dims, method, config, 32)
+        assert one > 0 and bench.gflop_per_step(dims, method, config, 64) == pytest.approx(2 * one)  # every product is per sample
+    assert bench.gflop_per_step(dims, "concat", config | {"hidden": 32}, 32) > bench.gflop_per_step(dims, "concat", config, 32)
+    # a transformer block per modality does more than concat's MLPs at the same width
+    assert bench.gflop_per_step(dims, "cross_attention", config, 32) > bench.gflop_per_step(dims, "concat", config, 32)
+    old = {"results": "r.json", "rounds": 1, "epochs": 1, "seconds": 1.0, "words": None,
+           "env": {"cpu": "c", "cpus": 2, "date": "d"}, "mmsa": {"LF-DNN": {"median": 0.1}},
+           "methods": {"concat": {"peer": "LF-DNN", "batch_size": 16, "own": {"median": 0.1, "ratio": 1.0, "ratio_min": 1.0, "ratio_max": 1.0},
+                                  "peer_batch": {"median": 0.1, "ratio": 1.0, "ratio_min": 1.0, "ratio_max": 1.0}}}}
+    row = next(line for line in bench.markdown(old).splitlines() if line.startswith("| `concat`"))  # a file from before the count
+    assert row.endswith("| ✗ | – |") and "GFLOP per step)" not in row
+
+
+def test_mmsa_reference_counts_a_step_of_mmsa_the_way_mmdemo_is_counted():
+    """bench/mmsa_reference.py's count of one MMSA training step (MMSA itself is never installed here:
+    a model with MMSA's call signature and batch layout stands in)."""
+    import torch
+
+    ref = bench_module("mmsa_reference")
+
+    class Stand(torch.nn.Module):  # MMSA's AMIO: model(text, audio, vision) -> {"M": (B, 1)}
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(12 + 7 + 9, 1)
+
+        def forward(self, text, audio, vision):
+            return {"M": self.fc(torch.cat([text[:, 0], audio[:, 0], vision[:, 0]], dim=-1))}
+
+    b = 8
+    batch = {"text": torch.randn(b, 1, 12), "audio": torch.randn(b, 1, 7), "vision": torch.randn(b, 1, 9), "labels": {"M": torch.randn(b)}}
+    model = Stand()
+    gflop = ref.step_gflop(model, [batch], torch.nn.L1Loss())
+    # the product forward (2 B d) and the weight's gradient (2 B d); the input needs none
+    assert gflop * 1e9 == pytest.approx(4 * b * 28)
+    assert all(p.grad is None or not p.grad.any() for p in model.parameters())  # nothing left behind for training
