@@ -35,26 +35,28 @@ def test_the_probes_train_the_chosen_configuration_with_one_setting_changed_and_
     sens = bench_module("sensitivity")
     out = tmp_path / "s.json"
     assert sens.main(["--data", str(folder), "--results", str(results), "--workers", "1", "--no-progress", "--out", str(out),
-                      "--probe", "late:unimodal_weight=0,0.5", "--probe", "cross_attention:heads=1,2",
+                      "--probe", "late:unimodal_weight=0,0.5", "--probe", "late:loss=l1,huber", "--probe", "cross_attention:heads=1,2",
                       "--probe", "late:lr=0.01"]) == 0
     got = json.loads(out.read_text())
     assert not any(j.test for j in seen)
-    # 5 values x 2 seeds, each distinct job trained once
-    assert len(seen) == len({json.dumps(j.fusion | j.train | {"m": j.method}, sort_keys=True) for j in seen}) == 10
+    # 7 values x 2 seeds; `late`'s chosen configuration is in two of its probes (its own-loss weight 0.5
+    # and its loss l1 are the defaults it was trained with): trained once, so 6 x 2 runs
+    assert got["jobs"] == 14 and got["trained"] == len(seen) == 12
     late = [j for j in seen if j.method == "late"]
-    assert sorted({j.fusion["unimodal_weight"] for j in late if "unimodal_weight" in j.fusion}) == [0.0, 0.5]
-    assert [j.train["lr"] for j in late if "unimodal_weight" not in j.fusion] == [0.01, 0.01]  # a training setting goes to TrainConfig
+    assert sorted({j.fusion.get("unimodal_weight", 0.5) for j in late}) == [0.0, 0.5]
+    assert sorted(j.fusion.get("loss", "l1") for j in late) == ["huber"] * 2 + ["l1"] * 6
+    assert [j.train["lr"] for j in late if "lr" in j.train and j.train["lr"] == 0.01] == [0.01, 0.01]  # a training setting goes to TrainConfig
     for j in seen:  # everything else as chosen
         chosen = res["methods"][j.method]["config"]
-        assert {k: v for k, v in (j.fusion | j.train).items() if k in chosen and k not in ("lr",)} == {k: v for k, v in chosen.items() if k != "lr"}
-    assert [p["setting"] for p in got["probes"]] == ["unimodal_weight", "heads", "lr"]
-    # the value the benchmark used gives its search's own valid MAE for that choice, to the bit
-    assert got["probes"][0]["used"] == 0.5 and got["probes"][0]["reproduces_search"] is True
-    assert got["probes"][1]["used"] == 2 and got["probes"][1]["reproduces_search"] is True
-    assert got["probes"][2]["reproduces_search"] is None  # the value used is not among those probed
+        assert {k: v for k, v in (j.fusion | j.train).items() if k in chosen and k != "lr"} == {k: v for k, v in chosen.items() if k != "lr"}
+    assert [p["setting"] for p in got["probes"]] == ["unimodal_weight", "loss", "heads", "lr"]
+    # the value the benchmark used gives its search's own valid MAE for that choice, to the bit, in every probe that has it
+    assert [p["used"] for p in got["probes"]][:3] == [0.5, "l1", 2]
+    assert [p["reproduces_search"] for p in got["probes"]] == [True, True, True, None]  # lr 0.01 was not the one used
+    assert got["probes"][0]["valid_mae"][1] == got["probes"][1]["valid_mae"][0] == got["probes"][0]["search_valid_mae"]
     assert all(len(p["valid_mae"]) == len(p["values"]) for p in got["probes"])
     md = out.with_suffix(".md").read_text()
-    assert "| `late` | `unimodal_weight` | 0.0: " in md and "0.5*: " in md
+    assert "| `late` | `unimodal_weight` | 0.0: " in md and "0.5*: " in md and "| `late` | `loss` | l1*: " in md
 
 
 def test_a_bad_probe_or_results_file_is_a_clear_error(benchmark, tmp_path, capsys):
@@ -62,12 +64,14 @@ def test_a_bad_probe_or_results_file_is_a_clear_error(benchmark, tmp_path, capsy
     sens = bench_module("sensitivity")
     for probe, says in (("late", "expected method:setting=value"), ("nope:heads=1", "unknown method 'nope'"),
                         ("late:colour=1", "'colour' is not a setting"), ("late:heads=two", "heads: 'two' is not a valid int"),
-                        ("late:epochs=3", "is not a setting"), ("late:heads=", "no values"), ("late:dropout=1.5", "dropout")):
+                        ("late:epochs=3", "is not a setting"), ("late:heads=", "no values"), ("late:dropout=1.5", "dropout"),
+                        ("cross_attention:heads=3", "divisible by heads (3)"), ("concat:heads=1", "no chosen configuration of concat")):
         with pytest.raises(SystemExit) as err:
             sens.main(["--data", str(folder), "--results", str(results), "--probe", probe, "--out", str(tmp_path / "x.json")])
         assert err.value.code == 2 and says in capsys.readouterr().err, probe
     (tmp_path / "bad.json").write_text("{}")
     for argv, says in ((["--results", str(tmp_path / "bad.json")], "not a python -m mmdemo.trimodal results file"),
+                       (["--results", str(tmp_path / "absent.json")], "no such file"),
                        (["--results", str(results), "--data", str(tmp_path)], "no labels.csv")):
         with pytest.raises(SystemExit) as err:
             sens.main(argv + (["--data", str(folder)] if "--data" not in argv else []) + ["--out", str(tmp_path / "x.json")])

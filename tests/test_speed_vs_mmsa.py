@@ -131,6 +131,16 @@ def test_the_arithmetic_of_a_step_is_counted_per_sample_and_grows_with_the_netwo
         one = bench.gflop_per_step(dims, method, config, 32)
         assert one > 0 and bench.gflop_per_step(dims, method, config, 64) == pytest.approx(2 * one)  # every product is per sample
     assert bench.gflop_per_step(dims, "concat", config | {"hidden": 32}, 32) > bench.gflop_per_step(dims, "concat", config, 32)
+    # forward and backward: more than twice a forward pass alone (the first layers need no input gradient)
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mmdemo.fusion import FusionConfig, create_fusion
+
+    model = create_fusion("concat", dims=dims, cfg=FusionConfig(hidden=16, dropout=0.1))
+    with torch.no_grad(), FlopCounterMode(display=False) as forward:
+        model({m: torch.randn(32, d) for m, d in dims.items()})
+    assert 2 * forward.get_total_flops() < bench.gflop_per_step(dims, "concat", config, 32) * 1e9 < 3 * forward.get_total_flops() + 1
     # a transformer block per modality does more than concat's MLPs at the same width
     assert bench.gflop_per_step(dims, "cross_attention", config, 32) > bench.gflop_per_step(dims, "concat", config, 32)
     old = {"results": "r.json", "rounds": 1, "epochs": 1, "seconds": 1.0, "words": None,
@@ -143,7 +153,7 @@ def test_the_arithmetic_of_a_step_is_counted_per_sample_and_grows_with_the_netwo
 
 def test_mmsa_reference_counts_a_step_of_mmsa_the_way_mmdemo_is_counted():
     """bench/mmsa_reference.py's count of one MMSA training step (MMSA itself is never installed here:
-    a model with MMSA's call signature and batch layout stands in)."""
+    a model with MMSA's call signature, batch layout, BatchNorm and text LSTM stands in)."""
     import torch
 
     ref = bench_module("mmsa_reference")
@@ -151,15 +161,24 @@ def test_mmsa_reference_counts_a_step_of_mmsa_the_way_mmdemo_is_counted():
     class Stand(torch.nn.Module):  # MMSA's AMIO: model(text, audio, vision) -> {"M": (B, 1)}
         def __init__(self):
             super().__init__()
-            self.fc = torch.nn.Linear(12 + 7 + 9, 1)
+            self.norm = torch.nn.BatchNorm1d(7)
+            self.rnn = torch.nn.LSTM(12, 5, batch_first=True)
+            self.fc = torch.nn.Linear(5 + 7 + 9, 1)
 
         def forward(self, text, audio, vision):
-            return {"M": self.fc(torch.cat([text[:, 0], audio[:, 0], vision[:, 0]], dim=-1))}
+            h = self.rnn(text)[1][0][0]  # the last hidden state, as MMSA's TextSubNet
+            return {"M": self.fc(torch.cat([h, self.norm(audio[:, 0]), vision[:, 0]], dim=-1))}
 
     b = 8
     batch = {"text": torch.randn(b, 1, 12), "audio": torch.randn(b, 1, 7), "vision": torch.randn(b, 1, 9), "labels": {"M": torch.randn(b)}}
-    model = Stand()
+    model = Stand().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     gflop = ref.step_gflop(model, [batch], torch.nn.L1Loss())
-    # the product forward (2 B d) and the weight's gradient (2 B d); the input needs none
-    assert gflop * 1e9 == pytest.approx(4 * b * 28)
-    assert all(p.grad is None or not p.grad.any() for p in model.parameters())  # nothing left behind for training
+    # forward: the LSTM's gates 2 B 4h (12 + h) and the head 2 B 21; backward: the LSTM's weight gradients
+    # (as much again: neither its input nor its zero start needs one) and the head's weight and input
+    # gradients (twice its forward: the LSTM below it learns)
+    lstm, head = 2 * b * 4 * 5 * (12 + 5), 2 * b * 21
+    assert gflop * 1e9 == pytest.approx(2 * lstm + 3 * head)
+    # the model is left as trained: BatchNorm statistics, weights, no gradients, its mode
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters()) and not model.training
