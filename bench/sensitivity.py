@@ -38,9 +38,9 @@ from mmdemo.trimodal import Job, load_source, run_all, split_config  # noqa: E40
 
 METHODS = ("concat", "late", "weighted", "attention", "cross_attention", "tensor", "low_rank", "autoencoder")
 DEFAULT_PROBES = (
-    [("late", "unimodal_weight", (0.0, 0.1, 0.25, 0.5, 1.0)),
-     ("weighted", "unimodal_weight", (0.0, 0.1, 0.25, 0.5, 1.0)),
-     ("autoencoder", "recon_weight", (0.0, 0.1, 0.25, 0.5, 1.0)),
+    [("late", "unimodal_weight", (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)),
+     ("weighted", "unimodal_weight", (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)),
+     ("autoencoder", "recon_weight", (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)),
      ("cross_attention", "heads", (1, 2, 4, 8)),
      ("cross_attention", "layers", (1, 2))]
     + [(m, "loss", ("l1", "huber")) for m in METHODS]
