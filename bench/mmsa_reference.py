@@ -10,8 +10,8 @@ from mmdemo.
 Each model runs with MMSA's own default configuration for MOSI (its ``config_regression.json``), on
 the CPU with one thread (as each mmdemo run of the benchmark), the features fed as sequences of length
 1 (MMSA reads sequences), the folder's own split. Per model and seed: the test metrics MMSA reports,
-the epochs run, the training seconds (training epochs and their valid passes, as mmdemo counts them)
-and seconds per epoch. Writes ``bench/results/mmsa_reference.json`` (read by ``mmdemo.trimodal``
+the epochs run, the training seconds (training epochs and their valid passes, as mmdemo counts them),
+seconds per epoch, and the GFLOP of one training step (:func:`step_gflop`). Writes ``bench/results/mmsa_reference.json`` (read by ``mmdemo.trimodal``
 when present) and prints a table.
 """
 
