@@ -36,15 +36,14 @@ from mmdemo.fusion import FUSIONS, FusionConfig, create_fusion  # noqa: E402
 from mmdemo.train import TrainConfig  # noqa: E402
 from mmdemo.trimodal import Job, load_source, run_all, split_config  # noqa: E402
 
-METHODS = ("concat", "late", "weighted", "attention", "cross_attention", "tensor", "low_rank", "autoencoder")
 DEFAULT_PROBES = (
     [("late", "unimodal_weight", (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)),
      ("weighted", "unimodal_weight", (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)),
      ("autoencoder", "recon_weight", (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)),
      ("cross_attention", "heads", (1, 2, 4, 8)),
      ("cross_attention", "layers", (1, 2))]
-    + [(m, "loss", ("l1", "huber")) for m in METHODS]
-    + [(m, "grad_clip", (0.0, 1.0, 5.0)) for m in METHODS]
+    + [(m, "loss", ("l1", "huber")) for m in FUSIONS]  # every registered method
+    + [(m, "grad_clip", (0.0, 1.0, 5.0)) for m in FUSIONS]
 )
 FUSION_FIELDS = {f.name: f.type for f in fields(FusionConfig)}
 TRAIN_FIELDS = {f.name: f.type for f in fields(TrainConfig) if f.name not in ("epochs", "seed", "device")}
